@@ -1,0 +1,220 @@
+//! rdm gateway: one port that serves every RPC as REST/JSON (transcoded by
+//! the `google.api.http` annotations) and as gRPC (proxied by service name),
+//! checks bearer tokens for both, and publishes OpenAPI and Swagger UI.
+//! It knows no service by hand: routes, access rules and schemas all come
+//! from the descriptor set.
+mod openapi;
+mod routes;
+mod transcode;
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderValue, Method, header},
+    middleware::from_fn,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use rdm_kit::{
+    Error, ErrorCode,
+    auth::{Access, AccessTable, Verifier},
+    invoke::Backend,
+    server::grpc_error,
+};
+use std::{collections::HashMap, sync::Arc};
+use tower::ServiceExt;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+};
+
+pub use openapi::document as openapi_document;
+
+/// Gateway settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Largest REST request body, in bytes.
+    #[arg(long, env = "RDM_BODY_LIMIT", default_value_t = 1 << 20)]
+    pub body_limit: usize,
+    /// Browser origins allowed by CORS, comma-separated ("*" for any).
+    #[arg(long, env = "RDM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            body_limit: 1 << 20,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+pub(crate) struct Gateway {
+    bindings: Vec<routes::Binding>,
+    /// By proto package (`rdm.inventory.v1`).
+    backends: HashMap<String, Backend>,
+    access: AccessTable,
+    verifier: Verifier,
+    body_limit: usize,
+    openapi: String,
+}
+
+impl Gateway {
+    fn backend(&self, package: &str) -> Result<Backend, Error> {
+        self.backends.get(package).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorCode::Unavailable,
+                format!("no backend serves {package}"),
+            )
+        })
+    }
+}
+
+/// The gateway's router; `backends` maps proto packages to the services
+/// that serve them.
+pub fn router(
+    config: &Config,
+    backends: HashMap<String, Backend>,
+    verifier: Verifier,
+) -> anyhow::Result<Router> {
+    let pool = rdm_proto::descriptor_pool();
+    let access = AccessTable::from_pool(pool);
+    let exposed = |rpc: &prost_reflect::MethodDescriptor| {
+        let path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
+        !matches!(access.get(&path), Some(Access::Internal))
+    };
+    let bindings = routes::bindings(pool, exposed).map_err(anyhow::Error::msg)?;
+    let openapi = serde_json::to_string_pretty(&openapi::document())?;
+    let gateway = Arc::new(Gateway {
+        bindings,
+        backends,
+        access,
+        verifier,
+        body_limit: config.body_limit,
+        openapi,
+    });
+    let docs = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+        uri_prefix: "/docs",
+        api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
+        title: Some("rdm API"),
+    });
+    let mut router = Router::new()
+        .route("/openapi.json", get(serve_openapi))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(dispatch)
+        .with_state(gateway)
+        .merge(docs)
+        .layer(from_fn(rdm_kit::telemetry::observe))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    if let Some(cors) = cors(&config.cors_origins)? {
+        router = router.layer(cors);
+    }
+    Ok(router)
+}
+
+fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<&String> = origins.iter().filter(|o| !o.trim().is_empty()).collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .map(|o| HeaderValue::from_str(o.trim()))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                "traceparent".parse()?,
+                "x-request-id".parse()?,
+            ])
+            .expose_headers(["x-request-id".parse()?]),
+    ))
+}
+
+async fn serve_openapi(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        gw.openapi.clone(),
+    )
+        .into_response()
+}
+
+async fn dispatch(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc {
+        proxy(&gw, req).await
+    } else {
+        transcode::handle(&gw, req).await
+    }
+}
+
+/// Forwards a gRPC call to the service that owns it, after the same token
+/// check as REST. Internal RPCs are not reachable from outside.
+async fn proxy(gw: &Gateway, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let unknown = || {
+        grpc_error(Error::new(
+            ErrorCode::Unimplemented,
+            format!("unknown method {path}"),
+        ))
+    };
+    let Some(method) = rdm_proto::descriptor_pool()
+        .get_service_by_name(
+            path.trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default(),
+        )
+        .and_then(|s| {
+            s.methods()
+                .find(|m| path.ends_with(&format!("/{}", m.name())))
+        })
+    else {
+        return unknown();
+    };
+    if matches!(gw.access.get(&path), Some(Access::Internal) | None) {
+        return unknown();
+    }
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = gw.access.authorize(&gw.verifier, &path, authorization) {
+        return grpc_error(err);
+    }
+    let backend = match gw.backend(method.parent_service().package_name()) {
+        Ok(b) => b,
+        Err(err) => return grpc_error(err),
+    };
+    match backend.oneshot(req.map(tonic::body::Body::new)).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => grpc_error(Error::new(
+            ErrorCode::Unavailable,
+            format!("backend call failed: {e}"),
+        )),
+    }
+}

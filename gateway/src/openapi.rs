@@ -1,0 +1,306 @@
+//! OpenAPI 3.1 from the descriptor set: one operation per HTTP binding
+//! (operationId `<Service>_<Method>`), schemas in proto JSON form, comments
+//! as descriptions, bearer security except on public RPCs, and every error
+//! response as `application/problem+json`.
+use crate::routes::{self, Binding};
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use prost_types::FileDescriptorProto;
+use rdm_kit::auth::{Access, AccessTable};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+const ERRORS: [(u16, &str); 10] = [
+    (400, "The request is malformed; `field` names the culprit."),
+    (401, "Missing, expired or invalid bearer token."),
+    (403, "The caller's roles do not allow this call."),
+    (
+        404,
+        "No such route or resource (other tenants' resources are not found either).",
+    ),
+    (
+        409,
+        "Conflicts with the current state (already exists, precondition).",
+    ),
+    (413, "Request body too large."),
+    (429, "Throttled; see Retry-After."),
+    (500, "Internal error."),
+    (503, "A service is unavailable."),
+    (504, "The device or upstream did not answer in time."),
+];
+
+fn comments(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
+    let info = file.source_code_info.as_ref()?;
+    let loc = info.location.iter().find(|l| l.path == path)?;
+    let text = loc
+        .leading_comments
+        .as_deref()
+        .or(loc.trailing_comments.as_deref())?;
+    let text = text
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The whole document, as served at `/openapi.json` and printed by `rdm openapi`.
+pub fn document() -> Value {
+    let pool = rdm_proto::descriptor_pool();
+    let access = AccessTable::from_pool(pool);
+    let grpc_path =
+        |b: &Binding| format!("/{}/{}", b.rpc.parent_service().full_name(), b.rpc.name());
+    let bindings = routes::bindings(pool, |_| true).unwrap_or_default();
+    let bindings: Vec<Binding> = bindings
+        .into_iter()
+        .filter(|b| !matches!(access.get(&grpc_path(b)), Some(Access::Internal)))
+        .collect();
+
+    let mut schemas = BTreeMap::new();
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut seen_ids: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tags = BTreeMap::new();
+    for b in &bindings {
+        let service = b.rpc.parent_service();
+        let base_id = format!("{}_{}", service.name(), b.rpc.name());
+        let n = seen_ids.entry(base_id.clone()).or_default();
+        let operation_id = if *n == 0 {
+            base_id
+        } else {
+            format!("{base_id}_{n}")
+        };
+        *n += 1;
+        let file = b.rpc.parent_file();
+        let file = file.file_descriptor_proto();
+        tags.entry(service.name().to_owned())
+            .or_insert_with(|| comments(file, service.path()).unwrap_or_default());
+
+        let input = b.rpc.input();
+        let path_vars: Vec<&str> = b.template.variables().collect();
+        let mut parameters: Vec<Value> = path_vars
+            .iter()
+            .map(|v| json!({"name": v, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if b.body.as_deref() != Some("*") {
+            for field in input.fields() {
+                let name = field.name();
+                if path_vars.contains(&name) || b.body.as_deref() == Some(name) {
+                    continue;
+                }
+                let mut p = json!({"name": name, "in": "query", "schema": field_schema(&field, &mut schemas)});
+                if let Some(doc) = comments(input.parent_file_descriptor_proto(), field.path()) {
+                    p["description"] = doc.into();
+                }
+                if field.is_list() {
+                    p["style"] = "form".into();
+                    p["explode"] = true.into();
+                }
+                parameters.push(p);
+            }
+        }
+
+        let mut op = json!({
+            "operationId": operation_id,
+            "tags": [service.name()],
+            "parameters": parameters,
+            "x-grpc-method": grpc_path(b),
+        });
+        if let Some(doc) = comments(file, b.rpc.path()) {
+            op["summary"] = doc.lines().next().unwrap_or_default().into();
+            op["description"] = doc.into();
+        }
+        match b.body.as_deref() {
+            Some("*") => {
+                op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": message_ref(&input, &mut schemas)}}});
+            }
+            Some(field) => {
+                if let Some(f) = input.get_field_by_name(field) {
+                    op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": field_schema(&f, &mut schemas)}}});
+                }
+            }
+            None => {}
+        }
+        let output = b.rpc.output();
+        let reply = match b
+            .response_body
+            .as_deref()
+            .and_then(|f| output.get_field_by_name(f))
+        {
+            Some(f) => field_schema(&f, &mut schemas),
+            None => message_ref(&output, &mut schemas),
+        };
+        let ok = if b.rpc.is_server_streaming() {
+            json!({"description": "A stream: one JSON object per line, or Server-Sent Events with Accept: text/event-stream.",
+                "content": {"application/x-ndjson": {"schema": reply}, "text/event-stream": {"schema": {"type": "string"}}}})
+        } else {
+            json!({"description": "OK", "content": {"application/json": {"schema": reply}}})
+        };
+        let mut responses = Map::new();
+        responses.insert("200".into(), ok);
+        for (code, _) in ERRORS {
+            responses.insert(
+                code.to_string(),
+                json!({"$ref": format!("#/components/responses/E{code}")}),
+            );
+        }
+        op["responses"] = Value::Object(responses);
+        if matches!(access.get(&grpc_path(b)), Some(Access::Public)) {
+            op["security"] = json!([]);
+        }
+        paths
+            .entry(b.template.openapi_path())
+            .or_default()
+            .insert(b.method.as_str().to_ascii_lowercase(), op);
+    }
+
+    let mut responses = Map::new();
+    for (code, text) in ERRORS {
+        responses.insert(
+            format!("E{code}"),
+            json!({"description": text, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}),
+        );
+    }
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "description": "An error (RFC 9457).",
+            "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "code": {"type": "string", "description": "The stable error reason, e.g. NOT_FOUND, DEVICE_TIMEOUT."},
+                "domain": {"type": "string"}, "field": {"type": "string"}, "request_id": {"type": "string"}
+            },
+            "required": ["type", "title", "status", "detail", "code"]
+        }),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rdm API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Remote device management mesh. Every operation is also a gRPC method (see x-grpc-method) on the same port."
+        },
+        "tags": tags.into_iter().map(|(name, description)| json!({"name": name, "description": description})).collect::<Vec<_>>(),
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": schemas,
+            "responses": responses,
+        }
+    })
+}
+
+fn message_ref(msg: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    if let Some(wkt) = well_known(msg) {
+        return wkt;
+    }
+    let name = msg.full_name().to_owned();
+    if !schemas.contains_key(&name) {
+        schemas.insert(name.clone(), Value::Null); // placeholder: stops recursion
+        let mut properties = Map::new();
+        for field in msg.fields() {
+            let mut schema = field_schema(&field, schemas);
+            if let Some(doc) = comments(msg.parent_file_descriptor_proto(), field.path()) {
+                schema = json!({"allOf": [schema], "description": doc});
+            }
+            properties.insert(field.name().to_owned(), schema);
+        }
+        let mut schema = json!({"type": "object", "properties": properties});
+        if let Some(doc) = comments(msg.parent_file_descriptor_proto(), msg.path()) {
+            schema["description"] = doc.into();
+        }
+        schemas.insert(name.clone(), schema);
+    }
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn well_known(msg: &MessageDescriptor) -> Option<Value> {
+    Some(match msg.full_name() {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => json!({"type": "string", "example": "1.5s"}),
+        "google.protobuf.FieldMask" => json!({"type": "string", "example": "display_name,roles"}),
+        "google.protobuf.Struct" | "google.protobuf.Any" | "google.protobuf.Empty" => {
+            json!({"type": "object"})
+        }
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.StringValue" | "google.protobuf.BytesValue" => json!({"type": "string"}),
+        "google.protobuf.BoolValue" => json!({"type": "boolean"}),
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({"type": "integer"}),
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => {
+            json!({"type": "string", "format": "int64"})
+        }
+        "google.protobuf.FloatValue" | "google.protobuf.DoubleValue" => json!({"type": "number"}),
+        _ => return None,
+    })
+}
+
+fn scalar_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>) -> Value {
+    match kind {
+        Kind::Double | Kind::Float => json!({"type": "number"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "minimum": 0}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
+        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        Kind::Enum(e) => {
+            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
+        }
+        Kind::Message(m) => message_ref(m, schemas),
+    }
+}
+
+fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    if field.is_map() {
+        let Kind::Message(entry) = field.kind() else {
+            return json!({"type": "object"});
+        };
+        let value = entry.map_entry_value_field();
+        return json!({"type": "object", "additionalProperties": scalar_schema(&value.kind(), schemas)});
+    }
+    let item = scalar_schema(&field.kind(), schemas);
+    if field.is_list() {
+        json!({"type": "array", "items": item})
+    } else {
+        item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn operations_are_named_service_method_and_errors_are_problems() {
+        let doc = super::document();
+        let login = &doc["paths"]["/v1/auth/login"]["post"];
+        assert_eq!(login["operationId"], "AuthService_Login");
+        assert_eq!(login["security"], serde_json::json!([]));
+        let me = &doc["paths"]["/v1/me"]["get"];
+        assert_eq!(me["operationId"], "AuthService_GetMe");
+        assert!(
+            me.get("security").is_none(),
+            "GetMe needs the bearer scheme"
+        );
+        let create = &doc["paths"]["/v1/tenants"]["post"];
+        assert_eq!(
+            create["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/rdm.inventory.v1.Tenant"
+        );
+        assert_eq!(
+            doc["components"]["responses"]["E404"]["content"]["application/problem+json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/Problem"
+        );
+        let list = &doc["paths"]["/v1/users"]["get"]["parameters"];
+        assert!(
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "page_size" && p["in"] == "query")
+        );
+    }
+}

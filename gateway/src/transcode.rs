@@ -1,0 +1,388 @@
+//! REST/JSON to gRPC: finds the binding for a request, builds the request
+//! message from path, query and body (proto JSON, snake_case or
+//! lowerCamelCase), calls the RPC and writes the reply as JSON, or for
+//! server-streaming RPCs as NDJSON or Server-Sent Events.
+use crate::{Gateway, routes::Binding};
+use axum::{
+    body::Body,
+    extract::Request,
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use prost::Message;
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+};
+use rdm_kit::{Error, ErrorCode, invoke};
+use serde_json::{Map, Value};
+
+const JSON: &str = "application/json";
+const PROBLEM: &str = "application/problem+json";
+const NDJSON: &str = "application/x-ndjson";
+const SSE: &str = "text/event-stream";
+
+/// A problem+json reply for `err`.
+pub fn problem(err: &Error, request_id: Option<&str>) -> Response {
+    let status =
+        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, err.problem(request_id).to_string()).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM));
+    if let Some(wait) = err
+        .metadata
+        .get("retry_after_s")
+        .and_then(|w| HeaderValue::from_str(w).ok())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, wait);
+    }
+    resp
+}
+
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+pub async fn handle(gw: &Gateway, req: Request) -> Response {
+    let rid = request_id(req.headers());
+    match transcode(gw, req).await {
+        Ok(resp) => resp,
+        Err(err) => problem(&err, rid.as_deref()),
+    }
+}
+
+async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
+    let (parts, body) = req.into_parts();
+    let (binding, vars) = find(gw, &parts.method, parts.uri.path())?;
+    let rpc = &binding.rpc;
+    let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    gw.access.authorize(
+        &gw.verifier,
+        &grpc_path,
+        authorization.map(str::to_owned).as_deref(),
+    )?;
+    let backend = gw.backend(rpc.parent_service().package_name())?;
+
+    let body = match &binding.body {
+        Some(_) => read_body(body, &parts.headers, gw.body_limit).await?,
+        None => Bytes::new(),
+    };
+    let message = build_request(binding, &vars, parts.uri.query(), &body)?;
+
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for name in ["authorization", "traceparent", "x-request-id"] {
+        if let Some(v) = parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        {
+            metadata.insert(name, v);
+        }
+    }
+    let output = rpc.output();
+    let response_body = binding.response_body.clone();
+    if !rpc.is_server_streaming() {
+        let reply = invoke::unary(backend, &grpc_path, message, metadata)
+            .await
+            .map_err(|s| Error::from_status(&s))?;
+        let json = reply_json(&output, &reply, response_body.as_deref())?;
+        return Ok(([(header::CONTENT_TYPE, JSON)], json).into_response());
+    }
+
+    let sse = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(SSE));
+    let stream = invoke::server_streaming(backend, &grpc_path, message, metadata)
+        .await
+        .map_err(|s| Error::from_status(&s))?;
+    let rid = request_id(&parts.headers);
+    let frames: FrameStream = Box::pin(stream.map(move |item| {
+        let (event, json) = match item
+            .map_err(|s| Error::from_status(&s))
+            .and_then(|m| reply_json(&output, &m, response_body.as_deref()))
+        {
+            Ok(json) => ("message", json),
+            Err(err) => (
+                "error",
+                serde_json::to_vec(&serde_json::json!({"error": err.problem(rid.as_deref())}))
+                    .unwrap_or_default(),
+            ),
+        };
+        let frame = if sse {
+            let mut f = format!("event: {event}\ndata: ").into_bytes();
+            f.extend_from_slice(&json);
+            f.extend_from_slice(b"\n\n");
+            f
+        } else {
+            let mut f = json;
+            f.push(b'\n');
+            f
+        };
+        Ok(Bytes::from(frame))
+    }));
+    let content_type = if sse { SSE } else { NDJSON };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response())
+}
+
+type FrameStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send>>;
+
+/// The binding for `method path`: 404 for no route, 405 when only the method differs.
+fn find<'a>(
+    gw: &'a Gateway,
+    method: &Method,
+    path: &str,
+) -> Result<(&'a Binding, Vec<(String, String)>), Error> {
+    let mut other_methods = Vec::new();
+    for binding in &gw.bindings {
+        if let Some(vars) = binding.template.matches(path) {
+            if binding.method == *method {
+                return Ok((binding, vars));
+            }
+            other_methods.push(binding.method.as_str());
+        }
+    }
+    if other_methods.is_empty() {
+        return Err(Error::not_found(format!("no route for {method} {path}")));
+    }
+    Err(Error::new(
+        ErrorCode::InvalidArgument,
+        format!(
+            "{method} is not allowed on {path}; use {}",
+            other_methods.join(", ")
+        ),
+    )
+    .with_meta("allow", other_methods.join(", ")))
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error> {
+    let too_large = || {
+        Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let ct = ct.split(';').next().unwrap_or_default().trim();
+        if !ct.is_empty()
+            && ct != JSON
+            && !ct.ends_with("+json")
+            && ct != "application/x-www-form-urlencoded"
+        {
+            return Err(Error::invalid(
+                "body",
+                format!("request body must be JSON, not {ct}"),
+            ));
+        }
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Builds the request message as one proto JSON object (body, then path
+/// variables and query parameters) and decodes it once, so every error
+/// names the field it is about.
+fn build_request(
+    binding: &Binding,
+    vars: &[(String, String)],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Bytes, Error> {
+    let input = binding.rpc.input();
+    let mut object = Map::new();
+    let body_json =
+        if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(serde_json::from_slice::<Value>(body).map_err(|e| {
+                Error::invalid("body", format!("request body is not valid JSON: {e}"))
+            })?)
+        };
+    match (binding.body.as_deref(), body_json) {
+        (Some("*"), Some(Value::Object(map))) => object = map,
+        (Some("*"), Some(_)) => {
+            return Err(Error::invalid("body", "request body must be a JSON object"));
+        }
+        (Some(field), Some(value)) => {
+            object.insert(field.to_owned(), value);
+        }
+        _ => {}
+    }
+    if binding.method == Method::PATCH && binding.body.as_deref() == Some("*") {
+        fill_update_mask(&input, &mut object);
+    }
+    for (path, value) in vars {
+        set_field(&input, &mut object, path, &[value.as_str()])?;
+    }
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        if binding.body.as_deref() == Some("*") {
+            return Err(Error::invalid(
+                "query",
+                "this call takes its fields from the JSON body, not the query string",
+            ));
+        }
+        let mut params: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match params.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, values)) => values.push(v.into_owned()),
+                None => params.push((k.into_owned(), vec![v.into_owned()])),
+            }
+        }
+        for (name, values) in &params {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            set_field(&input, &mut object, name, &values)?;
+        }
+    }
+    let value = Value::Object(object);
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(&value, &mut track);
+    let message =
+        DynamicMessage::deserialize_with_options(input, tracked, &DeserializeOptions::new())
+            .map_err(|e| {
+                let path = track.path().to_string();
+                let field = if path == "." { "body".to_owned() } else { path };
+                Error::invalid(field.clone(), format!("invalid field {field}: {e}"))
+            })?;
+    Ok(Bytes::from(message.encode_to_vec()))
+}
+
+/// For PATCH: the update mask is the set of fields the body names, unless
+/// the body gives one.
+fn fill_update_mask(input: &MessageDescriptor, object: &mut Map<String, Value>) {
+    let Some(mask) = input.get_field_by_name("update_mask") else {
+        return;
+    };
+    if !matches!(mask.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask") {
+        return;
+    }
+    if object.contains_key("update_mask") || object.contains_key("updateMask") {
+        return;
+    }
+    let paths: Vec<String> = object
+        .keys()
+        .filter_map(|k| field_named(input, k))
+        .map(|f| f.name().to_owned())
+        .collect();
+    object.insert("update_mask".into(), Value::String(paths.join(",")));
+}
+
+fn field_named(msg: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    msg.get_field_by_name(name)
+        .or_else(|| msg.get_field_by_json_name(name))
+}
+
+/// Sets the (dotted) field `path` in the JSON object from text values.
+fn set_field(
+    input: &MessageDescriptor,
+    object: &mut Map<String, Value>,
+    path: &str,
+    values: &[&str],
+) -> Result<(), Error> {
+    let unknown = || Error::invalid(path.to_owned(), format!("unknown field {path:?}"));
+    let mut msg = input.clone();
+    let mut target = object;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let field = field_named(&msg, part).ok_or_else(unknown)?;
+        if i + 1 == parts.len() {
+            let convert = |raw: &str| {
+                scalar_json(&field, raw).map_err(|why| {
+                    Error::invalid(path.to_owned(), format!("invalid value for {path}: {why}"))
+                })
+            };
+            let value = if field.is_list() {
+                Value::Array(
+                    values
+                        .iter()
+                        .flat_map(|v| v.split(','))
+                        .map(convert)
+                        .collect::<Result<_, _>>()?,
+                )
+            } else {
+                let [one] = values else {
+                    return Err(Error::invalid(
+                        path.to_owned(),
+                        format!("{path} takes one value"),
+                    ));
+                };
+                convert(one)?
+            };
+            target.insert(field.name().to_owned(), value);
+            return Ok(());
+        }
+        let Kind::Message(next) = field.kind() else {
+            return Err(unknown());
+        };
+        let entry = target
+            .entry(field.name().to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        target = entry.as_object_mut().ok_or_else(unknown)?;
+        msg = next;
+    }
+    Err(unknown())
+}
+
+/// Text from a path or query string as the proto JSON value of `field`:
+/// proto JSON takes numbers, enums, bytes and well-known types as strings
+/// already; booleans need converting.
+fn scalar_json(field: &FieldDescriptor, raw: &str) -> Result<Value, &'static str> {
+    match field.kind() {
+        Kind::Bool => match raw {
+            "true" | "1" => Ok(Value::Bool(true)),
+            "false" | "0" | "" => Ok(Value::Bool(false)),
+            _ => Err("expected true or false"),
+        },
+        _ => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+/// The JSON of a reply, or of its `response_body` field.
+fn reply_json(
+    output: &MessageDescriptor,
+    bytes: &[u8],
+    response_body: Option<&str>,
+) -> Result<Vec<u8>, Error> {
+    let message = DynamicMessage::decode(output.clone(), bytes)
+        .map_err(|e| Error::internal("decoding a backend reply", e))?;
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    let mut out = Vec::with_capacity(bytes.len() * 2 + 16);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let field = response_body.and_then(|name| message.get_field_by_name(name));
+    let result = match field.as_deref().and_then(|v| v.as_message()) {
+        Some(inner) => inner.serialize_with_options(&mut ser, &options),
+        None => message.serialize_with_options(&mut ser, &options),
+    };
+    result.map_err(|e| Error::internal("encoding a reply as JSON", e))?;
+    Ok(out)
+}

@@ -1,0 +1,38 @@
+//! The rdm contract: generated messages and services for every package, and
+//! the encoded descriptor set that feeds reflection, the gateway's
+//! transcoder, OpenAPI and the auth layer's access rules.
+use prost_reflect::DescriptorPool;
+use std::sync::LazyLock;
+
+/// Every rdm .proto and its imports, as an encoded `FileDescriptorSet`.
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rdm_descriptor.bin"));
+
+/// The descriptor set decoded once.
+pub fn descriptor_pool() -> &'static DescriptorPool {
+    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+        // Cannot fail: build.rs produced these bytes from protox's own output.
+        DescriptorPool::decode(DESCRIPTOR_SET).expect("descriptor set built by build.rs decodes")
+    });
+    &POOL
+}
+
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}
+
+pub mod rdm {
+    pub mod api {
+        pub mod v1 {
+            tonic::include_proto!("rdm.api.v1");
+        }
+    }
+    pub mod inventory {
+        pub mod v1 {
+            tonic::include_proto!("rdm.inventory.v1");
+        }
+    }
+}
+
+pub use rdm::inventory::v1 as inventory;

@@ -1,0 +1,437 @@
+//! Tokens and who may call what. Every service verifies the bearer token
+//! itself with a `Verifier` and checks the RPC's `rdm.api.v1.access` option
+//! from the descriptor set; nothing trusts the network or the gateway.
+use crate::error::{Error, ErrorCode, Result};
+use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::Jwk};
+use prost_reflect::{DescriptorPool, Value};
+use serde::{Deserialize, Serialize};
+use std::{collections::HashMap, fmt, path::Path, str::FromStr, sync::Arc};
+
+/// Roles, each including the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+    PlatformAdmin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Viewer,
+        Role::Operator,
+        Role::Admin,
+        Role::PlatformAdmin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::PlatformAdmin => "platform-admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "roles",
+                    format!(
+                        "unknown role {s:?}: expected viewer, operator, admin or platform-admin"
+                    ),
+                )
+            })
+    }
+}
+
+/// The claims of an rdm access token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub sub: String,
+    pub tid: String,
+    pub roles: Vec<String>,
+    pub iat: u64,
+    pub exp: u64,
+    pub iss: String,
+    pub aud: String,
+    pub jti: String,
+}
+
+/// The verified caller of a request, in the request's extensions.
+#[derive(Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub tenant_id: String,
+    pub roles: Vec<Role>,
+    /// The bearer token as received, forwarded on calls to other services.
+    token: Arc<str>,
+}
+
+impl Principal {
+    pub fn has_role(&self, least: Role) -> bool {
+        self.roles.iter().any(|r| *r >= least)
+    }
+
+    pub fn bearer(&self) -> &str {
+        &self.token
+    }
+
+    /// The principal a handler runs for; the auth layer put it there.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Principal> {
+        request
+            .extensions()
+            .get::<Principal>()
+            .ok_or_else(|| Error::unauthenticated("missing bearer token"))
+    }
+}
+
+impl fmt::Debug for Principal {
+    // By hand: the token must never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("user_id", &self.user_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who issues tokens and for whom: the `iss` and `aud` every token carries.
+#[derive(Clone, Debug)]
+pub struct TokenPolicy {
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            issuer: "rdm".into(),
+            audience: "rdm".into(),
+        }
+    }
+}
+
+/// The Ed25519 key that signs tokens (held by the inventory service only).
+pub struct SigningKey {
+    encoding: EncodingKey,
+    jwk: Jwk,
+}
+
+impl SigningKey {
+    /// Reads a PKCS#8 PEM key, or creates one (mode 0600) when the file does
+    /// not exist yet, as `rdm up` does in its data dir.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        if !path.exists() {
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            // PKCS#8 v1 (no public key inside): the form jsonwebtoken reads.
+            let pair = ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: key.to_bytes(),
+                public_key: None,
+            };
+            let pem = pair.to_pkcs8_pem(LineEnding::LF)?;
+            write_private(path, pem.as_bytes())?;
+            tracing::info!(path = %path.display(), "created token signing key");
+        }
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read jwt key file {}: {e}", path.display()))?;
+        Self::from_pem(&pem)
+    }
+
+    pub fn from_pem(pem: &[u8]) -> anyhow::Result<Self> {
+        let encoding = EncodingKey::from_ed_pem(pem)
+            .map_err(|e| anyhow::anyhow!("jwt key is not an Ed25519 PKCS#8 PEM key: {e}"))?;
+        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA)
+            .map_err(|e| anyhow::anyhow!("jwt key is not a PKCS#8 v1 Ed25519 key: {e}"))?;
+        let kid = jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)?;
+        jwk.common.key_id = Some(kid);
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        Ok(Self { encoding, jwk })
+    }
+
+    pub fn kid(&self) -> &str {
+        self.jwk.common.key_id.as_deref().unwrap_or_default()
+    }
+
+    /// The public half, as published in the JWKS.
+    pub fn public_jwk(&self) -> &Jwk {
+        &self.jwk
+    }
+
+    pub fn sign(&self, claims: &Claims) -> Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid().to_owned());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| Error::internal("signing a token", e))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    opts.open(path)?.write_all(bytes)
+}
+
+/// Checks bearer tokens against the published keys.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Arc<HashMap<String, DecodingKey>>,
+    validation: Arc<Validation>,
+}
+
+impl Verifier {
+    pub fn new(jwks: &[Jwk], policy: &TokenPolicy) -> anyhow::Result<Self> {
+        let mut keys = HashMap::new();
+        for jwk in jwks {
+            let kid = jwk.common.key_id.clone().unwrap_or_default();
+            keys.insert(kid, DecodingKey::from_jwk(jwk)?);
+        }
+        anyhow::ensure!(!keys.is_empty(), "no token verification keys");
+        // EdDSA only: `alg: none`, HS256 with the public key as secret and the
+        // like are rejected before any signature check.
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&policy.issuer]);
+        validation.set_audience(&[&policy.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Ok(Self {
+            keys: Arc::new(keys),
+            validation: Arc::new(validation),
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal> {
+        let rejected = |why: &str| Error::unauthenticated(format!("invalid bearer token: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| rejected("malformed"))?;
+        let key = match header.kid.as_deref() {
+            Some(kid) => self.keys.get(kid),
+            None if self.keys.len() == 1 => self.keys.values().next(),
+            None => None,
+        }
+        .ok_or_else(|| rejected("unknown signing key"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => rejected("expired"),
+                K::InvalidSignature => rejected("bad signature"),
+                K::InvalidAlgorithm => rejected("algorithm not allowed"),
+                K::InvalidIssuer | K::InvalidAudience => rejected("wrong issuer or audience"),
+                _ => rejected("malformed"),
+            }
+        })?;
+        let claims = data.claims;
+        let roles = claims
+            .roles
+            .iter()
+            .map(|r| r.parse())
+            .collect::<Result<Vec<Role>>>()
+            .map_err(|_| rejected("unknown role"))?;
+        Ok(Principal {
+            user_id: claims.sub,
+            tenant_id: claims.tid,
+            roles,
+            token: token.into(),
+        })
+    }
+}
+
+/// The access rule of one RPC, from its `rdm.api.v1.access` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Role(Role),
+    /// Only for a service acting for a caller (never through the gateway).
+    Internal,
+}
+
+/// Access rules of every RPC in the descriptor set, by gRPC path
+/// (`/rdm.inventory.v1.AuthService/Login`).
+#[derive(Clone, Debug, Default)]
+pub struct AccessTable(Arc<HashMap<String, Access>>);
+
+impl AccessTable {
+    /// Reads every method's option. A method without a valid one is denied to
+    /// everybody: a forgotten option fails closed.
+    pub fn from_pool(pool: &DescriptorPool) -> Self {
+        let ext = pool.get_extension_by_name("rdm.api.v1.access");
+        let mut rules = HashMap::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                let access = ext.as_ref().and_then(|ext| {
+                    let options = method.options();
+                    if !options.has_extension(ext) {
+                        return None;
+                    }
+                    let value = options.get_extension(ext);
+                    let rule = value.as_message()?;
+                    let flag = |name: &str| rule.get_field_by_name(name).and_then(|v| v.as_bool());
+                    if flag("internal") == Some(true) {
+                        return Some(Access::Internal);
+                    }
+                    if flag("public") == Some(true) {
+                        return Some(Access::Public);
+                    }
+                    let role = rule.get_field_by_name("role");
+                    role.as_deref()
+                        .and_then(Value::as_str)
+                        .and_then(|r| r.parse().ok())
+                        .map(Access::Role)
+                });
+                let path = format!("/{}/{}", service.full_name(), method.name());
+                if access.is_none() && service.full_name().starts_with("rdm.") {
+                    tracing::warn!(method = %method.full_name(), "rpc has no access option: denied");
+                }
+                rules.insert(path, access.unwrap_or(Access::Role(Role::PlatformAdmin)));
+            }
+        }
+        Self(Arc::new(rules))
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Access> {
+        self.0.get(path)
+    }
+
+    /// Decides one call: `Ok(None)` for a public RPC, the principal otherwise.
+    pub fn authorize(
+        &self,
+        verifier: &Verifier,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<Option<Principal>> {
+        let Some(access) = self.get(path) else {
+            return Ok(None); // not an rdm RPC: health, reflection, metrics
+        };
+        if *access == Access::Public {
+            return Ok(None);
+        }
+        let token = authorization
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| Error::unauthenticated("missing bearer token"))?;
+        let principal = verifier.verify(token.trim())?;
+        match access {
+            Access::Role(least) if principal.has_role(*least) => Ok(Some(principal)),
+            Access::Role(least) => Err(Error::permission_denied(format!(
+                "this call needs the {} role",
+                least.as_str()
+            ))),
+            Access::Internal => Err(Error::new(
+                ErrorCode::PermissionDenied,
+                "this call is internal to the mesh",
+            )),
+            Access::Public => unreachable!("handled above"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        let dir = tempfile::tempdir().unwrap();
+        SigningKey::load_or_create(&dir.path().join("jwt.pem")).unwrap()
+    }
+
+    fn claims(roles: &[&str], exp_in: i64) -> Claims {
+        let now = jsonwebtoken::get_current_timestamp();
+        Claims {
+            sub: "u1".into(),
+            tid: "t1".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            iat: now,
+            exp: (now as i64 + exp_in) as u64,
+            iss: "rdm".into(),
+            aud: "rdm".into(),
+            jti: "j1".into(),
+        }
+    }
+
+    #[test]
+    fn created_key_is_reloaded_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt.pem");
+        let first = SigningKey::load_or_create(&path).unwrap();
+        let again = SigningKey::load_or_create(&path).unwrap();
+        assert_eq!(first.kid(), again.kid());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[test]
+    fn verifies_own_tokens_and_rejects_others() {
+        let key = key();
+        let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
+        let token = key.sign(&claims(&["operator"], 60)).unwrap();
+        let p = verifier.verify(&token).unwrap();
+        assert_eq!((p.user_id.as_str(), p.tenant_id.as_str()), ("u1", "t1"));
+        assert!(p.has_role(Role::Viewer) && p.has_role(Role::Operator) && !p.has_role(Role::Admin));
+
+        let expired = key.sign(&claims(&["admin"], -120)).unwrap();
+        assert!(
+            verifier
+                .verify(&expired)
+                .unwrap_err()
+                .message
+                .contains("expired")
+        );
+
+        let other = self::key().sign(&claims(&["admin"], 60)).unwrap();
+        assert_eq!(
+            verifier.verify(&other).unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn every_rdm_rpc_has_an_access_rule() {
+        let pool = rdm_proto::descriptor_pool();
+        let table = AccessTable::from_pool(pool);
+        for service in pool
+            .services()
+            .filter(|s| s.full_name().starts_with("rdm."))
+        {
+            for method in service.methods() {
+                let path = format!("/{}/{}", service.full_name(), method.name());
+                let ext = pool.get_extension_by_name("rdm.api.v1.access").unwrap();
+                assert!(
+                    method.options().has_extension(&ext),
+                    "{path} has no access option"
+                );
+                assert!(table.get(&path).is_some());
+            }
+        }
+        assert_eq!(
+            table.get("/rdm.inventory.v1.AuthService/Login"),
+            Some(&Access::Public)
+        );
+        assert_eq!(
+            table.get("/rdm.inventory.v1.TenantService/CreateTenant"),
+            Some(&Access::Role(Role::PlatformAdmin))
+        );
+    }
+}

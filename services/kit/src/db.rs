@@ -1,0 +1,300 @@
+//! Storage shared by every service that owns data: one pool over SQLite (the
+//! `rdm up` default) or PostgreSQL, migrations per back-end, and `TenantTx`,
+//! the transaction every request runs in. On PostgreSQL it first sets
+//! `app.tenant_id`, which the row-level security policies read; the queries
+//! filter by tenant as well, which is all the isolation SQLite has.
+use crate::error::{Error, Result};
+use sqlx::{Any, AnyPool, Transaction, any::AnyPoolOptions, migrate::Migrator};
+use std::{str::FromStr, sync::Once, time::Duration};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            anyhow::bail!("database url must start with sqlite: or postgres://")
+        }
+    }
+}
+
+/// A service's migrations, one set per back-end.
+pub struct Migrations {
+    pub sqlite: &'static Migrator,
+    pub postgres: &'static Migrator,
+}
+
+/// What a transaction may see.
+#[derive(Clone, Debug)]
+pub enum Scope<'a> {
+    /// One tenant's rows: every request made by a tenant's user.
+    Tenant {
+        tenant_id: &'a str,
+        user_id: &'a str,
+    },
+    /// Every tenant's rows: platform administration and bootstrap only.
+    Platform,
+    /// The one tenant with this slug, read-only, to sign a user in.
+    Login { slug: &'a str },
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn install_drivers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+impl Db {
+    /// Connects the service's pool. On PostgreSQL it refuses a role that is a
+    /// superuser or bypasses row-level security: such a role would make the
+    /// policies decoration.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        install_drivers();
+        let backend = Backend::of_url(url)?;
+        let options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        let pool = match backend {
+            Backend::Sqlite => {
+                options
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::raw_sql(
+                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                                 PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                            )
+                            .execute(conn)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&sqlite_create_url(url))
+                    .await?
+            }
+            Backend::Postgres => options.connect(url).await?,
+        };
+        if backend == Backend::Postgres {
+            let (name, privileged): (String, bool) = sqlx::query_as(
+                "select rolname::text, (rolsuper or rolbypassrls) from pg_roles where rolname = current_user",
+            )
+            .fetch_one(&pool)
+            .await?;
+            anyhow::ensure!(
+                !privileged,
+                "refusing to serve as database role {name:?}: it is a superuser or bypasses \
+                 row-level security; connect as the app role the migrations create (rdm_app)"
+            );
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies the migrations with an owner's connection (`rdm migrate`).
+    pub async fn migrate(url: &str, migrations: &Migrations) -> anyhow::Result<()> {
+        install_drivers();
+        let backend = Backend::of_url(url)?;
+        let url = match backend {
+            Backend::Sqlite => sqlite_create_url(url),
+            Backend::Postgres => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await?;
+        let migrator = match backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        migrator.run(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins a transaction that sees only what `scope` allows.
+    pub async fn begin(&self, scope: Scope<'_>) -> Result<TenantTx> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            let (tenant, user, platform, slug) = match scope {
+                Scope::Tenant { tenant_id, user_id } => (tenant_id, user_id, "off", ""),
+                Scope::Platform => ("", "", "on", ""),
+                Scope::Login { slug } => ("", "", "off", slug),
+            };
+            sqlx::query(
+                "select set_config('app.tenant_id', $1, true), set_config('app.user_id', $2, true), \
+                 set_config('app.platform', $3, true), set_config('app.login_slug', $4, true)",
+            )
+            .bind(tenant)
+            .bind(user)
+            .bind(platform)
+            .bind(slug)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(TenantTx {
+            tx,
+            backend: self.backend,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// SQLite urls get `mode=rwc` so a fresh data dir works.
+fn sqlite_create_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+/// A transaction scoped to a tenant (or the platform). Dropping it without
+/// `commit` rolls back.
+pub struct TenantTx {
+    tx: Transaction<'static, Any>,
+    backend: Backend,
+}
+
+impl TenantTx {
+    /// Narrows a login transaction to the tenant it found, so the user
+    /// lookup that follows is subject to that tenant's policies.
+    pub async fn enter_tenant(&mut self, tenant_id: &str) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("select set_config('app.tenant_id', $1, true)")
+                .bind(tenant_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(Error::from)
+    }
+}
+
+/// Milliseconds since the epoch, the form timestamps are stored in.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+pub fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// Opaque keyset page tokens: the last key of the page, base64url.
+pub mod page {
+    use super::*;
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+    pub const DEFAULT_SIZE: i64 = 50;
+    pub const MAX_SIZE: i64 = 1000;
+
+    pub fn size(requested: i32) -> Result<i64> {
+        match i64::from(requested) {
+            0 => Ok(DEFAULT_SIZE),
+            n if (1..=MAX_SIZE).contains(&n) => Ok(n),
+            _ => Err(Error::invalid(
+                "page_size",
+                format!("page_size must be 0 to {MAX_SIZE}"),
+            )),
+        }
+    }
+
+    pub fn encode(last_key: &str) -> String {
+        URL_SAFE_NO_PAD.encode(last_key)
+    }
+
+    /// The key to start after; "" for the first page.
+    pub fn decode(token: &str) -> Result<String> {
+        if token.is_empty() {
+            return Ok(String::new());
+        }
+        URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| Error::invalid("page_token", "page_token is not one this server issued"))
+    }
+
+    /// Given `size + 1` rows fetched, trims to `size` and returns the token
+    /// of the next page.
+    pub fn finish<T>(mut rows: Vec<T>, size: i64, key: impl Fn(&T) -> &str) -> (Vec<T>, String) {
+        if rows.len() as i64 <= size {
+            return (rows, String::new());
+        }
+        rows.truncate(size as usize);
+        let next = rows.last().map(|r| encode(key(r))).unwrap_or_default();
+        (rows, next)
+    }
+}
+
+impl FromStr for Backend {
+    type Err = anyhow::Error;
+    fn from_str(url: &str) -> anyhow::Result<Self> {
+        Self::of_url(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        assert_eq!(page::decode(&page::encode("0190-abc")).unwrap(), "0190-abc");
+        assert_eq!(page::decode("").unwrap(), "");
+        assert_eq!(
+            page::decode("!!!").unwrap_err().field.as_deref(),
+            Some("page_token")
+        );
+        let (rows, next) = page::finish(vec!["a", "b", "c"], 2, |s| s);
+        assert_eq!(rows, ["a", "b"]);
+        assert_eq!(page::decode(&next).unwrap(), "b");
+        assert_eq!(page::finish(vec!["a"], 2, |s| s).1, "");
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        assert_eq!(page::size(0).unwrap(), 50);
+        assert!(page::size(1001).is_err());
+        assert!(page::size(-1).is_err());
+    }
+
+    #[test]
+    fn timestamps_keep_millis() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+    }
+}

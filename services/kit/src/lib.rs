@@ -1,0 +1,13 @@
+//! rdm-kit: what every rdm service shares. Server bootstrap, the one error
+//! enum, token verification and access rules, telemetry, storage and the
+//! client-side interceptor for calls between services.
+pub mod auth;
+pub mod client;
+pub mod db;
+pub mod error;
+pub mod invoke;
+pub mod server;
+pub mod telemetry;
+
+pub use auth::{Principal, Role};
+pub use error::{Error, ErrorCode, Result};

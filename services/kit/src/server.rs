@@ -1,0 +1,221 @@
+//! Server bootstrap shared by every service and the gateway: health
+//! (`grpc.health.v1`), reflection (v1 and v1alpha) and `/metrics` on every
+//! port, per-connection concurrency limits with load shedding, timeouts,
+//! connection age, and graceful shutdown: on SIGTERM health turns
+//! NOT_SERVING, the port keeps serving for `shutdown_delay` so load
+//! balancers notice, then drains in-flight calls until `drain_timeout`.
+use crate::{
+    auth::{AccessTable, Verifier},
+    error::Error,
+    telemetry,
+};
+use axum::{
+    extract::{Request, State},
+    middleware::{Next, from_fn, from_fn_with_state},
+    response::Response,
+    routing::get,
+};
+use std::time::Duration;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+/// Settings of every listening port.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// After SIGTERM: how long health says NOT_SERVING while still serving.
+    #[arg(long, env = "RDM_SHUTDOWN_DELAY_MS", default_value_t = 1000)]
+    pub shutdown_delay_ms: u64,
+    /// After that: how long in-flight calls may take before the process exits.
+    #[arg(long, env = "RDM_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Longest time a unary call may take before it fails with DEADLINE_EXCEEDED.
+    #[arg(long, env = "RDM_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub request_timeout_ms: u64,
+    /// Concurrent calls per connection; more are shed with UNAVAILABLE.
+    #[arg(long, env = "RDM_CONCURRENCY_LIMIT", default_value_t = 512)]
+    pub concurrency_limit: usize,
+    /// Connections are closed (gracefully) after this many seconds, so
+    /// clients re-balance across replicas.
+    #[arg(long, env = "RDM_MAX_CONNECTION_AGE_S", default_value_t = 900)]
+    pub max_connection_age_s: u64,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        Self {
+            shutdown_delay_ms: 1000,
+            drain_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            concurrency_limit: 512,
+            max_connection_age_s: 900,
+        }
+    }
+}
+
+/// A shutdown request, shared by every server of the process.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// The sending side of a `Shutdown`.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// Triggered by SIGTERM or Ctrl-C.
+    pub fn on_signals() -> Shutdown {
+        let (trigger, shutdown) = Self::new();
+        tokio::spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! { _ = term.recv() => {}, _ = ctrl_c => {} }
+                    }
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = ctrl_c.await;
+            tracing::info!("shutdown requested");
+            trigger.trigger();
+        });
+        shutdown
+    }
+
+    pub async fn requested(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// What the auth guard needs: the access rules and the token verifier.
+#[derive(Clone)]
+pub struct Guard {
+    pub access: AccessTable,
+    pub verifier: Verifier,
+}
+
+async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
+    let authorization = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match guard
+        .access
+        .authorize(&guard.verifier, req.uri().path(), authorization)
+    {
+        Ok(Some(principal)) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Ok(None) => next.run(req).await,
+        Err(err) => grpc_error(err),
+    }
+}
+
+/// An error as a trailers-only gRPC response.
+pub fn grpc_error(err: Error) -> Response {
+    tonic::Status::from(err).into_http()
+}
+
+/// A service's gRPC routes behind the auth guard and request telemetry: what
+/// its port serves and what the gateway calls in-process under `rdm up`.
+pub fn guarded(routes: Routes, guard_state: Guard) -> axum::Router {
+    routes
+        .into_axum_router()
+        .layer(from_fn_with_state(guard_state, guard))
+        .layer(from_fn(telemetry::observe))
+}
+
+/// Serves `router` on `listener` with health, reflection and `/metrics`
+/// added, until `shutdown`. `services` are the gRPC service names health
+/// reports on (the empty name, the whole server, is always reported).
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    services: &[String],
+    args: &ServerArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let names: Vec<String> = std::iter::once(String::new())
+        .chain(services.iter().cloned())
+        .collect();
+    for name in &names {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rdm_proto::DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = Routes::from(router.route("/metrics", get(telemetry::render_metrics)))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+
+    let delay = Duration::from_millis(args.shutdown_delay_ms);
+    let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    let addr = listener.local_addr()?;
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.requested().await;
+            for name in &names {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!(%addr, delay_ms = delay.as_millis() as u64, "not serving; draining soon");
+            tokio::time::sleep(delay).await;
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_millis(args.request_timeout_ms))
+        .concurrency_limit_per_connection(args.concurrency_limit)
+        .load_shed(true)
+        .max_connection_age(Duration::from_secs(args.max_connection_age_s))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        );
+    let deadline = async move {
+        shutdown.requested().await;
+        tokio::time::sleep(delay + drain_timeout).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!(%addr, "drain deadline passed; closing remaining calls"),
+    }
+    tracing::info!(%addr, "stopped");
+    Ok(())
+}
+
+/// The gRPC service names of one proto package (`rdm.inventory.v1`), for health.
+pub fn service_names(package: &str) -> Vec<String> {
+    rdm_proto::descriptor_pool()
+        .services()
+        .filter(|s| s.package_name() == package)
+        .map(|s| s.full_name().to_owned())
+        .collect()
+}

@@ -1,0 +1,130 @@
+//! Logs, traces and metrics. JSON logs to stderr (text when `RDM_LOG_FORMAT=text`),
+//! OpenTelemetry OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and a
+//! Prometheus recorder rendered at `/metrics` on every port.
+use axum::{extract::Request, middleware::Next, response::Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use std::{sync::OnceLock, time::Instant};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Sets up logging and tracing for the process; call once from `main`.
+/// Returns the tracer provider so `main` can flush it on exit.
+pub fn init(service_name: &str) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    let filter = EnvFilter::try_from_env("RDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build();
+        let exporter = match exporter {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("otlp exporter not started: {e}");
+                return None;
+            }
+        };
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(service_name.to_owned())
+            .build();
+        Some(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build(),
+        )
+    });
+    let otel_layer = otel
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("rdm")));
+    let text = std::env::var("RDM_LOG_FORMAT").is_ok_and(|f| f == "text");
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let _ = if text {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+    };
+    if otel.is_some() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+    }
+    otel
+}
+
+/// The process's Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; ours still renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// `GET /metrics`.
+pub async fn render_metrics() -> String {
+    metrics_handle().render()
+}
+
+/// A W3C trace context header as received, or a new one, forwarded to every
+/// service a request reaches.
+#[derive(Clone, Debug)]
+pub struct TraceParent(pub String);
+
+impl TraceParent {
+    pub fn new_root() -> Self {
+        let trace = uuid::Uuid::new_v4().simple().to_string();
+        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        Self(format!("00-{trace}-{span}-01"))
+    }
+}
+
+/// Middleware on every service and the gateway: a span per request, the
+/// trace context in the request's extensions, and request metrics.
+pub async fn observe(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| TraceParent(v.to_owned()))
+        .unwrap_or_else(TraceParent::new_root);
+    let span = tracing::info_span!("request", method = %req.method(), path = %path, traceparent = %traceparent.0);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
+        });
+        let _ = span.set_parent(parent);
+    }
+    req.extensions_mut().insert(traceparent);
+    let response = {
+        use tracing::Instrument;
+        next.run(req).instrument(span).await
+    };
+    let grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    let labels = [
+        ("path", path),
+        ("http_status", response.status().as_u16().to_string()),
+        ("grpc_status", grpc_status),
+    ];
+    metrics::counter!("rdm_requests_total", &labels).increment(1);
+    metrics::histogram!("rdm_request_duration_seconds", &labels[..1])
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,253 @@
+//! `rdm bench`: figures printed side by side, never asserted. Each load
+//! runs a fixed time with a fixed number of concurrent callers, after a
+//! warm-up, against a mesh started in this process.
+use crate::{Settings, UpOptions, up};
+use rdm_kit::server::Shutdown;
+use rdm_proto::inventory::{GetMeRequest, auth_service_client::AuthServiceClient};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Which {
+    /// A small authenticated unary RPC (GetMe) over direct gRPC and as REST
+    /// through the gateway; then `rdm up` start-to-ready time and idle RSS.
+    Gateway {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+}
+
+pub async fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Gateway {
+            seconds,
+            concurrency,
+        } => gateway(Duration::from_secs(seconds), concurrency).await,
+    }
+}
+
+struct Load {
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[i]
+    }
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<28} {:>9.0} req/s   p50 {:>7.3} ms   p99 {:>7.3} ms   ({} ok, {} failed)",
+            self.rps(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+            self.ok,
+            self.failed
+        )
+    }
+}
+
+/// Runs `call` from `concurrency` tasks for `duration` (after a warm-up of
+/// a fifth of it); each call says whether it succeeded.
+async fn load<F, Fut>(duration: Duration, concurrency: usize, call: F) -> Load
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let warm_until = Instant::now() + duration / 5;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let call = call.clone();
+        tasks.spawn(async move {
+            while Instant::now() < warm_until {
+                call().await;
+            }
+            let until = Instant::now() + duration;
+            let (mut lat, mut failed) = (Vec::new(), 0);
+            while Instant::now() < until {
+                let t = Instant::now();
+                if call().await {
+                    lat.push(t.elapsed());
+                } else {
+                    failed += 1;
+                }
+            }
+            (lat, failed)
+        });
+    }
+    let (mut latencies, mut failed) = (Vec::new(), 0);
+    while let Some(Ok((lat, f))) = tasks.join_next().await {
+        latencies.extend(lat);
+        failed += f;
+    }
+    latencies.sort();
+    Load {
+        ok: latencies.len(),
+        failed,
+        elapsed: duration,
+        latencies,
+    }
+}
+
+async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (trigger, shutdown) = Shutdown::new();
+    let settings = Settings {
+        admin_password: Some("bench-admin-password".into()),
+        ..Settings::default()
+    };
+    let mesh = up(
+        UpOptions {
+            data_dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse()?,
+            inventory_listen: "127.0.0.1:0".parse()?,
+            demo: true,
+            settings,
+        },
+        shutdown,
+    )
+    .await?;
+    let base = format!("http://{}", mesh.gateway_addr);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    let login: serde_json::Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"tenant": "demo", "username": "demo", "password": "demo"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = login["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+
+    println!(
+        "rdm bench gateway: GetMe, {concurrency} concurrent callers, {} s each, one process on {} cores",
+        duration.as_secs(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+    let grpc = load(duration, concurrency, move || {
+        let mut client = AuthServiceClient::new(channel.clone());
+        let bearer = bearer.clone();
+        async move {
+            let mut req = tonic::Request::new(GetMeRequest {});
+            req.metadata_mut().insert("authorization", bearer);
+            client.get_me(req).await.is_ok()
+        }
+    })
+    .await;
+    let url = format!("{base}/v1/me");
+    let rest = load(duration, concurrency, move || {
+        let req = http.get(&url).bearer_auth(&token);
+        async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    println!("{}", grpc.line("direct gRPC (inventory)"));
+    println!("{}", rest.line("REST via gateway (+JWT)"));
+    println!(
+        "ratio: gateway keeps {:.0}% of direct throughput (goal >= 75%); adds {:+.3} ms at p50 (goal < 0.5 ms)",
+        100.0 * rest.rps() / grpc.rps().max(1e-9),
+        (rest.percentile(0.5).as_secs_f64() - grpc.percentile(0.5).as_secs_f64()) * 1e3
+    );
+    trigger.trigger();
+    drop(mesh);
+
+    let exe = std::env::current_exe()?;
+    let data = tempfile::tempdir()?;
+    for start in ["first start (new data dir)", "restart (existing data dir)"] {
+        let (ready, rss) = start_to_ready(&exe, data.path()).await?;
+        println!(
+            "rdm up {start}: ready in {:.0} ms (goal < 1000 ms); idle RSS {:.1} MB (goal < 60 MB)",
+            ready.as_secs_f64() * 1e3,
+            rss as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+/// Starts `rdm up` as a child, times it until the gateway answers, reads its
+/// resident memory after a second of idling, and stops it with SIGTERM.
+async fn start_to_ready(
+    exe: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Duration, u64)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "up",
+            "--demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--inventory-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RDM_ADMIN_PASSWORD", "bench-admin-password")
+        .env("RDM_LOG", "warn")
+        .env("RDM_SHUTDOWN_DELAY_MS", "0")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let http = reqwest::Client::new();
+    let ready = loop {
+        if http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break started.elapsed();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "rdm up did not become ready in 30 s"
+        );
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("rdm up exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = child.id().unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    Ok((ready, rss_kb))
+}

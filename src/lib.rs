@@ -1,0 +1,317 @@
+//! The `rdm` command's roles, as a library so tests and benchmarks start the
+//! same mesh the command does: `up` (every service and the gateway in one
+//! process on SQLite, or PostgreSQL when configured), `serve <service>` (one
+//! service alone, the Kubernetes shape) and `migrate`.
+pub mod bench;
+
+use anyhow::Context;
+use rdm_kit::{
+    auth::{AccessTable, SigningKey, TokenPolicy, Verifier},
+    db::Db,
+    invoke::{self, Backend},
+    server::{self, Guard, ServerArgs, Shutdown},
+};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+
+const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";
+
+/// Settings every role reads from flags or `RDM_*` variables.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Settings {
+    /// Database of the inventory: `sqlite:PATH` or `postgres://rdm_app@HOST/DB`
+    /// (a role without superuser or BYPASSRLS). `rdm up` defaults to SQLite in the data dir.
+    #[arg(long, env = "RDM_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// An owner's connection for migrations (PostgreSQL); without it only
+    /// SQLite is migrated at start and PostgreSQL needs `rdm migrate`.
+    #[arg(long, env = "RDM_DATABASE_ADMIN_URL")]
+    pub database_admin_url: Option<String>,
+    /// Ed25519 PKCS#8 PEM key that signs tokens. `rdm up` creates one in the data dir.
+    #[arg(long, env = "RDM_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "RDM_JWT_TTL", default_value_t = 3600)]
+    pub jwt_ttl: u64,
+    #[arg(long, env = "RDM_JWT_ISSUER", default_value = "rdm")]
+    pub jwt_issuer: String,
+    #[arg(long, env = "RDM_JWT_AUDIENCE", default_value = "rdm")]
+    pub jwt_audience: String,
+    /// Password of the platform admin (tenant `system`, user `admin`) at
+    /// first start; without it one is generated and printed once.
+    #[arg(long, env = "RDM_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Where the gateway (and other services) reach the inventory under `rdm serve`.
+    #[arg(
+        long,
+        env = "RDM_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub inventory_url: String,
+    /// Failed logins per user before a lock-out.
+    #[arg(long, env = "RDM_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: i64,
+    /// Lock-out length in seconds.
+    #[arg(long, env = "RDM_LOGIN_LOCKOUT_S", default_value_t = 300)]
+    pub login_lockout_s: u64,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub gateway: rdm_gateway::Config,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            database_admin_url: None,
+            jwt_key_file: None,
+            jwt_ttl: 3600,
+            jwt_issuer: "rdm".into(),
+            jwt_audience: "rdm".into(),
+            admin_password: None,
+            inventory_url: "http://127.0.0.1:50051".into(),
+            login_max_failures: 5,
+            login_lockout_s: 300,
+            server: ServerArgs::default(),
+            gateway: rdm_gateway::Config::default(),
+        }
+    }
+}
+
+impl Settings {
+    fn policy(&self) -> TokenPolicy {
+        TokenPolicy {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }
+    }
+}
+
+/// What `rdm up` runs.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub inventory_listen: SocketAddr,
+    pub demo: bool,
+    pub settings: Settings,
+}
+
+/// A running mesh: where it listens and what it told the operator.
+pub struct Mesh {
+    pub gateway_addr: SocketAddr,
+    pub inventory_addr: SocketAddr,
+    /// What the first start created (a generated admin password).
+    pub bootstrapped: rdm_inventory::Bootstrapped,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Mesh {
+    /// Runs until every server has stopped (after the shutdown signal).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(done) = self.tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// Connects the inventory's database, migrating first where we may.
+async fn inventory_db(url: &str, admin_url: Option<&str>) -> anyhow::Result<Db> {
+    let migrate_with = admin_url.or(url.starts_with("sqlite:").then_some(url));
+    if let Some(admin) = migrate_with {
+        Db::migrate(admin, &rdm_inventory::MIGRATIONS)
+            .await
+            .context("migrating the inventory database")?;
+    }
+    Db::connect(url, 16)
+        .await
+        .context("connecting the inventory database")
+}
+
+fn inventory_config(settings: &Settings, db: Db, key: Arc<SigningKey>) -> rdm_inventory::Config {
+    rdm_inventory::Config {
+        db,
+        signing_key: key,
+        policy: settings.policy(),
+        token_ttl: Duration::from_secs(settings.jwt_ttl),
+        throttle: rdm_inventory::LoginThrottle {
+            max_failures: settings.login_max_failures,
+            lockout: Duration::from_secs(settings.login_lockout_s),
+            ..Default::default()
+        },
+    }
+}
+
+fn guard(verifier: Verifier) -> Guard {
+    Guard {
+        access: AccessTable::from_pool(rdm_proto::descriptor_pool()),
+        verifier,
+    }
+}
+
+/// `rdm up`: every service and the gateway in this process.
+pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
+    let settings = &opts.settings;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
+    let key_file = settings
+        .jwt_key_file
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("jwt-ed25519.pem"));
+    let key = Arc::new(SigningKey::load_or_create(&key_file)?);
+    let verifier = Verifier::new(&[key.public_jwk().clone()], &settings.policy())?;
+
+    let db_url = match &settings.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite:{}", opts.data_dir.join("inventory.db").display()),
+    };
+    let db = inventory_db(&db_url, settings.database_admin_url.as_deref()).await?;
+    let boot = rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), opts.demo).await?;
+
+    let inventory =
+        rdm_inventory::service(inventory_config(settings, db, key), guard(verifier.clone()));
+    let backends = HashMap::from([(
+        INVENTORY_PACKAGE.to_owned(),
+        invoke::local(inventory.clone()),
+    )]);
+    let gateway = rdm_gateway::router(&settings.gateway, backends, verifier)?;
+
+    let inventory_listener = bind(opts.inventory_listen, "the inventory").await?;
+    let gateway_listener = bind(opts.listen, "the gateway").await?;
+    let mesh_addrs = (
+        gateway_listener.local_addr()?,
+        inventory_listener.local_addr()?,
+    );
+    let mut tasks = JoinSet::new();
+    let names = server::service_names(INVENTORY_PACKAGE);
+    let (args, stop) = (settings.server.clone(), shutdown.clone());
+    tasks.spawn(
+        async move { server::serve(inventory_listener, inventory, &names, &args, stop).await },
+    );
+    let args = settings.server.clone();
+    tasks
+        .spawn(async move { server::serve(gateway_listener, gateway, &[], &args, shutdown).await });
+    Ok(Mesh {
+        gateway_addr: mesh_addrs.0,
+        inventory_addr: mesh_addrs.1,
+        bootstrapped: boot,
+        tasks,
+    })
+}
+
+/// The services `rdm serve` can run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Inventory,
+    Gateway,
+}
+
+/// `rdm serve <role>`: one service alone, as one Deployment runs it.
+pub async fn serve(
+    role: Role,
+    listen: SocketAddr,
+    settings: &Settings,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = bind(listen, "the service").await?;
+    tracing::info!(role = ?role, addr = %listener.local_addr()?, "serving");
+    match role {
+        Role::Inventory => {
+            let key_file = settings
+                .jwt_key_file
+                .as_deref()
+                .context("RDM_JWT_KEY_FILE is required for the inventory")?;
+            let key = Arc::new(SigningKey::load_or_create(key_file)?);
+            let verifier = Verifier::new(&[key.public_jwk().clone()], &settings.policy())?;
+            let url = settings
+                .database_url
+                .as_deref()
+                .context("RDM_DATABASE_URL is required for the inventory")?;
+            let db = inventory_db(url, settings.database_admin_url.as_deref()).await?;
+            rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), false)
+                .await?
+                .report();
+            let router =
+                rdm_inventory::service(inventory_config(settings, db, key), guard(verifier));
+            server::serve(
+                listener,
+                router,
+                &server::service_names(INVENTORY_PACKAGE),
+                &settings.server,
+                shutdown,
+            )
+            .await
+        }
+        Role::Gateway => {
+            let inventory = invoke::remote(&settings.inventory_url)?;
+            let verifier = match &settings.jwt_key_file {
+                Some(file) => {
+                    let key = SigningKey::load_or_create(file)?;
+                    Verifier::new(&[key.public_jwk().clone()], &settings.policy())?
+                }
+                None => fetch_verifier(inventory.clone(), &settings.policy()).await?,
+            };
+            let backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory)]);
+            let router = rdm_gateway::router(&settings.gateway, backends, verifier)?;
+            server::serve(listener, router, &[], &settings.server, shutdown).await
+        }
+    }
+}
+
+/// The token keys, from the inventory's JWKS (retried while it starts).
+async fn fetch_verifier(inventory: Backend, policy: &TokenPolicy) -> anyhow::Result<Verifier> {
+    use prost::Message;
+    let path = "/rdm.inventory.v1.AuthService/GetJwks";
+    let mut last = String::new();
+    for attempt in 0..30u32 {
+        let request = rdm_proto::inventory::GetJwksRequest {}
+            .encode_to_vec()
+            .into();
+        match invoke::unary(inventory.clone(), path, request, Default::default()).await {
+            Ok(bytes) => {
+                let jwks = rdm_proto::inventory::GetJwksResponse::decode(bytes)?;
+                let keys = jwks
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::from_value(serde_json::json!({
+                            "kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.r#use,
+                        }))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Verifier::new(&keys, policy);
+            }
+            Err(status) => last = status.message().to_owned(),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10) + 1))).await;
+    }
+    anyhow::bail!("cannot fetch token keys from the inventory: {last}")
+}
+
+/// `rdm migrate`: applies every service's migrations with an owner's connection.
+pub async fn migrate(settings: &Settings, data_dir: &Path) -> anyhow::Result<()> {
+    let url = match (&settings.database_admin_url, &settings.database_url) {
+        (Some(url), _) | (None, Some(url)) => url.clone(),
+        (None, None) => format!("sqlite:{}", data_dir.join("inventory.db").display()),
+    };
+    std::fs::create_dir_all(data_dir)?;
+    Db::migrate(&url, &rdm_inventory::MIGRATIONS)
+        .await
+        .context("migrating the inventory database")?;
+    println!("inventory: migrations applied");
+    Ok(())
+}
