@@ -30,12 +30,18 @@ pub fn problem(err: &Error, request_id: Option<&str>) -> Response {
     let mut resp = (status, err.problem(request_id).to_string()).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM));
-    if let Some(wait) = err
-        .metadata
-        .get("retry_after_s")
-        .and_then(|w| HeaderValue::from_str(w).ok())
-    {
-        resp.headers_mut().insert(header::RETRY_AFTER, wait);
+    // Error metadata that HTTP has a header for.
+    for (key, name) in [
+        ("retry_after_s", header::RETRY_AFTER),
+        ("allow", header::ALLOW),
+    ] {
+        if let Some(value) = err
+            .metadata
+            .get(key)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            resp.headers_mut().insert(name, value);
+        }
     }
     resp
 }
@@ -164,7 +170,7 @@ fn find<'a>(
         return Err(Error::not_found(format!("no route for {method} {path}")));
     }
     Err(Error::new(
-        ErrorCode::InvalidArgument,
+        ErrorCode::MethodNotAllowed,
         format!(
             "{method} is not allowed on {path}; use {}",
             other_methods.join(", ")
@@ -290,8 +296,9 @@ fn fill_update_mask(input: &MessageDescriptor, object: &mut Map<String, Value>) 
     let paths: Vec<String> = object
         .keys()
         .filter_map(|k| field_named(input, k))
-        .map(|f| f.name().to_owned())
+        .map(|f| f.json_name().to_owned())
         .collect();
+    // FieldMask's JSON form lists lowerCamelCase paths.
     object.insert("update_mask".into(), Value::String(paths.join(",")));
 }
 

@@ -1,1 +1,279 @@
+//! rdm-tests: the whole mesh started in this process exactly as `rdm up`
+//! starts it, on SQLite or on a fresh PostgreSQL database per test, and
+//! helpers that talk to it the way a user does: REST through the gateway
+//! and gRPC.
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::{net::SocketAddr, path::PathBuf};
 
+pub use rdm::Settings;
+
+/// The password the harness gives the platform admin.
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// A PostgreSQL database made for one test and dropped after it.
+pub struct PgDatabase {
+    pub name: String,
+    /// As the owner (runs migrations; superuser on this machine).
+    pub admin_url: String,
+    /// As rdm_app, the role the services use.
+    pub app_url: String,
+    server_url: String,
+}
+
+/// The server the tests make their databases on (trust auth on loopback).
+pub fn pg_server_url() -> String {
+    std::env::var("RDM_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        let server_url = pg_server_url();
+        let name = format!("rdm_t_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let mut conn = connect_pg(&format!("{server_url}/postgres")).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        Self {
+            admin_url: format!("{server_url}/{name}"),
+            app_url: format!("{}/{name}", server_url.replacen("postgres@", "rdm_app@", 1)),
+            name,
+            server_url,
+        }
+    }
+}
+
+pub async fn connect_pg(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required for these tests (./test.sh starts it): cannot connect to {url}: {e}")
+    })
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (url, name) = (format!("{}/postgres", self.server_url), self.name.clone());
+        // Drop runs outside any runtime guarantee: a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {name} with (force)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// The mesh under test.
+pub struct TestMesh {
+    pub gateway: SocketAddr,
+    pub inventory: SocketAddr,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    pub pg: Option<PgDatabase>,
+    trigger: rdm_kit::server::ShutdownTrigger,
+    _dir: tempfile::TempDir,
+}
+
+impl TestMesh {
+    pub async fn start(store: Store) -> Self {
+        Self::start_with(store, |_| {}).await
+    }
+
+    /// Starts with settings changed by `tune` (body limit, CORS, throttling...).
+    pub async fn start_with(store: Store, tune: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg = match store {
+            Store::Sqlite => None,
+            Store::Postgres => Some(PgDatabase::create().await),
+        };
+        let mut settings = Settings {
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            database_url: pg.as_ref().map(|p| p.app_url.clone()),
+            database_admin_url: pg.as_ref().map(|p| p.admin_url.clone()),
+            ..Settings::default()
+        };
+        settings.server.shutdown_delay_ms = 0;
+        settings.server.drain_timeout_ms = 2000;
+        tune(&mut settings);
+        let (trigger, shutdown) = rdm_kit::server::Shutdown::new();
+        let mesh = rdm::up(
+            rdm::UpOptions {
+                data_dir: dir.path().to_owned(),
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                inventory_listen: "127.0.0.1:0".parse().expect("addr"),
+                demo: true,
+                settings,
+            },
+            shutdown,
+        )
+        .await
+        .expect("the mesh starts");
+        let (gateway, inventory) = (mesh.gateway_addr, mesh.inventory_addr);
+        tokio::spawn(mesh.wait());
+        Self {
+            gateway,
+            inventory,
+            http: reqwest::Client::new(),
+            data_dir: dir.path().to_owned(),
+            pg,
+            trigger,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway)
+    }
+
+    /// A REST call as a user makes it; the reply's status and JSON body
+    /// (`Value::Null` when the body is not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not answer {path}: {e:?}"));
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    pub async fn login(&self, tenant: &str, username: &str, password: &str) -> (StatusCode, Value) {
+        let body = json!({"tenant": tenant, "username": username, "password": password});
+        self.call(Method::POST, "/v1/auth/login", None, Some(body))
+            .await
+    }
+
+    /// Logs in and returns the access token; panics with the reply otherwise.
+    pub async fn token(&self, tenant: &str, username: &str, password: &str) -> String {
+        let (status, body) = self.login(tenant, username, password).await;
+        assert_eq!(status, StatusCode::OK, "login {tenant}/{username}: {body}");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.token("system", "admin", ADMIN_PASSWORD).await
+    }
+
+    /// A new tenant with an admin `alice` (password `alice-password`):
+    /// its id and alice's token.
+    pub async fn tenant_with_admin(&self, slug: &str) -> (String, String) {
+        let admin = self.admin_token().await;
+        let (status, tenant) = self
+            .post(
+                "/v1/tenants",
+                &admin,
+                json!({"slug": slug, "display_name": slug}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "create tenant {slug}: {tenant}");
+        let id = tenant["id"].as_str().expect("tenant id").to_owned();
+        let (status, user) = self
+            .post(
+                &format!("/v1/tenants/{id}/users"),
+                &admin,
+                json!({"username": "alice", "password": "alice-password", "roles": ["admin"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "create alice in {slug}: {user}");
+        (id, self.token(slug, "alice", "alice-password").await)
+    }
+
+    /// The key file `rdm up` created, to forge tokens in tests.
+    pub fn signing_key(&self) -> rdm_kit::auth::SigningKey {
+        rdm_kit::auth::SigningKey::load_or_create(&self.data_dir.join("jwt-ed25519.pem"))
+            .expect("key")
+    }
+}
+
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        self.trigger.trigger();
+    }
+}
+
+/// The `rdm` binary cargo built beside this test binary.
+pub fn rdm_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(format!("rdm{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --bin rdm` (./test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs each named `async fn(TestMesh)` once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::TestMesh::start($crate::Store::Sqlite).await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::TestMesh::start($crate::Store::Postgres).await).await
+                }
+            )*
+        }
+    };
+}

@@ -27,12 +27,14 @@ pub enum ErrorCode {
     /// An ACS, XMiDT or controller in front of the device is down.
     UpstreamUnavailable,
     Unimplemented,
+    /// The route exists with other HTTP methods (REST only).
+    MethodNotAllowed,
     Unavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -47,6 +49,7 @@ impl ErrorCode {
         Self::DeviceError,
         Self::UpstreamUnavailable,
         Self::Unimplemented,
+        Self::MethodNotAllowed,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -68,6 +71,7 @@ impl ErrorCode {
             Self::DeviceError => "DEVICE_ERROR",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::Unimplemented => "UNIMPLEMENTED",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -92,7 +96,7 @@ impl ErrorCode {
             }
             Self::DeviceAuthRejected => Code::PermissionDenied,
             Self::DeviceError => Code::FailedPrecondition,
-            Self::Unimplemented => Code::Unimplemented,
+            Self::Unimplemented | Self::MethodNotAllowed => Code::Unimplemented,
             Self::Internal => Code::Internal,
         }
     }
@@ -109,6 +113,7 @@ impl ErrorCode {
             Self::TooManyRequests => 429,
             Self::Internal => 500,
             Self::Unimplemented => 501,
+            Self::MethodNotAllowed => 405,
             Self::DeviceUnreachable => 502,
             Self::UpstreamUnavailable | Self::Unavailable => 503,
             Self::DeviceTimeout => 504,

@@ -152,6 +152,7 @@ pub async fn serve(
     args: &ServerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    telemetry::metrics_handle(); // record from the first request on
     let (health, health_service) = tonic_health::server::health_reporter();
     let names: Vec<String> = std::iter::once(String::new())
         .chain(services.iter().cloned())

@@ -1,14 +1,24 @@
 -- Tenants, their users, and failed-login counters, with row-level security.
 -- The services connect as rdm_app: no superuser, no BYPASSRLS, so every
 -- query on a tenant table sees only what the policies allow.
+-- Roles are cluster-wide and other databases may be migrating at the same
+-- moment, so the role is touched only when it is missing or wrong.
 DO $$
 BEGIN
-    CREATE ROLE rdm_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rdm_app') THEN
+        CREATE ROLE rdm_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL; -- another database of this cluster created it first
+    NULL; -- created by a concurrent migration of another database
 END
 $$;
-ALTER ROLE rdm_app NOSUPERUSER NOBYPASSRLS;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'rdm_app' AND (rolsuper OR rolbypassrls)) THEN
+        ALTER ROLE rdm_app NOSUPERUSER NOBYPASSRLS;
+    END IF;
+END
+$$;
 
 CREATE TABLE tenants (
     id           TEXT PRIMARY KEY,

@@ -1,0 +1,274 @@
+//! Sign-in and token checks, end to end through the gateway.
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use rdm_kit::auth::{Claims, SigningKey};
+use rdm_tests::{Store, TestMesh, on_both_stores};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+on_both_stores!(
+    login_issues_a_bearer_token_for_me,
+    bad_credentials_are_one_401_whatever_was_wrong,
+    forged_and_expired_tokens_are_rejected,
+    roles_limit_what_a_user_may_call,
+    disabled_and_deleted_users_cannot_sign_in,
+);
+
+async fn login_issues_a_bearer_token_for_me(mesh: TestMesh) {
+    let (status, body) = mesh.login("demo", "demo", "demo").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    let token = body["access_token"].as_str().unwrap();
+    let (status, me) = mesh.get("/v1/me", token).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["username"], "demo");
+    assert_eq!(me["tenant_slug"], "demo");
+    assert_eq!(me["roles"], json!(["admin"]));
+    assert!(me["tenant_id"].as_str().is_some_and(|t| !t.is_empty()));
+
+    // The tenant slug is case-insensitive; an unknown field is a 400 naming it.
+    assert_eq!(mesh.login("DEMO", "demo", "demo").await.0, StatusCode::OK);
+    let (status, body) = mesh
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({"tenant": "demo", "userName": "demo", "password": "demo"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "userName is not a field (username is): {body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("userName"),
+        "{body}"
+    );
+
+    // The published key verifies the token.
+    let (status, jwks) = mesh
+        .call(reqwest::Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["rdm"]);
+    let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims.tid, me["tenant_id"].as_str().unwrap());
+    assert_eq!(claims.exp - claims.iat, 3600);
+}
+
+async fn bad_credentials_are_one_401_whatever_was_wrong(mesh: TestMesh) {
+    let wrong_password = mesh.login("demo", "demo", "nope").await;
+    let unknown_user = mesh.login("demo", "mallory", "demo").await;
+    let unknown_tenant = mesh.login("no-such-tenant", "demo", "demo").await;
+    for (status, body) in [&wrong_password, &unknown_user, &unknown_tenant] {
+        assert_eq!(*status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(
+            body["detail"], wrong_password.1["detail"],
+            "no tenant or user enumeration"
+        );
+        assert_eq!(body["code"], "UNAUTHENTICATED");
+    }
+    let (status, body) = mesh.login("demo", "", "demo").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "username");
+}
+
+fn forge(header: Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    )
+}
+
+async fn forged_and_expired_tokens_are_rejected(mesh: TestMesh) {
+    let token = mesh.token("demo", "demo", "demo").await;
+    let (_, other_tenant_token) = mesh.tenant_with_admin("other").await;
+    let (_, me) = mesh.get("/v1/me", &token).await;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+
+    // tid edited to another tenant, signature kept.
+    let (_, other_me) = mesh.get("/v1/me", &other_tenant_token).await;
+    claims["tid"] = other_me["tenant_id"].clone();
+    let edited = format!(
+        "{}.{}.{}",
+        parts[0],
+        B64.encode(claims.to_string()),
+        parts[2]
+    );
+    // alg: none, no signature.
+    let none = forge(json!({"alg": "none", "typ": "JWT"}), &claims, "");
+    // HS256 with the public key as the secret (the classic confusion attack).
+    let hs256 = forge(json!({"alg": "HS256", "typ": "JWT"}), &claims, parts[2]);
+
+    let now = jsonwebtoken::get_current_timestamp();
+    let valid_claims = |exp: u64| Claims {
+        sub: me["user_id"].as_str().unwrap().into(),
+        tid: me["tenant_id"].as_str().unwrap().into(),
+        roles: vec!["admin".into()],
+        iat: now - 7200,
+        exp,
+        iss: "rdm".into(),
+        aud: "rdm".into(),
+        jti: "forged".into(),
+    };
+    // Signed with the real key but expired an hour ago.
+    let expired = mesh.signing_key().sign(&valid_claims(now - 3600)).unwrap();
+    // Valid claims signed by a key rdm never issued.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = SigningKey::load_or_create(&dir.path().join("k.pem"))
+        .unwrap()
+        .sign(&valid_claims(now + 600))
+        .unwrap();
+
+    for (what, bad) in [
+        ("edited tid", &edited),
+        ("alg none", &none),
+        ("hs256", &hs256),
+        ("expired", &expired),
+        ("other key", &stranger),
+        ("garbage", &"abc".to_owned()),
+    ] {
+        let (status, body) = mesh.get("/v1/me", bad).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+        assert_eq!(body["code"], "UNAUTHENTICATED", "{what}");
+        assert_eq!(
+            mesh.get("/v1/users", bad).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{what}"
+        );
+    }
+    assert!(
+        mesh.get("/v1/me", &expired).await.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+    let (status, _) = mesh.call(reqwest::Method::GET, "/v1/me", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no token at all");
+    // The real token still works.
+    assert_eq!(mesh.get("/v1/me", &token).await.0, StatusCode::OK);
+}
+
+async fn roles_limit_what_a_user_may_call(mesh: TestMesh) {
+    let admin = mesh.token("demo", "demo", "demo").await;
+    let (status, body) = mesh
+        .post(
+            "/v1/users",
+            &admin,
+            json!({"username": "vic", "password": "viewer-pass", "roles": ["viewer"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let viewer = mesh.token("demo", "vic", "viewer-pass").await;
+    assert_eq!(mesh.get("/v1/me", &viewer).await.0, StatusCode::OK);
+    let (status, body) = mesh.get("/v1/users", &viewer).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "PERMISSION_DENIED");
+    // A tenant admin is not a platform admin, and cannot make one.
+    assert_eq!(
+        mesh.get("/v1/tenants", &admin).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, body) = mesh
+        .post(
+            "/v1/users",
+            &admin,
+            json!({"username": "eve", "password": "eve-password", "roles": ["platform-admin"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = mesh
+        .post(
+            "/v1/users",
+            &admin,
+            json!({"username": "eve", "password": "eve-password", "roles": ["root"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("roles")),
+        "{body}"
+    );
+    assert_eq!(
+        mesh.get("/v1/users?username_prefix=eve", &admin).await.1["users"],
+        json!([]),
+        "nothing stored"
+    );
+}
+
+async fn disabled_and_deleted_users_cannot_sign_in(mesh: TestMesh) {
+    let admin = mesh.token("demo", "demo", "demo").await;
+    let (_, bob) = mesh
+        .post(
+            "/v1/users",
+            &admin,
+            json!({"username": "bob", "password": "bob-password", "roles": ["operator"]}),
+        )
+        .await;
+    let bob_path = format!("/v1/users/{}", bob["id"].as_str().unwrap());
+    mesh.token("demo", "bob", "bob-password").await;
+    let (status, body) = mesh
+        .patch(&bob_path, &admin, json!({"disabled": true}))
+        .await;
+    assert_eq!(
+        (status, &body["disabled"]),
+        (StatusCode::OK, &json!(true)),
+        "{body}"
+    );
+    assert_eq!(
+        mesh.login("demo", "bob", "bob-password").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(mesh.delete(&bob_path, &admin).await.0, StatusCode::OK);
+    assert_eq!(mesh.get(&bob_path, &admin).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_lock_a_login_out_without_revealing_users() {
+    let mesh = TestMesh::start_with(Store::Sqlite, |s| s.login_max_failures = 3).await;
+    for _ in 0..3 {
+        assert_eq!(
+            mesh.login("demo", "demo", "wrong").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            mesh.login("demo", "ghost", "wrong").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let resp = mesh
+        .http
+        .post(mesh.url("/v1/auth/login"))
+        .json(&json!({"tenant": "demo", "username": "demo", "password": "demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked even with the right password"
+    );
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 0 && wait <= 300, "retry-after {wait}");
+    let (status, body) = mesh.login("demo", "ghost", "wrong").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "an unknown user locks out the same way: {body}"
+    );
+    // Other users of the tenant are not affected.
+    let admin = mesh.admin_token().await;
+    assert!(!admin.is_empty());
+}

@@ -1,0 +1,261 @@
+//! The gRPC side: the gateway port speaks gRPC with the same token checks,
+//! reflection lists every service, health follows the shutdown sequence.
+use rdm_proto::inventory::{
+    GetMeRequest, LoginRequest, auth_service_client::AuthServiceClient,
+    user_service_client::UserServiceClient,
+};
+use rdm_tests::{ADMIN_PASSWORD, Store, TestMesh, rdm_binary};
+use std::time::{Duration, Instant};
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::{v1, v1alpha};
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+async fn list_services_v1(channel: Channel) -> Vec<String> {
+    use v1::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("{reply:?}")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service_on_gateway_and_service_ports() {
+    let mesh = TestMesh::start(Store::Sqlite).await;
+    for addr in [mesh.gateway, mesh.inventory] {
+        let names = list_services_v1(channel(addr).await).await;
+        for want in [
+            "rdm.inventory.v1.AuthService",
+            "rdm.inventory.v1.TenantService",
+            "rdm.inventory.v1.UserService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{addr}: {want} missing from {names:?}"
+            );
+        }
+    }
+    // v1alpha, which older grpcurl versions use, answers too, with file descriptors.
+    use v1alpha::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(mesh.gateway).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "rdm.inventory.v1.AuthService".into(),
+        )),
+    };
+    let mut replies = client
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = reply.message_response else {
+        panic!("{reply:?}")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_the_gateway_checks_tokens_like_rest() {
+    let mesh = TestMesh::start(Store::Sqlite).await;
+    let gw = channel(mesh.gateway).await;
+    let mut auth = AuthServiceClient::new(gw.clone());
+    let login = auth
+        .login(LoginRequest {
+            tenant: "demo".into(),
+            username: "demo".into(),
+            password: "demo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = auth
+        .get_me(bearer(GetMeRequest {}, &login.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (me.username.as_str(), me.tenant_slug.as_str()),
+        ("demo", "demo")
+    );
+
+    let err = auth.get_me(GetMeRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = auth
+        .get_me(bearer(GetMeRequest {}, "not.a.token"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let bad = auth
+        .login(LoginRequest {
+            tenant: "demo".into(),
+            username: "demo".into(),
+            password: "wrong".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::Unauthenticated);
+    // Errors carry google.rpc.ErrorInfo with the reason and domain.
+    let err = UserServiceClient::new(gw)
+        .get_user(bearer(
+            rdm_proto::inventory::GetUserRequest {
+                user_id: "nope".into(),
+            },
+            &login.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let info = rdm_kit::Error::from_status(&err);
+    assert_eq!(
+        (info.code, info.domain.as_ref()),
+        (rdm_kit::ErrorCode::NotFound, "rdm.inventory")
+    );
+
+    // The service's own port verifies tokens itself.
+    let mut direct = AuthServiceClient::new(channel(mesh.inventory).await);
+    assert_eq!(
+        direct.get_me(GetMeRequest {}).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        direct
+            .get_me(bearer(GetMeRequest {}, &login.access_token))
+            .await
+            .unwrap()
+            .into_inner()
+            .user_id,
+        me.user_id
+    );
+}
+
+async fn health(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?;
+    Ok(reply.into_inner().status())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_health_not_serving_then_exits_within_the_drain_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(rdm_binary())
+        .args([
+            "serve",
+            "inventory",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env(
+            "RDM_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("inv.db").display()),
+        )
+        .env("RDM_JWT_KEY_FILE", dir.path().join("jwt.pem"))
+        .env("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RDM_SHUTDOWN_DELAY_MS", "1500")
+        .env("RDM_DRAIN_TIMEOUT_MS", "2000")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let ch = loop {
+        if let Ok(ch) = Channel::from_shared(addr.clone()).unwrap().connect().await {
+            break ch;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "rdm serve inventory did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        health(ch.clone(), "").await.unwrap(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        health(ch.clone(), "rdm.inventory.v1.AuthService")
+            .await
+            .unwrap(),
+        ServingStatus::Serving
+    );
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let signalled = Instant::now();
+    let mut saw_not_serving = false;
+    while signalled.elapsed() < Duration::from_millis(1200) {
+        if health(ch.clone(), "").await.ok() == Some(ServingStatus::NotServing) {
+            saw_not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        saw_not_serving,
+        "health never said NOT_SERVING after SIGTERM"
+    );
+    // Still answering during the delay: in-flight and new calls are not cut.
+    let login = AuthServiceClient::new(ch)
+        .login(LoginRequest {
+            tenant: "system".into(),
+            username: "admin".into(),
+            password: ADMIN_PASSWORD.into(),
+        })
+        .await;
+    assert!(login.is_ok(), "{login:?}");
+    let status = tokio::time::timeout(Duration::from_millis(1500 + 2000 + 3000), child.wait())
+        .await
+        .expect("exits within shutdown delay + drain deadline")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,364 @@
+//! The gateway's REST side: how paths, queries and bodies map onto RPCs,
+//! streaming, errors, limits, CORS and the documents it serves.
+use rdm_tests::{Store, TestMesh};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn demo() -> (TestMesh, String) {
+    let mesh = TestMesh::start_with(Store::Sqlite, |s| {
+        s.gateway.body_limit = 64 * 1024;
+        s.gateway.cors_origins = vec!["http://localhost:5173".into()];
+    })
+    .await;
+    let token = mesh.token("demo", "demo", "demo").await;
+    (mesh, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_query_and_body_fill_the_request() {
+    let (mesh, token) = demo().await;
+    // lowerCamelCase and snake_case on input; snake_case on output.
+    let (status, carol) = mesh
+        .post("/v1/users", &token, json!({"username": "carol", "password": "carol-pass", "roles": ["operator"], "displayName": "Carol"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{carol}");
+    assert_eq!(carol["display_name"], "Carol");
+    assert!(carol.get("displayName").is_none());
+    let id = carol["id"].as_str().unwrap();
+    // Path variable.
+    let (status, got) = mesh.get(&format!("/v1/users/{id}"), &token).await;
+    assert_eq!(
+        (status, got["username"].as_str()),
+        (StatusCode::OK, Some("carol"))
+    );
+    // Query parameters, repeated and typed.
+    let (status, list) = mesh
+        .get("/v1/users?usernamePrefix=car&page_size=10", &token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["users"].as_array().unwrap().len(), 1);
+    // PATCH changes only what the body names.
+    let (status, patched) = mesh
+        .patch(
+            &format!("/v1/users/{id}"),
+            &token,
+            json!({"display_name": "Caroline"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(
+        (patched["display_name"].as_str(), &patched["roles"]),
+        (Some("Caroline"), &json!(["operator"]))
+    );
+    let (_, patched) = mesh
+        .patch(
+            &format!("/v1/users/{id}"),
+            &token,
+            json!({"roles": ["viewer", "operator"]}),
+        )
+        .await;
+    assert_eq!(
+        (patched["display_name"].as_str(), &patched["roles"]),
+        (Some("Caroline"), &json!(["viewer", "operator"]))
+    );
+    mesh.token("demo", "carol", "carol-pass").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_400s_that_name_the_field() {
+    let (mesh, token) = demo().await;
+    let cases: [(Method, &str, Option<&str>, &str); 7] = [
+        (Method::GET, "/v1/users?page_size=abc", None, "page_size"),
+        (
+            Method::GET,
+            "/v1/users?no_such_param=1",
+            None,
+            "no_such_param",
+        ),
+        (
+            Method::POST,
+            "/v1/users",
+            Some(r#"{"username": "x", "password": ["a"]}"#),
+            "password",
+        ),
+        (
+            Method::POST,
+            "/v1/users",
+            Some(r#"{"username": "x", "bogus": 1}"#),
+            "body",
+        ),
+        (Method::POST, "/v1/users", Some(r#"{"username": "#), "body"),
+        (Method::POST, "/v1/users", Some("[1, 2]"), "body"),
+        (
+            Method::POST,
+            "/v1/users",
+            Some(r#"{"username": "x y", "password": "long-enough", "roles": ["viewer"]}"#),
+            "username",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let mut req = mesh
+            .http
+            .request(method, mesh.url(path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json");
+        if let Some(body) = body {
+            req = req.body(body.to_owned());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path} {body:?}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(problem["field"], field, "{path} {body:?}: {problem}");
+        assert_eq!(problem["status"], 400);
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+    }
+    let (_, list) = mesh.get("/v1/users", &token).await;
+    assert_eq!(
+        list["users"].as_array().unwrap().len(),
+        1,
+        "nothing was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_wrong_methods_and_huge_bodies() {
+    let (mesh, token) = demo().await;
+    let (status, body) = mesh.get("/v1/nothing-here", &token).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NOT_FOUND"))
+    );
+    let resp = mesh
+        .http
+        .put(mesh.url("/v1/users"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(resp.headers()["allow"].to_str().unwrap().contains("GET"));
+    let huge = json!({"username": "big", "password": "x".repeat(100 * 1024), "roles": ["viewer"]});
+    let (status, body) = mesh.post("/v1/users", &token, huge).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE")),
+        "{body}"
+    );
+    // Also when the client streams it without a length.
+    let chunks = futures::stream::iter((0..100).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+    let resp = mesh
+        .http
+        .post(mesh.url("/v1/users"))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, list) = mesh.get("/v1/users", &token).await;
+    assert_eq!(
+        list["users"].as_array().unwrap().len(),
+        1,
+        "nothing was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_streams_are_ndjson_or_sse() {
+    let (mesh, token) = demo().await;
+    for name in ["u1", "u2", "u3"] {
+        mesh.post(
+            "/v1/users",
+            &token,
+            json!({"username": name, "password": "password-1", "roles": ["viewer"]}),
+        )
+        .await;
+    }
+    let resp = mesh
+        .http
+        .get(mesh.url("/v1/users:export"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let text = resp.text().await.unwrap();
+    let names: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["username"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["demo", "u1", "u2", "u3"]);
+
+    let resp = mesh
+        .http
+        .get(mesh.url("/v1/users:export?username_prefix=u"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{text}");
+    for event in events {
+        let data = event
+            .strip_prefix("event: message\ndata: ")
+            .unwrap_or_else(|| panic!("{event}"));
+        assert!(
+            serde_json::from_str::<Value>(data).unwrap()["username"]
+                .as_str()
+                .unwrap()
+                .starts_with('u')
+        );
+    }
+    // A stream that fails before its first item is an ordinary problem reply.
+    let viewer_less = mesh
+        .http
+        .get(mesh.url("/v1/users:export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(viewer_less.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_request_ids_docs_and_metrics() {
+    let (mesh, token) = demo().await;
+    let preflight = mesh
+        .http
+        .request(Method::OPTIONS, mesh.url("/v1/me"))
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let foreign = mesh
+        .http
+        .get(mesh.url("/v1/me"))
+        .header("origin", "http://evil.example")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let resp = mesh
+        .http
+        .get(mesh.url("/v1/me"))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+    let resp = mesh.http.get(mesh.url("/v1/nope")).send().await.unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["request_id"], generated.as_str());
+
+    let docs = mesh
+        .http
+        .get(mesh.url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(docs.contains("swagger-ui-bundle.js") && docs.contains("/openapi.json"));
+    let js = mesh
+        .http
+        .get(mesh.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        js.status(),
+        StatusCode::OK,
+        "Swagger UI is served from the binary"
+    );
+    let openapi: Value = mesh
+        .http
+        .get(mesh.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(openapi["openapi"], "3.1.0");
+    assert_eq!(
+        openapi["paths"]["/v1/users/{user_id}"]["patch"]["operationId"],
+        "UserService_UpdateUser"
+    );
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+
+    let metrics = mesh
+        .http
+        .get(mesh.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("rdm_requests_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdm_openapi_prints_what_the_gateway_serves() {
+    let mesh = TestMesh::start(Store::Sqlite).await;
+    let served: Value = mesh
+        .http
+        .get(mesh.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let out = std::process::Command::new(rdm_tests::rdm_binary())
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, served);
+    // Every operation: a unique <Service>_<Method> id and problem+json errors.
+    let mut ids = std::collections::HashSet::new();
+    for (path, ops) in printed["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "duplicate {id}");
+            assert!(id.contains("Service_"), "{id}");
+            for code in ["400", "401", "403", "404", "500"] {
+                assert!(
+                    op["responses"][code]["$ref"].as_str().is_some(),
+                    "{method} {path} lacks {code}"
+                );
+            }
+        }
+    }
+    assert!(ids.len() >= 15, "{ids:?}");
+}
