@@ -31,6 +31,9 @@ struct Variable {
     end: usize,
 }
 
+/// Path variables of a match: (field path, value).
+pub type Vars = Vec<(String, String)>;
+
 /// A parsed path template.
 #[derive(Clone, Debug)]
 pub struct Template {
@@ -118,7 +121,7 @@ impl Template {
     }
 
     /// The variables of `path` (`field_path`, percent-decoded value) if it matches.
-    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+    pub fn matches(&self, path: &str) -> Option<Vars> {
         let mut path = path.strip_prefix('/')?;
         if let Some(verb) = &self.verb {
             path = path.strip_suffix(verb.as_str())?.strip_suffix(':')?;
@@ -242,7 +245,7 @@ pub fn bindings(
             }
         }
     }
-    out.sort_by(|a, b| b.template.specificity().cmp(&a.template.specificity()));
+    out.sort_by_key(|b| std::cmp::Reverse(b.template.specificity()));
     Ok(out)
 }
 
@@ -268,22 +271,20 @@ fn push_rule(
             found = text(name).map(|p| (method, p));
         }
     }
-    if rule.has_field_by_name("custom") {
-        if let Some(custom) = rule
-            .get_field_by_name("custom")
-            .and_then(|v| v.as_message().cloned())
-        {
-            let kind = custom
-                .get_field_by_name("kind")
-                .and_then(|v| v.as_str().map(str::to_owned));
-            let path = custom
-                .get_field_by_name("path")
-                .and_then(|v| v.as_str().map(str::to_owned));
-            if let (Some(kind), Some(path)) = (kind, path) {
-                let method =
-                    Method::from_bytes(kind.as_bytes()).map_err(|e| format!("{kind}: {e}"))?;
-                found = Some((method, path));
-            }
+    let custom = rule
+        .has_field_by_name("custom")
+        .then(|| rule.get_field_by_name("custom"))
+        .flatten()
+        .and_then(|v| v.as_message().cloned());
+    if let Some(custom) = custom {
+        let field = |name: &str| {
+            custom
+                .get_field_by_name(name)
+                .and_then(|v| v.as_str().map(str::to_owned))
+        };
+        if let (Some(kind), Some(path)) = (field("kind"), field("path")) {
+            let method = Method::from_bytes(kind.as_bytes()).map_err(|e| format!("{kind}: {e}"))?;
+            found = Some((method, path));
         }
     }
     let Some((method, path)) = found else {

@@ -2,7 +2,10 @@
 //! message from path, query and body (proto JSON, snake_case or
 //! lowerCamelCase), calls the RPC and writes the reply as JSON, or for
 //! server-streaming RPCs as NDJSON or Server-Sent Events.
-use crate::{Gateway, routes::Binding};
+use crate::{
+    Gateway,
+    routes::{Binding, Vars},
+};
 use axum::{
     body::Body,
     extract::Request,
@@ -152,11 +155,7 @@ type FrameStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send>>;
 
 /// The binding for `method path`: 404 for no route, 405 when only the method differs.
-fn find<'a>(
-    gw: &'a Gateway,
-    method: &Method,
-    path: &str,
-) -> Result<(&'a Binding, Vec<(String, String)>), Error> {
+fn find<'a>(gw: &'a Gateway, method: &Method, path: &str) -> Result<(&'a Binding, Vars), Error> {
     let mut other_methods = Vec::new();
     for binding in &gw.bindings {
         if let Some(vars) = binding.template.matches(path) {
@@ -179,6 +178,11 @@ fn find<'a>(
     .with_meta("allow", other_methods.join(", ")))
 }
 
+/// How much of an oversized body is read and dropped before the 413, so a
+/// client still sending gets to read the reply instead of a reset.
+const DRAIN_MAX: usize = 4 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error> {
     let too_large = || {
         Error::new(
@@ -186,32 +190,56 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             format!("request body is larger than {limit} bytes"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
     {
         let ct = ct.split(';').next().unwrap_or_default().trim();
-        if !ct.is_empty()
-            && ct != JSON
-            && !ct.ends_with("+json")
-            && ct != "application/x-www-form-urlencoded"
-        {
+        // curl -d sends form-urlencoded by default; its bodies are read as JSON.
+        let json_like = ct.is_empty()
+            || ct == JSON
+            || ct.ends_with("+json")
+            || ct == "application/x-www-form-urlencoded";
+        if !json_like {
             return Err(Error::invalid(
                 "body",
                 format!("request body must be JSON, not {ct}"),
             ));
         }
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())
+    let mut stream = body.into_data_stream();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    if declared.is_none_or(|n| n <= limit) {
+        let mut overflow = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Error::invalid("body", format!("request body could not be read: {e}"))
+            })?;
+            if buf.len() + chunk.len() > limit {
+                overflow = true;
+                break;
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if !overflow {
+            return Ok(buf.freeze());
+        }
+    }
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.len();
+            if drained > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
+    Err(too_large())
 }
 
 /// Builds the request message as one proto JSON object (body, then path

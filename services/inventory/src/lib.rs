@@ -78,6 +78,18 @@ pub struct Bootstrapped {
     pub generated_admin_password: Option<String>,
 }
 
+impl Bootstrapped {
+    /// Tells the operator, once, the password that was generated.
+    pub fn report(&self) {
+        if let Some(password) = &self.generated_admin_password {
+            println!(
+                "created platform admin: tenant \"system\", user \"admin\", password \"{password}\" \
+                 (shown once; set RDM_ADMIN_PASSWORD to choose it)"
+            );
+        }
+    }
+}
+
 /// Makes sure the system tenant and its `admin` exist (password from
 /// `admin_password`, or generated and returned), and with `demo` the `demo`
 /// tenant with user `demo` / `demo` (admin).
@@ -809,25 +821,9 @@ mod tests {
     fn slugs_and_usernames_are_checked() {
         assert!(valid_slug("acme-2").is_ok());
         for bad in ["A", "a", "-ab", "ab_c", "Acme", &"a".repeat(64)] {
-            assert_eq!(
-                valid_slug(bad).unwrap_err().field.as_deref(),
-                Some("slug"),
-                "{bad}"
-            );
+            assert_eq!(valid_slug(bad).unwrap_err().field(), Some("slug"), "{bad}");
         }
         assert!(valid_username("alice.o@x-y").is_ok());
         assert!(valid_username("al ice").is_err());
-    }
-}
-
-impl Bootstrapped {
-    /// Tells the operator, once, the password that was generated.
-    pub fn report(&self) {
-        if let Some(password) = &self.generated_admin_password {
-            println!(
-                "created platform admin: tenant \"system\", user \"admin\", password \"{password}\" \
-                 (shown once; set RDM_ADMIN_PASSWORD to choose it)"
-            );
-        }
     }
 }

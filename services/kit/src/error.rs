@@ -1,7 +1,7 @@
 //! The one error type every service returns. Each `ErrorCode` maps once to a
 //! gRPC status code and once to an HTTP status, and travels between the two
 //! as a `google.rpc.ErrorInfo` detail (reason + domain + metadata).
-use std::{borrow::Cow, collections::HashMap, fmt};
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -147,8 +147,8 @@ pub struct Error {
     pub code: ErrorCode,
     pub message: String,
     pub domain: Cow<'static, str>,
-    pub field: Option<String>,
-    pub metadata: HashMap<String, String>,
+    /// `ErrorInfo.metadata`: `field` for bad input, protocol codes, ...
+    pub metadata: BTreeMap<String, String>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -159,18 +159,18 @@ impl Error {
             code,
             message: message.into(),
             domain: Cow::Borrowed("rdm"),
-            field: None,
-            metadata: HashMap::new(),
+            metadata: BTreeMap::new(),
         }
     }
 
     /// Bad input in `field` (its proto name, dotted for nested fields).
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let field = field.into();
-        Self {
-            field: Some(field.clone()),
-            ..Self::new(ErrorCode::InvalidArgument, message).with_meta("field", field)
-        }
+        Self::new(ErrorCode::InvalidArgument, message).with_meta("field", field)
+    }
+
+    /// The request field at fault, for bad input.
+    pub fn field(&self) -> Option<&str> {
+        self.metadata.get("field").map(String::as_str)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -215,8 +215,7 @@ impl Error {
             code,
             message: status.message().to_owned(),
             domain: Cow::Owned(info.domain.clone()),
-            field: info.metadata.get("field").cloned(),
-            metadata: info.metadata.clone(),
+            metadata: info.metadata.clone().into_iter().collect(),
         }
     }
 
@@ -230,8 +229,8 @@ impl Error {
             "code": self.code.reason(),
             "domain": self.domain,
         });
-        if let Some(field) = &self.field {
-            body["field"] = field.clone().into();
+        if let Some(field) = self.field() {
+            body["field"] = field.into();
         }
         if let Some(id) = request_id {
             body["request_id"] = id.into();
@@ -259,10 +258,13 @@ impl From<Error> for tonic::Status {
         let mut details = ErrorDetails::with_error_info(
             err.code.reason(),
             err.domain.clone(),
-            err.metadata.clone(),
+            err.metadata
+                .clone()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
         );
-        if let Some(field) = &err.field {
-            details.add_bad_request_violation(field.clone(), err.message.clone());
+        if let Some(field) = err.field() {
+            details.add_bad_request_violation(field, err.message.clone());
         }
         tonic::Status::with_error_details(err.code.grpc_code(), err.message, details)
     }

