@@ -421,3 +421,69 @@ fn reply_json(
     result.map_err(|e| Error::internal("encoding a reply as JSON", e))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::Template;
+    use serde_json::json;
+
+    fn binding(rpc: &str, method: Method, template: &str, body: Option<&str>) -> Binding {
+        let rpc = rdm_proto::descriptor_pool()
+            .get_service_by_name("rdm.inventory.v1.UserService")
+            .and_then(|s| s.methods().find(|m| m.name() == rpc))
+            .unwrap();
+        Binding {
+            method,
+            template: Template::parse(template).unwrap(),
+            body: body.map(str::to_owned),
+            response_body: None,
+            rpc,
+        }
+    }
+
+    fn decode(binding: &Binding, bytes: Bytes) -> serde_json::Value {
+        let msg = DynamicMessage::decode(binding.rpc.input(), bytes).unwrap();
+        serde_json::to_value(&msg).unwrap()
+    }
+
+    #[test]
+    fn a_field_body_fills_that_field_and_the_query_the_rest() {
+        let b = binding(
+            "UpdateUser",
+            Method::PUT,
+            "/v1/users/{user_id}/roles",
+            Some("roles"),
+        );
+        let vars = b.template.matches("/v1/users/u1/roles").unwrap();
+        let bytes = build_request(
+            &b,
+            &vars,
+            Some("display_name=Ann&disabled=true"),
+            br#"["viewer","operator"]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            decode(&b, bytes),
+            json!({"userId": "u1", "roles": ["viewer", "operator"], "displayName": "Ann", "disabled": true})
+        );
+        let err = build_request(&b, &vars, Some("disabled=maybe"), b"[]").unwrap_err();
+        assert_eq!(err.field(), Some("disabled"));
+    }
+
+    #[test]
+    fn patch_masks_only_the_fields_the_body_names() {
+        let b = binding(
+            "UpdateUser",
+            Method::PATCH,
+            "/v1/users/{user_id}",
+            Some("*"),
+        );
+        let vars = b.template.matches("/v1/users/u1").unwrap();
+        let bytes =
+            build_request(&b, &vars, None, br#"{"displayName": "Ann", "roles": []}"#).unwrap();
+        assert_eq!(decode(&b, bytes)["updateMask"], "displayName,roles");
+        let err = build_request(&b, &vars, Some("x=1"), b"{}").unwrap_err();
+        assert_eq!(err.field(), Some("query"));
+    }
+}

@@ -277,3 +277,42 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `rdm serve <role>` as a child process on `port`, with `env` on top of a
+/// test environment; killed when dropped.
+pub fn spawn_serve(role: &str, port: u16, env: &[(&str, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(rdm_binary());
+    cmd.args(["serve", role, "--listen", &format!("127.0.0.1:{port}")])
+        .env("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RDM_LOG", "warn")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn rdm serve")
+}
+
+/// A gRPC channel to `port` once something accepts there (at most 20 s).
+pub async fn wait_for_port(port: u16) -> tonic::transport::Channel {
+    let started = std::time::Instant::now();
+    loop {
+        let endpoint = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("url");
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "nothing listens on {port} after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

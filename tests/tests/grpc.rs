@@ -4,7 +4,9 @@ use rdm_proto::inventory::{
     GetMeRequest, LoginRequest, auth_service_client::AuthServiceClient,
     user_service_client::UserServiceClient,
 };
-use rdm_tests::{ADMIN_PASSWORD, Store, TestMesh, rdm_binary};
+use rdm_tests::{
+    ADMIN_PASSWORD, PgDatabase, Store, TestMesh, free_port, spawn_serve, wait_for_port,
+};
 use std::time::{Duration, Instant};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
@@ -177,41 +179,24 @@ async fn health(channel: Channel, service: &str) -> Result<ServingStatus, tonic:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_health_not_serving_then_exits_within_the_drain_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(rdm_binary())
-        .args([
-            "serve",
-            "inventory",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env(
-            "RDM_DATABASE_URL",
-            format!("sqlite:{}", dir.path().join("inv.db").display()),
-        )
-        .env("RDM_JWT_KEY_FILE", dir.path().join("jwt.pem"))
-        .env("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("RDM_SHUTDOWN_DELAY_MS", "1500")
-        .env("RDM_DRAIN_TIMEOUT_MS", "2000")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    let ch = loop {
-        if let Ok(ch) = Channel::from_shared(addr.clone()).unwrap().connect().await {
-            break ch;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "rdm serve inventory did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let port = free_port();
+    let mut child = spawn_serve(
+        "inventory",
+        port,
+        &[
+            (
+                "RDM_DATABASE_URL",
+                format!("sqlite:{}", dir.path().join("inv.db").display()),
+            ),
+            (
+                "RDM_JWT_KEY_FILE",
+                dir.path().join("jwt.pem").display().to_string(),
+            ),
+            ("RDM_SHUTDOWN_DELAY_MS", "1500".into()),
+            ("RDM_DRAIN_TIMEOUT_MS", "2000".into()),
+        ],
+    );
+    let ch = wait_for_port(port).await;
     assert_eq!(
         health(ch.clone(), "").await.unwrap(),
         ServingStatus::Serving
@@ -258,4 +243,79 @@ async fn sigterm_turns_health_not_serving_then_exits_within_the_drain_deadline()
         .expect("exits within shutdown delay + drain deadline")
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// The Kubernetes shape: the inventory and the gateway as separate processes
+/// on PostgreSQL; the gateway holds no key and fetches the JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_inventory_and_gateway_as_separate_processes() {
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (inventory_port, gateway_port) = (free_port(), free_port());
+    let _inventory = spawn_serve(
+        "inventory",
+        inventory_port,
+        &[
+            ("RDM_DATABASE_URL", pg.app_url.clone()),
+            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
+            (
+                "RDM_JWT_KEY_FILE",
+                dir.path().join("jwt.pem").display().to_string(),
+            ),
+        ],
+    );
+    wait_for_port(inventory_port).await;
+    let _gateway = spawn_serve(
+        "gateway",
+        gateway_port,
+        &[(
+            "RDM_INVENTORY_URL",
+            format!("http://127.0.0.1:{inventory_port}"),
+        )],
+    );
+    let channel = wait_for_port(gateway_port).await;
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{gateway_port}");
+    let login: serde_json::Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{login}"));
+    let me = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), reqwest::StatusCode::OK);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(
+        (me["tenant_slug"].as_str(), me["roles"][0].as_str()),
+        (Some("system"), Some("platform-admin"))
+    );
+    let forged = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::UNAUTHORIZED);
+    // And the same through gRPC on the gateway port.
+    let mut auth = AuthServiceClient::new(channel);
+    assert_eq!(
+        auth.get_me(bearer(GetMeRequest {}, token))
+            .await
+            .unwrap()
+            .into_inner()
+            .username,
+        "admin"
+    );
 }

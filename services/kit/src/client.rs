@@ -38,3 +38,42 @@ impl Interceptor for Forward {
         Ok(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Claims, SigningKey, TokenPolicy, Verifier};
+
+    #[test]
+    fn forwards_the_callers_token_and_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(&dir.path().join("k.pem")).unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: "u".into(),
+            tid: "t".into(),
+            roles: vec!["viewer".into()],
+            iat: now,
+            exp: now + 60,
+            iss: "rdm".into(),
+            aud: "rdm".into(),
+            jti: "j".into(),
+        };
+        let token = key.sign(&claims).unwrap();
+        let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
+        let principal = verifier.verify(&token).unwrap();
+        let trace = TraceParent::new_root();
+        let req = Forward::new(Some(&principal), Some(&trace))
+            .call(tonic::Request::new(()))
+            .unwrap();
+        assert_eq!(
+            req.metadata().get("authorization").unwrap(),
+            &format!("Bearer {token}")
+        );
+        assert_eq!(req.metadata().get("traceparent").unwrap(), trace.0.as_str());
+        let bare = Forward::new(None, None)
+            .call(tonic::Request::new(()))
+            .unwrap();
+        assert!(bare.metadata().is_empty());
+    }
+}
