@@ -139,7 +139,7 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
 
     println!(
-        "rdm bench gateway: GetMe, {concurrency} concurrent callers, {} s each, one process on {} cores",
+        "rdm bench gateway: GetMe, {} s per phase, client and server in one process on {} cores",
         duration.as_secs(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -150,7 +150,7 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .connect()
             .await?;
-    let grpc = load(duration, concurrency, move || {
+    let grpc_call = move || {
         let mut client = AuthServiceClient::new(channel.clone());
         let bearer = bearer.clone();
         async move {
@@ -158,21 +158,25 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
             req.metadata_mut().insert("authorization", bearer);
             client.get_me(req).await.is_ok()
         }
-    })
-    .await;
+    };
     let url = format!("{base}/v1/me");
-    let rest = load(duration, concurrency, move || {
+    let rest_call = move || {
         let req = http.get(&url).bearer_auth(&token);
         async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
-    })
-    .await;
-    println!("{}", grpc.line("direct gRPC (inventory)"));
-    println!("{}", rest.line("REST via gateway (+JWT)"));
-    println!(
-        "ratio: gateway keeps {:.0}% of direct throughput (goal >= 75%); adds {:+.3} ms at p50 (goal < 0.5 ms)",
-        100.0 * rest.rps() / grpc.rps().max(1e-9),
-        (rest.percentile(0.5).as_secs_f64() - grpc.percentile(0.5).as_secs_f64()) * 1e3
-    );
+    };
+    // Latency with one caller (nothing queues), throughput with many.
+    for callers in [1, concurrency] {
+        let grpc = load(duration, callers, grpc_call.clone()).await;
+        let rest = load(duration, callers, rest_call.clone()).await;
+        println!("-- {callers} concurrent caller(s)");
+        println!("{}", grpc.line("direct gRPC (inventory)"));
+        println!("{}", rest.line("REST via gateway (+JWT)"));
+        println!(
+            "gateway/direct: {:.0}% of the throughput (goal >= 75%), {:+.3} ms at p50 (goal < +0.5 ms)",
+            100.0 * rest.rps() / grpc.rps().max(1e-9),
+            (rest.percentile(0.5).as_secs_f64() - grpc.percentile(0.5).as_secs_f64()) * 1e3
+        );
+    }
     trigger.trigger();
     drop(mesh);
 

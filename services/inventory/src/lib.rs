@@ -359,19 +359,15 @@ impl Inventory {
 
     async fn me(&self, p: &Principal) -> Result<pb::GetMeResponse> {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
-        let user = store::user_by_id(&mut tx, &p.tenant_id, &p.user_id).await?;
-        let tenant = store::tenant_by_id(&mut tx, &p.tenant_id).await?;
-        let (Some(user), Some(tenant)) = (user, tenant) else {
-            return Err(Error::unauthenticated(
-                "the user of this token no longer exists",
-            ));
-        };
+        let me = store::me(&mut tx, &p.tenant_id, &p.user_id)
+            .await?
+            .ok_or_else(|| Error::unauthenticated("the user of this token no longer exists"))?;
         Ok(pb::GetMeResponse {
-            user_id: user.id,
-            username: user.username,
-            tenant_id: tenant.id,
-            tenant_slug: tenant.slug,
-            roles: user.roles.split_whitespace().map(str::to_owned).collect(),
+            user_id: p.user_id.clone(),
+            username: me.username,
+            tenant_id: p.tenant_id.clone(),
+            tenant_slug: me.slug,
+            roles: me.roles.split_whitespace().map(str::to_owned).collect(),
         })
     }
 

@@ -234,6 +234,25 @@ pub async fn delete_user(tx: &mut TenantTx, tenant_id: &str, id: &str) -> Result
     Ok(done.rows_affected() > 0)
 }
 
+/// Who a token's subject is: one query for GetMe.
+#[derive(Clone, Debug, FromRow)]
+pub struct MeRow {
+    pub username: String,
+    pub roles: String,
+    pub slug: String,
+}
+
+pub async fn me(tx: &mut TenantTx, tenant_id: &str, user_id: &str) -> Result<Option<MeRow>> {
+    Ok(sqlx::query_as(
+        "select u.username, u.roles, t.slug from users u join tenants t on t.id = u.tenant_id \
+         where u.tenant_id = $1 and u.id = $2",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_optional(tx.conn())
+    .await?)
+}
+
 #[derive(Clone, Debug, Default, FromRow)]
 pub struct ThrottleRow {
     pub failures: i64,

@@ -6,7 +6,13 @@ use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::Jwk};
 use prost_reflect::{DescriptorPool, Value};
 use serde::{Deserialize, Serialize};
-use std::{collections::HashMap, fmt, path::Path, str::FromStr, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt,
+    path::Path,
+    str::FromStr,
+    sync::{Arc, Mutex},
+};
 
 /// Roles, each including the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -193,7 +199,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct Verifier {
     keys: Arc<HashMap<String, DecodingKey>>,
     validation: Arc<Validation>,
+    verified: Arc<Mutex<HashMap<Arc<str>, (Principal, u64)>>>,
 }
+
+/// Tokens remembered as verified (with their expiry, still checked on every
+/// use): a signature check costs more than the rest of a small call, and
+/// through the gateway each call is checked twice.
+const VERIFIED_CACHE: usize = 10_000;
 
 impl Verifier {
     pub fn new(jwks: &[Jwk], policy: &TokenPolicy) -> anyhow::Result<Self> {
@@ -213,10 +225,36 @@ impl Verifier {
         Ok(Self {
             keys: Arc::new(keys),
             validation: Arc::new(validation),
+            verified: Arc::default(),
         })
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((principal, exp)) = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|c| c.get(token).cloned())
+        {
+            if now <= exp + self.validation.leeway {
+                return Ok(principal);
+            }
+        }
+        let principal = self.verify_signature(token)?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE {
+                cache.retain(|_, (_, exp)| now < *exp);
+                if cache.len() >= VERIFIED_CACHE {
+                    cache.clear();
+                }
+            }
+            cache.insert(principal.0.token.clone(), principal.clone());
+        }
+        Ok(principal.0)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(Principal, u64)> {
         let rejected = |why: &str| Error::unauthenticated(format!("invalid bearer token: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| rejected("malformed"))?;
         let key = match header.kid.as_deref() {
@@ -242,12 +280,13 @@ impl Verifier {
             .map(|r| r.parse())
             .collect::<Result<Vec<Role>>>()
             .map_err(|_| rejected("unknown role"))?;
-        Ok(Principal {
+        let principal = Principal {
             user_id: claims.sub,
             tenant_id: claims.tid,
             roles,
             token: token.into(),
-        })
+        };
+        Ok((principal, claims.exp))
     }
 }
 
@@ -405,6 +444,30 @@ mod tests {
             verifier.verify(&other).unwrap_err().code,
             ErrorCode::Unauthenticated
         );
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let key = key();
+        let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
+        // Valid for the leeway only: verified now, then past its expiry.
+        let token = key.sign(&claims(&["viewer"], -4)).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        assert!(
+            verifier.verify(&token).is_ok(),
+            "second use comes from the cache"
+        );
+        assert!(
+            verifier
+                .verified
+                .lock()
+                .unwrap()
+                .contains_key(token.as_str())
+        );
+        // exp = t0 - 4 and the leeway is 5 s (inclusive): two seconds on it is past.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let err = verifier.verify(&token).unwrap_err();
+        assert!(err.message.contains("expired"), "{err:?}");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! a service's in-process router. The gateway's transcoder and (later) the
 //! job runner use this with messages built from the descriptor set.
 use bytes::{Buf, BufMut, Bytes};
-use futures::future::BoxFuture;
 use std::convert::Infallible;
 use tonic::{
     Status,
@@ -96,44 +95,40 @@ fn path(grpc_path: &str) -> Result<http::uri::PathAndQuery, Status> {
         .map_err(|_| Status::internal(format!("bad rpc path {grpc_path}")))
 }
 
+async fn ready(backend: Backend) -> Result<tonic::client::Grpc<Backend>, Status> {
+    let mut grpc = tonic::client::Grpc::new(backend);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
+    Ok(grpc)
+}
+
 /// A unary call: `grpc_path` is `/pkg.Service/Method`.
-// Boxed with `Send` spelled out: left to inference, rustc cannot prove the
-// future Send for every lifetime and handlers that await it stop compiling.
-pub fn unary(
+pub async fn unary(
     backend: Backend,
     grpc_path: &str,
     message: Bytes,
     metadata: MetadataMap,
-) -> BoxFuture<'static, Result<Bytes, Status>> {
-    let path = path(grpc_path);
-    Box::pin(async move {
-        let mut grpc = tonic::client::Grpc::new(backend);
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
-        Ok(grpc
-            .unary(request(message, metadata), path?, RawCodec)
-            .await?
-            .into_inner())
-    })
+) -> Result<Bytes, Status> {
+    let path = path(grpc_path)?;
+    let reply = ready(backend)
+        .await?
+        .unary(request(message, metadata), path, RawCodec)
+        .await?;
+    Ok(reply.into_inner())
 }
 
 /// A server-streaming call.
-pub fn server_streaming(
+pub async fn server_streaming(
     backend: Backend,
     grpc_path: &str,
     message: Bytes,
     metadata: MetadataMap,
-) -> BoxFuture<'static, Result<tonic::Streaming<Bytes>, Status>> {
-    let path = path(grpc_path);
-    Box::pin(async move {
-        let mut grpc = tonic::client::Grpc::new(backend);
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("backend not ready: {e}")))?;
-        Ok(grpc
-            .server_streaming(request(message, metadata), path?, RawCodec)
-            .await?
-            .into_inner())
-    })
+) -> Result<tonic::Streaming<Bytes>, Status> {
+    let path = path(grpc_path)?;
+    let reply = ready(backend)
+        .await?
+        .server_streaming(request(message, metadata), path, RawCodec)
+        .await?;
+    Ok(reply.into_inner())
 }
