@@ -7,6 +7,10 @@ use opentelemetry::trace::TracerProvider as _;
 use std::{sync::OnceLock, time::Instant};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
+/// Set once by `init` when spans are exported: only then is the incoming
+/// trace context worth extracting.
+static OTEL_ON: OnceLock<bool> = OnceLock::new();
+
 /// Sets up logging and tracing for the process; call once from `main`.
 /// Returns the tracer provider so `main` can flush it on exit.
 pub fn init(service_name: &str) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
@@ -51,6 +55,7 @@ pub fn init(service_name: &str) -> Option<opentelemetry_sdk::trace::SdkTracerPro
             .try_init()
     };
     if otel.is_some() {
+        let _ = OTEL_ON.set(true);
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
@@ -100,7 +105,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         .map(|v| TraceParent(v.to_owned()))
         .unwrap_or_else(TraceParent::new_root);
     let span = tracing::info_span!("request", method = %req.method(), path = %path, traceparent = %traceparent.0);
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+    if OTEL_ON.get().is_some() {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
