@@ -199,13 +199,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct Verifier {
     keys: Arc<HashMap<String, DecodingKey>>,
     validation: Arc<Validation>,
-    verified: Arc<Mutex<HashMap<Arc<str>, (Principal, u64)>>>,
+    verified: Arc<Mutex<VerifiedTokens>>,
 }
 
 /// Tokens remembered as verified (with their expiry, still checked on every
 /// use): a signature check costs more than the rest of a small call, and
 /// through the gateway each call is checked twice.
 const VERIFIED_CACHE: usize = 10_000;
+
+/// Token -> (principal, exp).
+type VerifiedTokens = HashMap<Arc<str>, (Principal, u64)>;
 
 impl Verifier {
     pub fn new(jwks: &[Jwk], policy: &TokenPolicy) -> anyhow::Result<Self> {
@@ -231,17 +234,17 @@ impl Verifier {
 
     pub fn verify(&self, token: &str) -> Result<Principal> {
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some((principal, exp)) = self
+        let remembered = self
             .verified
             .lock()
             .ok()
-            .and_then(|c| c.get(token).cloned())
+            .and_then(|c| c.get(token).cloned());
+        if let Some((principal, exp)) = remembered
+            && now <= exp + self.validation.leeway
         {
-            if now <= exp + self.validation.leeway {
-                return Ok(principal);
-            }
+            return Ok(principal);
         }
-        let principal = self.verify_signature(token)?;
+        let (principal, exp) = self.verify_signature(token)?;
         if let Ok(mut cache) = self.verified.lock() {
             if cache.len() >= VERIFIED_CACHE {
                 cache.retain(|_, (_, exp)| now < *exp);
@@ -249,9 +252,9 @@ impl Verifier {
                     cache.clear();
                 }
             }
-            cache.insert(principal.0.token.clone(), principal.clone());
+            cache.insert(principal.token.clone(), (principal.clone(), exp));
         }
-        Ok(principal.0)
+        Ok(principal)
     }
 
     fn verify_signature(&self, token: &str) -> Result<(Principal, u64)> {
