@@ -9,6 +9,7 @@ use rdm_kit::{
     auth::{AccessTable, SigningKey, TokenPolicy, Verifier},
     db::Db,
     invoke::{self, Backend},
+    secrets::Keyring,
     server::{self, Guard, ServerArgs, Shutdown},
 };
 use std::{
@@ -36,6 +37,21 @@ pub struct Settings {
     /// Ed25519 PKCS#8 PEM key that signs tokens. `rdm up` creates one in the data dir.
     #[arg(long, env = "RDM_JWT_KEY_FILE")]
     pub jwt_key_file: Option<PathBuf>,
+    /// Key that seals endpoint secrets (32 bytes, base64). Without it a key
+    /// file is used (`rdm up` creates DATA_DIR/secret.key).
+    #[arg(long, env = "RDM_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Older keys, comma-separated: they still open secrets during a rotation.
+    #[arg(
+        long,
+        env = "RDM_SECRET_KEY_PREVIOUS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub secret_key_previous: Vec<String>,
+    /// Key file (one base64 key a line, the sealing key first).
+    #[arg(long, env = "RDM_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Access token lifetime in seconds.
     #[arg(long, env = "RDM_JWT_TTL", default_value_t = 3600)]
     pub jwt_ttl: u64,
@@ -72,6 +88,9 @@ impl Default for Settings {
             database_url: None,
             database_admin_url: None,
             jwt_key_file: None,
+            secret_key: None,
+            secret_key_previous: Vec::new(),
+            secret_key_file: None,
             jwt_ttl: 3600,
             jwt_issuer: "rdm".into(),
             jwt_audience: "rdm".into(),
@@ -86,6 +105,23 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The secret keyring: from RDM_SECRET_KEY (+ previous keys), else the
+    /// key file, else (for `rdm up`) `default_file`, created when missing.
+    pub fn keyring(&self, default_file: Option<&Path>) -> anyhow::Result<Keyring> {
+        if let Some(key) = &self.secret_key {
+            let keys: Vec<&str> = std::iter::once(key.as_str())
+                .chain(self.secret_key_previous.iter().map(String::as_str))
+                .collect();
+            return Keyring::from_base64(&keys);
+        }
+        let file = self
+            .secret_key_file
+            .as_deref()
+            .or(default_file)
+            .context("RDM_SECRET_KEY or RDM_SECRET_KEY_FILE is required")?;
+        Keyring::load_or_create(file)
+    }
+
     fn policy(&self) -> TokenPolicy {
         TokenPolicy {
             issuer: self.jwt_issuer.clone(),
@@ -142,8 +178,14 @@ async fn inventory_db(url: &str, admin_url: Option<&str>) -> anyhow::Result<Db> 
         .context("connecting the inventory database")
 }
 
-fn inventory_config(settings: &Settings, db: Db, key: Arc<SigningKey>) -> rdm_inventory::Config {
+fn inventory_config(
+    settings: &Settings,
+    db: Db,
+    key: Arc<SigningKey>,
+    keyring: Keyring,
+) -> rdm_inventory::Config {
     rdm_inventory::Config {
+        keyring,
         db,
         signing_key: key,
         policy: settings.policy(),
@@ -182,8 +224,11 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     let db = inventory_db(&db_url, settings.database_admin_url.as_deref()).await?;
     let boot = rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), opts.demo).await?;
 
-    let inventory =
-        rdm_inventory::service(inventory_config(settings, db, key), guard(verifier.clone()));
+    let keyring = settings.keyring(Some(&opts.data_dir.join("secret.key")))?;
+    let inventory = rdm_inventory::service(
+        inventory_config(settings, db, key, keyring),
+        guard(verifier.clone()),
+    );
     let backends = HashMap::from([(
         INVENTORY_PACKAGE.to_owned(),
         invoke::local(inventory.clone()),
@@ -245,8 +290,11 @@ pub async fn serve(
             rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), false)
                 .await?
                 .report();
-            let router =
-                rdm_inventory::service(inventory_config(settings, db, key), guard(verifier));
+            let keyring = settings.keyring(None)?;
+            let router = rdm_inventory::service(
+                inventory_config(settings, db, key, keyring),
+                guard(verifier),
+            );
             server::serve(
                 listener,
                 router,

@@ -13,6 +13,21 @@ pub struct Binding {
     pub body: Option<String>,
     pub response_body: Option<String>,
     pub rpc: MethodDescriptor,
+    /// The body field is a `google.api.HttpBody`: the request body is taken raw.
+    pub raw_request: bool,
+    /// The reply (or its response_body) is a `google.api.HttpBody`: sent raw.
+    pub raw_response: bool,
+}
+
+const HTTP_BODY: &str = "google.api.HttpBody";
+
+fn is_http_body(msg: &prost_reflect::MessageDescriptor, field: Option<&str>) -> bool {
+    match field {
+        None => msg.full_name() == HTTP_BODY,
+        Some(name) => msg.get_field_by_name(name).is_some_and(
+            |f| matches!(f.kind(), prost_reflect::Kind::Message(m) if m.full_name() == HTTP_BODY),
+        ),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -291,12 +306,19 @@ fn push_rule(
         return Ok(());
     };
     let template = Template::parse(&path).map_err(|e| format!("{}: {e}", rpc.full_name()))?;
+    let (body, response_body) = (text("body"), text("response_body"));
+    let raw_request = body
+        .as_deref()
+        .is_some_and(|b| b != "*" && is_http_body(&rpc.input(), Some(b)));
+    let raw_response = is_http_body(&rpc.output(), response_body.as_deref());
     out.push(Binding {
         method,
         template,
-        body: text("body"),
-        response_body: text("response_body"),
+        body,
+        response_body,
         rpc: rpc.clone(),
+        raw_request,
+        raw_response,
     });
     Ok(())
 }

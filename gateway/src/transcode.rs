@@ -81,10 +81,15 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
     let backend = gw.backend(rpc.parent_service().package_name())?;
 
     let body = match &binding.body {
-        Some(_) => read_body(body, &parts.headers, gw.body_limit).await?,
+        Some(_) => read_body(body, &parts.headers, gw.body_limit, !binding.raw_request).await?,
         None => Bytes::new(),
     };
-    let message = build_request(binding, &vars, parts.uri.query(), &body)?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let message = build_request(binding, &vars, parts.uri.query(), &body, content_type)?;
 
     let mut metadata = tonic::metadata::MetadataMap::new();
     for name in ["authorization", "traceparent", "x-request-id"] {
@@ -103,6 +108,10 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
         let reply = invoke::unary(backend, &grpc_path, message, metadata)
             .await
             .map_err(|s| Error::from_status(&s))?;
+        if binding.raw_response {
+            let (content_type, data) = raw_reply(&output, &reply, response_body.as_deref())?;
+            return Ok(([(header::CONTENT_TYPE, content_type)], data).into_response());
+        }
         let json = reply_json(&output, &reply, response_body.as_deref())?;
         return Ok(([(header::CONTENT_TYPE, JSON)], json).into_response());
     }
@@ -112,9 +121,27 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains(SSE));
-    let stream = invoke::server_streaming(backend, &grpc_path, message, metadata)
+    let mut stream = invoke::server_streaming(backend, &grpc_path, message, metadata)
         .await
         .map_err(|s| Error::from_status(&s))?;
+    if binding.raw_response {
+        // One file in pieces: the first piece says what it is.
+        let first = stream.message().await.map_err(|s| Error::from_status(&s))?;
+        let (content_type, data) = match &first {
+            Some(m) => raw_reply(&output, m, response_body.as_deref())?,
+            None => ("application/octet-stream".to_owned(), Bytes::new()),
+        };
+        let rest = stream.map(move |item| {
+            item.map_err(|s| std::io::Error::other(s.message().to_owned()))
+                .and_then(|m| {
+                    raw_reply(&output, &m, response_body.as_deref())
+                        .map(|(_, d)| d)
+                        .map_err(|e| std::io::Error::other(e.message))
+                })
+        });
+        let body = Body::from_stream(futures::stream::once(async move { Ok(data) }).chain(rest));
+        return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
+    }
     let rid = request_id(&parts.headers);
     let frames: FrameStream = Box::pin(stream.map(move |item| {
         let (event, json) = match item
@@ -183,7 +210,12 @@ fn find<'a>(gw: &'a Gateway, method: &Method, path: &str) -> Result<(&'a Binding
 const DRAIN_MAX: usize = 4 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    json_only: bool,
+) -> Result<Bytes, Error> {
     let too_large = || {
         Error::new(
             ErrorCode::PayloadTooLarge,
@@ -200,7 +232,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             || ct == JSON
             || ct.ends_with("+json")
             || ct == "application/x-www-form-urlencoded";
-        if !json_like {
+        if json_only && !json_like {
             return Err(Error::invalid(
                 "body",
                 format!("request body must be JSON, not {ct}"),
@@ -250,11 +282,16 @@ fn build_request(
     vars: &[(String, String)],
     query: Option<&str>,
     body: &[u8],
+    content_type: &str,
 ) -> Result<Bytes, Error> {
     let input = binding.rpc.input();
     let mut object = Map::new();
     let body_json =
-        if body.iter().all(u8::is_ascii_whitespace) {
+        if binding.raw_request {
+            use base64::Engine;
+            let data = base64::engine::general_purpose::STANDARD.encode(body);
+            Some(serde_json::json!({"content_type": content_type, "data": data}))
+        } else if body.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
             Some(serde_json::from_slice::<Value>(body).map_err(|e| {
@@ -400,6 +437,33 @@ fn scalar_json(field: &FieldDescriptor, raw: &str) -> Result<Value, &'static str
     }
 }
 
+/// A `google.api.HttpBody` reply (or response_body field): its content
+/// type and data.
+fn raw_reply(
+    output: &MessageDescriptor,
+    bytes: &[u8],
+    response_body: Option<&str>,
+) -> Result<(String, Bytes), Error> {
+    let message = DynamicMessage::decode(output.clone(), bytes)
+        .map_err(|e| Error::internal("decoding a backend reply", e))?;
+    let body = match response_body {
+        Some(name) => message
+            .get_field_by_name(name)
+            .and_then(|v| v.as_message().cloned()),
+        None => Some(message),
+    }
+    .ok_or_else(|| Error::internal("reading a raw reply", "no HttpBody"))?;
+    let content_type = body
+        .get_field_by_name("content_type")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let data = body
+        .get_field_by_name("data")
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    Ok((content_type, data))
+}
+
 /// The JSON of a reply, or of its `response_body` field.
 fn reply_json(
     output: &MessageDescriptor,
@@ -439,6 +503,8 @@ mod tests {
             body: body.map(str::to_owned),
             response_body: None,
             rpc,
+            raw_request: false,
+            raw_response: false,
         }
     }
 
@@ -461,13 +527,14 @@ mod tests {
             &vars,
             Some("display_name=Ann&disabled=true"),
             br#"["viewer","operator"]"#,
+            "",
         )
         .unwrap();
         assert_eq!(
             decode(&b, bytes),
             json!({"userId": "u1", "roles": ["viewer", "operator"], "displayName": "Ann", "disabled": true})
         );
-        let err = build_request(&b, &vars, Some("disabled=maybe"), b"[]").unwrap_err();
+        let err = build_request(&b, &vars, Some("disabled=maybe"), b"[]", "").unwrap_err();
         assert_eq!(err.field(), Some("disabled"));
     }
 
@@ -480,10 +547,16 @@ mod tests {
             Some("*"),
         );
         let vars = b.template.matches("/v1/users/u1").unwrap();
-        let bytes =
-            build_request(&b, &vars, None, br#"{"displayName": "Ann", "roles": []}"#).unwrap();
+        let bytes = build_request(
+            &b,
+            &vars,
+            None,
+            br#"{"displayName": "Ann", "roles": []}"#,
+            "",
+        )
+        .unwrap();
         assert_eq!(decode(&b, bytes)["updateMask"], "displayName,roles");
-        let err = build_request(&b, &vars, Some("x=1"), b"{}").unwrap_err();
+        let err = build_request(&b, &vars, Some("x=1"), b"{}", "").unwrap_err();
         assert_eq!(err.field(), Some("query"));
     }
 }

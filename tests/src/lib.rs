@@ -292,6 +292,7 @@ pub fn spawn_serve(role: &str, port: u16, env: &[(&str, String)]) -> tokio::proc
     let mut cmd = tokio::process::Command::new(rdm_binary());
     cmd.args(["serve", role, "--listen", &format!("127.0.0.1:{port}")])
         .env("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RDM_SECRET_KEY", rdm_kit::secrets::generate_key())
         .env("RDM_LOG", "warn")
         .kill_on_drop(true);
     for (k, v) in env {

@@ -1,6 +1,8 @@
 //! rdm inventory service: tenants, users, sign-in and token issuing. Devices,
 //! endpoints and credentials join it later; everything here is per tenant
 //! and every query runs in a `TenantTx`.
+mod device_store;
+mod devices;
 mod password;
 mod store;
 
@@ -54,6 +56,8 @@ pub struct Config {
     pub policy: TokenPolicy,
     pub token_ttl: Duration,
     pub throttle: LoginThrottle,
+    /// Seals endpoint secrets.
+    pub keyring: rdm_kit::secrets::Keyring,
 }
 
 struct Inventory {
@@ -67,7 +71,10 @@ pub fn service(config: Config, guard: Guard) -> axum::Router {
     let shared: Shared = Arc::new(Inventory { config });
     let routes = tonic::service::Routes::new(AuthServiceServer::from_arc(shared.clone()))
         .add_service(TenantServiceServer::from_arc(shared.clone()))
-        .add_service(UserServiceServer::from_arc(shared));
+        .add_service(UserServiceServer::from_arc(shared.clone()))
+        .add_service(
+            rdm_proto::inventory::device_service_server::DeviceServiceServer::from_arc(shared),
+        );
     rdm_kit::server::guarded(routes, guard)
 }
 

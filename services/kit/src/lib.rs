@@ -4,8 +4,10 @@
 pub mod auth;
 pub mod client;
 pub mod db;
+pub mod endpoint;
 pub mod error;
 pub mod invoke;
+pub mod secrets;
 pub mod server;
 pub mod telemetry;
 

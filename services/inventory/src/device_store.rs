@@ -1,0 +1,433 @@
+//! SQL for devices, their labels and endpoints, portable between SQLite and
+//! PostgreSQL. Every query names the tenant.
+use rdm_kit::{
+    Error, Result,
+    db::{TenantTx, now_millis},
+};
+use sqlx::FromRow;
+use std::collections::{BTreeMap, HashMap};
+
+macro_rules! device_columns {
+    () => {
+        "d.id, d.tenant_id, d.name, d.serial, d.manufacturer, d.model, d.firmware, d.notes, d.address, \
+         d.create_time, d.update_time"
+    };
+}
+
+#[derive(Clone, Debug, Default, FromRow)]
+pub struct DeviceRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub serial: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub firmware: String,
+    pub notes: String,
+    pub address: String,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+/// One term of a label selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelTerm {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Missing(String),
+}
+
+/// What a device list is narrowed by.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceFilter {
+    pub name_prefix: String,
+    pub labels: Vec<LabelTerm>,
+    pub protocol: Option<String>,
+}
+
+pub async fn insert_device(tx: &mut TenantTx, row: &DeviceRow) -> Result<()> {
+    sqlx::query(
+        "insert into devices (id, tenant_id, name, serial, manufacturer, model, firmware, notes, address, \
+         create_time, update_time) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+    )
+    .bind(&row.id)
+    .bind(&row.tenant_id)
+    .bind(&row.name)
+    .bind(&row.serial)
+    .bind(&row.manufacturer)
+    .bind(&row.model)
+    .bind(&row.firmware)
+    .bind(&row.notes)
+    .bind(&row.address)
+    .bind(row.create_time)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| name_taken(e, &row.name))?;
+    Ok(())
+}
+
+fn name_taken(e: sqlx::Error, name: &str) -> Error {
+    match Error::from(e) {
+        e if e.code == rdm_kit::ErrorCode::AlreadyExists => Error::new(
+            rdm_kit::ErrorCode::AlreadyExists,
+            format!("a device named {name:?} already exists"),
+        )
+        .with_meta("field", "name"),
+        e => e,
+    }
+}
+
+pub async fn update_device(tx: &mut TenantTx, row: &DeviceRow) -> Result<()> {
+    sqlx::query(
+        "update devices set name = $3, serial = $4, manufacturer = $5, model = $6, firmware = $7, notes = $8, \
+         address = $9, update_time = $10 where tenant_id = $1 and id = $2",
+    )
+    .bind(&row.tenant_id)
+    .bind(&row.id)
+    .bind(&row.name)
+    .bind(&row.serial)
+    .bind(&row.manufacturer)
+    .bind(&row.model)
+    .bind(&row.firmware)
+    .bind(&row.notes)
+    .bind(&row.address)
+    .bind(now_millis())
+    .execute(tx.conn())
+    .await
+    .map_err(|e| name_taken(e, &row.name))?;
+    Ok(())
+}
+
+pub async fn device(tx: &mut TenantTx, tenant_id: &str, id: &str) -> Result<Option<DeviceRow>> {
+    Ok(sqlx::query_as(concat!(
+        "select ",
+        device_columns!(),
+        " from devices d where d.tenant_id = $1 and d.id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?)
+}
+
+pub async fn delete_device(tx: &mut TenantTx, tenant_id: &str, id: &str) -> Result<bool> {
+    let done = sqlx::query("delete from devices where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Devices in id order after `after`, at most `limit`, narrowed by `filter`.
+pub async fn list_devices(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    filter: &DeviceFilter,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<DeviceRow>> {
+    // Built from fixed fragments only; every value is a bind parameter.
+    let mut sql = String::from(concat!(
+        "select ",
+        device_columns!(),
+        " from devices d where d.tenant_id = $1 and d.id > $2 and substr(d.name, 1, length($3)) = $3"
+    ));
+    let mut binds: Vec<&str> = vec![tenant_id, after, &filter.name_prefix];
+    // The placeholder of the value just pushed.
+    let param = |binds: &Vec<&str>| format!("${}", binds.len());
+    for term in &filter.labels {
+        let (negate, key, value) = match term {
+            LabelTerm::Equals(k, v) => (false, k, Some(v)),
+            LabelTerm::NotEquals(k, v) => (true, k, Some(v)),
+            LabelTerm::Exists(k) => (false, k, None),
+            LabelTerm::Missing(k) => (true, k, None),
+        };
+        binds.push(key);
+        let key_param = param(&binds);
+        sql.push_str(if negate {
+            " and not exists"
+        } else {
+            " and exists"
+        });
+        sql.push_str(&format!(
+            " (select 1 from device_labels l where l.tenant_id = $1 and l.device_id = d.id and l.key = {key_param}"
+        ));
+        if let Some(value) = value {
+            binds.push(value);
+            sql.push_str(&format!(" and l.value = {}", param(&binds)));
+        }
+        sql.push(')');
+    }
+    if let Some(protocol) = &filter.protocol {
+        binds.push(protocol);
+        sql.push_str(&format!(
+            " and exists (select 1 from endpoints e where e.tenant_id = $1 and e.device_id = d.id and e.protocol = {})",
+            param(&binds)
+        ));
+    }
+    sql.push_str(&format!(" order by d.id limit {limit}"));
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    for value in binds {
+        query = query.bind(value);
+    }
+    Ok(query.fetch_all(tx.conn()).await?)
+}
+
+pub async fn set_labels(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    device_id: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    sqlx::query("delete from device_labels where tenant_id = $1 and device_id = $2")
+        .bind(tenant_id)
+        .bind(device_id)
+        .execute(tx.conn())
+        .await?;
+    for (key, value) in labels {
+        sqlx::query(
+            "insert into device_labels (tenant_id, device_id, key, value) values ($1, $2, $3, $4)",
+        )
+        .bind(tenant_id)
+        .bind(device_id)
+        .bind(key)
+        .bind(value)
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(())
+}
+
+/// Labels and endpoint protocols of the devices whose ids lie in
+/// `first..=last` (a page is one id range: one query each, not one per device).
+pub async fn details(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    first: &str,
+    last: &str,
+) -> Result<(
+    HashMap<String, BTreeMap<String, String>>,
+    HashMap<String, Vec<String>>,
+)> {
+    let labels: Vec<(String, String, String)> = sqlx::query_as(
+        "select device_id, key, value from device_labels where tenant_id = $1 and device_id >= $2 and device_id <= $3",
+    )
+    .bind(tenant_id)
+    .bind(first)
+    .bind(last)
+    .fetch_all(tx.conn())
+    .await?;
+    let protocols: Vec<(String, String)> = sqlx::query_as(
+        "select device_id, protocol from endpoints where tenant_id = $1 and device_id >= $2 and device_id <= $3 \
+         order by protocol",
+    )
+    .bind(tenant_id)
+    .bind(first)
+    .bind(last)
+    .fetch_all(tx.conn())
+    .await?;
+    let mut by_device: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    for (device, key, value) in labels {
+        by_device.entry(device).or_default().insert(key, value);
+    }
+    let mut protos: HashMap<String, Vec<String>> = HashMap::new();
+    for (device, protocol) in protocols {
+        protos.entry(device).or_default().push(protocol);
+    }
+    Ok((by_device, protos))
+}
+
+#[derive(Clone, Debug, FromRow)]
+pub struct EndpointRow {
+    pub tenant_id: String,
+    pub device_id: String,
+    pub protocol: String,
+    /// The settings without secrets, as JSON.
+    pub config: String,
+    /// JSON object: secret name -> ciphertext.
+    pub secrets: String,
+    pub update_time: i64,
+}
+
+pub async fn endpoint(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    device_id: &str,
+    protocol: &str,
+) -> Result<Option<EndpointRow>> {
+    Ok(sqlx::query_as(
+        "select tenant_id, device_id, protocol, config, secrets, update_time from endpoints \
+         where tenant_id = $1 and device_id = $2 and protocol = $3",
+    )
+    .bind(tenant_id)
+    .bind(device_id)
+    .bind(protocol)
+    .fetch_optional(tx.conn())
+    .await?)
+}
+
+pub async fn put_endpoint(tx: &mut TenantTx, row: &EndpointRow) -> Result<()> {
+    sqlx::query(
+        "insert into endpoints (tenant_id, device_id, protocol, config, secrets, update_time) \
+         values ($1, $2, $3, $4, $5, $6) on conflict (device_id, protocol) \
+         do update set config = $4, secrets = $5, update_time = $6",
+    )
+    .bind(&row.tenant_id)
+    .bind(&row.device_id)
+    .bind(&row.protocol)
+    .bind(&row.config)
+    .bind(&row.secrets)
+    .bind(row.update_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_endpoint(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    device_id: &str,
+    protocol: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "delete from endpoints where tenant_id = $1 and device_id = $2 and protocol = $3",
+    )
+    .bind(tenant_id)
+    .bind(device_id)
+    .bind(protocol)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Endpoints of the devices in `first..=last`, for export.
+pub async fn endpoints_between(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    first: &str,
+    last: &str,
+) -> Result<Vec<EndpointRow>> {
+    Ok(sqlx::query_as(
+        "select tenant_id, device_id, protocol, config, secrets, update_time from endpoints \
+         where tenant_id = $1 and device_id >= $2 and device_id <= $3 order by device_id, protocol",
+    )
+    .bind(tenant_id)
+    .bind(first)
+    .bind(last)
+    .fetch_all(tx.conn())
+    .await?)
+}
+
+pub async fn device_names(tx: &mut TenantTx, tenant_id: &str) -> Result<Vec<String>> {
+    let names: Vec<(String,)> = sqlx::query_as("select name from devices where tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_all(tx.conn())
+        .await?;
+    Ok(names.into_iter().map(|(n,)| n).collect())
+}
+
+/// Rows per multi-row insert: few round trips, well under every back-end's
+/// limit on bind parameters.
+const BATCH: usize = 400;
+
+/// `insert into <table> (<columns>) values ($1, ..), ($n, ..), ...` for `rows` rows.
+fn multi_insert(table: &str, columns: &[&str], rows: usize) -> String {
+    let mut sql = format!("insert into {table} ({}) values ", columns.join(", "));
+    for r in 0..rows {
+        let start = r * columns.len();
+        let params: Vec<String> = (1..=columns.len())
+            .map(|c| format!("${}", start + c))
+            .collect();
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&params.join(", "));
+        sql.push(')');
+    }
+    sql
+}
+
+/// Stores an import: devices, labels (device id, key, value) and endpoints,
+/// in batches, in the caller's transaction.
+pub async fn insert_many(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    devices: &[DeviceRow],
+    labels: &[(String, String, String)],
+    endpoints: &[EndpointRow],
+) -> Result<()> {
+    const DEVICE: [&str; 11] = [
+        "id",
+        "tenant_id",
+        "name",
+        "serial",
+        "manufacturer",
+        "model",
+        "firmware",
+        "notes",
+        "address",
+        "create_time",
+        "update_time",
+    ];
+    for chunk in devices.chunks(BATCH) {
+        // Built from fixed fragments; every value is a bind parameter.
+        let sql = multi_insert("devices", &DEVICE, chunk.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in chunk {
+            q = q
+                .bind(&d.id)
+                .bind(&d.tenant_id)
+                .bind(&d.name)
+                .bind(&d.serial)
+                .bind(&d.manufacturer)
+                .bind(&d.model)
+                .bind(&d.firmware)
+                .bind(&d.notes)
+                .bind(&d.address)
+                .bind(d.create_time)
+                .bind(d.update_time);
+        }
+        q.execute(tx.conn()).await?;
+    }
+    for chunk in labels.chunks(BATCH) {
+        let sql = multi_insert(
+            "device_labels",
+            &["tenant_id", "device_id", "key", "value"],
+            chunk.len(),
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (device, key, value) in chunk {
+            q = q.bind(tenant_id).bind(device).bind(key).bind(value);
+        }
+        q.execute(tx.conn()).await?;
+    }
+    for chunk in endpoints.chunks(BATCH) {
+        let columns = [
+            "tenant_id",
+            "device_id",
+            "protocol",
+            "config",
+            "secrets",
+            "update_time",
+        ];
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(multi_insert(
+            "endpoints",
+            &columns,
+            chunk.len(),
+        )));
+        for e in chunk {
+            q = q
+                .bind(&e.tenant_id)
+                .bind(&e.device_id)
+                .bind(&e.protocol)
+                .bind(&e.config)
+                .bind(&e.secrets)
+                .bind(e.update_time);
+        }
+        q.execute(tx.conn()).await?;
+    }
+    Ok(())
+}
