@@ -19,6 +19,13 @@ pub enum Which {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Import devices with endpoints from one JSON-lines file through REST,
+    /// then list them back page by page, on SQLite and on PostgreSQL
+    /// (RDM_TEST_PG_URL or postgres://postgres@127.0.0.1:5432).
+    Import {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -27,6 +34,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             seconds,
             concurrency,
         } => gateway(Duration::from_secs(seconds), concurrency).await,
+        Which::Import { devices } => import(devices).await,
     }
 }
 
@@ -254,4 +262,125 @@ async fn start_to_ready(
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     Ok((ready, rss_kb))
+}
+
+async fn import(count: usize) -> anyhow::Result<()> {
+    const SITES: [&str; 3] = ["ams", "fra", "lon"];
+    use sqlx::Connection;
+    let file: String = (0..count)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("cpe-{i:06}"),
+                "serial": format!("SN{i:08}"),
+                "labels": {"site": SITES[i % 3], "batch": "bench"},
+                "endpoints": {"snmp": {"host": "127.0.0.1", "port": 11161, "version": "2c", "community": "public"}},
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    println!(
+        "rdm bench import: {count} devices with an SNMP endpoint each, one JSON-lines file of {} KiB",
+        file.len() / 1024
+    );
+    let server = std::env::var("RDM_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let pg_name = format!("rdm_bench_{}", std::process::id());
+    for store in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir()?;
+        let mut settings = Settings {
+            admin_password: Some("bench-admin-password".into()),
+            ..Settings::default()
+        };
+        settings.gateway.body_limit = 64 << 20;
+        if store == "postgres" {
+            let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database {pg_name}")))
+                .execute(&mut admin)
+                .await?;
+            settings.database_admin_url = Some(format!("{server}/{pg_name}"));
+            settings.database_url = Some(format!(
+                "{}/{pg_name}",
+                server.replacen("postgres@", "rdm_app@", 1)
+            ));
+        }
+        let (trigger, shutdown) = Shutdown::new();
+        let mesh = up(
+            UpOptions {
+                data_dir: dir.path().to_owned(),
+                listen: "127.0.0.1:0".parse()?,
+                inventory_listen: "127.0.0.1:0".parse()?,
+                demo: true,
+                settings,
+            },
+            shutdown,
+        )
+        .await?;
+        let base = format!("http://{}", mesh.gateway_addr);
+        let http = reqwest::Client::new();
+        let login: serde_json::Value = http
+            .post(format!("{base}/v1/auth/login"))
+            .json(&serde_json::json!({"tenant": "demo", "username": "demo", "password": "demo"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = login["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+
+        let started = Instant::now();
+        let report: serde_json::Value = http
+            .post(format!("{base}/v1/devices:import"))
+            .bearer_auth(&token)
+            .header("content-type", "application/x-ndjson")
+            .body(file.clone())
+            .send()
+            .await?
+            .json()
+            .await?;
+        let imported = started.elapsed();
+        anyhow::ensure!(report["imported"] == count, "import failed: {report}");
+
+        let started = Instant::now();
+        let (mut listed, mut token_next) = (0, String::new());
+        loop {
+            let page: serde_json::Value = http
+                .get(format!(
+                    "{base}/v1/devices?page_size=1000&page_token={token_next}"
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            listed += page["devices"].as_array().map_or(0, Vec::len);
+            token_next = page["next_page_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if token_next.is_empty() {
+                break;
+            }
+        }
+        let listing = started.elapsed();
+        println!(
+            "{store:<9} import {:>7.0} devices/s ({:.2} s, goal > 5000/s)   list back {:>7.0} devices/s ({listed} in pages of 1000)",
+            count as f64 / imported.as_secs_f64(),
+            imported.as_secs_f64(),
+            listed as f64 / listing.as_secs_f64(),
+        );
+        trigger.trigger();
+        mesh.wait().await?;
+        if store == "postgres" {
+            let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "drop database if exists {pg_name} with (force)"
+            )))
+            .execute(&mut admin)
+            .await?;
+        }
+    }
+    Ok(())
 }

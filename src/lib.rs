@@ -363,3 +363,59 @@ pub async fn migrate(settings: &Settings, data_dir: &Path) -> anyhow::Result<()>
     println!("inventory: migrations applied");
     Ok(())
 }
+
+/// `rdm rotate-secret-key`: re-seals every endpoint secret under a new key.
+/// With a key file (the `rdm up` way) it writes a new key first in the file
+/// (running services re-read it), re-seals, and with `retire_old` drops the
+/// older keys. With RDM_SECRET_KEY the operator has already made the new key
+/// current (the old one in RDM_SECRET_KEY_PREVIOUS); this re-seals.
+pub async fn rotate_secret_key(
+    settings: &Settings,
+    data_dir: &Path,
+    retire_old: bool,
+) -> anyhow::Result<String> {
+    use rdm_kit::secrets::{generate_key, read_key_file, write_key_file};
+    let url = match &settings.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite:{}", data_dir.join("inventory.db").display()),
+    };
+    let db = Db::connect(&url, 2)
+        .await
+        .context("connecting the inventory database")?;
+    if settings.secret_key.is_some() {
+        let keyring = settings.keyring(None)?;
+        let n = rdm_inventory::reseal_secrets(&db, &keyring).await?;
+        return Ok(format!(
+            "re-sealed {n} secrets under key {}; once every service runs without it, drop RDM_SECRET_KEY_PREVIOUS",
+            keyring.current_id()
+        ));
+    }
+    let file = settings
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("secret.key"));
+    anyhow::ensure!(file.exists(), "no secret key file at {}", file.display());
+    let old = read_key_file(&file)?;
+    let new = generate_key();
+    write_key_file(
+        &file,
+        &std::iter::once(new.clone())
+            .chain(old.iter().cloned())
+            .collect::<Vec<_>>(),
+    )?;
+    let keyring = Keyring::load_or_create(&file)?;
+    let n = rdm_inventory::reseal_secrets(&db, &keyring).await?;
+    if retire_old {
+        write_key_file(&file, &[new])?;
+    }
+    Ok(format!(
+        "re-sealed {n} secrets under key {} in {}; {}",
+        keyring.current_id(),
+        file.display(),
+        if retire_old {
+            "older keys retired"
+        } else {
+            "older keys kept to open secrets until --retire-old"
+        }
+    ))
+}

@@ -46,6 +46,16 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Re-seal every stored secret under a new key, while services run.
+    RotateSecretKey {
+        #[arg(long, env = "RDM_DATA_DIR", default_value = "./rdm-data")]
+        data_dir: PathBuf,
+        /// Drop the older keys from the key file afterwards.
+        #[arg(long)]
+        retire_old: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Print the OpenAPI document the gateway serves at /openapi.json.
     Openapi,
     /// Benchmarks that print figures (nothing is asserted).
@@ -117,6 +127,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             rdm::serve(role, listen, &settings, Shutdown::on_signals()).await
         }
         Command::Migrate { data_dir, settings } => rdm::migrate(&settings, &data_dir).await,
+        Command::RotateSecretKey {
+            data_dir,
+            retire_old,
+            settings,
+        } => {
+            println!(
+                "{}",
+                rdm::rotate_secret_key(&settings, &data_dir, retire_old).await?
+            );
+            Ok(())
+        }
         Command::Openapi => {
             println!(
                 "{}",

@@ -9,6 +9,7 @@ on_both_stores!(
     bad_endpoints_and_devices_are_400s_that_store_nothing,
     another_tenants_devices_are_not_found_anywhere,
     import_is_all_or_nothing_and_export_round_trips,
+    key_rotation_reseals_every_secret_while_serving,
 );
 
 async fn create(mesh: &TestMesh, token: &str, body: Value) -> Value {
@@ -559,4 +560,100 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
     );
     assert_eq!(reader.records().count(), 5);
     assert!(!csv_out.contains("import-secret-1"));
+}
+
+/// Every endpoint row: (tenant, device, protocol, secrets JSON).
+async fn endpoint_rows(mesh: &TestMesh) -> Vec<(String, String, String, String)> {
+    let sql = "select tenant_id, device_id, protocol, secrets from endpoints order by device_id, protocol";
+    match &mesh.pg {
+        Some(pg) => sqlx::query_as(sql)
+            .fetch_all(&mut connect_pg(&pg.admin_url).await)
+            .await
+            .unwrap(),
+        None => {
+            use sqlx::Connection;
+            let url = format!("sqlite:{}", mesh.data_dir.join("inventory.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()
+        }
+    }
+}
+
+async fn key_rotation_reseals_every_secret_while_serving(mesh: TestMesh) {
+    use rdm_kit::secrets::{Keyring, read_key_file};
+    let token = mesh.token("demo", "demo", "demo").await;
+    let device = create(
+        &mesh,
+        &token,
+        json!({"name": "rotating", "address": "127.0.0.1"}),
+    )
+    .await;
+    let id = device["id"].as_str().unwrap();
+    let put = |protocol: &str, body: Value| {
+        let path = format!("/v1/devices/{id}/endpoints/{protocol}");
+        let (mesh, token) = (&mesh, &token);
+        async move {
+            mesh.call(reqwest::Method::PUT, &path, Some(token), Some(body))
+                .await
+                .0
+        }
+    };
+    let v3 = json!({"version": "3", "username": "u", "auth_protocol": "SHA", "auth_password": SECRETS[0], "priv_protocol": "AES", "priv_password": SECRETS[1]});
+    assert_eq!(put("snmp", v3).await, StatusCode::OK);
+    let webpa = json!({"base_url": "http://127.0.0.1:9003", "auth": {"type": "bearer", "token": SECRETS[2]}});
+    assert_eq!(put("webpa", webpa).await, StatusCode::OK);
+
+    let key_file = mesh.data_dir.join("secret.key");
+    let old_key = read_key_file(&key_file).unwrap().remove(0);
+    let settings = rdm_tests::Settings {
+        database_url: mesh.pg.as_ref().map(|p| p.app_url.clone()),
+        ..Default::default()
+    };
+    let report = rdm::rotate_secret_key(&settings, &mesh.data_dir, true)
+        .await
+        .unwrap();
+    assert!(report.starts_with("re-sealed 3 secrets"), "{report}");
+    assert_eq!(
+        read_key_file(&key_file).unwrap().len(),
+        1,
+        "old key retired"
+    );
+
+    let new_ring = Keyring::load_or_create(&key_file).unwrap();
+    let old_ring = Keyring::from_base64(&[old_key]).unwrap();
+    let mut opened = Vec::new();
+    for (tenant, device, protocol, secrets) in endpoint_rows(&mesh).await {
+        let secrets: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&secrets).unwrap();
+        for (name, sealed) in secrets {
+            let place = format!("{tenant}/{device}/{protocol}/{name}");
+            opened.push(
+                new_ring
+                    .open(&sealed, &place)
+                    .expect("opens with the new key"),
+            );
+            assert!(
+                old_ring.open(&sealed, &place).is_err(),
+                "the old key no longer opens {name}"
+            );
+        }
+    }
+    opened.sort();
+    let mut want = SECRETS.map(String::from).to_vec();
+    want.sort();
+    assert_eq!(opened, want, "every secret survived the rotation");
+
+    // The running mesh picked the new key up: what it seals now is under it.
+    assert_eq!(
+        put(
+            "hg630",
+            json!({"base_url": "http://127.0.0.1:9080", "password": "router-pw-1"})
+        )
+        .await,
+        StatusCode::OK
+    );
+    let rows = endpoint_rows(&mesh).await;
+    let (_, _, _, hg630) = rows.iter().find(|r| r.2 == "hg630").unwrap();
+    let sealed: std::collections::BTreeMap<String, String> = serde_json::from_str(hg630).unwrap();
+    assert!(new_ring.is_current(&sealed["password"]));
 }

@@ -431,3 +431,32 @@ pub async fn insert_many(
     }
     Ok(())
 }
+
+/// A page of every tenant's endpoints (platform scope), after `after`
+/// (device id, protocol), for re-encryption.
+pub async fn all_endpoints_after(
+    tx: &mut TenantTx,
+    after: (&str, &str),
+    limit: i64,
+) -> Result<Vec<EndpointRow>> {
+    Ok(sqlx::query_as(
+        "select tenant_id, device_id, protocol, config, secrets, update_time from endpoints \
+         where device_id > $1 or (device_id = $1 and protocol > $2) order by device_id, protocol limit $3",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?)
+}
+
+pub async fn set_endpoint_secrets(tx: &mut TenantTx, row: &EndpointRow) -> Result<()> {
+    sqlx::query("update endpoints set secrets = $4 where tenant_id = $1 and device_id = $2 and protocol = $3")
+        .bind(&row.tenant_id)
+        .bind(&row.device_id)
+        .bind(&row.protocol)
+        .bind(&row.secrets)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}

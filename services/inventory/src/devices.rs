@@ -882,6 +882,42 @@ impl Inventory {
     }
 }
 
+/// Re-seals every stored secret that is not under the keyring's sealing key
+/// (a key rotation). Runs in pages, one transaction each, while the services
+/// keep serving; returns how many secrets were re-sealed.
+pub async fn reseal_secrets(
+    db: &rdm_kit::db::Db,
+    keyring: &rdm_kit::secrets::Keyring,
+) -> Result<usize> {
+    let (mut after, mut resealed) = ((String::new(), String::new()), 0);
+    loop {
+        let mut tx = db.begin(rdm_kit::db::Scope::Platform).await?;
+        let rows = ds::all_endpoints_after(&mut tx, (&after.0, &after.1), 500).await?;
+        let Some(last) = rows.last() else { break };
+        after = (last.device_id.clone(), last.protocol.clone());
+        for mut row in rows {
+            let mut secrets = sealed_secrets(&row)?;
+            let mut changed = false;
+            for (name, sealed) in secrets.iter_mut() {
+                if keyring.is_current(sealed) {
+                    continue;
+                }
+                let place = secret_place(&row.tenant_id, &row.device_id, &row.protocol, name);
+                *sealed = keyring.seal(&keyring.open(sealed, &place)?, &place)?;
+                changed = true;
+                resealed += 1;
+            }
+            if changed {
+                row.secrets = serde_json::to_string(&secrets)
+                    .map_err(|e| Error::internal("storing secrets", e))?;
+                ds::set_endpoint_secrets(&mut tx, &row).await?;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(resealed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! and every query runs in a `TenantTx`.
 mod device_store;
 mod devices;
+pub use devices::reseal_secrets;
 mod password;
 mod store;
 
