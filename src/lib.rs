@@ -6,7 +6,7 @@ pub mod bench;
 
 use anyhow::Context;
 use rdm_kit::{
-    auth::{AccessTable, SigningKey, TokenPolicy, Verifier},
+    auth::{AccessTable, ActorVerifier, SigningKey, TokenPolicy, Verifier},
     db::Db,
     invoke::{self, Backend},
     secrets::Keyring,
@@ -37,6 +37,10 @@ pub struct Settings {
     /// Ed25519 PKCS#8 PEM key that signs tokens. `rdm up` creates one in the data dir.
     #[arg(long, env = "RDM_JWT_KEY_FILE")]
     pub jwt_key_file: Option<PathBuf>,
+    /// Ed25519 key the protocol services sign actor tokens with; the
+    /// inventory trusts its public half. `rdm up` creates DATA_DIR/service-ed25519.pem.
+    #[arg(long, env = "RDM_SERVICE_KEY_FILE")]
+    pub service_key_file: Option<PathBuf>,
     /// Key that seals endpoint secrets (32 bytes, base64). Without it a key
     /// file is used (`rdm up` creates DATA_DIR/secret.key).
     #[arg(long, env = "RDM_SECRET_KEY", hide_env_values = true)]
@@ -88,6 +92,7 @@ impl Default for Settings {
             database_url: None,
             database_admin_url: None,
             jwt_key_file: None,
+            service_key_file: None,
             secret_key: None,
             secret_key_previous: Vec::new(),
             secret_key_file: None,
@@ -198,11 +203,17 @@ fn inventory_config(
     }
 }
 
-fn guard(verifier: Verifier) -> Guard {
-    Guard {
+/// The inventory's guard: user tokens, and for its internal RPCs the actor
+/// tokens of the services holding `service_key` (none: internal RPCs refused).
+fn inventory_guard(verifier: Verifier, service_key: Option<&SigningKey>) -> anyhow::Result<Guard> {
+    let actors = service_key
+        .map(|k| ActorVerifier::new(&[k.public_jwk().clone()]))
+        .transpose()?;
+    Ok(Guard {
         access: AccessTable::from_pool(rdm_proto::descriptor_pool()),
         verifier,
-    }
+        actors,
+    })
 }
 
 /// `rdm up`: every service and the gateway in this process.
@@ -225,9 +236,14 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     let boot = rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), opts.demo).await?;
 
     let keyring = settings.keyring(Some(&opts.data_dir.join("secret.key")))?;
+    let service_key_file = settings
+        .service_key_file
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("service-ed25519.pem"));
+    let service_key = SigningKey::load_or_create(&service_key_file)?;
     let inventory = rdm_inventory::service(
         inventory_config(settings, db, key, keyring),
-        guard(verifier.clone()),
+        inventory_guard(verifier.clone(), Some(&service_key))?,
     );
     let backends = HashMap::from([(
         INVENTORY_PACKAGE.to_owned(),
@@ -291,9 +307,18 @@ pub async fn serve(
                 .await?
                 .report();
             let keyring = settings.keyring(None)?;
+            let service_key = match &settings.service_key_file {
+                Some(file) => Some(SigningKey::load_or_create(file)?),
+                None => {
+                    tracing::warn!(
+                        "no RDM_SERVICE_KEY_FILE: internal calls (target resolution) are refused"
+                    );
+                    None
+                }
+            };
             let router = rdm_inventory::service(
                 inventory_config(settings, db, key, keyring),
-                guard(verifier),
+                inventory_guard(verifier, service_key.as_ref())?,
             );
             server::serve(
                 listener,

@@ -203,7 +203,10 @@ async fn proxy(gw: &Gateway, req: Request) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if let Err(err) = gw.access.authorize(&gw.verifier, &path, authorization) {
+    if let Err(err) = gw
+        .access
+        .authorize(&gw.verifier, &path, authorization, None)
+    {
         return grpc_error(err);
     }
     let backend = match gw.backend(method.parent_service().package_name()) {

@@ -77,6 +77,7 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
         &gw.verifier,
         &grpc_path,
         authorization.map(str::to_owned).as_deref(),
+        None,
     )?;
     let backend = gw.backend(rpc.parent_service().package_name())?;
 

@@ -514,6 +514,17 @@ impl DeviceService for Inventory {
         self.import(p, &file).await.map(Response::new).map_err(err)
     }
 
+    async fn resolve_target(
+        &self,
+        req: Request<pb::ResolveTargetRequest>,
+    ) -> Result<Response<pb::ResolveTargetResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        self.resolve(p, req.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(err)
+    }
+
     type ExportDevicesStream = ExportStream;
 
     async fn export_devices(

@@ -3,6 +3,7 @@
 //! and every query runs in a `TenantTx`.
 mod device_store;
 mod devices;
+mod targets;
 pub use devices::reseal_secrets;
 mod password;
 mod store;
@@ -115,6 +116,15 @@ pub async fn bootstrap(db: &Db, admin_password: Option<&str>, demo: bool) -> Res
     .await?;
     if demo {
         ensure_user(db, "demo", "Demo", "demo", "demo", Role::Admin).await?;
+        // The demo may name loopback targets inline, nothing else.
+        let mut tx = db.begin(Scope::Platform).await?;
+        if let Some(mut demo) = store::tenant_by_slug(&mut tx, "demo").await?
+            && demo.inline_cidrs.is_empty()
+        {
+            demo.inline_cidrs = "127.0.0.0/8,::1/128".into();
+            store::update_tenant(&mut tx, &demo).await?;
+        }
+        tx.commit().await?;
     }
     Ok(Bootstrapped {
         generated_admin_password: generated.filter(|_| created),
@@ -171,6 +181,12 @@ fn tenant_pb(row: TenantRow) -> pb::Tenant {
         display_name: row.display_name,
         create_time: Some(timestamp(row.create_time)),
         update_time: Some(timestamp(row.update_time)),
+        inline_target_cidrs: row
+            .inline_cidrs
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect(),
     }
 }
 
@@ -550,15 +566,46 @@ impl TenantService for Inventory {
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let r = req.get_ref();
         let run = async {
-            valid_display_name("display_name", &r.display_name)?;
-            if r.display_name.is_empty() {
-                return Err(Error::invalid(
-                    "display_name",
-                    "display_name must not be empty",
-                ));
-            }
+            let paths: Vec<&str> = match &r.update_mask {
+                Some(mask) if !mask.paths.is_empty() => {
+                    mask.paths.iter().map(String::as_str).collect()
+                }
+                _ => [
+                    (!r.display_name.is_empty()).then_some("display_name"),
+                    (!r.inline_target_cidrs.is_empty()).then_some("inline_target_cidrs"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            };
             let mut tx = self.db().begin(Scope::Platform).await?;
-            let row = store::update_tenant(&mut tx, &r.tenant_id, &r.display_name)
+            let mut row = store::tenant_by_id(&mut tx, &r.tenant_id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("tenant {} not found", r.tenant_id)))?;
+            for path in paths {
+                match path {
+                    "display_name" => {
+                        valid_display_name("display_name", &r.display_name)?;
+                        if r.display_name.is_empty() {
+                            return Err(Error::invalid(
+                                "display_name",
+                                "display_name must not be empty",
+                            ));
+                        }
+                        row.display_name = r.display_name.clone();
+                    }
+                    "inline_target_cidrs" => {
+                        row.inline_cidrs = targets::normalize_cidrs(&r.inline_target_cidrs)?
+                    }
+                    other => {
+                        return Err(Error::invalid(
+                            "update_mask",
+                            format!("update_mask names unknown field {other:?}"),
+                        ));
+                    }
+                }
+            }
+            let row = store::update_tenant(&mut tx, &row)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("tenant {} not found", r.tenant_id)))?;
             tx.commit().await?;

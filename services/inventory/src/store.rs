@@ -14,6 +14,8 @@ pub struct TenantRow {
     pub display_name: String,
     pub create_time: i64,
     pub update_time: i64,
+    /// Comma-separated CIDRs inline targets may be in ("" = off).
+    pub inline_cidrs: String,
 }
 
 #[derive(Clone, FromRow)]
@@ -32,7 +34,7 @@ pub struct UserRow {
 // Macros, not consts: sqlx takes only literal SQL, and concat! makes one.
 macro_rules! tenant_columns {
     () => {
-        "id, slug, display_name, create_time, update_time"
+        "id, slug, display_name, create_time, update_time, inline_cidrs"
     };
 }
 macro_rules! user_columns {
@@ -48,9 +50,7 @@ pub fn new_id() -> String {
 pub async fn insert_tenant(tx: &mut TenantTx, slug: &str, display_name: &str) -> Result<TenantRow> {
     let now = now_millis();
     let row = sqlx::query_as(concat!(
-        "insert into tenants (",
-        tenant_columns!(),
-        ") values ($1, $2, $3, $4, $4) returning ",
+        "insert into tenants (id, slug, display_name, create_time, update_time) values ($1, $2, $3, $4, $4) returning ",
         tenant_columns!()
     ))
     .bind(new_id())
@@ -104,17 +104,15 @@ pub async fn list_tenants(
     .await?)
 }
 
-pub async fn update_tenant(
-    tx: &mut TenantTx,
-    id: &str,
-    display_name: &str,
-) -> Result<Option<TenantRow>> {
+/// Writes back a tenant's mutable columns.
+pub async fn update_tenant(tx: &mut TenantTx, tenant: &TenantRow) -> Result<Option<TenantRow>> {
     Ok(sqlx::query_as(concat!(
-        "update tenants set display_name = $2, update_time = $3 where id = $1 returning ",
+        "update tenants set display_name = $2, inline_cidrs = $3, update_time = $4 where id = $1 returning ",
         tenant_columns!()
     ))
-    .bind(id)
-    .bind(display_name)
+    .bind(&tenant.id)
+    .bind(&tenant.display_name)
+    .bind(&tenant.inline_cidrs)
     .bind(now_millis())
     .fetch_optional(tx.conn())
     .await?)

@@ -1,7 +1,7 @@
 //! Tokens and who may call what. Every service verifies the bearer token
 //! itself with a `Verifier` and checks the RPC's `rdm.api.v1.access` option
 //! from the descriptor set; nothing trusts the network or the gateway.
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::Jwk};
 use prost_reflect::{DescriptorPool, Value};
@@ -194,11 +194,61 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(bytes)
 }
 
+/// Published public keys and what a token signed by one must say.
+#[derive(Clone)]
+struct KeySet {
+    keys: Arc<HashMap<String, DecodingKey>>,
+    validation: Arc<Validation>,
+}
+
+impl KeySet {
+    fn new(jwks: &[Jwk], policy: &TokenPolicy, required: &[&str]) -> anyhow::Result<Self> {
+        let mut keys = HashMap::new();
+        for jwk in jwks {
+            let kid = jwk.common.key_id.clone().unwrap_or_default();
+            keys.insert(kid, DecodingKey::from_jwk(jwk)?);
+        }
+        anyhow::ensure!(!keys.is_empty(), "no token verification keys");
+        // EdDSA only: `alg: none`, HS256 with the public key as secret and the
+        // like are rejected before any signature check.
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&policy.issuer]);
+        validation.set_audience(&[&policy.audience]);
+        validation.set_required_spec_claims(required);
+        validation.leeway = 5;
+        Ok(Self {
+            keys: Arc::new(keys),
+            validation: Arc::new(validation),
+        })
+    }
+
+    fn decode<C: serde::de::DeserializeOwned>(&self, token: &str, what: &str) -> Result<C> {
+        let rejected = |why: &str| Error::unauthenticated(format!("invalid {what}: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| rejected("malformed"))?;
+        let key = match header.kid.as_deref() {
+            Some(kid) => self.keys.get(kid),
+            None if self.keys.len() == 1 => self.keys.values().next(),
+            None => None,
+        }
+        .ok_or_else(|| rejected("unknown signing key"))?;
+        let data = jsonwebtoken::decode::<C>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => rejected("expired"),
+                K::InvalidSignature => rejected("bad signature"),
+                K::InvalidAlgorithm => rejected("algorithm not allowed"),
+                K::InvalidIssuer | K::InvalidAudience => rejected("wrong issuer or audience"),
+                _ => rejected("malformed"),
+            }
+        })?;
+        Ok(data.claims)
+    }
+}
+
 /// Checks bearer tokens against the published keys.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Arc<HashMap<String, DecodingKey>>,
-    validation: Arc<Validation>,
+    keys: KeySet,
     verified: Arc<Mutex<VerifiedTokens>>,
 }
 
@@ -212,22 +262,9 @@ type VerifiedTokens = HashMap<Arc<str>, (Principal, u64)>;
 
 impl Verifier {
     pub fn new(jwks: &[Jwk], policy: &TokenPolicy) -> anyhow::Result<Self> {
-        let mut keys = HashMap::new();
-        for jwk in jwks {
-            let kid = jwk.common.key_id.clone().unwrap_or_default();
-            keys.insert(kid, DecodingKey::from_jwk(jwk)?);
-        }
-        anyhow::ensure!(!keys.is_empty(), "no token verification keys");
-        // EdDSA only: `alg: none`, HS256 with the public key as secret and the
-        // like are rejected before any signature check.
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[&policy.issuer]);
-        validation.set_audience(&[&policy.audience]);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        let keys = KeySet::new(jwks, policy, &["exp", "iat", "iss", "aud", "sub"])?;
         Ok(Self {
-            keys: Arc::new(keys),
-            validation: Arc::new(validation),
+            keys,
             verified: Arc::default(),
         })
     }
@@ -240,11 +277,23 @@ impl Verifier {
             .ok()
             .and_then(|c| c.get(token).cloned());
         if let Some((principal, exp)) = remembered
-            && now <= exp + self.validation.leeway
+            && now <= exp + self.keys.validation.leeway
         {
             return Ok(principal);
         }
-        let (principal, exp) = self.verify_signature(token)?;
+        let claims: Claims = self.keys.decode(token, "bearer token")?;
+        let roles = claims
+            .roles
+            .iter()
+            .map(|r| r.parse())
+            .collect::<Result<Vec<Role>>>()
+            .map_err(|_| Error::unauthenticated("invalid bearer token: unknown role"))?;
+        let principal = Principal {
+            user_id: claims.sub,
+            tenant_id: claims.tid,
+            roles,
+            token: token.into(),
+        };
         if let Ok(mut cache) = self.verified.lock() {
             if cache.len() >= VERIFIED_CACHE {
                 cache.retain(|_, (_, exp)| now < *exp);
@@ -252,44 +301,71 @@ impl Verifier {
                     cache.clear();
                 }
             }
-            cache.insert(principal.token.clone(), (principal.clone(), exp));
+            cache.insert(principal.token.clone(), (principal.clone(), claims.exp));
         }
         Ok(principal)
     }
+}
 
-    fn verify_signature(&self, token: &str) -> Result<(Principal, u64)> {
-        let rejected = |why: &str| Error::unauthenticated(format!("invalid bearer token: {why}"));
-        let header = jsonwebtoken::decode_header(token).map_err(|_| rejected("malformed"))?;
-        let key = match header.kid.as_deref() {
-            Some(kid) => self.keys.get(kid),
-            None if self.keys.len() == 1 => self.keys.values().next(),
-            None => None,
-        }
-        .ok_or_else(|| rejected("unknown signing key"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => rejected("expired"),
-                K::InvalidSignature => rejected("bad signature"),
-                K::InvalidAlgorithm => rejected("algorithm not allowed"),
-                K::InvalidIssuer | K::InvalidAudience => rejected("wrong issuer or audience"),
-                _ => rejected("malformed"),
-            }
-        })?;
-        let claims = data.claims;
-        let roles = claims
-            .roles
-            .iter()
-            .map(|r| r.parse())
-            .collect::<Result<Vec<Role>>>()
-            .map_err(|_| rejected("unknown role"))?;
-        let principal = Principal {
-            user_id: claims.sub,
-            tenant_id: claims.tid,
-            roles,
-            token: token.into(),
+/// The header carrying an actor token on calls between services.
+pub const ACTOR_HEADER: &str = "x-rdm-actor";
+
+/// What a service's actor token says: service `sub` acts for user `act` of
+/// tenant `tid`, for a minute.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ActorClaims {
+    pub sub: String,
+    pub tid: String,
+    pub act: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub iss: String,
+    pub aud: String,
+}
+
+fn actor_policy() -> TokenPolicy {
+    TokenPolicy {
+        issuer: "rdm-service".into(),
+        audience: "rdm-internal".into(),
+    }
+}
+
+impl SigningKey {
+    /// An actor token: this service (`service`) acting for `caller`.
+    pub fn actor_token(&self, service: &str, caller: &Principal) -> Result<String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let policy = actor_policy();
+        let claims = ActorClaims {
+            sub: service.to_owned(),
+            tid: caller.tenant_id.clone(),
+            act: caller.user_id.clone(),
+            iat: now,
+            exp: now + 60,
+            iss: policy.issuer,
+            aud: policy.audience,
         };
-        Ok((principal, claims.exp))
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid().to_owned());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| Error::internal("signing an actor token", e))
+    }
+}
+
+/// Checks actor tokens against the keys of the services the inventory trusts.
+#[derive(Clone)]
+pub struct ActorVerifier(KeySet);
+
+impl ActorVerifier {
+    pub fn new(service_keys: &[Jwk]) -> anyhow::Result<Self> {
+        Ok(Self(KeySet::new(
+            service_keys,
+            &actor_policy(),
+            &["exp", "iat", "iss", "aud", "sub"],
+        )?))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<ActorClaims> {
+        self.0.decode(token, "actor token")
     }
 }
 
@@ -350,11 +426,14 @@ impl AccessTable {
     }
 
     /// Decides one call: `Ok(None)` for a public RPC, the principal otherwise.
+    /// `actors` checks the actor token of internal calls; without it
+    /// (the gateway) internal calls are refused.
     pub fn authorize(
         &self,
         verifier: &Verifier,
         path: &str,
         authorization: Option<&str>,
+        actors: Option<(&ActorVerifier, Option<&str>)>,
     ) -> Result<Option<Principal>> {
         let Some(access) = self.get(path) else {
             return Ok(None); // not an rdm RPC: health, reflection, metrics
@@ -375,10 +454,23 @@ impl AccessTable {
                 "this call needs the {} role",
                 least.as_str()
             ))),
-            Access::Internal => Err(Error::new(
-                ErrorCode::PermissionDenied,
-                "this call is internal to the mesh",
-            )),
+            Access::Internal => {
+                let internal = || {
+                    Error::permission_denied(
+                        "this call is internal: only a service acting for the caller may make it",
+                    )
+                };
+                let (actors, Some(actor)) = actors.ok_or_else(internal)? else {
+                    return Err(internal());
+                };
+                let actor = actors.verify(actor)?;
+                if actor.tid != principal.tenant_id || actor.act != principal.user_id {
+                    return Err(Error::permission_denied(
+                        "the actor token acts for another caller",
+                    ));
+                }
+                Ok(Some(principal))
+            }
             Access::Public => unreachable!("handled above"),
         }
     }
@@ -445,7 +537,7 @@ mod tests {
         let other = self::key().sign(&claims(&["admin"], 60)).unwrap();
         assert_eq!(
             verifier.verify(&other).unwrap_err().code,
-            ErrorCode::Unauthenticated
+            crate::ErrorCode::Unauthenticated
         );
     }
 

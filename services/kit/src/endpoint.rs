@@ -764,6 +764,35 @@ mod tests {
     }
 }
 
+/// The settings with their secrets put back at their paths (for a
+/// protocol service, never for a reply).
+pub fn with_secrets(
+    config: &Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+) -> Map<String, Value> {
+    fn put(map: &mut Map<String, Value>, path: &[&str], secret: &str) {
+        match path {
+            [] => {}
+            [leaf] => {
+                map.insert((*leaf).to_owned(), Value::from(secret));
+            }
+            [object, rest @ ..] => {
+                if let Value::Object(inner) = map
+                    .entry(*object)
+                    .or_insert_with(|| Value::Object(Map::new()))
+                {
+                    put(inner, rest, secret);
+                }
+            }
+        }
+    }
+    let mut out = config.clone();
+    for (path, secret) in secrets {
+        put(&mut out, &path.split('.').collect::<Vec<_>>(), secret);
+    }
+    out
+}
+
 /// `google.protobuf.Struct` to JSON and back (how endpoint settings travel).
 pub mod structs {
     use prost_types::{ListValue, Struct, Value as PValue, value::Kind};

@@ -5,7 +5,7 @@
 //! NOT_SERVING, the port keeps serving for `shutdown_delay` so load
 //! balancers notice, then drains in-flight calls until `drain_timeout`.
 use crate::{
-    auth::{AccessTable, Verifier},
+    auth::{ACTOR_HEADER, AccessTable, ActorVerifier, Verifier},
     error::Error,
     telemetry,
 };
@@ -108,17 +108,31 @@ impl Shutdown {
 pub struct Guard {
     pub access: AccessTable,
     pub verifier: Verifier,
+    /// Trusted service keys, on services with internal RPCs (the inventory).
+    pub actors: Option<ActorVerifier>,
 }
 
 async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
-    let authorization = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match guard
-        .access
-        .authorize(&guard.verifier, req.uri().path(), authorization)
-    {
+    // Owned, so no borrow of the (non-Sync) request lives across the await.
+    let (authorization, actor) = {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (
+            header(http::header::AUTHORIZATION.as_str()),
+            header(ACTOR_HEADER),
+        )
+    };
+    let (authorization, actor) = (authorization.as_deref(), actor.as_deref());
+    match guard.access.authorize(
+        &guard.verifier,
+        req.uri().path(),
+        authorization,
+        guard.actors.as_ref().map(|a| (a, actor)),
+    ) {
         Ok(Some(principal)) => {
             req.extensions_mut().insert(principal);
             next.run(req).await
