@@ -101,3 +101,129 @@ async fn migrate_creates_the_schema_and_the_app_role_and_can_run_again() {
             .unwrap();
     assert!(!bypass);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    let secrets = ["log-community-4b1e", "log-authpass-93c0", "log-token-aa71"];
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(rdm_binary())
+        .args([
+            "up",
+            "--demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--inventory-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RDM_ADMIN_PASSWORD", "log-admin-pw-5d2f")
+        .env("RDM_LOG", "debug")
+        .env("RDM_SHUTDOWN_DELAY_MS", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut login = None;
+    for _ in 0..200 {
+        let sent = http
+            .post(format!("{base}/v1/auth/login"))
+            .json(&serde_json::json!({"tenant": "demo", "username": "demo", "password": "demo"}))
+            .send()
+            .await;
+        if let Ok(resp) = sent {
+            login = Some(resp.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = login.expect("rdm up answers")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let device: serde_json::Value = http
+        .post(format!("{base}/v1/devices"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "logged"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = device["id"].as_str().unwrap();
+    let endpoints = [
+        (
+            "snmp",
+            serde_json::json!({"host": "127.0.0.1", "version": "2c", "community": secrets[0]}),
+        ),
+        (
+            "hg630",
+            serde_json::json!({"base_url": "http://127.0.0.1:9", "password": secrets[1]}),
+        ),
+        (
+            "webpa",
+            serde_json::json!({"base_url": "http://127.0.0.1:9", "auth": {"type": "bearer", "token": secrets[2]}}),
+        ),
+    ];
+    for (protocol, body) in endpoints {
+        let resp = http
+            .put(format!("{base}/v1/devices/{id}/endpoints/{protocol}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    }
+    // A rejected one too: errors must not echo the secret either.
+    let bad = serde_json::json!({"host": "127.0.0.1", "version": "9", "community": secrets[0]});
+    let resp = http
+        .put(format!("{base}/v1/devices/{id}/endpoints/snmp"))
+        .bearer_auth(&token)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(!resp.text().await.unwrap().contains(secrets[0]));
+    let file = format!(
+        "{}\n",
+        serde_json::json!({"name": "imported", "endpoints": {"snmp": {"host": "127.0.0.1", "version": "2c", "community": secrets[0]}}})
+    );
+    let resp = http
+        .post(format!("{base}/v1/devices:import"))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-ndjson")
+        .body(file)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("exits")
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("endpoint set") && logs.contains("devices imported"),
+        "the run logged its work: {logs}"
+    );
+    for secret in secrets.iter().chain(&["log-admin-pw-5d2f", token.as_str()]) {
+        assert!(!logs.contains(secret), "{secret} appeared in the logs");
+    }
+}
