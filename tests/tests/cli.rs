@@ -107,7 +107,7 @@ async fn secrets_never_reach_the_logs() {
     let secrets = ["log-community-4b1e", "log-authpass-93c0", "log-token-aa71"];
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = tokio::process::Command::new(rdm_binary())
+    let child = tokio::process::Command::new(rdm_binary())
         .args([
             "up",
             "--demo",
