@@ -342,9 +342,37 @@ fn build_request(
             .map_err(|e| {
                 let path = track.path().to_string();
                 let field = if path == "." { "body".to_owned() } else { path };
-                Error::invalid(field.clone(), format!("invalid field {field}: {e}"))
+                Error::invalid(
+                    field.clone(),
+                    format!("invalid field {field}: {}", without_values(&e.to_string())),
+                )
             })?;
     Ok(Bytes::from(message.encode_to_vec()))
+}
+
+/// serde's "invalid type: <kind> <value>, expected ..." names the value
+/// sent; that may be a password, so only its kind stays in the reply.
+fn without_values(message: &str) -> String {
+    for marker in ["invalid type: ", "invalid value: "] {
+        let Some(at) = message.find(marker) else {
+            continue;
+        };
+        let after = at + marker.len();
+        let Some(end) = message[after..].find(", expected").map(|i| after + i) else {
+            continue;
+        };
+        let unexpected = &message[after..end];
+        let kind = unexpected
+            .find([' ', '`', '"'])
+            .map_or(unexpected, |i| &unexpected[..i]);
+        let kind = match kind {
+            "floating" => "floating point",
+            "byte" => "byte array",
+            other => other,
+        };
+        return format!("{}{kind}{}", &message[..after], &message[end..]);
+    }
+    message.to_owned()
 }
 
 /// For PATCH: the update mask is the set of fields the body names, unless
@@ -537,6 +565,37 @@ mod tests {
         );
         let err = build_request(&b, &vars, Some("disabled=maybe"), b"[]", "").unwrap_err();
         assert_eq!(err.field(), Some("disabled"));
+    }
+
+    #[test]
+    fn type_errors_name_the_kind_not_the_value() {
+        assert_eq!(
+            without_values("invalid type: string \"hunter2\", expected u32"),
+            "invalid type: string, expected u32"
+        );
+        assert_eq!(
+            without_values("invalid value: floating point `1.5`, expected u8"),
+            "invalid value: floating point, expected u8"
+        );
+        assert_eq!(
+            without_values("invalid type: integer `12345678`, expected a string"),
+            "invalid type: integer, expected a string"
+        );
+        assert_eq!(
+            without_values("unknown field `userName`, expected `username`"),
+            "unknown field `userName`, expected `username`"
+        );
+        let b = binding("CreateUser", Method::POST, "/v1/users", Some("*"));
+        let err = build_request(
+            &b,
+            &[],
+            None,
+            br#"{"username": "x", "password": 12345678}"#,
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("password"));
+        assert!(!err.message.contains("12345678"), "{}", err.message);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::{
 use futures::Stream;
 use rdm_kit::{
     Error, Principal, Result,
-    db::{TenantTx, now_millis, page, timestamp},
+    db::{TenantTx, mask_paths, now_millis, page, timestamp},
     endpoint::{self, Protocol, structs},
 };
 use rdm_proto::{
@@ -205,6 +205,10 @@ fn endpoint_pb(row: &EndpointRow) -> Result<pb::Endpoint> {
     })
 }
 
+pub(crate) fn no_endpoint(device_id: &str, protocol: Protocol) -> Error {
+    Error::not_found(format!("device {device_id} has no {protocol} endpoint"))
+}
+
 impl Inventory {
     fn device_not_found(id: &str) -> Error {
         Error::not_found(format!("device {id} not found"))
@@ -354,26 +358,19 @@ impl DeviceService for Inventory {
                 .ok_or_else(|| Self::device_not_found(&r.device_id))?;
             let (mut all_labels, _) = ds::details(&mut tx, &p.tenant_id, &row.id, &row.id).await?;
             let mut labels = all_labels.remove(&row.id).unwrap_or_default();
-            let paths: Vec<String> = match &r.update_mask {
-                Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-                _ => {
-                    let given = [
-                        ("name", !r.name.is_empty()),
-                        ("serial", !r.serial.is_empty()),
-                        ("manufacturer", !r.manufacturer.is_empty()),
-                        ("model", !r.model.is_empty()),
-                        ("firmware", !r.firmware.is_empty()),
-                        ("labels", !r.labels.is_empty()),
-                        ("notes", !r.notes.is_empty()),
-                        ("address", !r.address.is_empty()),
-                    ];
-                    given
-                        .into_iter()
-                        .filter(|(_, set)| *set)
-                        .map(|(f, _)| f.to_owned())
-                        .collect()
-                }
-            };
+            let paths = mask_paths(
+                r.update_mask.as_ref(),
+                &[
+                    ("name", !r.name.is_empty()),
+                    ("serial", !r.serial.is_empty()),
+                    ("manufacturer", !r.manufacturer.is_empty()),
+                    ("model", !r.model.is_empty()),
+                    ("firmware", !r.firmware.is_empty()),
+                    ("labels", !r.labels.is_empty()),
+                    ("notes", !r.notes.is_empty()),
+                    ("address", !r.address.is_empty()),
+                ],
+            );
             for path in &paths {
                 match path.as_str() {
                     "name" => row.name = r.name.trim().to_owned(),
@@ -474,9 +471,7 @@ impl DeviceService for Inventory {
             let mut tx = self.db().begin(tenant_scope(p)).await?;
             let row = ds::endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol.as_str())
                 .await?
-                .ok_or_else(|| {
-                    Error::not_found(format!("device {} has no {protocol} endpoint", r.device_id))
-                })?;
+                .ok_or_else(|| no_endpoint(&r.device_id, protocol))?;
             Ok(pb::GetEndpointResponse {
                 endpoint: Some(endpoint_pb(&row)?),
             })
@@ -494,10 +489,7 @@ impl DeviceService for Inventory {
             let protocol: Protocol = r.protocol.parse()?;
             let mut tx = self.db().begin(tenant_scope(p)).await?;
             if !ds::delete_endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol.as_str()).await? {
-                return Err(Error::not_found(format!(
-                    "device {} has no {protocol} endpoint",
-                    r.device_id
-                )));
+                return Err(no_endpoint(&r.device_id, protocol));
             }
             tx.commit().await?;
             Ok(pb::DeleteEndpointResponse {})

@@ -12,7 +12,7 @@ use futures::Stream;
 use rdm_kit::{
     Error, ErrorCode, Principal, Result, Role,
     auth::{Claims, SigningKey, TokenPolicy},
-    db::{Db, Migrations, Scope, now_millis, page, timestamp},
+    db::{Db, Migrations, Scope, mask_paths, now_millis, page, timestamp},
     server::Guard,
 };
 use rdm_proto::inventory::{
@@ -566,24 +566,19 @@ impl TenantService for Inventory {
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let r = req.get_ref();
         let run = async {
-            let paths: Vec<&str> = match &r.update_mask {
-                Some(mask) if !mask.paths.is_empty() => {
-                    mask.paths.iter().map(String::as_str).collect()
-                }
-                _ => [
-                    (!r.display_name.is_empty()).then_some("display_name"),
-                    (!r.inline_target_cidrs.is_empty()).then_some("inline_target_cidrs"),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
-            };
+            let paths = mask_paths(
+                r.update_mask.as_ref(),
+                &[
+                    ("display_name", !r.display_name.is_empty()),
+                    ("inline_target_cidrs", !r.inline_target_cidrs.is_empty()),
+                ],
+            );
             let mut tx = self.db().begin(Scope::Platform).await?;
             let mut row = store::tenant_by_id(&mut tx, &r.tenant_id)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("tenant {} not found", r.tenant_id)))?;
-            for path in paths {
-                match path {
+            for path in &paths {
+                match path.as_str() {
                     "display_name" => {
                         valid_display_name("display_name", &r.display_name)?;
                         if r.display_name.is_empty() {
@@ -753,20 +748,15 @@ impl UserService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let run = async {
-            let paths: Vec<&str> = match &r.update_mask {
-                Some(mask) if !mask.paths.is_empty() => {
-                    mask.paths.iter().map(String::as_str).collect()
-                }
-                _ => [
-                    (!r.display_name.is_empty()).then_some("display_name"),
-                    (!r.password.is_empty()).then_some("password"),
-                    (!r.roles.is_empty()).then_some("roles"),
-                    r.disabled.then_some("disabled"),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
-            };
+            let paths = mask_paths(
+                r.update_mask.as_ref(),
+                &[
+                    ("display_name", !r.display_name.is_empty()),
+                    ("password", !r.password.is_empty()),
+                    ("roles", !r.roles.is_empty()),
+                    ("disabled", r.disabled),
+                ],
+            );
             let mut tx = self.db().begin(tenant_scope(p)).await?;
             let mut row = store::user_by_id(&mut tx, &p.tenant_id, &r.user_id)
                 .await?
@@ -776,8 +766,8 @@ impl UserService for Inventory {
                 .ok_or_else(|| {
                     Error::unauthenticated("the tenant of this token no longer exists")
                 })?;
-            for path in paths {
-                match path {
+            for path in &paths {
+                match path.as_str() {
                     "display_name" => {
                         valid_display_name("display_name", &r.display_name)?;
                         row.display_name = r.display_name.clone();

@@ -5,7 +5,7 @@
 use crate::{
     Inventory,
     device_store::{self as ds},
-    devices::secret_place,
+    devices::{no_endpoint, secret_place},
     store, tenant_scope,
 };
 use ipnet::IpNet;
@@ -65,7 +65,7 @@ impl Inventory {
             .ok_or_else(|| Error::not_found(format!("device {id} not found")))?;
         let row = ds::endpoint(&mut tx, &p.tenant_id, id, protocol.as_str())
             .await?
-            .ok_or_else(|| Error::not_found(format!("device {id} has no {protocol} endpoint")))?;
+            .ok_or_else(|| no_endpoint(id, protocol))?;
         drop(tx);
         let mut config: serde_json::Map<String, Value> = serde_json::from_str(&row.config)
             .map_err(|e| Error::internal("reading a stored endpoint", e))?;

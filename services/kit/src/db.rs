@@ -213,6 +213,22 @@ pub fn timestamp(millis: i64) -> prost_types::Timestamp {
     }
 }
 
+/// The fields an update changes: the mask's paths, or with no mask every
+/// field `given` marks as set (non-empty).
+pub fn mask_paths(
+    mask: Option<&prost_types::FieldMask>,
+    given: &[(&'static str, bool)],
+) -> Vec<String> {
+    match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+        _ => given
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(name, _)| (*name).to_owned())
+            .collect(),
+    }
+}
+
 /// Opaque keyset page tokens: the last key of the page, base64url.
 pub mod page {
     use super::*;
@@ -280,6 +296,16 @@ mod tests {
         assert_eq!(rows, ["a", "b"]);
         assert_eq!(page::decode(&next).unwrap(), "b");
         assert_eq!(page::finish(vec!["a"], 2, |s| s).1, "");
+    }
+
+    #[test]
+    fn an_empty_mask_means_the_fields_given() {
+        let given = [("name", true), ("notes", false), ("labels", true)];
+        assert_eq!(mask_paths(None, &given), ["name", "labels"]);
+        let mask = prost_types::FieldMask {
+            paths: vec!["notes".into()],
+        };
+        assert_eq!(mask_paths(Some(&mask), &given), ["notes"]);
     }
 
     #[test]
