@@ -4,7 +4,7 @@
 use crate::{
     Inventory,
     device_store::{self as ds, DeviceFilter, DeviceRow, EndpointRow, LabelTerm},
-    err, tenant_scope,
+    err, reply, tenant_scope,
 };
 use futures::Stream;
 use rdm_kit::{
@@ -298,7 +298,7 @@ impl DeviceService for Inventory {
                 device: Some(device_pb(row, labels, Vec::new())),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn get_device(
@@ -312,7 +312,7 @@ impl DeviceService for Inventory {
                 device: Some(self.device_in(&mut tx, p, &req.get_ref().device_id).await?),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn list_devices(
@@ -342,7 +342,7 @@ impl DeviceService for Inventory {
                 next_page_token,
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn update_device(
@@ -410,7 +410,7 @@ impl DeviceService for Inventory {
                 device: Some(device),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn delete_device(
@@ -428,7 +428,7 @@ impl DeviceService for Inventory {
             tracing::info!(tenant_id = %p.tenant_id, device_id = %id, "device deleted");
             Ok(pb::DeleteDeviceResponse {})
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn put_endpoint(
@@ -457,7 +457,7 @@ impl DeviceService for Inventory {
                 endpoint: Some(endpoint_pb(&row)?),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn get_endpoint(
@@ -476,7 +476,7 @@ impl DeviceService for Inventory {
                 endpoint: Some(endpoint_pb(&row)?),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn delete_endpoint(
@@ -494,7 +494,7 @@ impl DeviceService for Inventory {
             tx.commit().await?;
             Ok(pb::DeleteEndpointResponse {})
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn import_devices(
@@ -503,7 +503,7 @@ impl DeviceService for Inventory {
     ) -> Result<Response<pb::ImportDevicesResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
         let file = req.get_ref().file.clone().unwrap_or_default();
-        self.import(p, &file).await.map(Response::new).map_err(err)
+        reply(self.import(p, &file).await)
     }
 
     async fn resolve_target(
@@ -511,10 +511,7 @@ impl DeviceService for Inventory {
         req: Request<pb::ResolveTargetRequest>,
     ) -> Result<Response<pb::ResolveTargetResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
-        self.resolve(p, req.get_ref())
-            .await
-            .map(Response::new)
-            .map_err(err)
+        reply(self.resolve(p, req.get_ref()).await)
     }
 
     type ExportDevicesStream = ExportStream;

@@ -281,6 +281,11 @@ fn grantable_roles(roles: &[String], granter: &Principal, tenant_slug: &str) -> 
         .join(" "))
 }
 
+/// A handler's result as tonic wants it.
+fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(err)
+}
+
 fn err(e: Error) -> Status {
     e.in_domain(DOMAIN).into()
 }
@@ -454,10 +459,7 @@ impl AuthService for Inventory {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        Inventory::login(self, req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(err)
+        reply(Inventory::login(self, req.into_inner()).await)
     }
 
     async fn get_jwks(
@@ -489,7 +491,7 @@ impl AuthService for Inventory {
         req: Request<pb::GetMeRequest>,
     ) -> Result<Response<pb::GetMeResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
-        self.me(p).await.map(Response::new).map_err(err)
+        reply(self.me(p).await)
     }
 }
 
@@ -528,7 +530,7 @@ impl TenantService for Inventory {
                 tenant: Some(tenant_pb(row)),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn get_tenant(
@@ -557,7 +559,7 @@ impl TenantService for Inventory {
                 next_page_token,
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn update_tenant(
@@ -608,7 +610,7 @@ impl TenantService for Inventory {
                 tenant: Some(tenant_pb(row)),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn delete_tenant(
@@ -630,7 +632,7 @@ impl TenantService for Inventory {
             tracing::info!(tenant_id = %id, "tenant deleted");
             Ok(pb::DeleteTenantResponse {})
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn create_tenant_user(
@@ -653,7 +655,7 @@ impl TenantService for Inventory {
                 .await?;
             Ok(pb::CreateTenantUserResponse { user: Some(user) })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 }
 
@@ -687,7 +689,7 @@ impl UserService for Inventory {
                 .await?;
             Ok(pb::CreateUserResponse { user: Some(user) })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn get_user(
@@ -705,7 +707,7 @@ impl UserService for Inventory {
                 user: Some(user_pb(row)),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn list_users(
@@ -738,7 +740,7 @@ impl UserService for Inventory {
                 next_page_token,
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn update_user(
@@ -800,7 +802,7 @@ impl UserService for Inventory {
                 user: Some(user_pb(row)),
             })
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     async fn delete_user(
@@ -823,7 +825,7 @@ impl UserService for Inventory {
             tx.commit().await?;
             Ok(pb::DeleteUserResponse {})
         };
-        run.await.map(Response::new).map_err(err)
+        reply(run.await)
     }
 
     type ExportUsersStream = UserStream;

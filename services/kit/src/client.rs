@@ -1,13 +1,20 @@
 //! Calls from one service to another: the caller's token and trace context
-//! go along, so the callee verifies the same principal and the trace goes on.
-use crate::{auth::Principal, telemetry::TraceParent};
+//! go along, so the callee verifies the same principal and the trace goes on;
+//! for internal RPCs, the calling service's actor token too.
+use crate::{
+    Result,
+    auth::{ACTOR_HEADER, Principal, SigningKey},
+    telemetry::TraceParent,
+};
 use tonic::{metadata::MetadataValue, service::Interceptor};
 
-/// Adds `authorization` and `traceparent` to every outgoing call.
+/// Adds `authorization`, `traceparent` and, when acting, the actor token to
+/// every outgoing call.
 #[derive(Clone)]
 pub struct Forward {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     traceparent: Option<MetadataValue<tonic::metadata::Ascii>>,
+    actor: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Forward {
@@ -15,7 +22,23 @@ impl Forward {
         Self {
             authorization: principal.and_then(|p| format!("Bearer {}", p.bearer()).parse().ok()),
             traceparent: trace.and_then(|t| t.0.parse().ok()),
+            actor: None,
         }
+    }
+
+    /// As `service` acting for `principal` (for internal RPCs such as the
+    /// inventory's ResolveTarget), signed with the service's key.
+    pub fn acting(
+        service: &str,
+        key: &SigningKey,
+        principal: &Principal,
+        trace: Option<&TraceParent>,
+    ) -> Result<Self> {
+        let token = key.actor_token(service, principal)?;
+        Ok(Self {
+            actor: token.parse().ok(),
+            ..Self::new(Some(principal), trace)
+        })
     }
 
     /// For the handler of `request`: its principal and trace context.
@@ -34,6 +57,9 @@ impl Interceptor for Forward {
         }
         if let Some(v) = &self.traceparent {
             request.metadata_mut().insert("traceparent", v.clone());
+        }
+        if let Some(v) = &self.actor {
+            request.metadata_mut().insert(ACTOR_HEADER, v.clone());
         }
         Ok(request)
     }
