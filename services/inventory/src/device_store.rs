@@ -2,7 +2,7 @@
 //! PostgreSQL. Every query names the tenant.
 use rdm_kit::{
     Error, Result,
-    db::{TenantTx, now_millis},
+    db::{Backend, TenantTx, now_millis},
 };
 use sqlx::FromRow;
 use std::collections::{BTreeMap, HashMap};
@@ -332,13 +332,18 @@ pub async fn device_names(tx: &mut TenantTx, tenant_id: &str) -> Result<Vec<Stri
 /// limit on bind parameters.
 const BATCH: usize = 400;
 
-/// `insert into <table> (<columns>) values ($1, ..), ($n, ..), ...` for `rows` rows.
-fn multi_insert(table: &str, columns: &[&str], rows: usize) -> String {
+/// `insert into <table> (<columns>) values ($1, ..), ($n, ..), ...` for
+/// `rows` rows. SQLite gets plain `?`: it looks each numbered parameter up
+/// by walking a list, which makes a big batch quadratic.
+fn multi_insert(backend: Backend, table: &str, columns: &[&str], rows: usize) -> String {
     let mut sql = format!("insert into {table} ({}) values ", columns.join(", "));
     for r in 0..rows {
         let start = r * columns.len();
         let params: Vec<String> = (1..=columns.len())
-            .map(|c| format!("${}", start + c))
+            .map(|c| match backend {
+                Backend::Sqlite => "?".to_owned(),
+                Backend::Postgres => format!("${}", start + c),
+            })
             .collect();
         if r > 0 {
             sql.push_str(", ");
@@ -374,7 +379,7 @@ pub async fn insert_many(
     ];
     for chunk in devices.chunks(BATCH) {
         // Built from fixed fragments; every value is a bind parameter.
-        let sql = multi_insert("devices", &DEVICE, chunk.len());
+        let sql = multi_insert(tx.backend(), "devices", &DEVICE, chunk.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for d in chunk {
             q = q
@@ -394,6 +399,7 @@ pub async fn insert_many(
     }
     for chunk in labels.chunks(BATCH) {
         let sql = multi_insert(
+            tx.backend(),
             "device_labels",
             &["tenant_id", "device_id", "key", "value"],
             chunk.len(),
@@ -414,6 +420,7 @@ pub async fn insert_many(
             "update_time",
         ];
         let mut q = sqlx::query(sqlx::AssertSqlSafe(multi_insert(
+            tx.backend(),
             "endpoints",
             &columns,
             chunk.len(),

@@ -177,6 +177,10 @@ pub struct TenantTx {
 }
 
 impl TenantTx {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Narrows a login transaction to the tenant it found, so the user
     /// lookup that follows is subject to that tenant's policies.
     pub async fn enter_tenant(&mut self, tenant_id: &str) -> Result<()> {
