@@ -73,12 +73,8 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    gw.access.authorize(
-        &gw.verifier,
-        &grpc_path,
-        authorization.map(str::to_owned).as_deref(),
-        None,
-    )?;
+    gw.access
+        .authorize(&gw.verifier, &grpc_path, authorization, None)?;
     let backend = gw.backend(rpc.parent_service().package_name())?;
 
     let body = match &binding.body {
