@@ -272,3 +272,25 @@ async fn repeated_failures_lock_a_login_out_without_revealing_users() {
     let admin = mesh.admin_token().await;
     assert!(!admin.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_all_count_towards_the_lockout() {
+    for store in [Store::Sqlite, Store::Postgres] {
+        let mesh = TestMesh::start_with(store, |s| s.login_max_failures = 5).await;
+        let guesses = (0..5).map(|i| {
+            let mesh = &mesh;
+            async move { mesh.login("demo", "demo", &format!("guess-{i}")).await.0 }
+        });
+        let statuses = futures::future::join_all(guesses).await;
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+            "{statuses:?}"
+        );
+        let (status, body) = mesh.login("demo", "demo", "demo").await;
+        assert_eq!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{store:?}: five parallel failures lock the login: {body}"
+        );
+    }
+}

@@ -22,7 +22,7 @@ use rdm_proto::inventory::{
     user_service_server::{UserService, UserServiceServer},
 };
 use std::{pin::Pin, sync::Arc, time::Duration};
-use store::{NewUser, TenantRow, ThrottleRow, UserRow};
+use store::{NewUser, TenantRow, UserRow};
 use tonic::{Request, Response, Status};
 
 const DOMAIN: &str = "rdm.inventory";
@@ -299,6 +299,15 @@ fn tenant_scope(p: &Principal) -> Scope<'_> {
 
 const BAD_LOGIN: &str = "invalid tenant, username or password";
 
+fn locked_out(remaining_ms: i64) -> Error {
+    let wait = (remaining_ms + 999) / 1000;
+    Error::new(
+        ErrorCode::TooManyRequests,
+        format!("too many failed logins; try again in {wait} s"),
+    )
+    .with_meta("retry_after_s", wait.to_string())
+}
+
 impl Inventory {
     fn db(&self) -> &Db {
         &self.config.db
@@ -321,15 +330,11 @@ impl Inventory {
         }
         let key = format!("{slug}\n{username}");
         let now = now_millis();
+        // Read, then let go of the connection: the hash check below is slow.
         let mut tx = self.db().begin(Scope::Login { slug: &slug }).await?;
         let throttle = store::throttle(&mut tx, &key).await?.unwrap_or_default();
         if throttle.locked_until > now {
-            let wait = (throttle.locked_until - now + 999) / 1000;
-            return Err(Error::new(
-                ErrorCode::TooManyRequests,
-                format!("too many failed logins; try again in {wait} s"),
-            )
-            .with_meta("retry_after_s", wait.to_string()));
+            return Err(locked_out(throttle.locked_until - now));
         }
         let user = match store::tenant_by_slug(&mut tx, &slug).await? {
             Some(tenant) => {
@@ -340,27 +345,27 @@ impl Inventory {
             }
             None => None,
         };
+        drop(tx);
         // Unknown tenants and users cost one hash check too: equal timing.
         let hash = user.as_ref().map(|(_, u)| u.password_hash.clone());
         let matches = password::verify(req.password, hash).await?;
         let user = user.filter(|(_, u)| matches && u.disabled == 0);
+        let mut tx = self.db().begin(Scope::Login { slug: &slug }).await?;
         let Some((tenant, user)) = user else {
             let policy = &self.config.throttle;
-            let mut t = throttle;
-            if now - t.window_start > policy.window.as_millis() as i64 {
-                t = ThrottleRow {
-                    failures: 0,
-                    window_start: now,
-                    locked_until: 0,
-                };
-            }
-            t.failures += 1;
-            if t.failures >= policy.max_failures {
-                t.locked_until = now + policy.lockout.as_millis() as i64;
+            let t = store::record_failure(
+                &mut tx,
+                &key,
+                now,
+                policy.window.as_millis() as i64,
+                policy.max_failures,
+                policy.lockout.as_millis() as i64,
+            )
+            .await?;
+            tx.commit().await?;
+            if t.locked_until > now {
                 tracing::warn!(tenant = %slug, failures = t.failures, "login locked out");
             }
-            store::set_throttle(&mut tx, &key, &t).await?;
-            tx.commit().await?;
             return Err(Error::unauthenticated(BAD_LOGIN));
         };
         store::clear_throttle(&mut tx, &key).await?;

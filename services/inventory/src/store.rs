@@ -254,31 +254,47 @@ pub async fn me(tx: &mut TenantTx, tenant_id: &str, user_id: &str) -> Result<Opt
 #[derive(Clone, Debug, Default, FromRow)]
 pub struct ThrottleRow {
     pub failures: i64,
-    pub window_start: i64,
     pub locked_until: i64,
 }
 
 pub async fn throttle(tx: &mut TenantTx, key: &str) -> Result<Option<ThrottleRow>> {
-    Ok(sqlx::query_as(
-        "select failures, window_start, locked_until from login_throttle where key = $1",
+    Ok(
+        sqlx::query_as("select failures, locked_until from login_throttle where key = $1")
+            .bind(key)
+            .fetch_optional(tx.conn())
+            .await?,
     )
-    .bind(key)
-    .fetch_optional(tx.conn())
-    .await?)
 }
 
-pub async fn set_throttle(tx: &mut TenantTx, key: &str, row: &ThrottleRow) -> Result<()> {
-    sqlx::query(
-        "insert into login_throttle (key, failures, window_start, locked_until) values ($1, $2, $3, $4) \
-         on conflict (key) do update set failures = $2, window_start = $3, locked_until = $4",
+/// Counts one failed login for `key`, atomically (parallel guesses each
+/// count): a new window after `window_ms`, a lock-out of `lockout_ms` at
+/// `max_failures`. Returns the row as it is now.
+pub async fn record_failure(
+    tx: &mut TenantTx,
+    key: &str,
+    now: i64,
+    window_ms: i64,
+    max_failures: i64,
+    lockout_ms: i64,
+) -> Result<ThrottleRow> {
+    Ok(sqlx::query_as(
+        "insert into login_throttle (key, failures, window_start, locked_until) \
+         values ($1, 1, $2, case when 1 >= $4 then $2 + $5 else 0 end) \
+         on conflict (key) do update set \
+           failures = case when $2 - login_throttle.window_start > $3 then 1 else login_throttle.failures + 1 end, \
+           window_start = case when $2 - login_throttle.window_start > $3 then $2 else login_throttle.window_start end, \
+           locked_until = case \
+             when (case when $2 - login_throttle.window_start > $3 then 1 else login_throttle.failures + 1 end) >= $4 \
+             then $2 + $5 else login_throttle.locked_until end \
+         returning failures, locked_until",
     )
     .bind(key)
-    .bind(row.failures)
-    .bind(row.window_start)
-    .bind(row.locked_until)
-    .execute(tx.conn())
-    .await?;
-    Ok(())
+    .bind(now)
+    .bind(window_ms)
+    .bind(max_failures)
+    .bind(lockout_ms)
+    .fetch_one(tx.conn())
+    .await?)
 }
 
 pub async fn clear_throttle(tx: &mut TenantTx, key: &str) -> Result<()> {
