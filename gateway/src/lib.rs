@@ -18,7 +18,7 @@ use axum::{
 };
 use rdm_kit::{
     Error, ErrorCode,
-    auth::{Access, AccessTable, Verifier},
+    auth::{ACTOR_HEADER, Access, AccessTable, Verifier},
     invoke::Backend,
     server::grpc_error,
 };
@@ -174,31 +174,31 @@ async fn dispatch(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 
 /// Forwards a gRPC call to the service that owns it, after the same token
 /// check as REST. Internal RPCs are not reachable from outside.
-async fn proxy(gw: &Gateway, req: Request) -> Response {
+async fn proxy(gw: &Gateway, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let unknown = || {
-        grpc_error(Error::new(
+    let service = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    // The access table knows every rdm method; internal ones are not ours to route.
+    let (Some(service), Some(access)) = (
+        rdm_proto::descriptor_pool().get_service_by_name(service),
+        gw.access.get(&path),
+    ) else {
+        return grpc_error(Error::new(
             ErrorCode::Unimplemented,
             format!("unknown method {path}"),
-        ))
+        ));
     };
-    let Some(method) = rdm_proto::descriptor_pool()
-        .get_service_by_name(
-            path.trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or_default(),
-        )
-        .and_then(|s| {
-            s.methods()
-                .find(|m| path.ends_with(&format!("/{}", m.name())))
-        })
-    else {
-        return unknown();
-    };
-    if matches!(gw.access.get(&path), Some(Access::Internal) | None) {
-        return unknown();
+    if *access == Access::Internal {
+        return grpc_error(Error::new(
+            ErrorCode::Unimplemented,
+            format!("unknown method {path}"),
+        ));
     }
+    // Actor tokens are minted inside the mesh, never accepted from outside.
+    req.headers_mut().remove(ACTOR_HEADER);
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -209,7 +209,7 @@ async fn proxy(gw: &Gateway, req: Request) -> Response {
     {
         return grpc_error(err);
     }
-    let backend = match gw.backend(method.parent_service().package_name()) {
+    let backend = match gw.backend(service.package_name()) {
         Ok(b) => b,
         Err(err) => return grpc_error(err),
     };
