@@ -289,7 +289,7 @@ impl DeviceService for Inventory {
         let run = async {
             fields.check()?;
             let (row, labels) = fields.row(&p.tenant_id);
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             ds::insert_device(&mut tx, &row).await?;
             ds::set_labels(&mut tx, &p.tenant_id, &row.id, &labels).await?;
             tx.commit().await?;
@@ -352,7 +352,7 @@ impl DeviceService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let run = async {
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             let mut row = ds::device(&mut tx, &p.tenant_id, &r.device_id)
                 .await?
                 .ok_or_else(|| Self::device_not_found(&r.device_id))?;
@@ -420,7 +420,7 @@ impl DeviceService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let id = &req.get_ref().device_id;
         let run = async {
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             if !ds::delete_device(&mut tx, &p.tenant_id, id).await? {
                 return Err(Self::device_not_found(id));
             }
@@ -444,7 +444,7 @@ impl DeviceService for Inventory {
                 .as_ref()
                 .map(structs::to_json)
                 .unwrap_or_else(|| json!({}));
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             let device = ds::device(&mut tx, &p.tenant_id, &r.device_id)
                 .await?
                 .ok_or_else(|| Self::device_not_found(&r.device_id))?;
@@ -487,7 +487,7 @@ impl DeviceService for Inventory {
         let r = req.get_ref();
         let run = async {
             let protocol: Protocol = r.protocol.parse()?;
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             if !ds::delete_endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol.as_str()).await? {
                 return Err(no_endpoint(&r.device_id, protocol));
             }
@@ -824,7 +824,7 @@ impl Inventory {
         } else {
             parse_jsonl(&file.data)
         };
-        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let mut tx = self.db().begin_write(tenant_scope(p)).await?;
         let mut taken: HashSet<String> = ds::device_names(&mut tx, &p.tenant_id)
             .await?
             .into_iter()
@@ -891,7 +891,7 @@ pub async fn reseal_secrets(
 ) -> Result<usize> {
     let (mut after, mut resealed) = ((String::new(), String::new()), 0);
     loop {
-        let mut tx = db.begin(rdm_kit::db::Scope::Platform).await?;
+        let mut tx = db.begin_write(rdm_kit::db::Scope::Platform).await?;
         let rows = ds::all_endpoints_after(&mut tx, (&after.0, &after.1), 500).await?;
         let Some(last) = rows.last() else { break };
         after = (last.device_id.clone(), last.protocol.clone());

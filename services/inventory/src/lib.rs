@@ -117,7 +117,7 @@ pub async fn bootstrap(db: &Db, admin_password: Option<&str>, demo: bool) -> Res
     if demo {
         ensure_user(db, "demo", "Demo", "demo", "demo", Role::Admin).await?;
         // The demo may name loopback targets inline, nothing else.
-        let mut tx = db.begin(Scope::Platform).await?;
+        let mut tx = db.begin_write(Scope::Platform).await?;
         if let Some(mut demo) = store::tenant_by_slug(&mut tx, "demo").await?
             && demo.inline_cidrs.is_empty()
         {
@@ -140,14 +140,14 @@ async fn ensure_user(
     password: &str,
     role: Role,
 ) -> Result<bool> {
-    let mut tx = db.begin(Scope::Platform).await?;
+    let mut tx = db.begin_write(Scope::Platform).await?;
     let tenant = match store::tenant_by_slug(&mut tx, slug).await? {
         Some(t) => t,
         None => store::insert_tenant(&mut tx, slug, display_name).await?,
     };
     tx.commit().await?;
     let mut tx = db
-        .begin(Scope::Tenant {
+        .begin_write(Scope::Tenant {
             tenant_id: &tenant.id,
             user_id: "",
         })
@@ -350,7 +350,7 @@ impl Inventory {
         let hash = user.as_ref().map(|(_, u)| u.password_hash.clone());
         let matches = password::verify(req.password, hash).await?;
         let user = user.filter(|(_, u)| matches && u.disabled == 0);
-        let mut tx = self.db().begin(Scope::Login { slug: &slug }).await?;
+        let mut tx = self.db().begin_write(Scope::Login { slug: &slug }).await?;
         let Some((tenant, user)) = user else {
             let policy = &self.config.throttle;
             let t = store::record_failure(
@@ -429,7 +429,7 @@ impl Inventory {
         let hash = password::hash(password).await?;
         let mut tx = self
             .db()
-            .begin(Scope::Tenant {
+            .begin_write(Scope::Tenant {
                 tenant_id: &tenant.id,
                 user_id: &granter.user_id,
             })
@@ -519,7 +519,7 @@ impl TenantService for Inventory {
             } else {
                 &r.display_name
             };
-            let mut tx = self.db().begin(Scope::Platform).await?;
+            let mut tx = self.db().begin_write(Scope::Platform).await?;
             let row = store::insert_tenant(&mut tx, &r.slug, display_name)
                 .await
                 .map_err(|e| match e.code {
@@ -580,7 +580,7 @@ impl TenantService for Inventory {
                     ("inline_target_cidrs", !r.inline_target_cidrs.is_empty()),
                 ],
             );
-            let mut tx = self.db().begin(Scope::Platform).await?;
+            let mut tx = self.db().begin_write(Scope::Platform).await?;
             let mut row = store::tenant_by_id(&mut tx, &r.tenant_id)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("tenant {} not found", r.tenant_id)))?;
@@ -631,7 +631,7 @@ impl TenantService for Inventory {
                     "the system tenant cannot be deleted",
                 ));
             }
-            let mut tx = self.db().begin(Scope::Platform).await?;
+            let mut tx = self.db().begin_write(Scope::Platform).await?;
             store::delete_tenant(&mut tx, id).await?;
             tx.commit().await?;
             tracing::info!(tenant_id = %id, "tenant deleted");
@@ -764,7 +764,7 @@ impl UserService for Inventory {
                     ("disabled", r.disabled),
                 ],
             );
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             let mut row = store::user_by_id(&mut tx, &p.tenant_id, &r.user_id)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("user {} not found", r.user_id)))?;
@@ -823,7 +823,7 @@ impl UserService for Inventory {
                     "you cannot delete your own user",
                 ));
             }
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             if !store::delete_user(&mut tx, &p.tenant_id, id).await? {
                 return Err(Error::not_found(format!("user {id} not found")));
             }

@@ -129,9 +129,24 @@ impl Db {
         &self.pool
     }
 
-    /// Begins a transaction that sees only what `scope` allows.
+    /// Begins a read transaction that sees only what `scope` allows.
     pub async fn begin(&self, scope: Scope<'_>) -> Result<TenantTx> {
-        let mut tx = self.pool.begin().await?;
+        self.begin_as(scope, false).await
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock at once (BEGIN IMMEDIATE): a transaction that read first and
+    /// then writes would fail outright, not wait, when another write
+    /// committed in between.
+    pub async fn begin_write(&self, scope: Scope<'_>) -> Result<TenantTx> {
+        self.begin_as(scope, true).await
+    }
+
+    async fn begin_as(&self, scope: Scope<'_>, write: bool) -> Result<TenantTx> {
+        let mut tx = match (self.backend, write) {
+            (Backend::Sqlite, true) => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _ => self.pool.begin().await?,
+        };
         if self.backend == Backend::Postgres {
             let (tenant, user, platform, slug) = match scope {
                 Scope::Tenant { tenant_id, user_id } => (tenant_id, user_id, "off", ""),
