@@ -17,6 +17,21 @@ pub struct Binding {
     pub raw_request: bool,
     /// The reply (or its response_body) is a `google.api.HttpBody`: sent raw.
     pub raw_response: bool,
+    /// The reply holds `google.protobuf.Struct` values, whose numbers are
+    /// doubles: whole ones are written as integers (161, not 161.0).
+    pub has_struct: bool,
+}
+
+fn holds_struct(msg: &prost_reflect::MessageDescriptor, seen: &mut Vec<String>) -> bool {
+    if msg.full_name() == "google.protobuf.Struct" || msg.full_name() == "google.protobuf.Value" {
+        return true;
+    }
+    if seen.iter().any(|s| s == msg.full_name()) {
+        return false;
+    }
+    seen.push(msg.full_name().to_owned());
+    msg.fields()
+        .any(|f| matches!(f.kind(), prost_reflect::Kind::Message(m) if holds_struct(&m, seen)))
 }
 
 const HTTP_BODY: &str = "google.api.HttpBody";
@@ -311,6 +326,7 @@ fn push_rule(
         .as_deref()
         .is_some_and(|b| b != "*" && is_http_body(&rpc.input(), Some(b)));
     let raw_response = is_http_body(&rpc.output(), response_body.as_deref());
+    let has_struct = holds_struct(&rpc.output(), &mut Vec::new());
     out.push(Binding {
         method,
         template,
@@ -319,6 +335,7 @@ fn push_rule(
         rpc: rpc.clone(),
         raw_request,
         raw_response,
+        has_struct,
     });
     Ok(())
 }

@@ -109,7 +109,12 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
             let (content_type, data) = raw_reply(&output, &reply, response_body.as_deref())?;
             return Ok(([(header::CONTENT_TYPE, content_type)], data).into_response());
         }
-        let json = reply_json(&output, &reply, response_body.as_deref())?;
+        let json = reply_json(
+            &output,
+            &reply,
+            response_body.as_deref(),
+            binding.has_struct,
+        )?;
         return Ok(([(header::CONTENT_TYPE, JSON)], json).into_response());
     }
 
@@ -140,10 +145,11 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
     }
     let rid = request_id(&parts.headers);
+    let has_struct = binding.has_struct;
     let frames: FrameStream = Box::pin(stream.map(move |item| {
         let (event, json) = match item
             .map_err(|s| Error::from_status(&s))
-            .and_then(|m| reply_json(&output, &m, response_body.as_deref()))
+            .and_then(|m| reply_json(&output, &m, response_body.as_deref(), has_struct))
         {
             Ok(json) => ("message", json),
             Err(err) => (
@@ -494,6 +500,7 @@ fn reply_json(
     output: &MessageDescriptor,
     bytes: &[u8],
     response_body: Option<&str>,
+    has_struct: bool,
 ) -> Result<Vec<u8>, Error> {
     let message = DynamicMessage::decode(output.clone(), bytes)
         .map_err(|e| Error::internal("decoding a backend reply", e))?;
@@ -508,7 +515,30 @@ fn reply_json(
         None => message.serialize_with_options(&mut ser, &options),
     };
     result.map_err(|e| Error::internal("encoding a reply as JSON", e))?;
-    Ok(out)
+    if !has_struct {
+        return Ok(out);
+    }
+    let mut value: Value =
+        serde_json::from_slice(&out).map_err(|e| Error::internal("re-reading a reply", e))?;
+    whole_numbers(&mut value);
+    serde_json::to_vec(&value).map_err(|e| Error::internal("encoding a reply as JSON", e))
+}
+
+/// Struct numbers are doubles: 161.0 is written as 161, as JavaScript would.
+fn whole_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15)
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -530,6 +560,7 @@ mod tests {
             rpc,
             raw_request: false,
             raw_response: false,
+            has_struct: false,
         }
     }
 

@@ -164,12 +164,12 @@ async fn endpoint_secrets_are_write_only_and_sealed_at_rest(mesh: TestMesh) {
     assert_eq!(put["config"]["auth_password_set"], true);
     assert_eq!(put["config"]["priv_password_set"], true);
     assert_eq!(
-        // Struct numbers are doubles in proto JSON.
+        // Whole numbers read as integers, though Struct numbers are doubles.
         (
-            put["config"]["timeout_ms"].as_f64(),
+            put["config"]["timeout_ms"].as_i64(),
             put["config"]["security_level"].as_str()
         ),
-        (Some(5000.0), Some("authPriv"))
+        (Some(5000), Some("authPriv"))
     );
     let webpa = json!({"base_url": "http://127.0.0.1:9003", "device_id": "mac:112233445566", "auth": {"type": "bearer", "token": SECRETS[2]}});
     let (status, put) = mesh
@@ -193,10 +193,10 @@ async fn endpoint_secrets_are_write_only_and_sealed_at_rest(mesh: TestMesh) {
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(
         (
-            again["config"]["port"].as_f64(),
+            again["config"]["port"].as_i64(),
             &again["config"]["priv_password_set"]
         ),
-        (Some(1161.0), &json!(true))
+        (Some(1161), &json!(true))
     );
 
     // No reply anywhere carries a secret.
