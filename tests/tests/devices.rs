@@ -199,6 +199,36 @@ async fn endpoint_secrets_are_write_only_and_sealed_at_rest(mesh: TestMesh) {
         (Some(1161), &json!(true))
     );
 
+    // Moving to v2c: the stored v3 passwords must be forgotten explicitly.
+    let v2c =
+        json!({"version": "2c", "community": "c2", "auth_password": null, "priv_password": null});
+    let (status, body) = mesh
+        .call(reqwest::Method::PUT, &snmp, Some(&token), Some(v2c))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["config"].get("auth_password_set"), None, "{body}");
+    let (status, body) = mesh
+        .call(
+            reqwest::Method::PUT,
+            &snmp,
+            Some(&token),
+            Some(json!({"version": "3", "username": "u"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("community")),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().contains("null"), "{body}");
+    let v3 = json!({"version": "3", "username": "snmpuser", "community": null, "auth_protocol": "SHA", "auth_password": SECRETS[0], "priv_protocol": "AES", "priv_password": SECRETS[1]});
+    assert_eq!(
+        mesh.call(reqwest::Method::PUT, &snmp, Some(&token), Some(v3))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
     // No reply anywhere carries a secret.
     let mut replies = vec![
         mesh.get(&snmp, &token).await.1.to_string(),

@@ -464,7 +464,7 @@ pub fn complete(
             need(
                 !secret("community"),
                 "community",
-                "version 3 uses users, not a community",
+                "version 3 uses users, not a community (send \"community\": null to forget a stored one)",
             )?;
             need(
                 has(config, "username"),
