@@ -110,28 +110,28 @@ where
     }
 }
 
-async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+/// A demo mesh in this process, signed in as the demo admin.
+struct DemoMesh {
+    mesh: crate::Mesh,
+    trigger: rdm_kit::server::ShutdownTrigger,
+    base: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn demo_mesh(mut settings: Settings, http: &reqwest::Client) -> anyhow::Result<DemoMesh> {
     let dir = tempfile::tempdir()?;
+    settings.admin_password = Some("bench-admin-password".into());
     let (trigger, shutdown) = Shutdown::new();
-    let settings = Settings {
-        admin_password: Some("bench-admin-password".into()),
-        ..Settings::default()
+    let options = UpOptions {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse()?,
+        inventory_listen: "127.0.0.1:0".parse()?,
+        demo: true,
+        settings,
     };
-    let mesh = up(
-        UpOptions {
-            data_dir: dir.path().to_owned(),
-            listen: "127.0.0.1:0".parse()?,
-            inventory_listen: "127.0.0.1:0".parse()?,
-            demo: true,
-            settings,
-        },
-        shutdown,
-    )
-    .await?;
+    let mesh = up(options, shutdown).await?;
     let base = format!("http://{}", mesh.gateway_addr);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency * 2)
-        .build()?;
     let login: serde_json::Value = http
         .post(format!("{base}/v1/auth/login"))
         .json(&serde_json::json!({"tenant": "demo", "username": "demo", "password": "demo"}))
@@ -144,6 +144,26 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    Ok(DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir: dir,
+    })
+}
+
+async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    let DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir,
+    } = demo_mesh(Settings::default(), &http).await?;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
 
     println!(
@@ -287,11 +307,7 @@ async fn import(count: usize) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let pg_name = format!("rdm_bench_{}", std::process::id());
     for store in ["sqlite", "postgres"] {
-        let dir = tempfile::tempdir()?;
-        let mut settings = Settings {
-            admin_password: Some("bench-admin-password".into()),
-            ..Settings::default()
-        };
+        let mut settings = Settings::default();
         settings.gateway.body_limit = 64 << 20;
         if store == "postgres" {
             let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
@@ -304,31 +320,14 @@ async fn import(count: usize) -> anyhow::Result<()> {
                 server.replacen("postgres@", "rdm_app@", 1)
             ));
         }
-        let (trigger, shutdown) = Shutdown::new();
-        let mesh = up(
-            UpOptions {
-                data_dir: dir.path().to_owned(),
-                listen: "127.0.0.1:0".parse()?,
-                inventory_listen: "127.0.0.1:0".parse()?,
-                demo: true,
-                settings,
-            },
-            shutdown,
-        )
-        .await?;
-        let base = format!("http://{}", mesh.gateway_addr);
         let http = reqwest::Client::new();
-        let login: serde_json::Value = http
-            .post(format!("{base}/v1/auth/login"))
-            .json(&serde_json::json!({"tenant": "demo", "username": "demo", "password": "demo"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let token = login["access_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let DemoMesh {
+            mesh,
+            trigger,
+            base,
+            token,
+            _dir,
+        } = demo_mesh(settings, &http).await?;
 
         let started = Instant::now();
         let report: serde_json::Value = http
