@@ -119,12 +119,21 @@ impl Settings {
                 .collect();
             return Keyring::from_base64(&keys);
         }
-        let file = self
-            .secret_key_file
-            .as_deref()
-            .or(default_file)
-            .context("RDM_SECRET_KEY or RDM_SECRET_KEY_FILE is required")?;
-        Keyring::load_or_create(file)
+        match (&self.secret_key_file, default_file) {
+            (file, Some(default)) => Keyring::load_or_create(file.as_deref().unwrap_or(default)),
+            (Some(file), None) => Keyring::load(file),
+            (None, None) => anyhow::bail!("RDM_SECRET_KEY or RDM_SECRET_KEY_FILE is required"),
+        }
+    }
+
+    /// The inventory's database: RDM_DATABASE_URL, else (with a data dir,
+    /// as `rdm up` has) SQLite in it.
+    fn inventory_url(&self, data_dir: Option<&Path>) -> anyhow::Result<String> {
+        match (&self.database_url, data_dir) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(dir)) => Ok(format!("sqlite:{}", dir.join("inventory.db").display())),
+            (None, None) => anyhow::bail!("RDM_DATABASE_URL is required for the inventory"),
+        }
     }
 
     fn policy(&self) -> TokenPolicy {
@@ -203,6 +212,67 @@ fn inventory_config(
     }
 }
 
+/// A signing key: with a data dir (`rdm up`) created there when missing;
+/// without one (`rdm serve`) it must be configured and exist, or is absent.
+fn signing_key(
+    configured: Option<&Path>,
+    data_dir: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<Option<SigningKey>> {
+    match (configured, data_dir) {
+        (file, Some(dir)) => SigningKey::load_or_create(file.unwrap_or(&dir.join(name))).map(Some),
+        (Some(file), None) => SigningKey::load(file).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The inventory as `rdm up` (with its data dir) and `rdm serve inventory`
+/// (without) run it.
+struct Inventory {
+    router: axum::Router,
+    verifier: Verifier,
+    bootstrapped: rdm_inventory::Bootstrapped,
+}
+
+async fn start_inventory(
+    settings: &Settings,
+    data_dir: Option<&Path>,
+    demo: bool,
+) -> anyhow::Result<Inventory> {
+    let key = signing_key(
+        settings.jwt_key_file.as_deref(),
+        data_dir,
+        "jwt-ed25519.pem",
+    )?
+    .context("RDM_JWT_KEY_FILE is required for the inventory")?;
+    let verifier = Verifier::new(&[key.public_jwk().clone()], &settings.policy())?;
+    let db = inventory_db(
+        &settings.inventory_url(data_dir)?,
+        settings.database_admin_url.as_deref(),
+    )
+    .await?;
+    let bootstrapped =
+        rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), demo).await?;
+    let keyring = settings.keyring(data_dir.map(|d| d.join("secret.key")).as_deref())?;
+    let service_key = signing_key(
+        settings.service_key_file.as_deref(),
+        data_dir,
+        "service-ed25519.pem",
+    )?;
+    if service_key.is_none() {
+        tracing::warn!("no RDM_SERVICE_KEY_FILE: internal calls (target resolution) are refused");
+    }
+    let router = rdm_inventory::service(
+        inventory_config(settings, db, Arc::new(key), keyring),
+        inventory_guard(verifier.clone(), service_key.as_ref())?,
+    );
+    Ok(Inventory {
+        router,
+        verifier,
+        bootstrapped,
+    })
+}
+
 /// The inventory's guard: user tokens, and for its internal RPCs the actor
 /// tokens of the services holding `service_key` (none: internal RPCs refused).
 fn inventory_guard(verifier: Verifier, service_key: Option<&SigningKey>) -> anyhow::Result<Guard> {
@@ -221,30 +291,11 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     let settings = &opts.settings;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
-    let key_file = settings
-        .jwt_key_file
-        .clone()
-        .unwrap_or_else(|| opts.data_dir.join("jwt-ed25519.pem"));
-    let key = Arc::new(SigningKey::load_or_create(&key_file)?);
-    let verifier = Verifier::new(&[key.public_jwk().clone()], &settings.policy())?;
-
-    let db_url = match &settings.database_url {
-        Some(url) => url.clone(),
-        None => format!("sqlite:{}", opts.data_dir.join("inventory.db").display()),
-    };
-    let db = inventory_db(&db_url, settings.database_admin_url.as_deref()).await?;
-    let boot = rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), opts.demo).await?;
-
-    let keyring = settings.keyring(Some(&opts.data_dir.join("secret.key")))?;
-    let service_key_file = settings
-        .service_key_file
-        .clone()
-        .unwrap_or_else(|| opts.data_dir.join("service-ed25519.pem"));
-    let service_key = SigningKey::load_or_create(&service_key_file)?;
-    let inventory = rdm_inventory::service(
-        inventory_config(settings, db, key, keyring),
-        inventory_guard(verifier.clone(), Some(&service_key))?,
-    );
+    let Inventory {
+        router: inventory,
+        verifier,
+        bootstrapped,
+    } = start_inventory(settings, Some(&opts.data_dir), opts.demo).await?;
     let backends = HashMap::from([(
         INVENTORY_PACKAGE.to_owned(),
         invoke::local(inventory.clone()),
@@ -269,7 +320,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     Ok(Mesh {
         gateway_addr: mesh_addrs.0,
         inventory_addr: mesh_addrs.1,
-        bootstrapped: boot,
+        bootstrapped,
         tasks,
     })
 }
@@ -292,34 +343,9 @@ pub async fn serve(
     tracing::info!(role = ?role, addr = %listener.local_addr()?, "serving");
     match role {
         Role::Inventory => {
-            let key_file = settings
-                .jwt_key_file
-                .as_deref()
-                .context("RDM_JWT_KEY_FILE is required for the inventory")?;
-            let key = Arc::new(SigningKey::load_or_create(key_file)?);
-            let verifier = Verifier::new(&[key.public_jwk().clone()], &settings.policy())?;
-            let url = settings
-                .database_url
-                .as_deref()
-                .context("RDM_DATABASE_URL is required for the inventory")?;
-            let db = inventory_db(url, settings.database_admin_url.as_deref()).await?;
-            rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), false)
-                .await?
-                .report();
-            let keyring = settings.keyring(None)?;
-            let service_key = match &settings.service_key_file {
-                Some(file) => Some(SigningKey::load_or_create(file)?),
-                None => {
-                    tracing::warn!(
-                        "no RDM_SERVICE_KEY_FILE: internal calls (target resolution) are refused"
-                    );
-                    None
-                }
-            };
-            let router = rdm_inventory::service(
-                inventory_config(settings, db, key, keyring),
-                inventory_guard(verifier, service_key.as_ref())?,
-            );
+            let inventory = start_inventory(settings, None, false).await?;
+            inventory.bootstrapped.report();
+            let router = inventory.router;
             server::serve(
                 listener,
                 router,
@@ -333,7 +359,7 @@ pub async fn serve(
             let inventory = invoke::remote(&settings.inventory_url)?;
             let verifier = match &settings.jwt_key_file {
                 Some(file) => {
-                    let key = SigningKey::load_or_create(file)?;
+                    let key = SigningKey::load(file)?;
                     Verifier::new(&[key.public_jwk().clone()], &settings.policy())?
                 }
                 None => fetch_verifier(inventory.clone(), &settings.policy()).await?,
@@ -377,9 +403,9 @@ async fn fetch_verifier(inventory: Backend, policy: &TokenPolicy) -> anyhow::Res
 
 /// `rdm migrate`: applies every service's migrations with an owner's connection.
 pub async fn migrate(settings: &Settings, data_dir: &Path) -> anyhow::Result<()> {
-    let url = match (&settings.database_admin_url, &settings.database_url) {
-        (Some(url), _) | (None, Some(url)) => url.clone(),
-        (None, None) => format!("sqlite:{}", data_dir.join("inventory.db").display()),
+    let url = match &settings.database_admin_url {
+        Some(url) => url.clone(),
+        None => settings.inventory_url(Some(data_dir))?,
     };
     std::fs::create_dir_all(data_dir)?;
     Db::migrate(&url, &rdm_inventory::MIGRATIONS)
@@ -400,11 +426,7 @@ pub async fn rotate_secret_key(
     retire_old: bool,
 ) -> anyhow::Result<String> {
     use rdm_kit::secrets::{generate_key, read_key_file, write_key_file};
-    let url = match &settings.database_url {
-        Some(url) => url.clone(),
-        None => format!("sqlite:{}", data_dir.join("inventory.db").display()),
-    };
-    let db = Db::connect(&url, 2)
+    let db = Db::connect(&settings.inventory_url(Some(data_dir))?, 2)
         .await
         .context("connecting the inventory database")?;
     if settings.secret_key.is_some() {
@@ -428,7 +450,7 @@ pub async fn rotate_secret_key(
             .chain(old.iter().cloned())
             .collect::<Vec<_>>(),
     )?;
-    let keyring = Keyring::load_or_create(&file)?;
+    let keyring = Keyring::load(&file)?;
     let n = rdm_inventory::reseal_secrets(&db, &keyring).await?;
     if retire_old {
         write_key_file(&file, &[new])?;

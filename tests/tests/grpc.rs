@@ -188,10 +188,7 @@ async fn sigterm_turns_health_not_serving_then_exits_within_the_drain_deadline()
                 "RDM_DATABASE_URL",
                 format!("sqlite:{}", dir.path().join("inv.db").display()),
             ),
-            (
-                "RDM_JWT_KEY_FILE",
-                dir.path().join("jwt.pem").display().to_string(),
-            ),
+            ("RDM_JWT_KEY_FILE", token_key(dir.path())),
             ("RDM_SHUTDOWN_DELAY_MS", "1500".into()),
             ("RDM_DRAIN_TIMEOUT_MS", "2000".into()),
         ],
@@ -258,10 +255,7 @@ async fn serve_inventory_and_gateway_as_separate_processes() {
         &[
             ("RDM_DATABASE_URL", pg.app_url.clone()),
             ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
-            (
-                "RDM_JWT_KEY_FILE",
-                dir.path().join("jwt.pem").display().to_string(),
-            ),
+            ("RDM_JWT_KEY_FILE", token_key(dir.path())),
         ],
     );
     wait_for_port(inventory_port).await;
@@ -318,4 +312,39 @@ async fn serve_inventory_and_gateway_as_separate_processes() {
             .username,
         "admin"
     );
+}
+
+/// A token signing key file, made as an operator makes one before `serve`.
+fn token_key(dir: &std::path::Path) -> String {
+    let path = dir.join("jwt.pem");
+    rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_to_invent_a_missing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-key.pem");
+    let out = tokio::process::Command::new(rdm_tests::rdm_binary())
+        .args([
+            "serve",
+            "gateway",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .env("RDM_JWT_KEY_FILE", &missing)
+        .env("RDM_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a gateway with a made-up key would reject every token"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-key.pem"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!missing.exists(), "no key was created");
 }

@@ -145,10 +145,16 @@ impl SigningKey {
             };
             let pem = pair.to_pkcs8_pem(LineEnding::LF)?;
             write_private(path, pem.as_bytes())?;
-            tracing::info!(path = %path.display(), "created token signing key");
+            tracing::info!(path = %path.display(), "created signing key");
         }
+        Self::load(path)
+    }
+
+    /// Reads a PKCS#8 PEM key that must exist (`rdm serve`: a missing key
+    /// is an error, not a reason to make a new one nobody else knows).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
         let pem = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read jwt key file {}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
         Self::from_pem(&pem)
     }
 

@@ -126,6 +126,12 @@ impl Keyring {
             crate::auth::write_private(path, format!("{}\n", generate_key()).as_bytes())?;
             tracing::info!(path = %path.display(), "created secret key file");
         }
+        Self::load(path)
+    }
+
+    /// A key file that must exist (`rdm serve`: a new key would open none
+    /// of the stored secrets).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
         let seen = modified(path);
         let keys = parse_keys(&read_key_file(path)?)?;
         Ok(Self {
