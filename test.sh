@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rdm's one test command (README.md). On a fresh machine it installs what is
-# missing (tool venv, buf), starts PostgreSQL if it is down, then runs every
+# missing (tool venv, buf, net-snmp), starts PostgreSQL if it is down, then runs every
 # check: formatting, lints, proto lint, deploy validation, and the whole test
 # suite on SQLite and PostgreSQL.
 set -euo pipefail
@@ -18,6 +18,11 @@ if [ ! -x "$tools/venv/bin/kubernetes-validate" ] || [ ! -x "$tools/venv/bin/had
 fi
 if [ ! -x "$tools/node_modules/.bin/buf" ]; then
   npm install --prefix "$tools" --no-audit --no-fund --silent @bufbuild/buf
+fi
+
+# net-snmp's agent and tools: the SNMP tests' real peer and oracle.
+if ! command -v snmpd >/dev/null && [ ! -x /usr/sbin/snmpd ] || ! command -v snmpbulkwalk >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq snmpd snmp >/dev/null
 fi
 
 step "PostgreSQL"
@@ -49,4 +54,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "tests"
 cargo build --bin rdm --quiet
-cargo nextest run --workspace --no-fail-fast
+status=0
+cargo nextest run --workspace --no-fail-fast || status=$?
+# The snmpd the SNMP tests started (tests/src/snmpd.rs).
+if [ -f target/snmpd/snmpd.pid ]; then kill "$(cat target/snmpd/snmpd.pid)" 2>/dev/null || true; fi
+exit $status

@@ -122,6 +122,7 @@ struct DemoMesh {
 async fn demo_mesh(mut settings: Settings, http: &reqwest::Client) -> anyhow::Result<DemoMesh> {
     let dir = tempfile::tempdir()?;
     settings.admin_password = Some("bench-admin-password".into());
+    settings.snmp_trap_listen = Some("127.0.0.1:0".parse()?);
     let (trigger, shutdown) = Shutdown::new();
     let options = UpOptions {
         data_dir: dir.path().to_owned(),

@@ -22,6 +22,7 @@ use std::{
 use tokio::{net::TcpListener, task::JoinSet};
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";
+const SNMP_PACKAGE: &str = "rdm.snmp.v1";
 
 /// Settings every role reads from flags or `RDM_*` variables.
 #[derive(clap::Args, Clone, Debug)]
@@ -74,12 +75,19 @@ pub struct Settings {
         default_value = "http://127.0.0.1:50051"
     )]
     pub inventory_url: String,
+    /// Where the gateway reaches the SNMP service under `rdm serve`.
+    #[arg(long, env = "RDM_SNMP_URL", default_value = "http://127.0.0.1:50052")]
+    pub snmp_url: String,
     /// Failed logins per user before a lock-out.
     #[arg(long, env = "RDM_LOGIN_MAX_FAILURES", default_value_t = 5)]
     pub login_max_failures: i64,
     /// Lock-out length in seconds.
     #[arg(long, env = "RDM_LOGIN_LOCKOUT_S", default_value_t = 300)]
     pub login_lockout_s: u64,
+    /// Where the SNMP service receives traps and informs (`rdm up` default:
+    /// 127.0.0.1:10162); unset under `rdm serve`: no trap listener.
+    #[arg(long, env = "RDM_SNMP_TRAP_LISTEN")]
+    pub snmp_trap_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
@@ -101,8 +109,10 @@ impl Default for Settings {
             jwt_audience: "rdm".into(),
             admin_password: None,
             inventory_url: "http://127.0.0.1:50051".into(),
+            snmp_url: "http://127.0.0.1:50052".into(),
             login_max_failures: 5,
             login_lockout_s: 300,
+            snmp_trap_listen: None,
             server: ServerArgs::default(),
             gateway: rdm_gateway::Config::default(),
         }
@@ -157,7 +167,10 @@ pub struct UpOptions {
 /// A running mesh: where it listens and what it told the operator.
 pub struct Mesh {
     pub gateway_addr: SocketAddr,
+    /// Where the inventory's and the SNMP service's gRPC listen.
     pub inventory_addr: SocketAddr,
+    /// Where SNMP traps and informs are received.
+    pub trap_addr: Option<SocketAddr>,
     /// What the first start created (a generated admin password).
     pub bootstrapped: rdm_inventory::Bootstrapped,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -296,23 +309,45 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         verifier,
         bootstrapped,
     } = start_inventory(settings, Some(&opts.data_dir), opts.demo).await?;
-    let backends = HashMap::from([(
-        INVENTORY_PACKAGE.to_owned(),
-        invoke::local(inventory.clone()),
-    )]);
+    let inventory_backend = invoke::local(inventory.clone());
+    let service_key = signing_key(
+        settings.service_key_file.as_deref(),
+        Some(&opts.data_dir),
+        "service-ed25519.pem",
+    )?
+    .context("the service key is created in the data dir")?;
+    let trap_listen = settings
+        .snmp_trap_listen
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10162)));
+    let (snmp, trap_addr) = start_snmp(
+        inventory_backend.clone(),
+        service_key,
+        verifier.clone(),
+        Some(trap_listen),
+    )
+    .await?;
+    let backends = HashMap::from([
+        (INVENTORY_PACKAGE.to_owned(), inventory_backend),
+        (SNMP_PACKAGE.to_owned(), invoke::local(snmp.clone())),
+    ]);
     let gateway = rdm_gateway::router(&settings.gateway, backends, verifier)?;
 
-    let inventory_listener = bind(opts.inventory_listen, "the inventory").await?;
+    let inventory_listener = bind(opts.inventory_listen, "the services' gRPC").await?;
     let gateway_listener = bind(opts.listen, "the gateway").await?;
     let mesh_addrs = (
         gateway_listener.local_addr()?,
         inventory_listener.local_addr()?,
     );
     let mut tasks = JoinSet::new();
-    let names = server::service_names(INVENTORY_PACKAGE);
+    let mut names = server::service_names(INVENTORY_PACKAGE);
+    names.extend(server::service_names(SNMP_PACKAGE));
+    // One gRPC port for both (each router has its own guard and fallback).
+    let services = axum::Router::new()
+        .route_service("/rdm.snmp.v1.SnmpService/{*method}", snmp.into_service())
+        .fallback_service(inventory);
     let (args, stop) = (settings.server.clone(), shutdown.clone());
     tasks.spawn(
-        async move { server::serve(inventory_listener, inventory, &names, &args, stop).await },
+        async move { server::serve(inventory_listener, services, &names, &args, stop).await },
     );
     let args = settings.server.clone();
     tasks
@@ -320,15 +355,48 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     Ok(Mesh {
         gateway_addr: mesh_addrs.0,
         inventory_addr: mesh_addrs.1,
+        trap_addr,
         bootstrapped,
         tasks,
     })
+}
+
+/// The SNMP service: it resolves targets through `inventory`, acting for
+/// its callers with `service_key`.
+async fn start_snmp(
+    inventory: Backend,
+    service_key: SigningKey,
+    verifier: Verifier,
+    trap_listen: Option<SocketAddr>,
+) -> anyhow::Result<(axum::Router, Option<SocketAddr>)> {
+    let traps = match trap_listen {
+        Some(addr) => Some(
+            rdm_snmp::traps::TrapHub::listen(addr)
+                .await
+                .with_context(|| format!("cannot listen for SNMP traps on {addr}"))?,
+        ),
+        None => None,
+    };
+    let trap_addr = traps.as_ref().map(|t| t.addr);
+    let config = rdm_snmp::Config {
+        engine: Default::default(),
+        inventory,
+        service_key: Arc::new(service_key),
+        traps,
+    };
+    let guard = Guard {
+        access: AccessTable::from_pool(rdm_proto::descriptor_pool()),
+        verifier,
+        actors: None,
+    };
+    Ok((rdm_snmp::service(config, guard), trap_addr))
 }
 
 /// The services `rdm serve` can run.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Inventory,
+    Snmp,
     Gateway,
 }
 
@@ -355,19 +423,48 @@ pub async fn serve(
             )
             .await
         }
+        Role::Snmp => {
+            let inventory = invoke::remote(&settings.inventory_url)?;
+            let verifier = remote_verifier(settings, inventory.clone()).await?;
+            let key_file = settings
+                .service_key_file
+                .as_deref()
+                .context("RDM_SERVICE_KEY_FILE is required for the SNMP service")?;
+            let (router, _) = start_snmp(
+                inventory,
+                SigningKey::load(key_file)?,
+                verifier,
+                settings.snmp_trap_listen,
+            )
+            .await?;
+            let names = server::service_names(SNMP_PACKAGE);
+            server::serve(listener, router, &names, &settings.server, shutdown).await
+        }
         Role::Gateway => {
             let inventory = invoke::remote(&settings.inventory_url)?;
-            let verifier = match &settings.jwt_key_file {
-                Some(file) => {
-                    let key = SigningKey::load(file)?;
-                    Verifier::new(&[key.public_jwk().clone()], &settings.policy())?
-                }
-                None => fetch_verifier(inventory.clone(), &settings.policy()).await?,
-            };
-            let backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory)]);
+            let verifier = remote_verifier(settings, inventory.clone()).await?;
+            let backends = HashMap::from([
+                (INVENTORY_PACKAGE.to_owned(), inventory),
+                (SNMP_PACKAGE.to_owned(), invoke::remote(&settings.snmp_url)?),
+            ]);
             let router = rdm_gateway::router(&settings.gateway, backends, verifier)?;
             server::serve(listener, router, &[], &settings.server, shutdown).await
         }
+    }
+}
+
+/// The token verifier of a service apart from the inventory: from the
+/// configured key file, else the inventory's JWKS.
+async fn remote_verifier(settings: &Settings, inventory: Backend) -> anyhow::Result<Verifier> {
+    match &settings.jwt_key_file {
+        Some(file) => {
+            let key = SigningKey::load(file)?;
+            Ok(Verifier::new(
+                &[key.public_jwk().clone()],
+                &settings.policy(),
+            )?)
+        }
+        None => fetch_verifier(inventory, &settings.policy()).await,
     }
 }
 

@@ -121,6 +121,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let default = match role {
                 Role::Inventory => "0.0.0.0:50051",
+                Role::Snmp => "0.0.0.0:50052",
                 Role::Gateway => "0.0.0.0:8080",
             };
             let listen = listen.unwrap_or_else(|| default.parse().expect("literal address parses"));

@@ -33,6 +33,12 @@ pub mod rdm {
             tonic::include_proto!("rdm.inventory.v1");
         }
     }
+    pub mod snmp {
+        pub mod v1 {
+            tonic::include_proto!("rdm.snmp.v1");
+        }
+    }
 }
 
 pub use rdm::inventory::v1 as inventory;
+pub use rdm::snmp::v1 as snmp;

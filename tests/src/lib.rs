@@ -6,6 +6,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::{net::SocketAddr, path::PathBuf};
 
+pub mod snmpd;
+
 pub use rdm::Settings;
 
 /// The password the harness gives the platform admin.
@@ -84,7 +86,10 @@ impl Drop for PgDatabase {
 /// The mesh under test.
 pub struct TestMesh {
     pub gateway: SocketAddr,
+    /// The gRPC port of the inventory and the SNMP service.
     pub inventory: SocketAddr,
+    /// Where the SNMP service receives traps.
+    pub traps: SocketAddr,
     pub http: reqwest::Client,
     pub data_dir: PathBuf,
     pub pg: Option<PgDatabase>,
@@ -108,6 +113,7 @@ impl TestMesh {
             admin_password: Some(ADMIN_PASSWORD.into()),
             database_url: pg.as_ref().map(|p| p.app_url.clone()),
             database_admin_url: pg.as_ref().map(|p| p.admin_url.clone()),
+            snmp_trap_listen: Some("127.0.0.1:0".parse().expect("addr")),
             ..Settings::default()
         };
         settings.server.shutdown_delay_ms = 0;
@@ -126,11 +132,12 @@ impl TestMesh {
         )
         .await
         .expect("the mesh starts");
-        let (gateway, inventory) = (mesh.gateway_addr, mesh.inventory_addr);
+        let (gateway, inventory, traps) = (mesh.gateway_addr, mesh.inventory_addr, mesh.trap_addr);
         tokio::spawn(mesh.wait());
         Self {
             gateway,
             inventory,
+            traps: traps.expect("the test mesh listens for traps"),
             http: reqwest::Client::new(),
             data_dir: dir.path().to_owned(),
             pg,

@@ -1,0 +1,294 @@
+//! The BER snmp2 does not expose: requests we build ourselves (v1/v2c
+//! messages, v3 scoped PDUs before snmp2 signs and encrypts them, the
+//! discovery probe, replies to informs), and the few header fields we read
+//! before deciding who parses a datagram.
+use crate::engine::{oid::Oid, value::Value};
+use snmp2::{AsnReader, asn1, snmp};
+
+pub const MAX_MESSAGE: i64 = 65_507;
+
+pub fn push_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    out.push(0x80 | (bytes.len() - skip) as u8);
+    out.extend_from_slice(&bytes[skip..]);
+}
+
+pub fn tlv(out: &mut Vec<u8>, tag: u8, contents: &[u8]) {
+    out.push(tag);
+    push_len(out, contents.len());
+    out.extend_from_slice(contents);
+}
+
+/// A constructed value whose contents `f` writes.
+pub fn nested(out: &mut Vec<u8>, tag: u8, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut inner = Vec::new();
+    f(&mut inner);
+    tlv(out, tag, &inner);
+}
+
+pub fn int(out: &mut Vec<u8>, tag: u8, n: i64) {
+    let bytes = n.to_be_bytes();
+    let mut start = 0;
+    // Shortest two's complement: drop a leading byte that only repeats the sign.
+    while start < 7
+        && ((bytes[start] == 0 && bytes[start + 1] & 0x80 == 0)
+            || (bytes[start] == 0xff && bytes[start + 1] & 0x80 != 0))
+    {
+        start += 1;
+    }
+    tlv(out, tag, &bytes[start..]);
+}
+
+/// Unsigned application types (Counter32, Gauge32, TimeTicks, Counter64):
+/// a leading zero byte where the top bit is set.
+pub fn uint(out: &mut Vec<u8>, tag: u8, n: u64) {
+    let bytes = n.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count().min(7);
+    let mut contents = Vec::with_capacity(9);
+    if bytes[skip] & 0x80 != 0 {
+        contents.push(0);
+    }
+    contents.extend_from_slice(&bytes[skip..]);
+    tlv(out, tag, &contents);
+}
+
+pub fn value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Integer(n) => int(out, asn1::TYPE_INTEGER, *n),
+        Value::OctetString(b) => tlv(out, asn1::TYPE_OCTETSTRING, b),
+        Value::ObjectIdentifier(o) => tlv(out, asn1::TYPE_OBJECTIDENTIFIER, &o.ber_contents()),
+        Value::IpAddress(ip) => tlv(out, snmp::TYPE_IPADDRESS, ip),
+        Value::Counter32(n) => uint(out, snmp::TYPE_COUNTER32, (*n).into()),
+        Value::Gauge32(n) => uint(out, snmp::TYPE_GAUGE32, (*n).into()),
+        Value::TimeTicks(n) => uint(out, snmp::TYPE_TIMETICKS, (*n).into()),
+        Value::Opaque(b) => tlv(out, snmp::TYPE_OPAQUE, b),
+        Value::Counter64(n) => uint(out, snmp::TYPE_COUNTER64, *n),
+        Value::Null => tlv(out, asn1::TYPE_NULL, &[]),
+        Value::NoSuchObject => tlv(out, snmp::SNMP_NOSUCHOBJECT, &[]),
+        Value::NoSuchInstance => tlv(out, snmp::SNMP_NOSUCHINSTANCE, &[]),
+        Value::EndOfMibView => tlv(out, snmp::SNMP_ENDOFMIBVIEW, &[]),
+    }
+}
+
+/// A PDU: request id, the two integers (error status and index, or
+/// non-repeaters and max-repetitions for GETBULK), and the varbinds.
+pub fn pdu(out: &mut Vec<u8>, tag: u8, req_id: i32, a: i64, b: i64, varbinds: &[(Oid, Value)]) {
+    nested(out, tag, |p| {
+        int(p, asn1::TYPE_INTEGER, req_id.into());
+        int(p, asn1::TYPE_INTEGER, a);
+        int(p, asn1::TYPE_INTEGER, b);
+        nested(p, asn1::TYPE_SEQUENCE, |list| {
+            for (oid, v) in varbinds {
+                nested(list, asn1::TYPE_SEQUENCE, |vb| {
+                    tlv(vb, asn1::TYPE_OBJECTIDENTIFIER, &oid.ber_contents());
+                    value(vb, v);
+                });
+            }
+        });
+    });
+}
+
+/// A v1 or v2c message around an encoded PDU.
+pub fn community_message(version: i64, community: &[u8], pdu: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pdu.len() + community.len() + 16);
+    nested(&mut out, asn1::TYPE_SEQUENCE, |m| {
+        int(m, asn1::TYPE_INTEGER, version);
+        tlv(m, asn1::TYPE_OCTETSTRING, community);
+        m.extend_from_slice(pdu);
+    });
+    out
+}
+
+/// USM security parameters as they travel in the clear.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsmHeader {
+    pub engine_id: Vec<u8>,
+    pub boots: i64,
+    pub time: i64,
+    pub username: Vec<u8>,
+}
+
+/// A v3 message without authentication or privacy: the discovery probe, a
+/// report, or a request before snmp2 secures it.
+pub fn plain_v3_message(
+    msg_id: i32,
+    flags: u8,
+    usm: &UsmHeader,
+    context_engine: &[u8],
+    pdu: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pdu.len() + 96);
+    nested(&mut out, asn1::TYPE_SEQUENCE, |m| {
+        int(m, asn1::TYPE_INTEGER, 3);
+        nested(m, asn1::TYPE_SEQUENCE, |g| {
+            int(g, asn1::TYPE_INTEGER, msg_id.into());
+            int(g, asn1::TYPE_INTEGER, MAX_MESSAGE);
+            tlv(g, asn1::TYPE_OCTETSTRING, &[flags]);
+            int(g, asn1::TYPE_INTEGER, 3);
+        });
+        let mut params = Vec::new();
+        nested(&mut params, asn1::TYPE_SEQUENCE, |s| {
+            tlv(s, asn1::TYPE_OCTETSTRING, &usm.engine_id);
+            int(s, asn1::TYPE_INTEGER, usm.boots);
+            int(s, asn1::TYPE_INTEGER, usm.time);
+            tlv(s, asn1::TYPE_OCTETSTRING, &usm.username);
+            tlv(s, asn1::TYPE_OCTETSTRING, &[]);
+            tlv(s, asn1::TYPE_OCTETSTRING, &[]);
+        });
+        tlv(m, asn1::TYPE_OCTETSTRING, &params);
+        nested(m, asn1::TYPE_SEQUENCE, |scoped| {
+            tlv(scoped, asn1::TYPE_OCTETSTRING, context_engine);
+            tlv(scoped, asn1::TYPE_OCTETSTRING, &[]);
+            scoped.extend_from_slice(pdu);
+        });
+    });
+    out
+}
+
+/// What a datagram says of itself before anyone checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Header {
+    /// v1 or v2c: the request id.
+    Community { version: i64, req_id: i32 },
+    /// v3: message id, flags and USM parameters.
+    V3 {
+        msg_id: i32,
+        flags: u8,
+        usm: UsmHeader,
+    },
+}
+
+pub fn header(bytes: &[u8]) -> Option<Header> {
+    let mut rdr = AsnReader::from_bytes(
+        AsnReader::from_bytes(bytes)
+            .read_raw(asn1::TYPE_SEQUENCE)
+            .ok()?,
+    );
+    let version = rdr.read_asn_integer().ok()?;
+    if version != 3 {
+        let _community = rdr.read_asn_octetstring().ok()?;
+        let ident = rdr.peek_byte().ok()?;
+        if ident == snmp::MSG_TRAP_V1 {
+            return Some(Header::Community { version, req_id: 0 });
+        }
+        let mut pdu = AsnReader::from_bytes(rdr.read_raw(ident).ok()?);
+        let req_id = i32::try_from(pdu.read_asn_integer().ok()?).ok()?;
+        return Some(Header::Community { version, req_id });
+    }
+    let mut global = AsnReader::from_bytes(rdr.read_raw(asn1::TYPE_SEQUENCE).ok()?);
+    let msg_id = i32::try_from(global.read_asn_integer().ok()?).ok()?;
+    let _max = global.read_asn_integer().ok()?;
+    let flags = *global.read_asn_octetstring().ok()?.first()?;
+    let params = rdr.read_asn_octetstring().ok()?;
+    let mut usm = AsnReader::from_bytes(
+        AsnReader::from_bytes(params)
+            .read_raw(asn1::TYPE_SEQUENCE)
+            .ok()?,
+    );
+    Some(Header::V3 {
+        msg_id,
+        flags,
+        usm: UsmHeader {
+            engine_id: usm.read_asn_octetstring().ok()?.to_vec(),
+            boots: usm.read_asn_integer().ok()?,
+            time: usm.read_asn_integer().ok()?,
+            username: usm.read_asn_octetstring().ok()?.to_vec(),
+        },
+    })
+}
+
+/// The PDU tag, request id and first varbind's OID of a v3 message sent in
+/// the clear (reports, discovery probes).
+pub fn plain_v3_pdu(bytes: &[u8]) -> Option<(u8, i32, Option<Oid>)> {
+    let mut rdr = AsnReader::from_bytes(
+        AsnReader::from_bytes(bytes)
+            .read_raw(asn1::TYPE_SEQUENCE)
+            .ok()?,
+    );
+    rdr.read_asn_integer().ok()?;
+    rdr.read_raw(asn1::TYPE_SEQUENCE).ok()?;
+    rdr.read_asn_octetstring().ok()?;
+    let mut scoped = AsnReader::from_bytes(rdr.read_raw(asn1::TYPE_SEQUENCE).ok()?);
+    scoped.read_asn_octetstring().ok()?;
+    scoped.read_asn_octetstring().ok()?;
+    let tag = scoped.peek_byte().ok()?;
+    let mut pdu = AsnReader::from_bytes(scoped.read_raw(tag).ok()?);
+    let req_id = i32::try_from(pdu.read_asn_integer().ok()?).ok()?;
+    pdu.read_asn_integer().ok()?;
+    pdu.read_asn_integer().ok()?;
+    let first = snmp2::Varbinds::from_bytes(pdu.read_raw(asn1::TYPE_SEQUENCE).ok()?)
+        .next()
+        .and_then(|(oid, _)| Oid::try_from(&oid).ok());
+    Some((tag, req_id, first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_are_shortest_twos_complement() {
+        let enc = |n| {
+            let mut out = Vec::new();
+            int(&mut out, 2, n);
+            hex::encode(out)
+        };
+        assert_eq!(enc(0), "020100");
+        assert_eq!(enc(127), "02017f");
+        assert_eq!(enc(128), "02020080");
+        assert_eq!(enc(-1), "0201ff");
+        assert_eq!(enc(-129), "0202ff7f");
+        let mut out = Vec::new();
+        uint(&mut out, 0x46, u64::MAX);
+        assert_eq!(hex::encode(out), "460900ffffffffffffffff");
+        let mut out = Vec::new();
+        uint(&mut out, 0x41, 0x8000_0000);
+        assert_eq!(hex::encode(out), "41050080000000");
+    }
+
+    #[test]
+    fn snmp2_reads_back_a_v2c_request() {
+        let oid: Oid = "1.3.6.1.2.1.1.5.0".parse().unwrap();
+        let mut p = Vec::new();
+        pdu(
+            &mut p,
+            snmp::MSG_SET,
+            42,
+            0,
+            0,
+            &[(oid.clone(), Value::OctetString(b"lab".to_vec()))],
+        );
+        let msg = community_message(1, b"private", &p);
+        let parsed = snmp2::Pdu::from_bytes(&msg).unwrap();
+        assert_eq!(parsed.req_id, 42);
+        assert_eq!(parsed.community, b"private");
+        let (name, v) = parsed.varbinds.clone().next().unwrap();
+        assert_eq!(Oid::try_from(&name).unwrap(), oid);
+        assert_eq!(
+            Value::from_wire(&v),
+            Some(Value::OctetString(b"lab".to_vec()))
+        );
+        assert_eq!(
+            header(&msg),
+            Some(Header::Community {
+                version: 1,
+                req_id: 42
+            })
+        );
+    }
+
+    #[test]
+    fn long_lengths_use_the_long_form() {
+        let mut out = Vec::new();
+        tlv(&mut out, 4, &[7u8; 300]);
+        assert_eq!(&out[..4], &[4, 0x82, 0x01, 0x2c]);
+        let mut out = Vec::new();
+        push_len(&mut out, 200);
+        assert_eq!(out, [0x81, 200]);
+    }
+}

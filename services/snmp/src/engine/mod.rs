@@ -1,0 +1,495 @@
+//! The SNMP protocol engine, which knows nothing of gRPC: requests with
+//! timeouts, retries (exponential backoff with jitter) and request-id
+//! matching over pooled UDP sockets, v3 security through snmp2, walks and
+//! their safeguards.
+pub mod ber;
+pub mod error;
+pub mod oid;
+pub mod target;
+pub mod usm;
+pub mod value;
+pub mod walk;
+
+use error::{SnmpError, status_name};
+use oid::Oid;
+use rand::Rng;
+use snmp2::{MessageType, snmp};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Instant,
+};
+use target::{Credentials, Target, Version};
+use tokio::net::UdpSocket;
+use usm::{Discovered, EngineCache, Report};
+use value::{Value, VarBind};
+
+/// One request's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    GetNext,
+    GetBulk {
+        non_repeaters: u32,
+        max_repetitions: u32,
+    },
+    Set,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::GetNext => "getnext",
+            Self::GetBulk { .. } => "getbulk",
+            Self::Set => "set",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Self::Get => snmp::MSG_GET,
+            Self::GetNext => snmp::MSG_GET_NEXT,
+            Self::GetBulk { .. } => snmp::MSG_GET_BULK,
+            Self::Set => snmp::MSG_SET,
+        }
+    }
+
+    fn ints(self) -> (i64, i64) {
+        match self {
+            Self::GetBulk {
+                non_repeaters,
+                max_repetitions,
+            } => (non_repeaters.into(), max_repetitions.into()),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// Sockets bound to an ephemeral port, reused across requests. A reply that
+/// arrives after its request gave up is read by the socket's next user and
+/// dropped for its request id.
+#[derive(Default)]
+struct SocketPool {
+    idle: Mutex<Vec<(bool, UdpSocket)>>,
+}
+
+const POOL_MAX: usize = 1024;
+const RECV_BUF: usize = 65_536;
+
+impl SocketPool {
+    async fn take(&self, addr: SocketAddr) -> std::io::Result<UdpSocket> {
+        let v6 = addr.is_ipv6();
+        let found = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.iter()
+                .rposition(|(is_v6, _)| *is_v6 == v6)
+                .map(|i| idle.swap_remove(i).1)
+        };
+        match found {
+            Some(socket) => Ok(socket),
+            None if v6 => UdpSocket::bind("[::]:0").await,
+            None => UdpSocket::bind("0.0.0.0:0").await,
+        }
+    }
+
+    fn give(&self, addr: SocketAddr, socket: UdpSocket) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_MAX {
+            idle.push((addr.is_ipv6(), socket));
+        }
+    }
+}
+
+/// What one received datagram meant to the request waiting for it.
+enum Heard<T> {
+    /// Not for this request (another request's, late, or garbage): keep waiting.
+    NotOurs,
+    Done(Result<T, Failure>),
+}
+
+/// Why an exchange failed.
+enum Failure {
+    /// The agent's engine boots or clock moved: discover it again.
+    Stale,
+    Error(SnmpError),
+}
+
+impl From<SnmpError> for Failure {
+    fn from(e: SnmpError) -> Self {
+        Self::Error(e)
+    }
+}
+
+pub struct Engine {
+    sockets: SocketPool,
+    usm: EngineCache,
+    next_id: AtomicU32,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self {
+            sockets: SocketPool::default(),
+            usm: EngineCache::default(),
+            next_id: AtomicU32::new(rand::thread_rng().gen_range(1..1 << 30)),
+        }
+    }
+}
+
+impl Engine {
+    pub async fn get(&self, t: &Target, oids: &[Oid]) -> Result<Vec<VarBind>, SnmpError> {
+        self.request(t, Op::Get, &nulls(oids)).await
+    }
+
+    pub async fn get_next(&self, t: &Target, oids: &[Oid]) -> Result<Vec<VarBind>, SnmpError> {
+        self.request(t, Op::GetNext, &nulls(oids)).await
+    }
+
+    pub async fn get_bulk(
+        &self,
+        t: &Target,
+        oids: &[Oid],
+        non_repeaters: u32,
+        max_repetitions: u32,
+    ) -> Result<Vec<VarBind>, SnmpError> {
+        let op = Op::GetBulk {
+            non_repeaters,
+            max_repetitions,
+        };
+        if t.version == Version::V1 {
+            return Err(SnmpError::Protocol {
+                op: op.name(),
+                addr: t.addr,
+                reason: "GETBULK needs SNMP v2c or v3 (v1 has only GETNEXT)".into(),
+            });
+        }
+        self.request(t, op, &nulls(oids)).await
+    }
+
+    pub async fn set(
+        &self,
+        t: &Target,
+        values: &[(Oid, Value)],
+    ) -> Result<Vec<VarBind>, SnmpError> {
+        self.request(t, Op::Set, values).await
+    }
+
+    /// One request and its reply, with v3 discovery (once more if the agent
+    /// says our view of its engine is stale).
+    pub async fn request(
+        &self,
+        t: &Target,
+        op: Op,
+        varbinds: &[(Oid, Value)],
+    ) -> Result<Vec<VarBind>, SnmpError> {
+        let Credentials::Usm(user) = &t.credentials else {
+            return self.exchange_community(t, op, varbinds).await;
+        };
+        for fresh in [false, true] {
+            let engine = self.usm.engine(t.addr, || self.discover(t)).await?;
+            let security = self.usm.security(t, user, &engine).await?;
+            match self.exchange_v3(t, op, varbinds, security).await {
+                Ok(found) => return Ok(found),
+                Err(Failure::Error(e)) => return Err(e),
+                Err(Failure::Stale) if fresh => break,
+                Err(Failure::Stale) => self.usm.forget(t.addr),
+            }
+        }
+        Err(SnmpError::Auth {
+            op: op.name(),
+            addr: t.addr,
+            reason: "the agent rejected its own engine id or time twice (usmStatsNotInTimeWindows)"
+                .into(),
+        })
+    }
+
+    async fn exchange_community(
+        &self,
+        t: &Target,
+        op: Op,
+        varbinds: &[(Oid, Value)],
+    ) -> Result<Vec<VarBind>, SnmpError> {
+        let Credentials::Community(community) = &t.credentials else {
+            unreachable!("only called for community targets");
+        };
+        let (a, b) = op.ints();
+        let result = self
+            .exchange(
+                t,
+                op.name(),
+                |id| {
+                    let mut pdu = Vec::new();
+                    ber::pdu(&mut pdu, op.tag(), id, a, b, varbinds);
+                    Ok(ber::community_message(t.version.wire(), community, &pdu))
+                },
+                |bytes, ids| {
+                    let Ok(pdu) = snmp2::Pdu::from_bytes(bytes) else {
+                        return Heard::NotOurs;
+                    };
+                    if !ids.contains(&pdu.req_id)
+                        || pdu.message_type != MessageType::Response
+                        || pdu.community != community.as_slice()
+                    {
+                        return Heard::NotOurs;
+                    }
+                    Heard::Done(response(t, op, varbinds, &pdu).map_err(Failure::Error))
+                },
+            )
+            .await;
+        result.map_err(|f| match f {
+            Failure::Error(e) => e,
+            Failure::Stale => unreachable!("community exchanges have no engine state"),
+        })
+    }
+
+    async fn exchange_v3(
+        &self,
+        t: &Target,
+        op: Op,
+        varbinds: &[(Oid, Value)],
+        security: snmp2::v3::Security,
+    ) -> Result<Vec<VarBind>, Failure> {
+        let (a, b) = op.ints();
+        let (needs_auth, needs_priv) = match &t.credentials {
+            Credentials::Usm(u) => (u.auth.is_some(), u.privacy.is_some()),
+            Credentials::Community(_) => (false, false),
+        };
+        let refused = |reason: String| {
+            Failure::Error(SnmpError::Auth {
+                op: op.name(),
+                addr: t.addr,
+                reason,
+            })
+        };
+        self.exchange(
+            t,
+            op.name(),
+            |id| {
+                usm::encode_request(&security, op.tag(), id, a, b, varbinds).map_err(|e| {
+                    SnmpError::Protocol {
+                        op: op.name(),
+                        addr: t.addr,
+                        reason: format!("cannot encode the request: {e}"),
+                    }
+                })
+            },
+            |bytes, ids| {
+                let Some(ber::Header::V3 { msg_id, flags, .. }) = ber::header(bytes) else {
+                    return Heard::NotOurs;
+                };
+                if !ids.contains(&msg_id) {
+                    return Heard::NotOurs;
+                }
+                let authed = flags & snmp::V3_MSG_FLAGS_AUTH != 0;
+                let private = flags & snmp::V3_MSG_FLAGS_PRIVACY != 0;
+                if (needs_auth && !authed) || (needs_priv && !private) {
+                    // Reports about our credentials come in the clear.
+                    return match ber::plain_v3_pdu(bytes) {
+                        Some((snmp::MSG_REPORT, _, oid)) => {
+                            Heard::Done(Err(from_report(t, op, oid.as_ref())))
+                        }
+                        _ => Heard::Done(Err(refused(
+                            "the agent replied without the security the user requires".into(),
+                        ))),
+                    };
+                }
+                let mut security = security.clone();
+                // snmp2 zeroes the digest in the buffer it is given while checking it.
+                let owned = bytes.to_vec();
+                match snmp2::Pdu::from_bytes_with_security(&owned, Some(&mut security)) {
+                    Ok(pdu) if pdu.message_type == MessageType::Report => {
+                        let oid = pdu
+                            .varbinds
+                            .clone()
+                            .next()
+                            .and_then(|(o, _)| Oid::try_from(&o).ok());
+                        Heard::Done(Err(from_report(t, op, oid.as_ref())))
+                    }
+                    Ok(pdu)
+                        if pdu.message_type == MessageType::Response
+                            && ids.contains(&pdu.req_id) =>
+                    {
+                        Heard::Done(response(t, op, varbinds, &pdu).map_err(Failure::Error))
+                    }
+                    Ok(_) => Heard::NotOurs,
+                    Err(snmp2::Error::AuthUpdated) => Heard::Done(Err(Failure::Stale)),
+                    Err(snmp2::Error::AuthFailure(kind)) => {
+                        Heard::Done(Err(refused(format!("the reply failed USM checks: {kind}"))))
+                    }
+                    Err(e) => Heard::Done(Err(Failure::Error(SnmpError::Protocol {
+                        op: op.name(),
+                        addr: t.addr,
+                        reason: format!("undecodable reply: {e}"),
+                    }))),
+                }
+            },
+        )
+        .await
+    }
+
+    /// RFC 3414 discovery: the agent's engine id, boots and time from the
+    /// report it sends to a probe with no user.
+    async fn discover(&self, t: &Target) -> Result<Discovered, SnmpError> {
+        let found = self
+            .exchange(
+                t,
+                "discovery",
+                |id| Ok(usm::discovery_probe(id)),
+                |bytes, ids| match ber::header(bytes) {
+                    Some(ber::Header::V3 { msg_id, usm, .. }) if ids.contains(&msg_id) => {
+                        Heard::Done(Discovered::from_header(&usm).ok_or_else(|| {
+                            Failure::Error(SnmpError::Protocol {
+                                op: "discovery",
+                                addr: t.addr,
+                                reason: "the agent reported no engine id".into(),
+                            })
+                        }))
+                    }
+                    _ => Heard::NotOurs,
+                },
+            )
+            .await;
+        match found {
+            Ok(d) => {
+                tracing::debug!(addr = %t.addr, engine_id = %hex::encode(&d.engine_id), boots = d.boots, "snmp engine discovered");
+                Ok(d)
+            }
+            Err(Failure::Error(e)) => Err(e),
+            Err(Failure::Stale) => unreachable!("discovery decodes no security"),
+        }
+    }
+
+    fn next_id(&self) -> i32 {
+        // Request ids stay positive; wrapping back to 1 is fine (ids only
+        // need to differ among requests in flight on one socket).
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+        n.max(1) as i32
+    }
+
+    /// Sends, waits, and resends with backoff until `decode` hears its
+    /// reply or the attempts run out. Every id this request sent is
+    /// accepted, so a slow reply to an earlier attempt still counts.
+    async fn exchange<T>(
+        &self,
+        t: &Target,
+        op: &'static str,
+        mut encode: impl FnMut(i32) -> Result<Vec<u8>, SnmpError>,
+        mut decode: impl FnMut(&[u8], &[i32]) -> Heard<T>,
+    ) -> Result<T, Failure> {
+        let unreachable = |e: std::io::Error| SnmpError::Unreachable {
+            op,
+            addr: t.addr,
+            reason: e.to_string(),
+        };
+        let socket = self.sockets.take(t.addr).await.map_err(unreachable)?;
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut ids = Vec::with_capacity(t.retries as usize + 1);
+        let started = Instant::now();
+        for attempt in 0..=t.retries {
+            let id = self.next_id();
+            ids.push(id);
+            let message = encode(id)?;
+            socket
+                .send_to(&message, t.addr)
+                .await
+                .map_err(unreachable)?;
+            let jitter = if attempt == 0 {
+                1.0
+            } else {
+                rand::thread_rng().gen_range(0.9..1.1)
+            };
+            let deadline = tokio::time::Instant::now() + t.attempt_window(attempt, jitter);
+            while let Ok(received) =
+                tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+            {
+                let (n, from) = match received {
+                    Ok(got) => got,
+                    // ICMP errors for earlier sends surface here on some systems; the attempt goes on.
+                    Err(e) => {
+                        tracing::debug!(addr = %t.addr, error = %e, "snmp receive error");
+                        continue;
+                    }
+                };
+                if from != t.addr {
+                    continue;
+                }
+                match decode(&buf[..n], &ids) {
+                    Heard::NotOurs => {
+                        tracing::debug!(addr = %t.addr, "dropped a late or foreign snmp datagram")
+                    }
+                    Heard::Done(result) => {
+                        self.sockets.give(t.addr, socket);
+                        return result;
+                    }
+                }
+            }
+        }
+        self.sockets.give(t.addr, socket);
+        Err(Failure::Error(SnmpError::Timeout {
+            op,
+            addr: t.addr,
+            attempts: t.retries + 1,
+            waited: started.elapsed(),
+        }))
+    }
+}
+
+fn nulls(oids: &[Oid]) -> Vec<(Oid, Value)> {
+    oids.iter().map(|o| (o.clone(), Value::Null)).collect()
+}
+
+fn from_report(t: &Target, op: Op, oid: Option<&Oid>) -> Failure {
+    match usm::report(oid) {
+        Report::Stale => Failure::Stale,
+        Report::Refused(reason) => Failure::Error(SnmpError::Auth {
+            op: op.name(),
+            addr: t.addr,
+            reason: reason.into(),
+        }),
+        Report::Unknown(what) => Failure::Error(SnmpError::Protocol {
+            op: op.name(),
+            addr: t.addr,
+            reason: format!("the agent answered with {what}"),
+        }),
+    }
+}
+
+/// A response's varbinds, or its error-status as an error.
+fn response(
+    t: &Target,
+    op: Op,
+    sent: &[(Oid, Value)],
+    pdu: &snmp2::Pdu<'_>,
+) -> Result<Vec<VarBind>, SnmpError> {
+    if pdu.error_status != 0 {
+        let index = pdu.error_index;
+        let oid = index
+            .checked_sub(1)
+            .and_then(|i| sent.get(i as usize))
+            .map(|(o, _)| o.clone());
+        return Err(SnmpError::Status {
+            op: op.name(),
+            addr: t.addr,
+            status: status_name(pdu.error_status),
+            index,
+            oid,
+        });
+    }
+    pdu.varbinds
+        .clone()
+        .map(|(oid, v)| {
+            let oid = Oid::try_from(&oid).ok();
+            let value = Value::from_wire(&v);
+            oid.zip(value).map(|(oid, value)| VarBind { oid, value })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| SnmpError::Protocol {
+            op: op.name(),
+            addr: t.addr,
+            reason: "the reply holds a varbind that is not an SNMP value".into(),
+        })
+}

@@ -1,0 +1,85 @@
+//! Walking a subtree: GETBULK with adaptive max-repetitions (halved on
+//! tooBig, quartered once after a timeout), GETNEXT on v1 or where GETBULK
+//! fails, stopping at the subtree's end and refusing agents whose OIDs do
+//! not increase.
+use crate::engine::{
+    Engine, Op,
+    error::SnmpError,
+    oid::Oid,
+    target::{Target, Version},
+    value::{Value, VarBind},
+};
+use futures::Stream;
+use std::sync::Arc;
+
+pub fn walk(
+    engine: Arc<Engine>,
+    target: Target,
+    root: Oid,
+    max_repetitions: u32,
+) -> impl Stream<Item = Result<Vec<VarBind>, SnmpError>> + Send {
+    async_stream::try_stream! {
+        let mut bulk = target.version != Version::V1;
+        let mut reps = max_repetitions.clamp(1, 1000);
+        let mut shrunk_for_timeout = false;
+        let mut last: Option<Oid> = None;
+        loop {
+            let from = last.clone().unwrap_or_else(|| root.clone());
+            let op = if bulk {
+                Op::GetBulk { non_repeaters: 0, max_repetitions: reps }
+            } else {
+                Op::GetNext
+            };
+            let reply = engine.request(&target, op, &[(from, Value::Null)]).await;
+            let varbinds = match reply {
+                Ok(v) => v,
+                Err(SnmpError::Status { status: "tooBig", .. }) if bulk => {
+                    if reps == 1 {
+                        bulk = false;
+                    }
+                    reps = (reps / 2).max(1);
+                    continue;
+                }
+                Err(SnmpError::Timeout { .. }) if bulk && reps > 1 && !shrunk_for_timeout => {
+                    // A large reply may be what the agent or path drops.
+                    shrunk_for_timeout = true;
+                    reps = (reps / 4).max(1);
+                    continue;
+                }
+                Err(SnmpError::Status { status, .. }) if bulk && status != "noSuchName" => {
+                    tracing::debug!(addr = %target.addr, status, "getbulk failed; walking with getnext");
+                    bulk = false;
+                    continue;
+                }
+                // v1 ends a walk with noSuchName past the last variable.
+                Err(SnmpError::Status { status: "noSuchName", .. }) if !bulk => break,
+                Err(e) => Err(e)?,
+            };
+            let mut batch = Vec::with_capacity(varbinds.len());
+            let mut done = varbinds.is_empty();
+            for vb in varbinds {
+                if vb.value == Value::EndOfMibView || !vb.oid.starts_with(&root) {
+                    done = true;
+                    break;
+                }
+                if let Some(prev) = &last
+                    && vb.oid <= *prev
+                {
+                        Err(SnmpError::Protocol {
+                            op: "walk",
+                            addr: target.addr,
+                            reason: format!("the agent returned {} after {prev}: OIDs must increase", vb.oid),
+                        })?;
+                    }
+                last = Some(vb.oid.clone());
+                batch.push(vb);
+            }
+            if !batch.is_empty() {
+                yield batch;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+}

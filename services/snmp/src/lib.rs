@@ -1,0 +1,340 @@
+//! rdm's SNMP service: the gRPC face of the protocol engine. Targets are a
+//! device of the caller's tenant or an inline endpoint, both resolved by
+//! the inventory (see DESIGN.md, "Target resolution").
+pub mod engine;
+mod targets;
+pub mod traps;
+
+use engine::{
+    Engine,
+    error::SnmpError,
+    oid::Oid,
+    value::{Value, VarBind},
+};
+use futures::{Stream, StreamExt};
+use rdm_kit::{
+    Error, ErrorCode, Principal, Result, auth::SigningKey, invoke::Backend, server::Guard,
+};
+use rdm_proto::snmp::{self as pb, snmp_service_server::SnmpService};
+use std::{pin::Pin, sync::Arc};
+use tonic::{Request, Response, Status};
+
+pub const DOMAIN: &str = "snmp";
+const POLL_DEFAULT_CONCURRENCY: usize = 256;
+const POLL_MAX_CONCURRENCY: usize = 4096;
+const MAX_OIDS: usize = 128;
+
+pub struct Config {
+    pub engine: Arc<Engine>,
+    /// The inventory, for target resolution.
+    pub inventory: Backend,
+    /// Signs this service's actor tokens for the inventory's internal RPCs.
+    pub service_key: Arc<SigningKey>,
+    /// Received traps, when a trap listener runs.
+    pub traps: Option<traps::TrapHub>,
+}
+
+pub fn service(config: Config, guard: Guard) -> axum::Router {
+    let routes = tonic::service::Routes::new(pb::snmp_service_server::SnmpServiceServer::new(
+        Snmp(Arc::new(config)),
+    ));
+    rdm_kit::server::guarded(routes, guard)
+}
+
+struct Snmp(Arc<Config>);
+
+fn err(e: Error) -> Status {
+    e.in_domain(DOMAIN).into()
+}
+
+/// The kit's error for an engine failure: its kind decides the code.
+pub fn device_error(e: SnmpError) -> Error {
+    let code = match &e {
+        SnmpError::Timeout { .. } => ErrorCode::DeviceTimeout,
+        SnmpError::Unreachable { .. } => ErrorCode::DeviceUnreachable,
+        SnmpError::Auth { .. } => ErrorCode::DeviceAuthRejected,
+        SnmpError::Status { .. } | SnmpError::Protocol { .. } => ErrorCode::DeviceError,
+    };
+    let mut out = Error::new(code, e.to_string());
+    if let SnmpError::Status {
+        status, index, oid, ..
+    } = &e
+    {
+        out = out
+            .with_meta("snmp_error_status", *status)
+            .with_meta("error_index", index.to_string());
+        if let Some(oid) = oid {
+            out = out.with_meta("oid", oid.to_string());
+        }
+    }
+    out
+}
+
+fn oids(field: &str, texts: &[String]) -> Result<Vec<Oid>> {
+    if texts.is_empty() {
+        return Err(Error::invalid(field, "name at least one OID"));
+    }
+    if texts.len() > MAX_OIDS {
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_OIDS} OIDs a request"),
+        ));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.parse().map_err(|e: engine::oid::BadOid| {
+                Error::invalid(format!("{field}[{i}]"), e.to_string())
+            })
+        })
+        .collect()
+}
+
+fn to_pb(vbs: Vec<VarBind>) -> Vec<pb::VarBind> {
+    vbs.into_iter()
+        .map(|vb| {
+            let (value, hex) = vb.value.to_text();
+            pb::VarBind {
+                oid: vb.oid.to_string(),
+                r#type: vb.value.type_name().to_owned(),
+                value,
+                hex,
+            }
+        })
+        .collect()
+}
+
+fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
+    if varbinds.is_empty() {
+        return Err(Error::invalid(
+            "varbinds",
+            "name at least one variable to set",
+        ));
+    }
+    varbinds
+        .iter()
+        .enumerate()
+        .map(|(i, vb)| {
+            let oid = vb.oid.parse().map_err(|e: engine::oid::BadOid| {
+                Error::invalid(format!("varbinds[{i}].oid"), e.to_string())
+            })?;
+            let field = if vb.hex.is_empty() { "value" } else { "hex" };
+            let value = Value::parse(&vb.r#type, &vb.value, &vb.hex).map_err(|e| {
+                let field = match e {
+                    engine::value::BadValue::Type(_) | engine::value::BadValue::NotSettable(_) => {
+                        "type"
+                    }
+                    engine::value::BadValue::Value { .. } => field,
+                };
+                Error::invalid(format!("varbinds[{i}].{field}"), e.to_string())
+            })?;
+            Ok((oid, value))
+        })
+        .collect()
+}
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SnmpService for Snmp {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        let r = req.get_ref();
+        let oids = oids("oids", &r.oids).map_err(err)?;
+        let target = targets::resolve(&self.0, p, r.target.as_ref())
+            .await
+            .map_err(err)?;
+        let found = self
+            .0
+            .engine
+            .get(&target.target, &oids)
+            .await
+            .map_err(|e| err(device_error(e)))?;
+        Ok(Response::new(pb::GetResponse {
+            varbinds: to_pb(found),
+        }))
+    }
+
+    async fn get_next(
+        &self,
+        req: Request<pb::GetNextRequest>,
+    ) -> Result<Response<pb::GetNextResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        let r = req.get_ref();
+        let oids = oids("oids", &r.oids).map_err(err)?;
+        let target = targets::resolve(&self.0, p, r.target.as_ref())
+            .await
+            .map_err(err)?;
+        let found = self
+            .0
+            .engine
+            .get_next(&target.target, &oids)
+            .await
+            .map_err(|e| err(device_error(e)))?;
+        Ok(Response::new(pb::GetNextResponse {
+            varbinds: to_pb(found),
+        }))
+    }
+
+    async fn get_bulk(
+        &self,
+        req: Request<pb::GetBulkRequest>,
+    ) -> Result<Response<pb::GetBulkResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        let r = req.get_ref();
+        let oids = oids("oids", &r.oids).map_err(err)?;
+        if r.max_repetitions > 1000 {
+            return Err(err(Error::invalid("max_repetitions", "at most 1000")));
+        }
+        let target = targets::resolve(&self.0, p, r.target.as_ref())
+            .await
+            .map_err(err)?;
+        let reps = if r.max_repetitions == 0 {
+            target.target.max_repetitions
+        } else {
+            r.max_repetitions
+        };
+        let found = self
+            .0
+            .engine
+            .get_bulk(&target.target, &oids, r.non_repeaters, reps)
+            .await
+            .map_err(|e| err(device_error(e)))?;
+        Ok(Response::new(pb::GetBulkResponse {
+            varbinds: to_pb(found),
+        }))
+    }
+
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        let r = req.get_ref();
+        let values = set_values(&r.varbinds).map_err(err)?;
+        let target = targets::resolve(&self.0, p, r.target.as_ref())
+            .await
+            .map_err(err)?;
+        let done = self
+            .0
+            .engine
+            .set(&target.target, &values)
+            .await
+            .map_err(|e| err(device_error(e)))?;
+        tracing::info!(addr = %target.target.addr, device_id = %target.device_id, varbinds = values.len(), "snmp set");
+        Ok(Response::new(pb::SetResponse {
+            varbinds: to_pb(done),
+        }))
+    }
+
+    type WalkStream = Stream_<pb::WalkResponse>;
+
+    async fn walk(
+        &self,
+        req: Request<pb::WalkRequest>,
+    ) -> Result<Response<Self::WalkStream>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        let r = req.get_ref();
+        let root = if r.oid.is_empty() {
+            "1.3.6.1".to_owned()
+        } else {
+            r.oid.clone()
+        };
+        let root: Oid = root
+            .parse()
+            .map_err(|e: engine::oid::BadOid| err(Error::invalid("oid", e.to_string())))?;
+        if r.max_repetitions > 1000 {
+            return Err(err(Error::invalid("max_repetitions", "at most 1000")));
+        }
+        let target = targets::resolve(&self.0, p, r.target.as_ref())
+            .await
+            .map_err(err)?;
+        let reps = if r.max_repetitions == 0 {
+            target.target.max_repetitions
+        } else {
+            r.max_repetitions
+        };
+        let walk =
+            engine::walk::walk(self.0.engine.clone(), target.target, root, reps).map(|batch| {
+                batch
+                    .map(|vbs| pb::WalkResponse {
+                        varbinds: to_pb(vbs),
+                    })
+                    .map_err(|e| err(device_error(e)))
+            });
+        Ok(Response::new(Box::pin(walk)))
+    }
+
+    type PollStream = Stream_<pb::PollResponse>;
+
+    async fn poll(
+        &self,
+        req: Request<pb::PollRequest>,
+    ) -> Result<Response<Self::PollStream>, Status> {
+        let p = Principal::of(&req).map_err(err)?.clone();
+        let r = req.into_inner();
+        let oids = oids("oids", &r.oids).map_err(err)?;
+        if r.targets.is_empty() {
+            return Err(err(Error::invalid("targets", "name at least one target")));
+        }
+        let concurrency = match r.concurrency as usize {
+            0 => POLL_DEFAULT_CONCURRENCY,
+            n if n <= POLL_MAX_CONCURRENCY => n,
+            _ => {
+                return Err(err(Error::invalid(
+                    "concurrency",
+                    format!("at most {POLL_MAX_CONCURRENCY}"),
+                )));
+            }
+        };
+        let config = self.0.clone();
+        let polls = futures::stream::iter(r.targets.into_iter().enumerate())
+            .map(move |(index, target)| {
+                let (config, p, oids) = (config.clone(), p.clone(), oids.clone());
+                async move {
+                    let device_id = match &target.target {
+                        Some(pb::target::Target::DeviceId(id)) => id.clone(),
+                        _ => String::new(),
+                    };
+                    let result = match targets::resolve(&config, &p, Some(&target)).await {
+                        Ok(t) => config
+                            .engine
+                            .get(&t.target, &oids)
+                            .await
+                            .map_err(device_error),
+                        Err(e) => Err(e),
+                    };
+                    Ok(pb::PollResponse {
+                        index: index as u32,
+                        device_id,
+                        result: Some(match result {
+                            Ok(vbs) => pb::poll_response::Result::Values(pb::PollVarBinds {
+                                varbinds: to_pb(vbs),
+                            }),
+                            Err(e) => pb::poll_response::Result::Error(pb::PollError {
+                                code: e.code.reason().to_owned(),
+                                message: e.message,
+                            }),
+                        }),
+                    })
+                }
+            })
+            .buffer_unordered(concurrency);
+        Ok(Response::new(Box::pin(polls)))
+    }
+
+    type WatchTrapsStream = Stream_<pb::WatchTrapsResponse>;
+
+    async fn watch_traps(
+        &self,
+        req: Request<pb::WatchTrapsRequest>,
+    ) -> Result<Response<Self::WatchTrapsStream>, Status> {
+        let p = Principal::of(&req).map_err(err)?.clone();
+        let Some(hub) = self.0.traps.clone() else {
+            return Err(err(Error::new(
+                ErrorCode::FailedPrecondition,
+                "no trap listener is configured (set RDM_SNMP_TRAP_LISTEN)",
+            )));
+        };
+        let stream = hub.watch(self.0.inventory.clone(), p).await.map_err(err)?;
+        Ok(Response::new(Box::pin(stream.map(Ok))))
+    }
+}

@@ -1,0 +1,173 @@
+//! From a request's target to an engine target: a device's endpoint, or an
+//! inline endpoint checked like a stored one, its host vetted against the
+//! tenant's inline-target policy, both by the inventory.
+use crate::{
+    Config,
+    engine::target::{Target, UsmUser, Version},
+};
+use rdm_kit::{
+    Error, Principal, Result,
+    client::Forward,
+    endpoint::{self, Protocol, structs},
+};
+use rdm_proto::{
+    inventory::{self as inv, device_service_client::DeviceServiceClient, resolve_target_request},
+    snmp::{self as pb, target::Target as Which},
+};
+use serde_json::{Map, Value};
+use snmp2::v3::{AuthProtocol, Cipher};
+use std::{net::SocketAddr, time::Duration};
+
+pub struct Resolved {
+    pub target: Target,
+    pub device_id: String,
+}
+
+pub async fn resolve(
+    config: &Config,
+    p: &Principal,
+    target: Option<&pb::Target>,
+) -> Result<Resolved> {
+    let which = target
+        .and_then(|t| t.target.as_ref())
+        .ok_or_else(|| Error::invalid("target", "name a device_id or an inline endpoint"))?;
+    let (request, inline) = match which {
+        Which::DeviceId(id) => (resolve_target_request::Target::DeviceId(id.clone()), None),
+        Which::Endpoint(fields) => {
+            let settings =
+                endpoint::parse(Protocol::Snmp, structs::to_json(fields)).map_err(in_target)?;
+            let mut config = settings.config;
+            let secrets: Vec<&str> = settings.secrets.keys().map(String::as_str).collect();
+            endpoint::complete(Protocol::Snmp, &mut config, &secrets, "").map_err(in_target)?;
+            let host = config
+                .get("host")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let full = endpoint::with_secrets(&config, &settings.secrets);
+            (
+                resolve_target_request::Target::InlineAddress(host),
+                Some(full),
+            )
+        }
+    };
+    let forward = Forward::acting("snmp", &config.service_key, p, None)?;
+    let mut inventory = DeviceServiceClient::with_interceptor(config.inventory.clone(), forward);
+    let reply = inventory
+        .resolve_target(inv::ResolveTargetRequest {
+            protocol: Protocol::Snmp.as_str().to_owned(),
+            target: Some(request),
+        })
+        .await
+        .map_err(|s| Error::from_status(&s))?
+        .into_inner();
+    let (settings, host) = match inline {
+        // The vetted address, not the name (which could resolve elsewhere now).
+        Some(settings) => (settings, reply.address),
+        None => {
+            let settings = reply
+                .config
+                .as_ref()
+                .map(structs::to_json)
+                .unwrap_or_default();
+            let Value::Object(settings) = settings else {
+                return Err(Error::internal(
+                    "reading a resolved endpoint",
+                    "not an object",
+                ));
+            };
+            let host = settings
+                .get("host")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            (settings, host)
+        }
+    };
+    Ok(Resolved {
+        target: engine_target(&settings, &host).await?,
+        device_id: reply.device_id,
+    })
+}
+
+/// Field names of an inline endpoint are reported under `target.endpoint`.
+fn in_target(mut e: Error) -> Error {
+    if let Some(field) = e.metadata.get_mut("field") {
+        *field = format!("target.endpoint.{field}");
+    }
+    e
+}
+
+async fn engine_target(s: &Map<String, Value>, host: &str) -> Result<Target> {
+    let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or_default();
+    let number = |k: &str| s.get(k).and_then(Value::as_u64);
+    let port = number("port").unwrap_or(161) as u16;
+    let addr: SocketAddr = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| Error::invalid("host", format!("cannot resolve host {host:?}")))?,
+    };
+    let version = match text("version") {
+        "1" => Version::V1,
+        "2c" => Version::V2c,
+        _ => Version::V3,
+    };
+    let mut target = if version == Version::V3 {
+        let auth = match text("auth_protocol") {
+            "" => None,
+            name => Some((
+                auth_protocol(name),
+                text("auth_password").as_bytes().to_vec(),
+            )),
+        };
+        let privacy = match text("priv_protocol") {
+            "" => None,
+            name => Some((cipher(name), text("priv_password").as_bytes().to_vec())),
+        };
+        let level = text("security_level");
+        Target::usm(
+            addr,
+            UsmUser {
+                username: text("username").as_bytes().to_vec(),
+                auth: auth.filter(|_| level != "noAuthNoPriv"),
+                privacy: privacy.filter(|_| level == "authPriv"),
+            },
+        )
+    } else {
+        Target::community(addr, version, text("community"))
+    };
+    if let Some(ms) = number("timeout_ms") {
+        target.timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = number("retries") {
+        target.retries = n as u32;
+    }
+    if let Some(n) = number("max_repetitions") {
+        target.max_repetitions = n as u32;
+    }
+    Ok(target)
+}
+
+/// Names as the endpoint schema spells them canonically.
+fn auth_protocol(name: &str) -> AuthProtocol {
+    match name {
+        "MD5" => AuthProtocol::Md5,
+        "SHA-224" => AuthProtocol::Sha224,
+        "SHA-256" => AuthProtocol::Sha256,
+        "SHA-384" => AuthProtocol::Sha384,
+        "SHA-512" => AuthProtocol::Sha512,
+        _ => AuthProtocol::Sha1,
+    }
+}
+
+fn cipher(name: &str) -> Cipher {
+    match name {
+        "DES" => Cipher::Des,
+        "AES-192" => Cipher::Aes192,
+        "AES-256" => Cipher::Aes256,
+        _ => Cipher::Aes128,
+    }
+}

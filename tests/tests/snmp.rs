@@ -1,0 +1,841 @@
+//! The SNMP service against a real net-snmp agent, through the gateway (REST)
+//! and gRPC, with the net-snmp tools as the oracle.
+use futures::StreamExt;
+use rdm_tests::{Store, TestMesh, snmpd};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn demo() -> (TestMesh, String) {
+    snmpd::ensure();
+    let mesh = TestMesh::start(Store::Sqlite).await;
+    let token = mesh.token("demo", "demo", "demo").await;
+    (mesh, token)
+}
+
+fn community(version: &str, community: &str) -> Value {
+    json!({"host": "127.0.0.1", "port": snmpd::PORT, "version": version, "community": community,
+           "timeout_ms": 1000, "retries": 1})
+}
+
+fn user(index: usize) -> Value {
+    let (name, auth, auth_pass, privacy, priv_pass) = snmpd::USERS[index];
+    json!({"host": "127.0.0.1", "port": snmpd::PORT, "version": "3", "username": name,
+           "security_level": "authPriv", "auth_protocol": auth, "auth_password": auth_pass,
+           "priv_protocol": privacy, "priv_password": priv_pass})
+}
+
+/// Every endpoint kind the agent serves: v1, v2c and each v3 user.
+fn every_endpoint() -> Vec<(String, Value)> {
+    let mut all = vec![
+        ("v1".to_owned(), community("1", "public")),
+        ("v2c".to_owned(), community("2c", "public")),
+    ];
+    for (i, u) in snmpd::USERS.iter().enumerate() {
+        all.push((format!("v3 {} {}/{}", u.0, u.1, u.3), user(i)));
+    }
+    all
+}
+
+/// The value net-snmp's snmpget prints for `oid` (text after "STRING: ").
+fn snmpget_string(oid: &str) -> String {
+    let out = snmpd::tool(
+        "snmpget",
+        &["-v2c", "-c", "public", "-On", "-Oqv", snmpd::ADDR, oid],
+    );
+    out.trim().trim_matches('"').to_owned()
+}
+
+/// The streamed messages of a REST walk or poll (NDJSON).
+async fn stream(mesh: &TestMesh, path: &str, token: &str, body: Value) -> (StatusCode, Vec<Value>) {
+    let resp = mesh
+        .http
+        .post(mesh.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    if status != StatusCode::OK {
+        return (
+            status,
+            vec![serde_json::from_str(&text).unwrap_or(Value::Null)],
+        );
+    }
+    (
+        status,
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
+}
+
+fn varbinds_of(messages: &[Value]) -> Vec<Value> {
+    messages
+        .iter()
+        .flat_map(|m| m["varbinds"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_on_every_version() {
+    let (mesh, token) = demo().await;
+    let sys_descr = snmpget_string("1.3.6.1.2.1.1.1.0");
+    for (name, endpoint) in every_endpoint() {
+        let target = json!({"endpoint": endpoint});
+        let (status, body) = mesh
+            .post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": target, "oids": ["1.3.6.1.2.1.1.1.0", ".1.3.6.1.2.1.1.99.0"]}),
+            )
+            .await;
+        if name == "v1" {
+            // v1 has no exceptions: one missing variable fails the request.
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
+            assert_eq!(
+                body["detail"],
+                "snmp get on 127.0.0.1:11161 failed: noSuchName at varbind 2 (1.3.6.1.2.1.1.99.0)"
+            );
+        } else {
+            assert_eq!(status, StatusCode::OK, "{name}: {body}");
+            let vbs = body["varbinds"].as_array().unwrap();
+            assert_eq!(
+                vbs[0],
+                json!({"oid": "1.3.6.1.2.1.1.1.0", "type": "OCTET STRING", "value": sys_descr, "hex": ""}),
+                "{name}"
+            );
+            assert_eq!(
+                vbs[1]["type"], "noSuchObject",
+                "{name}: exceptions are values"
+            );
+        }
+
+        let (status, body) = mesh
+            .post(
+                "/v1/snmp/getnext",
+                &token,
+                json!({"target": target, "oids": ["1.3.6.1.2.1.1.1.0"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        assert_eq!(body["varbinds"][0]["oid"], "1.3.6.1.2.1.1.2.0", "{name}");
+        assert_eq!(body["varbinds"][0]["type"], "OBJECT IDENTIFIER", "{name}");
+
+        let (status, body) = mesh
+            .post(
+                "/v1/snmp/getbulk",
+                &token,
+                json!({"target": target, "oids": ["1.3.6.1.2.1.1"], "max_repetitions": 5}),
+            )
+            .await;
+        if name == "v1" {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert!(
+                body["detail"].as_str().unwrap().contains("v2c or v3"),
+                "{body}"
+            );
+        } else {
+            assert_eq!(status, StatusCode::OK, "{name}: {body}");
+            let oids: Vec<&str> = body["varbinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["oid"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                oids,
+                [
+                    "1.3.6.1.2.1.1.1.0",
+                    "1.3.6.1.2.1.1.2.0",
+                    "1.3.6.1.2.1.1.3.0",
+                    "1.3.6.1.2.1.1.4.0",
+                    "1.3.6.1.2.1.1.5.0"
+                ],
+                "{name}"
+            );
+        }
+
+        let (status, messages) = stream(
+            &mesh,
+            "/v1/snmp/walk",
+            &token,
+            json!({"target": target, "oid": "1.3.6.1.2.1.1.9.1.2", "max_repetitions": 3}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{name}: {messages:?}");
+        let walked = varbinds_of(&messages);
+        let expected = snmpd::tool(
+            "snmpwalk",
+            &[
+                "-v2c",
+                "-c",
+                "public",
+                "-On",
+                snmpd::ADDR,
+                "1.3.6.1.2.1.1.9.1.2",
+            ],
+        );
+        assert_eq!(
+            walked.len(),
+            expected.lines().count(),
+            "{name}: {walked:?} vs {expected}"
+        );
+        assert!(
+            walked.iter().all(|v| v["type"] == "OBJECT IDENTIFIER"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_auth_errors_or_timeouts() {
+    let (mesh, token) = demo().await;
+    let mut wrong_auth = user(1);
+    wrong_auth["auth_password"] = json!("not-the-password");
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": {"endpoint": wrong_auth}, "oids": ["1.3.6.1.2.1.1.1.0"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "DEVICE_AUTH_REJECTED");
+    assert!(
+        body["detail"].as_str().unwrap().contains("wrong digest"),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("not-the-password"),
+        "a reply never holds a secret"
+    );
+
+    let mut unknown = user(1);
+    unknown["username"] = json!("nosuchuser");
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": {"endpoint": unknown}, "oids": ["1.3.6.1.2.1.1.1.0"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("unknown user"),
+        "{body}"
+    );
+
+    // A wrong community gets no answer at all: a timeout after every attempt.
+    let mut wrong = community("2c", "not-a-community");
+    wrong["timeout_ms"] = json!(150);
+    wrong["retries"] = json!(1);
+    let started = Instant::now();
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": {"endpoint": wrong}, "oids": ["1.3.6.1.2.1.1.1.0"]}),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["code"], "DEVICE_TIMEOUT");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 attempts"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("not-a-community"));
+    // 150 ms, then 300 ms (+-10%) for the retry.
+    assert!(
+        took >= Duration::from_millis(400),
+        "gave up after {took:?}, before both attempts' time"
+    );
+    assert!(took < Duration::from_millis(2000), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_ports_and_black_holes_time_out() {
+    let (mesh, token) = demo().await;
+    // A port nothing listens on, and one that reads and never answers.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    for port in [closed, hole.local_addr().unwrap().port()] {
+        let endpoint = json!({"host": "127.0.0.1", "port": port, "version": "2c", "community": "public", "timeout_ms": 100, "retries": 2});
+        let started = Instant::now();
+        let (status, body) = mesh
+            .post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": {"endpoint": endpoint}, "oids": ["1.3.6.1.2.1.1.1.0"]}),
+            )
+            .await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "port {port}: {body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("after 3 attempts"),
+            "{body}"
+        );
+        // 100 + 200 + 400 ms, the retries' within 10%.
+        assert!(
+            took >= Duration::from_millis(640) && took < Duration::from_millis(2500),
+            "port {port}: {took:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_changes_what_get_reads_and_read_only_access_is_refused() {
+    let (mesh, token) = demo().await;
+    let location = "1.3.6.1.2.1.1.6.0";
+    let mut rw: Vec<(String, Value)> = vec![
+        ("v2c".into(), community("2c", "private")),
+        ("v1".into(), community("1", "private")),
+    ];
+    rw.extend((0..snmpd::USERS.len()).map(|i| (format!("v3 {}", snmpd::USERS[i].0), user(i))));
+    for (name, endpoint) in rw {
+        let value = format!("rack {name}");
+        let (status, body) = mesh
+            .post("/v1/snmp/set", &token, json!({"target": {"endpoint": endpoint}, "varbinds": [{"oid": location, "type": "OCTET STRING", "value": value}]}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        assert_eq!(
+            snmpget_string(location),
+            value,
+            "{name}: net-snmp reads the new value"
+        );
+        let (_, body) = mesh
+            .post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": {"endpoint": community("2c", "public")}, "oids": [location]}),
+            )
+            .await;
+        assert_eq!(body["varbinds"][0]["value"], value.as_str(), "{name}");
+    }
+    // Bytes may be sent as hex (sysLocation takes only printable ones).
+    let (status, body) = mesh
+        .post("/v1/snmp/set", &token, json!({"target": {"endpoint": community("2c", "private")}, "varbinds": [{"oid": location, "type": "OCTET STRING", "hex": "72 6f 6f 6d 20 31"}]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(snmpget_string(location), "room 1");
+    let (status, body) = mesh
+        .post("/v1/snmp/set", &token, json!({"target": {"endpoint": community("2c", "private")}, "varbinds": [{"oid": location, "type": "OCTET STRING", "hex": "00ff10"}]}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["detail"],
+        "snmp set on 127.0.0.1:11161 failed: wrongValue at varbind 1 (1.3.6.1.2.1.1.6.0)"
+    );
+
+    let (status, body) = mesh
+        .post("/v1/snmp/set", &token, json!({"target": {"endpoint": community("2c", "public")}, "varbinds": [{"oid": location, "type": "s", "value": "nope"}]}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "DEVICE_ERROR");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("noAccess at varbind 1 (1.3.6.1.2.1.1.6.0)"),
+        "{body}"
+    );
+    let (status, body) = mesh
+        .post("/v1/snmp/set", &token, json!({"target": {"endpoint": community("2c", "private")}, "varbinds": [{"oid": "1.3.6.1.2.1.1.1.0", "type": "INTEGER", "value": "5"}]}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("at varbind 1"),
+        "{body}"
+    );
+}
+
+/// `snmpwalk -On -Oe` output as (oid, type, value) with the value as net-snmp prints it.
+fn parse_snmpwalk(out: &str) -> Vec<(String, String, String)> {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    for line in out.lines() {
+        match line.split_once(" = ") {
+            // snmpwalk's closing line for the end of the agent's view.
+            Some((_, rest)) if rest.starts_with("No more variables") => {}
+            Some((oid, rest)) if oid.starts_with('.') => {
+                let (kind, value) = rest.split_once(": ").unwrap_or((rest, ""));
+                rows.push((oid[1..].to_owned(), kind.to_owned(), value.to_owned()));
+            }
+            // A string value that spans lines.
+            _ => {
+                let last = rows.last_mut().expect("a continuation follows a row");
+                last.2.push('\n');
+                last.2.push_str(line);
+            }
+        }
+    }
+    rows
+}
+
+/// Our reply's value as net-snmp prints it, for the types whose values do
+/// not move between two walks.
+fn as_net_snmp(vb: &Value) -> Option<(&'static str, String)> {
+    let value = vb["value"].as_str().unwrap();
+    Some(match vb["type"].as_str().unwrap() {
+        "OCTET STRING" if !vb["hex"].as_str().unwrap().is_empty() => {
+            let bytes = hex_bytes(vb["hex"].as_str().unwrap());
+            (
+                "Hex-STRING",
+                bytes.iter().map(|b| format!("{b:02X} ")).collect(),
+            )
+        }
+        "OCTET STRING" if value.is_empty() => ("\"\"", String::new()),
+        "OCTET STRING" => ("STRING", format!("\"{value}\"")),
+        "INTEGER" => ("INTEGER", value.to_owned()),
+        "OBJECT IDENTIFIER" => ("OID", format!(".{value}")),
+        "IpAddress" => ("IpAddress", value.to_owned()),
+        _ => return None,
+    })
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_walk_matches_snmpwalk() {
+    let (mesh, token) = demo().await;
+    for (name, endpoint) in [("v2c", community("2c", "public")), ("v3", user(1))] {
+        let (status, messages) = stream(
+            &mesh,
+            "/v1/snmp/walk",
+            &token,
+            json!({"target": {"endpoint": endpoint}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{messages:?}");
+        let ours = varbinds_of(&messages);
+        let theirs = parse_snmpwalk(&snmpd::tool(
+            "snmpwalk",
+            &["-v2c", "-c", "public", "-On", "-Oe", snmpd::ADDR, "1.3.6.1"],
+        ));
+        // Tables of live sockets, processes and counters change between two walks.
+        let volatile = |oid: &str| {
+            [
+                "1.3.6.1.2.1.4.",
+                "1.3.6.1.2.1.6.",
+                "1.3.6.1.2.1.7.",
+                "1.3.6.1.2.1.25.",
+                "1.3.6.1.2.1.31.",
+                "1.3.6.1.4.1.2021.",
+                "1.3.6.1.2.1.88.",
+                "1.3.6.1.6.3.10.2.1.3.",
+            ]
+            .iter()
+            .any(|p| oid.starts_with(p))
+        };
+        let our_oids: Vec<&str> = ours
+            .iter()
+            .map(|v| v["oid"].as_str().unwrap())
+            .filter(|o| !volatile(o))
+            .collect();
+        let their_oids: Vec<&str> = theirs
+            .iter()
+            .map(|r| r.0.as_str())
+            .filter(|o| !volatile(o))
+            .collect();
+        assert!(
+            their_oids.len() > 1000,
+            "the agent serves a real tree ({} OIDs)",
+            their_oids.len()
+        );
+        if let Some(i) = (0..our_oids.len().max(their_oids.len()))
+            .find(|&i| our_oids.get(i) != their_oids.get(i))
+        {
+            panic!(
+                "{name}: first difference at {i}: ours {:?}, snmpwalk {:?}",
+                &our_oids[i.saturating_sub(2)..(i + 3).min(our_oids.len())],
+                &their_oids[i.saturating_sub(2)..(i + 3).min(their_oids.len())]
+            );
+        }
+        let theirs: Vec<_> = theirs.iter().filter(|r| !volatile(&r.0)).collect();
+        let ours: Vec<_> = ours
+            .iter()
+            .filter(|v| !volatile(v["oid"].as_str().unwrap()))
+            .collect();
+        let mut compared = 0;
+        for (vb, (oid, kind, value)) in ours.iter().zip(&theirs) {
+            if let Some((our_kind, our_value)) = as_net_snmp(vb) {
+                if our_kind == "\"\"" {
+                    assert_eq!(kind, "\"\"", "{name} {oid}");
+                } else if our_kind == "Hex-STRING" {
+                    // net-snmp wraps hex at 16 bytes a line.
+                    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+                    assert_eq!(
+                        (our_kind, words(&our_value)),
+                        (kind.as_str(), words(value)),
+                        "{name} {oid}"
+                    );
+                } else {
+                    assert_eq!(
+                        (our_kind, our_value.trim_end()),
+                        (kind.as_str(), value.trim_end()),
+                        "{name} {oid}"
+                    );
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 500, "{name}: compared {compared} values");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oids_values_and_targets_are_400s_naming_the_field() {
+    let (mesh, token) = demo().await;
+    let target = json!({"endpoint": community("2c", "public")});
+    let cases = [
+        (
+            "/v1/snmp/get",
+            json!({"target": target, "oids": ["1.3.x"]}),
+            "oids[0]",
+        ),
+        (
+            "/v1/snmp/get",
+            json!({"target": target, "oids": []}),
+            "oids",
+        ),
+        ("/v1/snmp/get", json!({"oids": ["1.3.6"]}), "target"),
+        (
+            "/v1/snmp/get",
+            json!({"target": {"endpoint": {"host": "127.0.0.1", "version": "4c", "community": "x"}}, "oids": ["1.3.6"]}),
+            "target.endpoint.version",
+        ),
+        (
+            "/v1/snmp/get",
+            json!({"target": {"endpoint": {"host": "127.0.0.1", "port": 70000, "version": "2c", "community": "x"}}, "oids": ["1.3.6"]}),
+            "target.endpoint.port",
+        ),
+        (
+            "/v1/snmp/get",
+            json!({"target": {"endpoint": {"host": "127.0.0.1", "version": "3", "username": "u", "security_level": "authPriv", "auth_protocol": "SHA", "auth_password": "authpass123", "priv_protocol": "AES"}}, "oids": ["1.3.6"]}),
+            "target.endpoint.priv_password",
+        ),
+        (
+            "/v1/snmp/set",
+            json!({"target": target, "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "INTEGER", "value": "ten"}]}),
+            "varbinds[0].value",
+        ),
+        (
+            "/v1/snmp/set",
+            json!({"target": target, "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "Float", "value": "1"}]}),
+            "varbinds[0].type",
+        ),
+        (
+            "/v1/snmp/set",
+            json!({"target": target, "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "IpAddress", "value": "10.1"}]}),
+            "varbinds[0].value",
+        ),
+        (
+            "/v1/snmp/set",
+            json!({"target": target, "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "OCTET STRING", "hex": "xyz"}]}),
+            "varbinds[0].hex",
+        ),
+        (
+            "/v1/snmp/set",
+            json!({"target": target, "varbinds": [{"oid": "x", "type": "INTEGER", "value": "1"}]}),
+            "varbinds[0].oid",
+        ),
+        (
+            "/v1/snmp/walk",
+            json!({"target": target, "oid": "1..3"}),
+            "oid",
+        ),
+        (
+            "/v1/snmp/poll",
+            json!({"targets": [], "oids": ["1.3.6.1.2.1.1.3.0"]}),
+            "targets",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (status, reply) = if path.ends_with("walk") || path.ends_with("poll") {
+            let (s, mut m) = stream(&mesh, path, &token, body.clone()).await;
+            (s, m.remove(0))
+        } else {
+            mesh.post(path, &token, body.clone()).await
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {reply}");
+        assert_eq!(reply["field"], field, "{path} {body}: {reply}");
+    }
+    // An address outside the tenant's inline allow-list (loopback for the demo).
+    let (status, reply) = mesh
+        .post("/v1/snmp/get", &token, json!({"target": {"endpoint": {"host": "10.1.2.3", "version": "2c", "community": "public"}}, "oids": ["1.3.6.1.2.1.1.1.0"]}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_targets_resolve_in_the_callers_tenant_only() {
+    let (mesh, token) = demo().await;
+    let (status, device) = mesh
+        .post(
+            "/v1/devices",
+            &token,
+            json!({"name": "agent-1", "address": "127.0.0.1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    let id = device["id"].as_str().unwrap();
+    let mut endpoint = user(2);
+    endpoint.as_object_mut().unwrap().remove("host");
+    let (status, body) = mesh
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/devices/{id}/endpoints/snmp"),
+            Some(&token),
+            Some(endpoint),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": {"device_id": id}, "oids": ["1.3.6.1.2.1.1.5.0"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["varbinds"][0]["value"],
+        snmpget_string("1.3.6.1.2.1.1.5.0")
+    );
+
+    // Another tenant cannot use it, nor learn that it exists.
+    let (_, other) = mesh.tenant_with_admin("other").await;
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/get",
+            &other,
+            json!({"target": {"device_id": id}, "oids": ["1.3.6.1.2.1.1.5.0"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = mesh.post("/v1/snmp/get", &other, json!({"target": {"device_id": "00000000-0000-0000-0000-000000000000"}, "oids": ["1.3.6.1.2.1.1.5.0"]})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Poll: one result per target, errors included, over gRPC too.
+    let targets = json!([{"device_id": id}, {"endpoint": community("2c", "public")}, {"endpoint": {"host": "127.0.0.1", "port": 9, "version": "2c", "community": "public", "timeout_ms": 50, "retries": 0}}, {"device_id": "missing"}]);
+    let (status, results) = stream(
+        &mesh,
+        "/v1/snmp/poll",
+        &token,
+        json!({"targets": targets, "oids": ["1.3.6.1.2.1.1.3.0"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{results:?}");
+    let mut by_index: Vec<(u64, Value)> = results
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap_or(0), r.clone()))
+        .collect();
+    by_index.sort_by_key(|r| r.0);
+    assert_eq!(by_index.len(), 4, "{results:?}");
+    assert_eq!(by_index[0].1["device_id"], id);
+    assert_eq!(by_index[0].1["values"]["varbinds"][0]["type"], "TimeTicks");
+    assert_eq!(
+        by_index[1].1["values"]["varbinds"][0]["oid"],
+        "1.3.6.1.2.1.1.3.0"
+    );
+    assert_eq!(by_index[2].1["error"]["code"], "DEVICE_TIMEOUT");
+    assert_eq!(by_index[3].1["error"]["code"], "NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walks_stream_over_grpc() {
+    use rdm_proto::snmp::{Target, WalkRequest, snmp_service_client::SnmpServiceClient, target};
+    let (mesh, token) = demo().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.gateway))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = SnmpServiceClient::new(channel);
+    let endpoint =
+        rdm_kit::endpoint::structs::from_json(community("2c", "public").as_object().unwrap());
+    let mut req = tonic::Request::new(WalkRequest {
+        target: Some(Target {
+            target: Some(target::Target::Endpoint(endpoint)),
+        }),
+        oid: "1.3.6.1.2.1.1".into(),
+        max_repetitions: 4,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut stream = client.walk(req).await.unwrap().into_inner();
+    let mut oids = Vec::new();
+    while let Some(batch) = stream.next().await {
+        oids.extend(batch.unwrap().varbinds.into_iter().map(|v| v.oid));
+    }
+    let expected = snmpd::tool(
+        "snmpwalk",
+        &[
+            "-v2c",
+            "-c",
+            "public",
+            "-On",
+            "-Oqn",
+            snmpd::ADDR,
+            "1.3.6.1.2.1.1",
+        ],
+    );
+    let expected: Vec<String> = expected
+        .lines()
+        .filter(|l| l.starts_with('.'))
+        .map(|l| l[1..].split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(oids, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_and_informs_reach_the_devices_tenant() {
+    let (mesh, token) = demo().await;
+    let (status, body) = mesh
+        .post(
+            "/v1/devices",
+            &token,
+            json!({"name": "sender", "address": "127.0.0.1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let device_id = body["id"].as_str().unwrap().to_owned();
+    let resp = mesh
+        .http
+        .get(mesh.url("/v1/snmp/traps"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut lines = resp.bytes_stream();
+    // The watch is registered once its reply started; send after that.
+    let dest = mesh.traps.to_string();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    snmpd::tool(
+        "snmptrap",
+        &[
+            "-v2c",
+            "-c",
+            "public",
+            &dest,
+            "42",
+            "1.3.6.1.6.3.1.1.5.3",
+            "1.3.6.1.2.1.2.2.1.1.2",
+            "i",
+            "2",
+        ],
+    );
+    snmpd::tool(
+        "snmptrap",
+        &[
+            "-v1",
+            "-c",
+            "public",
+            &dest,
+            "1.3.6.1.4.1.8072",
+            "127.0.0.1",
+            "6",
+            "17",
+            "99",
+            "1.3.6.1.2.1.1.5.0",
+            "s",
+            "v1-trap",
+        ],
+    );
+    // snmpinform waits for our acknowledgement: it fails if none comes.
+    snmpd::tool(
+        "snmpinform",
+        &[
+            "-v2c",
+            "-c",
+            "public",
+            "-t",
+            "2",
+            "-r",
+            "0",
+            &dest,
+            "7",
+            "1.3.6.1.6.3.1.1.5.4",
+            "1.3.6.1.2.1.2.2.1.1.2",
+            "i",
+            "2",
+        ],
+    );
+    let mut got: Vec<Value> = Vec::new();
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 3 {
+        let chunk = tokio::time::timeout_at(deadline, lines.next())
+            .await
+            .expect("three notifications within 10 s")
+            .unwrap()
+            .unwrap();
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find('\n') {
+            got.push(serde_json::from_str(&buf[..end]).unwrap());
+            buf.drain(..=end);
+        }
+    }
+    assert!(
+        got.iter().all(|t| t["device_id"] == device_id.as_str()),
+        "{got:?}"
+    );
+    assert_eq!(
+        (
+            got[0]["version"].as_str(),
+            got[0]["kind"].as_str(),
+            got[0]["trap_oid"].as_str(),
+            got[0]["uptime"].as_str()
+        ),
+        (
+            Some("2c"),
+            Some("trap"),
+            Some("1.3.6.1.6.3.1.1.5.3"),
+            Some("42")
+        )
+    );
+    assert_eq!(
+        (got[1]["version"].as_str(), got[1]["trap_oid"].as_str()),
+        (Some("1"), Some("1.3.6.1.4.1.8072.0.17"))
+    );
+    assert_eq!(got[1]["varbinds"][0]["value"], "v1-trap");
+    assert_eq!(
+        (got[2]["kind"].as_str(), got[2]["trap_oid"].as_str()),
+        (Some("inform"), Some("1.3.6.1.6.3.1.1.5.4"))
+    );
+
+    // Another tenant with no device at that address sees none of them.
+    let (_, other) = mesh.tenant_with_admin("other").await;
+    let resp = mesh
+        .http
+        .get(mesh.url("/v1/snmp/traps"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    let mut other_lines = resp.bytes_stream();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    snmpd::tool(
+        "snmptrap",
+        &["-v2c", "-c", "public", &dest, "43", "1.3.6.1.6.3.1.1.5.3"],
+    );
+    let seen = tokio::time::timeout(Duration::from_millis(700), other_lines.next()).await;
+    assert!(seen.is_err(), "another tenant received {seen:?}");
+}
