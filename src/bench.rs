@@ -26,6 +26,18 @@ pub enum Which {
         #[arg(long, default_value_t = 10_000)]
         devices: usize,
     },
+    /// A full-tree bulk walk of a local agent (v2c, community public): rdm
+    /// over direct gRPC, as REST through the gateway, net-snmp's
+    /// `snmpbulkwalk` and pysnmp (PYSNMP_PYTHON with scripts/pysnmp_walk.py),
+    /// each the median of `runs`. scripts/bench-snmp.sh sets it all up.
+    Snmp {
+        #[arg(long, default_value = "127.0.0.1:11161")]
+        agent: std::net::SocketAddr,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        #[arg(long, default_value_t = 25)]
+        max_repetitions: u32,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -35,6 +47,11 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             concurrency,
         } => gateway(Duration::from_secs(seconds), concurrency).await,
         Which::Import { devices } => import(devices).await,
+        Which::Snmp {
+            agent,
+            runs,
+            max_repetitions,
+        } => snmp_walk(agent, runs.max(1), max_repetitions).await,
     }
 }
 
@@ -383,4 +400,154 @@ async fn import(count: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The median of `runs` timings of `f`, and what the last run counted.
+async fn median_of<F, Fut>(runs: usize, mut f: F) -> anyhow::Result<(Duration, usize)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<usize>>,
+{
+    let mut times = Vec::with_capacity(runs);
+    let mut count = 0;
+    for _ in 0..runs {
+        let started = Instant::now();
+        count = f().await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok((times[times.len() / 2], count))
+}
+
+/// Lines a command prints (an OID a line, for the walk tools).
+async fn command_lines(program: &str, args: &[String]) -> anyhow::Result<usize> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .env("MIBDIRS", "/nonexistent")
+        .env("MIBS", "")
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout.iter().filter(|b| **b == b'\n').count())
+}
+
+async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use rdm_proto::snmp::{WalkRequest, snmp_service_client::SnmpServiceClient, target};
+    let http = reqwest::Client::new();
+    let DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir,
+    } = demo_mesh(Settings::default(), &http).await?;
+    let endpoint = serde_json::json!({"host": agent.ip().to_string(), "port": agent.port(), "version": "2c", "community": "public", "timeout_ms": 2000});
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
+            .connect()
+            .await?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let grpc_walk = || {
+        let (mut client, bearer) = (SnmpServiceClient::new(channel.clone()), bearer.clone());
+        let fields =
+            rdm_kit::endpoint::structs::from_json(endpoint.as_object().expect("an object"));
+        async move {
+            let mut req = tonic::Request::new(WalkRequest {
+                target: Some(rdm_proto::snmp::Target {
+                    target: Some(target::Target::Endpoint(fields)),
+                }),
+                oid: "1.3.6.1".into(),
+                max_repetitions: reps,
+            });
+            req.metadata_mut().insert("authorization", bearer);
+            let mut stream = client.walk(req).await?.into_inner();
+            let mut n = 0;
+            while let Some(batch) = stream.next().await {
+                n += batch?.varbinds.len();
+            }
+            anyhow::Ok(n)
+        }
+    };
+    let rest_walk = || {
+        let (http, url, token) = (http.clone(), format!("{base}/v1/snmp/walk"), token.clone());
+        let body = serde_json::json!({"target": {"endpoint": endpoint}, "oid": "1.3.6.1", "max_repetitions": reps});
+        async move {
+            let text = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            let mut n = 0;
+            for line in text.lines() {
+                let msg: serde_json::Value = serde_json::from_str(line)?;
+                n += msg["varbinds"].as_array().map_or(0, Vec::len);
+            }
+            anyhow::Ok(n)
+        }
+    };
+    println!(
+        "rdm bench snmp: full-tree walk of {agent} (v2c, max-repetitions {reps}), median of {runs} runs"
+    );
+    grpc_walk().await?;
+    let (grpc, n_grpc) = median_of(runs, grpc_walk).await?;
+    let (rest, n_rest) = median_of(runs, rest_walk).await?;
+    let args: Vec<String> = [
+        "-v2c",
+        "-c",
+        "public",
+        "-On",
+        &format!("-Cr{reps}"),
+        &agent.to_string(),
+        "1.3.6.1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (net_snmp, n_net) = median_of(runs, || command_lines("snmpbulkwalk", &args)).await?;
+    let per = |d: Duration, n: usize| {
+        format!(
+            "{:>8.1} ms  {n:>6} OIDs  {:>8.0} OIDs/s",
+            d.as_secs_f64() * 1e3,
+            n as f64 / d.as_secs_f64()
+        )
+    };
+    println!("  rdm, direct gRPC          {}", per(grpc, n_grpc));
+    println!("  rdm, REST via gateway     {}", per(rest, n_rest));
+    println!(
+        "  net-snmp snmpbulkwalk     {}   (lines; a string value may span several)",
+        per(net_snmp, n_net)
+    );
+    match std::env::var("PYSNMP_PYTHON") {
+        Ok(python) => {
+            let args = vec![
+                "scripts/pysnmp_walk.py".into(),
+                agent.ip().to_string(),
+                agent.port().to_string(),
+                reps.to_string(),
+            ];
+            let (py, n_py) = median_of(runs.min(3), || command_lines(&python, &args)).await?;
+            println!("  pysnmp bulk_walk_cmd      {}", per(py, n_py));
+            println!(
+                "  rdm gRPC vs pysnmp: {:.1}x faster",
+                py.as_secs_f64() / grpc.as_secs_f64()
+            );
+        }
+        Err(_) => println!("  pysnmp: skipped (set PYSNMP_PYTHON; scripts/bench-snmp.sh does)"),
+    }
+    println!(
+        "  rdm gRPC vs snmpbulkwalk: {:.2}x faster; REST via gateway / direct gRPC: {:.2}x",
+        net_snmp.as_secs_f64() / grpc.as_secs_f64(),
+        rest.as_secs_f64() / grpc.as_secs_f64()
+    );
+    trigger.trigger();
+    mesh.wait().await
 }
