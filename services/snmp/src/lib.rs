@@ -6,9 +6,10 @@ mod targets;
 pub mod traps;
 
 use engine::{
-    Engine,
+    Engine, Op,
     error::SnmpError,
     oid::Oid,
+    target::Target,
     value::{Value, VarBind},
 };
 use futures::{Stream, StreamExt};
@@ -136,74 +137,85 @@ fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl SnmpService for Snmp {
-    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
-        let r = req.get_ref();
-        let oids = oids("oids", &r.oids).map_err(err)?;
-        let target = targets::resolve(&self.0, p, r.target.as_ref())
+fn check_repetitions(requested: u32) -> Result<()> {
+    if requested > 1000 {
+        return Err(Error::invalid("max_repetitions", "at most 1000"));
+    }
+    Ok(())
+}
+
+/// The max-repetitions asked for, else the endpoint's.
+fn repetitions(requested: u32, target: &Target) -> u32 {
+    if requested == 0 {
+        target.max_repetitions
+    } else {
+        requested
+    }
+}
+
+impl Snmp {
+    /// A GET, GETNEXT or GETBULK of `oids` on the request's target; `op`
+    /// gets the max-repetitions to use (GETBULK only).
+    async fn read<T>(
+        &self,
+        req: &Request<T>,
+        target: Option<&pb::Target>,
+        oids_text: &[String],
+        max_repetitions: u32,
+        op: impl FnOnce(u32) -> Op,
+    ) -> Result<Vec<pb::VarBind>, Status> {
+        let p = Principal::of(req).map_err(err)?;
+        let oids = oids("oids", oids_text).map_err(err)?;
+        check_repetitions(max_repetitions).map_err(err)?;
+        let target = targets::resolve(&self.0, p, target)
             .await
-            .map_err(err)?;
+            .map_err(err)?
+            .target;
+        let op = op(repetitions(max_repetitions, &target));
         let found = self
             .0
             .engine
-            .get(&target.target, &oids)
+            .request(&target, op, &engine::nulls(&oids))
             .await
             .map_err(|e| err(device_error(e)))?;
-        Ok(Response::new(pb::GetResponse {
-            varbinds: to_pb(found),
-        }))
+        Ok(to_pb(found))
+    }
+}
+
+#[tonic::async_trait]
+impl SnmpService for Snmp {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = req.get_ref();
+        let varbinds = self
+            .read(&req, r.target.as_ref(), &r.oids, 0, |_| Op::Get)
+            .await?;
+        Ok(Response::new(pb::GetResponse { varbinds }))
     }
 
     async fn get_next(
         &self,
         req: Request<pb::GetNextRequest>,
     ) -> Result<Response<pb::GetNextResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
-        let oids = oids("oids", &r.oids).map_err(err)?;
-        let target = targets::resolve(&self.0, p, r.target.as_ref())
-            .await
-            .map_err(err)?;
-        let found = self
-            .0
-            .engine
-            .get_next(&target.target, &oids)
-            .await
-            .map_err(|e| err(device_error(e)))?;
-        Ok(Response::new(pb::GetNextResponse {
-            varbinds: to_pb(found),
-        }))
+        let varbinds = self
+            .read(&req, r.target.as_ref(), &r.oids, 0, |_| Op::GetNext)
+            .await?;
+        Ok(Response::new(pb::GetNextResponse { varbinds }))
     }
 
     async fn get_bulk(
         &self,
         req: Request<pb::GetBulkRequest>,
     ) -> Result<Response<pb::GetBulkResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
-        let oids = oids("oids", &r.oids).map_err(err)?;
-        if r.max_repetitions > 1000 {
-            return Err(err(Error::invalid("max_repetitions", "at most 1000")));
-        }
-        let target = targets::resolve(&self.0, p, r.target.as_ref())
-            .await
-            .map_err(err)?;
-        let reps = if r.max_repetitions == 0 {
-            target.target.max_repetitions
-        } else {
-            r.max_repetitions
+        let op = |max_repetitions| Op::GetBulk {
+            non_repeaters: r.non_repeaters,
+            max_repetitions,
         };
-        let found = self
-            .0
-            .engine
-            .get_bulk(&target.target, &oids, r.non_repeaters, reps)
-            .await
-            .map_err(|e| err(device_error(e)))?;
-        Ok(Response::new(pb::GetBulkResponse {
-            varbinds: to_pb(found),
-        }))
+        let varbinds = self
+            .read(&req, r.target.as_ref(), &r.oids, r.max_repetitions, op)
+            .await?;
+        Ok(Response::new(pb::GetBulkResponse { varbinds }))
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
@@ -241,17 +253,11 @@ impl SnmpService for Snmp {
         let root: Oid = root
             .parse()
             .map_err(|e: engine::oid::BadOid| err(Error::invalid("oid", e.to_string())))?;
-        if r.max_repetitions > 1000 {
-            return Err(err(Error::invalid("max_repetitions", "at most 1000")));
-        }
+        check_repetitions(r.max_repetitions).map_err(err)?;
         let target = targets::resolve(&self.0, p, r.target.as_ref())
             .await
             .map_err(err)?;
-        let reps = if r.max_repetitions == 0 {
-            target.target.max_repetitions
-        } else {
-            r.max_repetitions
-        };
+        let reps = repetitions(r.max_repetitions, &target.target);
         let walk =
             engine::walk::walk(self.0.engine.clone(), target.target, root, reps).map(|batch| {
                 batch

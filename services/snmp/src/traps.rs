@@ -149,7 +149,6 @@ fn to_pb(t: &Trap, device_id: &str) -> pb::WatchTrapsResponse {
         kind: t.kind.to_owned(),
         trap_oid: t.trap_oid.clone(),
         uptime: t.uptime,
-        username: String::new(),
         varbinds: crate::to_pb(t.varbinds.clone()),
     }
 }

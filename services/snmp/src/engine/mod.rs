@@ -145,31 +145,6 @@ impl Engine {
         self.request(t, Op::Get, &nulls(oids)).await
     }
 
-    pub async fn get_next(&self, t: &Target, oids: &[Oid]) -> Result<Vec<VarBind>, SnmpError> {
-        self.request(t, Op::GetNext, &nulls(oids)).await
-    }
-
-    pub async fn get_bulk(
-        &self,
-        t: &Target,
-        oids: &[Oid],
-        non_repeaters: u32,
-        max_repetitions: u32,
-    ) -> Result<Vec<VarBind>, SnmpError> {
-        let op = Op::GetBulk {
-            non_repeaters,
-            max_repetitions,
-        };
-        if t.version == Version::V1 {
-            return Err(SnmpError::Protocol {
-                op: op.name(),
-                addr: t.addr,
-                reason: "GETBULK needs SNMP v2c or v3 (v1 has only GETNEXT)".into(),
-            });
-        }
-        self.request(t, op, &nulls(oids)).await
-    }
-
     pub async fn set(
         &self,
         t: &Target,
@@ -186,6 +161,13 @@ impl Engine {
         op: Op,
         varbinds: &[(Oid, Value)],
     ) -> Result<Vec<VarBind>, SnmpError> {
+        if t.version == Version::V1 && matches!(op, Op::GetBulk { .. }) {
+            return Err(SnmpError::Protocol {
+                op: op.name(),
+                addr: t.addr,
+                reason: "GETBULK needs SNMP v2c or v3 (v1 has only GETNEXT)".into(),
+            });
+        }
         let Credentials::Usm(user) = &t.credentials else {
             return self.exchange_community(t, op, varbinds).await;
         };
@@ -438,7 +420,8 @@ impl Engine {
     }
 }
 
-fn nulls(oids: &[Oid]) -> Vec<(Oid, Value)> {
+/// Variables to read: the OIDs with NULL values.
+pub fn nulls(oids: &[Oid]) -> Vec<(Oid, Value)> {
     oids.iter().map(|o| (o.clone(), Value::Null)).collect()
 }
 
