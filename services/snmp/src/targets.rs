@@ -134,6 +134,7 @@ async fn engine_target(s: &Map<String, Value>, host: &str) -> Result<Target> {
                 username: text("username").as_bytes().to_vec(),
                 auth: auth.filter(|_| level != "noAuthNoPriv"),
                 privacy: privacy.filter(|_| level == "authPriv"),
+                context_name: text("context_name").as_bytes().to_vec(),
             },
         )
     } else {

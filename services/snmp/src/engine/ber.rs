@@ -18,9 +18,13 @@ pub fn push_len(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&bytes[skip..]);
 }
 
-pub fn tlv(out: &mut Vec<u8>, tag: u8, contents: &[u8]) {
+pub fn tlv_header(out: &mut Vec<u8>, tag: u8, len: usize) {
     out.push(tag);
-    push_len(out, contents.len());
+    push_len(out, len);
+}
+
+pub fn tlv(out: &mut Vec<u8>, tag: u8, contents: &[u8]) {
+    tlv_header(out, tag, contents.len());
     out.extend_from_slice(contents);
 }
 
@@ -113,62 +117,97 @@ pub struct UsmHeader {
     pub username: Vec<u8>,
 }
 
-/// A v3 message without authentication or privacy: the discovery probe, a
-/// report, or a request before snmp2 secures it.
-pub fn plain_v3_message(
-    msg_id: i32,
-    flags: u8,
-    usm: &UsmHeader,
-    context_engine: &[u8],
-    pdu: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(pdu.len() + 96);
-    nested(&mut out, asn1::TYPE_SEQUENCE, |m| {
-        int(m, asn1::TYPE_INTEGER, 3);
-        nested(m, asn1::TYPE_SEQUENCE, |g| {
-            int(g, asn1::TYPE_INTEGER, msg_id.into());
-            int(g, asn1::TYPE_INTEGER, MAX_MESSAGE);
-            tlv(g, asn1::TYPE_OCTETSTRING, &[flags]);
-            int(g, asn1::TYPE_INTEGER, 3);
-        });
-        let mut params = Vec::new();
-        nested(&mut params, asn1::TYPE_SEQUENCE, |s| {
-            tlv(s, asn1::TYPE_OCTETSTRING, &usm.engine_id);
-            int(s, asn1::TYPE_INTEGER, usm.boots);
-            int(s, asn1::TYPE_INTEGER, usm.time);
-            tlv(s, asn1::TYPE_OCTETSTRING, &usm.username);
-            tlv(s, asn1::TYPE_OCTETSTRING, &[]);
-            tlv(s, asn1::TYPE_OCTETSTRING, &[]);
-        });
-        tlv(m, asn1::TYPE_OCTETSTRING, &params);
-        nested(m, asn1::TYPE_SEQUENCE, |scoped| {
-            tlv(scoped, asn1::TYPE_OCTETSTRING, context_engine);
-            tlv(scoped, asn1::TYPE_OCTETSTRING, &[]);
-            scoped.extend_from_slice(pdu);
-        });
+/// A scoped PDU: context engine id, context name and an encoded PDU.
+pub fn scoped_pdu(context_engine: &[u8], context_name: &[u8], pdu: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pdu.len() + context_engine.len() + context_name.len() + 8);
+    nested(&mut out, asn1::TYPE_SEQUENCE, |s| {
+        tlv(s, asn1::TYPE_OCTETSTRING, context_engine);
+        tlv(s, asn1::TYPE_OCTETSTRING, context_name);
+        s.extend_from_slice(pdu);
     });
     out
 }
 
-/// What a datagram says of itself before anyone checks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Header {
-    /// v1 or v2c: the request id.
-    Community { version: i64, req_id: i32 },
-    /// v3: message id, flags and USM parameters.
-    V3 {
-        msg_id: i32,
-        flags: u8,
-        usm: UsmHeader,
-    },
+/// A v3 message around `data` (a scoped PDU, or its ciphertext as an OCTET
+/// STRING), with `auth_len` zero bytes as authentication parameters; also
+/// the offset of those bytes, where the digest goes.
+pub fn v3_message(
+    msg_id: i32,
+    flags: u8,
+    usm: &UsmHeader,
+    auth_len: usize,
+    priv_params: &[u8],
+    data: &[u8],
+) -> (Vec<u8>, usize) {
+    let mut params = Vec::new();
+    tlv(&mut params, asn1::TYPE_OCTETSTRING, &usm.engine_id);
+    int(&mut params, asn1::TYPE_INTEGER, usm.boots);
+    int(&mut params, asn1::TYPE_INTEGER, usm.time);
+    tlv(&mut params, asn1::TYPE_OCTETSTRING, &usm.username);
+    tlv_header(&mut params, asn1::TYPE_OCTETSTRING, auth_len);
+    let mut auth_at = params.len();
+    params.resize(auth_at + auth_len, 0);
+    tlv(&mut params, asn1::TYPE_OCTETSTRING, priv_params);
+    let mut sequence = Vec::with_capacity(params.len() + 4);
+    tlv_header(&mut sequence, asn1::TYPE_SEQUENCE, params.len());
+    auth_at += sequence.len();
+    sequence.extend_from_slice(&params);
+
+    let mut body = Vec::with_capacity(sequence.len() + data.len() + 32);
+    int(&mut body, asn1::TYPE_INTEGER, 3);
+    nested(&mut body, asn1::TYPE_SEQUENCE, |g| {
+        int(g, asn1::TYPE_INTEGER, msg_id.into());
+        int(g, asn1::TYPE_INTEGER, MAX_MESSAGE);
+        tlv(g, asn1::TYPE_OCTETSTRING, &[flags]);
+        int(g, asn1::TYPE_INTEGER, 3);
+    });
+    tlv_header(&mut body, asn1::TYPE_OCTETSTRING, sequence.len());
+    auth_at += body.len();
+    body.extend_from_slice(&sequence);
+    body.extend_from_slice(data);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    tlv_header(&mut out, asn1::TYPE_SEQUENCE, body.len());
+    auth_at += out.len();
+    out.extend_from_slice(&body);
+    (out, auth_at)
 }
 
-pub fn header(bytes: &[u8]) -> Option<Header> {
-    let mut rdr = AsnReader::from_bytes(
-        AsnReader::from_bytes(bytes)
-            .read_raw(asn1::TYPE_SEQUENCE)
-            .ok()?,
-    );
+/// A v3 message as it arrives, before anyone checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V3In<'a> {
+    pub msg_id: i32,
+    pub flags: u8,
+    pub usm: UsmHeader,
+    pub auth_params: &'a [u8],
+    /// Where `auth_params` sit in the message.
+    pub auth_at: usize,
+    pub priv_params: &'a [u8],
+    /// The scoped PDU (a whole SEQUENCE), or its ciphertext when the
+    /// privacy flag is set.
+    pub data: &'a [u8],
+}
+
+/// What a datagram says of itself before anyone checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Header<'a> {
+    /// v1 or v2c: the request id.
+    Community {
+        version: i64,
+        req_id: i32,
+    },
+    V3(V3In<'a>),
+}
+
+/// Where `part`, a slice of `whole`, starts in it.
+fn offset(whole: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+pub fn header(bytes: &[u8]) -> Option<Header<'_>> {
+    let message = AsnReader::from_bytes(bytes)
+        .read_raw(asn1::TYPE_SEQUENCE)
+        .ok()?;
+    let mut rdr = AsnReader::from_bytes(message);
     let version = rdr.read_asn_integer().ok()?;
     if version != 3 {
         let _community = rdr.read_asn_octetstring().ok()?;
@@ -184,47 +223,58 @@ pub fn header(bytes: &[u8]) -> Option<Header> {
     let msg_id = i32::try_from(global.read_asn_integer().ok()?).ok()?;
     let _max = global.read_asn_integer().ok()?;
     let flags = *global.read_asn_octetstring().ok()?.first()?;
+    if global.read_asn_integer().ok()? != 3 {
+        return None; // not USM
+    }
     let params = rdr.read_asn_octetstring().ok()?;
     let mut usm = AsnReader::from_bytes(
         AsnReader::from_bytes(params)
             .read_raw(asn1::TYPE_SEQUENCE)
             .ok()?,
     );
-    Some(Header::V3 {
+    let header = UsmHeader {
+        engine_id: usm.read_asn_octetstring().ok()?.to_vec(),
+        boots: usm.read_asn_integer().ok()?,
+        time: usm.read_asn_integer().ok()?,
+        username: usm.read_asn_octetstring().ok()?.to_vec(),
+    };
+    let auth_params = usm.read_asn_octetstring().ok()?;
+    let priv_params = usm.read_asn_octetstring().ok()?;
+    let data = if flags & snmp::V3_MSG_FLAGS_PRIVACY != 0 {
+        rdr.read_asn_octetstring().ok()?
+    } else {
+        let rest = &message[message.len() - rdr.bytes_left()..];
+        rdr.read_raw(asn1::TYPE_SEQUENCE).ok()?;
+        &rest[..rest.len() - rdr.bytes_left()]
+    };
+    Some(Header::V3(V3In {
         msg_id,
         flags,
-        usm: UsmHeader {
-            engine_id: usm.read_asn_octetstring().ok()?.to_vec(),
-            boots: usm.read_asn_integer().ok()?,
-            time: usm.read_asn_integer().ok()?,
-            username: usm.read_asn_octetstring().ok()?.to_vec(),
-        },
-    })
+        usm: header,
+        auth_params,
+        auth_at: offset(bytes, auth_params),
+        priv_params,
+        data,
+    }))
 }
 
-/// The PDU tag, request id and first varbind's OID of a v3 message sent in
-/// the clear (reports, discovery probes).
-pub fn plain_v3_pdu(bytes: &[u8]) -> Option<(u8, i32, Option<Oid>)> {
-    let mut rdr = AsnReader::from_bytes(
-        AsnReader::from_bytes(bytes)
-            .read_raw(asn1::TYPE_SEQUENCE)
-            .ok()?,
-    );
-    rdr.read_asn_integer().ok()?;
-    rdr.read_raw(asn1::TYPE_SEQUENCE).ok()?;
+/// The PDU of a plaintext scoped PDU, inside a v2c message for snmp2 to
+/// parse (it reads PDUs only inside messages).
+pub fn scoped_to_message(scoped: &[u8]) -> Option<Vec<u8>> {
+    let contents = AsnReader::from_bytes(scoped)
+        .read_raw(asn1::TYPE_SEQUENCE)
+        .ok()?;
+    let mut rdr = AsnReader::from_bytes(contents);
     rdr.read_asn_octetstring().ok()?;
-    let mut scoped = AsnReader::from_bytes(rdr.read_raw(asn1::TYPE_SEQUENCE).ok()?);
-    scoped.read_asn_octetstring().ok()?;
-    scoped.read_asn_octetstring().ok()?;
-    let tag = scoped.peek_byte().ok()?;
-    let mut pdu = AsnReader::from_bytes(scoped.read_raw(tag).ok()?);
-    let req_id = i32::try_from(pdu.read_asn_integer().ok()?).ok()?;
-    pdu.read_asn_integer().ok()?;
-    pdu.read_asn_integer().ok()?;
-    let first = snmp2::Varbinds::from_bytes(pdu.read_raw(asn1::TYPE_SEQUENCE).ok()?)
-        .next()
-        .and_then(|(oid, _)| Oid::try_from(&oid).ok());
-    Some((tag, req_id, first))
+    rdr.read_asn_octetstring().ok()?;
+    let pdu = &contents[contents.len() - rdr.bytes_left()..];
+    let tag = rdr.peek_byte().ok()?;
+    rdr.read_raw(tag).ok()?;
+    Some(community_message(
+        1,
+        b"",
+        &pdu[..pdu.len() - rdr.bytes_left()],
+    ))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The SNMP protocol engine, which knows nothing of gRPC: requests with
 //! timeouts, retries (exponential backoff with jitter) and request-id
-//! matching over pooled UDP sockets, v3 security through snmp2, walks and
+//! matching over pooled UDP sockets, v3 security (usm.rs), walks and
 //! their safeguards.
 pub mod ber;
 pub mod error;
@@ -10,6 +10,7 @@ pub mod usm;
 pub mod value;
 pub mod walk;
 
+use ber::UsmHeader;
 use error::{SnmpError, status_name};
 use oid::Oid;
 use rand::Rng;
@@ -22,10 +23,13 @@ use std::{
     },
     time::Instant,
 };
-use target::{Credentials, Target, Version};
+use target::{Credentials, Target, UsmUser, Version};
 use tokio::net::UdpSocket;
 use usm::{Discovered, EngineCache, Report};
 use value::{Value, VarBind};
+
+/// The security-level bits of a v3 message's flags.
+const LEVEL: u8 = snmp::V3_MSG_FLAGS_AUTH | snmp::V3_MSG_FLAGS_PRIVACY;
 
 /// One request's kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,8 +177,11 @@ impl Engine {
         };
         for fresh in [false, true] {
             let engine = self.usm.engine(t.addr, || self.discover(t)).await?;
-            let security = self.usm.security(t, user, &engine).await?;
-            match self.exchange_v3(t, op, varbinds, security).await {
+            let keys = self.usm.keys(user, &engine.engine_id).await;
+            match self
+                .exchange_v3(t, op, varbinds, user, &engine, &keys)
+                .await
+            {
                 Ok(found) => return Ok(found),
                 Err(Failure::Error(e)) => return Err(e),
                 Err(Failure::Stale) if fresh => break,
@@ -233,13 +240,11 @@ impl Engine {
         t: &Target,
         op: Op,
         varbinds: &[(Oid, Value)],
-        security: snmp2::v3::Security,
+        user: &UsmUser,
+        engine: &Discovered,
+        keys: &usm::Keys,
     ) -> Result<Vec<VarBind>, Failure> {
         let (a, b) = op.ints();
-        let (needs_auth, needs_priv) = match &t.credentials {
-            Credentials::Usm(u) => (u.auth.is_some(), u.privacy.is_some()),
-            Credentials::Community(_) => (false, false),
-        };
         let refused = |reason: String| {
             Failure::Error(SnmpError::Auth {
                 op: op.name(),
@@ -247,43 +252,52 @@ impl Engine {
                 reason,
             })
         };
+        let undecodable = || {
+            Heard::Done(Err(Failure::Error(SnmpError::Protocol {
+                op: op.name(),
+                addr: t.addr,
+                reason: "undecodable reply".into(),
+            })))
+        };
         self.exchange(
             t,
             op.name(),
             |id| {
-                usm::encode_request(&security, op.tag(), id, a, b, varbinds).map_err(|e| {
-                    SnmpError::Protocol {
-                        op: op.name(),
-                        addr: t.addr,
-                        reason: format!("cannot encode the request: {e}"),
-                    }
-                })
+                let mut pdu = Vec::new();
+                ber::pdu(&mut pdu, op.tag(), id, a, b, varbinds);
+                let usm = UsmHeader {
+                    engine_id: engine.engine_id.clone(),
+                    boots: engine.boots,
+                    time: engine.time_now(),
+                    username: user.username.clone(),
+                };
+                let scoped = ber::scoped_pdu(&engine.engine_id, &user.context_name, &pdu);
+                Ok(usm::seal(keys, id, true, &usm, &scoped))
             },
             |bytes, ids| {
-                let Some(ber::Header::V3 { msg_id, flags, .. }) = ber::header(bytes) else {
+                let Some(ber::Header::V3(m)) = ber::header(bytes) else {
                     return Heard::NotOurs;
                 };
-                if !ids.contains(&msg_id) {
+                if !ids.contains(&m.msg_id) {
                     return Heard::NotOurs;
                 }
-                let authed = flags & snmp::V3_MSG_FLAGS_AUTH != 0;
-                let private = flags & snmp::V3_MSG_FLAGS_PRIVACY != 0;
-                if (needs_auth && !authed) || (needs_priv && !private) {
-                    // Reports about our credentials come in the clear.
-                    return match ber::plain_v3_pdu(bytes) {
-                        Some((snmp::MSG_REPORT, _, oid)) => {
-                            Heard::Done(Err(from_report(t, op, oid.as_ref())))
-                        }
-                        _ => Heard::Done(Err(refused(
-                            "the agent replied without the security the user requires".into(),
-                        ))),
-                    };
-                }
-                let mut security = security.clone();
-                // snmp2 zeroes the digest in the buffer it is given while checking it.
-                let owned = bytes.to_vec();
-                match snmp2::Pdu::from_bytes_with_security(&owned, Some(&mut security)) {
-                    Ok(pdu) if pdu.message_type == MessageType::Report => {
+                let scoped = match usm::open(keys, bytes, &m) {
+                    Ok(scoped) => scoped,
+                    Err(why) => {
+                        return Heard::Done(Err(refused(format!(
+                            "the reply failed USM checks: {why:?}"
+                        ))));
+                    }
+                };
+                let Some(message) = ber::scoped_to_message(&scoped) else {
+                    return undecodable();
+                };
+                let Ok(pdu) = snmp2::Pdu::from_bytes(&message) else {
+                    return undecodable();
+                };
+                match pdu.message_type {
+                    // Reports about our credentials or clock come with less security.
+                    MessageType::Report => {
                         let oid = pdu
                             .varbinds
                             .clone()
@@ -291,22 +305,15 @@ impl Engine {
                             .and_then(|(o, _)| Oid::try_from(&o).ok());
                         Heard::Done(Err(from_report(t, op, oid.as_ref())))
                     }
-                    Ok(pdu)
-                        if pdu.message_type == MessageType::Response
-                            && ids.contains(&pdu.req_id) =>
-                    {
+                    MessageType::Response if ids.contains(&pdu.req_id) => {
+                        if m.flags & LEVEL != keys.level() {
+                            return Heard::Done(Err(refused(
+                                "the agent replied without the security the user requires".into(),
+                            )));
+                        }
                         Heard::Done(response(t, op, varbinds, &pdu).map_err(Failure::Error))
                     }
-                    Ok(_) => Heard::NotOurs,
-                    Err(snmp2::Error::AuthUpdated) => Heard::Done(Err(Failure::Stale)),
-                    Err(snmp2::Error::AuthFailure(kind)) => {
-                        Heard::Done(Err(refused(format!("the reply failed USM checks: {kind}"))))
-                    }
-                    Err(e) => Heard::Done(Err(Failure::Error(SnmpError::Protocol {
-                        op: op.name(),
-                        addr: t.addr,
-                        reason: format!("undecodable reply: {e}"),
-                    }))),
+                    _ => Heard::NotOurs,
                 }
             },
         )
@@ -322,8 +329,8 @@ impl Engine {
                 "discovery",
                 |id| Ok(usm::discovery_probe(id)),
                 |bytes, ids| match ber::header(bytes) {
-                    Some(ber::Header::V3 { msg_id, usm, .. }) if ids.contains(&msg_id) => {
-                        Heard::Done(Discovered::from_header(&usm).ok_or_else(|| {
+                    Some(ber::Header::V3(m)) if ids.contains(&m.msg_id) => {
+                        Heard::Done(Discovered::from_header(&m.usm).ok_or_else(|| {
                             Failure::Error(SnmpError::Protocol {
                                 op: "discovery",
                                 addr: t.addr,

@@ -40,6 +40,8 @@ pub struct UsmUser {
     pub username: Vec<u8>,
     pub auth: Option<(AuthProtocol, Vec<u8>)>,
     pub privacy: Option<(Cipher, Vec<u8>)>,
+    /// The SNMPv3 context the requests name (empty for the default).
+    pub context_name: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
