@@ -369,9 +369,13 @@ async fn start_snmp(
     verifier: Verifier,
     trap_listen: Option<SocketAddr>,
 ) -> anyhow::Result<(axum::Router, Option<SocketAddr>)> {
+    let inventory = rdm_snmp::Inventory {
+        backend: inventory,
+        service_key: Arc::new(service_key),
+    };
     let traps = match trap_listen {
         Some(addr) => Some(
-            rdm_snmp::traps::TrapHub::listen(addr)
+            rdm_snmp::traps::TrapHub::listen(addr, inventory.clone())
                 .await
                 .with_context(|| format!("cannot listen for SNMP traps on {addr}"))?,
         ),
@@ -381,7 +385,6 @@ async fn start_snmp(
     let config = rdm_snmp::Config {
         engine: Default::default(),
         inventory,
-        service_key: Arc::new(service_key),
         traps,
     };
     let guard = Guard {

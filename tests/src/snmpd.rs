@@ -150,16 +150,21 @@ pub fn ensure() {
 
 /// A net-snmp command-line tool's output (the tests' oracle).
 pub fn tool(name: &str, args: &[&str]) -> String {
-    let out = Command::new(name)
-        .args(args)
-        .env("MIBDIRS", "/nonexistent")
-        .env("MIBS", "")
-        .output()
-        .unwrap_or_else(|e| panic!("{name} is not installed ({e}): run ./test.sh"));
+    let out = tool_output(name, args);
     assert!(
         out.status.success(),
         "{name} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("tool output is text")
+}
+
+/// How a net-snmp tool ended, success or not.
+pub fn tool_output(name: &str, args: &[&str]) -> std::process::Output {
+    Command::new(name)
+        .args(args)
+        .env("MIBDIRS", "/nonexistent")
+        .env("MIBS", "")
+        .output()
+        .unwrap_or_else(|e| panic!("{name} is not installed ({e}): run ./test.sh"))
 }

@@ -5,6 +5,8 @@ pub mod engine;
 mod targets;
 pub mod traps;
 
+pub use targets::Inventory;
+
 use engine::{
     Engine, Op,
     error::SnmpError,
@@ -13,9 +15,7 @@ use engine::{
     value::{Value, VarBind},
 };
 use futures::{Stream, StreamExt};
-use rdm_kit::{
-    Error, ErrorCode, Principal, Result, auth::SigningKey, invoke::Backend, server::Guard,
-};
+use rdm_kit::{Error, ErrorCode, Principal, Result, server::Guard};
 use rdm_proto::snmp::{self as pb, snmp_service_server::SnmpService};
 use std::{pin::Pin, sync::Arc};
 use tonic::{Request, Response, Status};
@@ -27,10 +27,7 @@ const MAX_OIDS: usize = 128;
 
 pub struct Config {
     pub engine: Arc<Engine>,
-    /// The inventory, for target resolution.
-    pub inventory: Backend,
-    /// Signs this service's actor tokens for the inventory's internal RPCs.
-    pub service_key: Arc<SigningKey>,
+    pub inventory: Inventory,
     /// Received traps, when a trap listener runs.
     pub traps: Option<traps::TrapHub>,
 }
@@ -167,7 +164,10 @@ impl Snmp {
         let p = Principal::of(req).map_err(err)?;
         let oids = oids("oids", oids_text).map_err(err)?;
         check_repetitions(max_repetitions).map_err(err)?;
-        let target = targets::resolve(&self.0, p, target)
+        let target = self
+            .0
+            .inventory
+            .resolve(p, target)
             .await
             .map_err(err)?
             .target;
@@ -222,7 +222,10 @@ impl SnmpService for Snmp {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let values = set_values(&r.varbinds).map_err(err)?;
-        let target = targets::resolve(&self.0, p, r.target.as_ref())
+        let target = self
+            .0
+            .inventory
+            .resolve(p, r.target.as_ref())
             .await
             .map_err(err)?;
         let done = self
@@ -254,7 +257,10 @@ impl SnmpService for Snmp {
             .parse()
             .map_err(|e: engine::oid::BadOid| err(Error::invalid("oid", e.to_string())))?;
         check_repetitions(r.max_repetitions).map_err(err)?;
-        let target = targets::resolve(&self.0, p, r.target.as_ref())
+        let target = self
+            .0
+            .inventory
+            .resolve(p, r.target.as_ref())
             .await
             .map_err(err)?;
         let reps = repetitions(r.max_repetitions, &target.target);
@@ -300,7 +306,7 @@ impl SnmpService for Snmp {
                         Some(pb::target::Target::DeviceId(id)) => id.clone(),
                         _ => String::new(),
                     };
-                    let result = match targets::resolve(&config, &p, Some(&target)).await {
+                    let result = match config.inventory.resolve(&p, Some(&target)).await {
                         Ok(t) => config
                             .engine
                             .get(&t.target, &oids)
@@ -340,7 +346,7 @@ impl SnmpService for Snmp {
                 "no trap listener is configured (set RDM_SNMP_TRAP_LISTEN)",
             )));
         };
-        let stream = hub.watch(self.0.inventory.clone(), p).await.map_err(err)?;
+        let stream = hub.watch(p).await.map_err(err)?;
         Ok(Response::new(Box::pin(stream.map(Ok))))
     }
 }

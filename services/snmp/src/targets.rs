@@ -1,14 +1,13 @@
 //! From a request's target to an engine target: a device's endpoint, or an
 //! inline endpoint checked like a stored one, its host vetted against the
 //! tenant's inline-target policy, both by the inventory.
-use crate::{
-    Config,
-    engine::target::{Target, UsmUser, Version},
-};
+use crate::engine::target::{Target, UsmUser, Version};
 use rdm_kit::{
     Error, Principal, Result,
+    auth::SigningKey,
     client::Forward,
     endpoint::{self, Protocol, structs},
+    invoke::Backend,
 };
 use rdm_proto::{
     inventory::{self as inv, device_service_client::DeviceServiceClient, resolve_target_request},
@@ -16,15 +15,38 @@ use rdm_proto::{
 };
 use serde_json::{Map, Value};
 use snmp2::v3::{AuthProtocol, Cipher};
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 pub struct Resolved {
     pub target: Target,
     pub device_id: String,
 }
 
-pub async fn resolve(
-    config: &Config,
+/// The inventory as this service reaches it: to resolve targets (with an
+/// actor token it signs) and to list a tenant's devices.
+#[derive(Clone)]
+pub struct Inventory {
+    pub backend: Backend,
+    /// Signs this service's actor tokens for the inventory's internal RPCs.
+    pub service_key: Arc<SigningKey>,
+}
+
+impl Inventory {
+    pub async fn resolve(&self, p: &Principal, target: Option<&pb::Target>) -> Result<Resolved> {
+        resolve(self, p, target).await
+    }
+
+    /// A device of `p`'s tenant as an engine target.
+    pub async fn device(&self, p: &Principal, device_id: &str) -> Result<Resolved> {
+        let target = pb::Target {
+            target: Some(Which::DeviceId(device_id.to_owned())),
+        };
+        resolve(self, p, Some(&target)).await
+    }
+}
+
+async fn resolve(
+    inventory: &Inventory,
     p: &Principal,
     target: Option<&pb::Target>,
 ) -> Result<Resolved> {
@@ -51,9 +73,9 @@ pub async fn resolve(
             )
         }
     };
-    let forward = Forward::acting("snmp", &config.service_key, p, None)?;
-    let mut inventory = DeviceServiceClient::with_interceptor(config.inventory.clone(), forward);
-    let reply = inventory
+    let forward = Forward::acting("snmp", &inventory.service_key, p, None)?;
+    let mut client = DeviceServiceClient::with_interceptor(inventory.backend.clone(), forward);
+    let reply = client
         .resolve_target(inv::ResolveTargetRequest {
             protocol: Protocol::Snmp.as_str().to_owned(),
             target: Some(request),

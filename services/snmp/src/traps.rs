@@ -1,13 +1,25 @@
-//! Receiving notifications: v1 and v2c traps, and v2c informs (which are
-//! acknowledged), on one UDP port; each watcher sees those sent from the
-//! addresses of its own tenant's devices.
-use crate::engine::{
-    ber,
-    oid::Oid,
-    value::{Value, VarBind},
+//! Receiving notifications on one UDP port: v1 and v2c traps, v2c informs,
+//! and v3 informs, which are acknowledged. Each watcher sees those sent
+//! from the addresses of its own tenant's devices.
+//!
+//! For v3 informs this listener is the authoritative engine (RFC 3414): it
+//! answers discovery with its engine id, boots and time, and checks each
+//! inform against the credentials of the device it comes from, as stored in
+//! the inventory of a tenant that is watching. An inform that no watching
+//! tenant's device credentials authenticate is refused with a USM report.
+use crate::{
+    Inventory,
+    engine::{
+        ber::{self, UsmHeader, V3In},
+        oid::Oid,
+        target::{Credentials, UsmUser},
+        usm::{self, EngineCache, Keys, Unopened},
+        value::{Value, VarBind},
+    },
 };
 use futures::Stream;
-use rdm_kit::{Principal, Result, client::Forward, invoke::Backend};
+use rand::Rng;
+use rdm_kit::{Principal, Result, client::Forward};
 use rdm_proto::{
     inventory::{self as inv, device_service_client::DeviceServiceClient},
     snmp as pb,
@@ -16,8 +28,11 @@ use snmp2::{MessageType, snmp};
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::{Duration, SystemTime},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 use tokio::{net::UdpSocket, sync::broadcast};
 
@@ -25,6 +40,8 @@ const SYS_UPTIME: [u32; 9] = [1, 3, 6, 1, 2, 1, 1, 3, 0];
 const SNMP_TRAP_OID: [u32; 11] = [1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0];
 /// How often a watcher re-reads its tenant's device addresses.
 const DEVICE_REFRESH: Duration = Duration::from_secs(30);
+/// RFC 3414 3.2.7: how far a sender's idea of our clock may be off.
+const TIME_WINDOW: i64 = 150;
 
 #[derive(Clone, Debug)]
 pub struct Trap {
@@ -35,6 +52,136 @@ pub struct Trap {
     pub trap_oid: String,
     pub uptime: u64,
     pub varbinds: Vec<VarBind>,
+    /// For a v3 inform: the tenant whose device credentials authenticated it.
+    pub tenant_id: Option<String>,
+}
+
+/// Address -> device id, of one tenant's devices.
+type Addresses = Arc<HashMap<IpAddr, String>>;
+
+/// The tenants watching now, with their devices' addresses: the only
+/// places a v3 inform's credentials are looked for.
+#[derive(Default)]
+struct Watchers {
+    next: AtomicU64,
+    by_id: Mutex<HashMap<u64, (Principal, Addresses)>>,
+}
+
+impl Watchers {
+    fn set(&self, id: u64, p: &Principal, devices: Addresses) {
+        self.lock().insert(id, (p.clone(), devices));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Principal, Addresses)>> {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The devices at `ip`, one per tenant, with a watcher of that tenant.
+    fn devices_at(&self, ip: IpAddr) -> Vec<(Principal, String)> {
+        let mut found: Vec<(Principal, String)> = Vec::new();
+        for (p, devices) in self.lock().values() {
+            if let Some(id) = devices.get(&ip)
+                && !found.iter().any(|(q, _)| q.tenant_id == p.tenant_id)
+            {
+                found.push((p.clone(), id.clone()));
+            }
+        }
+        found
+    }
+}
+
+/// Unregisters a watcher when its stream is dropped.
+struct Registration(Arc<Watchers>, u64);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
+/// This listener as an SNMP engine, authoritative for informs sent to it.
+struct Authority {
+    engine_id: Vec<u8>,
+    boots: i64,
+    started: Instant,
+    keys: EngineCache,
+    /// usmStats counters, by their last arc.
+    stats: [AtomicU32; 7],
+}
+
+/// The usmStats counters a report can carry (RFC 3414 5).
+#[derive(Clone, Copy)]
+#[repr(usize)]
+enum UsmStat {
+    UnsupportedSecLevels = 1,
+    NotInTimeWindows = 2,
+    UnknownUserNames = 3,
+    UnknownEngineIds = 4,
+    WrongDigests = 5,
+    DecryptionErrors = 6,
+}
+
+impl Authority {
+    fn new() -> Self {
+        // RFC 3411 snmpEngineID: high bit set, enterprise 0, format 5
+        // (octets), random: a new engine each start, so boots stays 1.
+        let mut engine_id = vec![0x80, 0, 0, 0, 5];
+        engine_id.extend(rand::thread_rng().r#gen::<[u8; 8]>());
+        Self {
+            engine_id,
+            boots: 1,
+            started: Instant::now(),
+            keys: EngineCache::default(),
+            stats: Default::default(),
+        }
+    }
+
+    fn header(&self, username: &[u8]) -> UsmHeader {
+        UsmHeader {
+            engine_id: self.engine_id.clone(),
+            boots: self.boots,
+            time: i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX),
+            username: username.to_vec(),
+        }
+    }
+
+    fn in_time_window(&self, usm: &UsmHeader) -> bool {
+        usm.boots == self.boots && (usm.time - self.header(&[]).time).abs() <= TIME_WINDOW
+    }
+
+    /// A report of `stat` in answer to `m`, secured with `keys`.
+    fn report(&self, stat: UsmStat, keys: &Keys, m: &V3In<'_>) -> Option<Vec<u8>> {
+        if m.flags & snmp::V3_MSG_FLAGS_REPORTABLE == 0 {
+            return None;
+        }
+        let count = self.stats[stat as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        let oid: Oid = format!("1.3.6.1.6.3.15.1.1.{}.0", stat as usize)
+            .parse()
+            .expect("a valid OID");
+        // The request id when the request can be read (RFC 3412 7.1.3.c).
+        let req_id = (m.flags & snmp::V3_MSG_FLAGS_PRIVACY == 0)
+            .then(|| ber::scoped(m.data))
+            .flatten()
+            .and_then(|s| snmp2::Pdu::from_bytes(&s.message).ok().map(|p| p.req_id))
+            .unwrap_or(0);
+        let mut pdu = Vec::new();
+        ber::pdu(
+            &mut pdu,
+            snmp::MSG_REPORT,
+            req_id,
+            0,
+            0,
+            &[(oid, Value::Counter32(count))],
+        );
+        let scoped = ber::scoped_pdu(&self.engine_id, b"", &pdu);
+        Some(usm::seal(
+            keys,
+            m.msg_id,
+            false,
+            &self.header(&m.usm.username),
+            &scoped,
+        ))
+    }
 }
 
 /// The listener's fan-out to watchers.
@@ -42,35 +189,40 @@ pub struct Trap {
 pub struct TrapHub {
     tx: broadcast::Sender<Arc<Trap>>,
     pub addr: SocketAddr,
+    inventory: Inventory,
+    watchers: Arc<Watchers>,
 }
 
 impl TrapHub {
     /// Listens on `addr` until the process ends.
-    pub async fn listen(addr: SocketAddr) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(addr).await?;
+    pub async fn listen(addr: SocketAddr, inventory: Inventory) -> std::io::Result<Self> {
+        let socket = Arc::new(UdpSocket::bind(addr).await?);
         let hub = Self {
             tx: broadcast::channel(1024).0,
             addr: socket.local_addr()?,
+            inventory,
+            watchers: Arc::default(),
         };
-        let tx = hub.tx.clone();
+        let authority = Arc::new(Authority::new());
+        let listener = hub.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             loop {
                 let Ok((n, from)) = socket.recv_from(&mut buf).await else {
                     continue;
                 };
-                match decode(&buf[..n], from) {
-                    Some((trap, ack)) => {
-                        if let Some(ack) = ack
-                            && let Err(e) = socket.send_to(&ack, from).await
-                        {
-                            tracing::debug!(%from, error = %e, "cannot acknowledge an inform");
-                        }
-                        // No watcher is not an error.
-                        let _ = tx.send(Arc::new(trap));
-                    }
+                let bytes = buf[..n].to_vec();
+                if matches!(ber::header(&bytes), Some(ber::Header::V3(_))) {
+                    // Finding the sender's credentials takes a round trip to the inventory.
+                    let (hub, socket, authority) =
+                        (listener.clone(), socket.clone(), authority.clone());
+                    tokio::spawn(async move { hub.v3(&authority, &socket, &bytes, from).await });
+                    continue;
+                }
+                match decode(&bytes, from) {
+                    Some((trap, ack)) => listener.deliver(&socket, trap, ack, from).await,
                     None => {
-                        tracing::debug!(%from, bytes = n, "dropped a datagram that is no v1/v2c trap or inform")
+                        tracing::debug!(%from, bytes = n, "dropped a datagram that is no trap or inform")
                     }
                 }
             }
@@ -79,16 +231,114 @@ impl TrapHub {
         Ok(hub)
     }
 
+    /// Acknowledges (informs) and hands a notification to the watchers.
+    async fn deliver(&self, socket: &UdpSocket, trap: Trap, ack: Option<Vec<u8>>, to: SocketAddr) {
+        if let Some(ack) = ack
+            && let Err(e) = socket.send_to(&ack, to).await
+        {
+            tracing::debug!(%to, error = %e, "cannot acknowledge an inform");
+        }
+        // No watcher is not an error.
+        let _ = self.tx.send(Arc::new(trap));
+    }
+
+    async fn v3(&self, authority: &Authority, socket: &UdpSocket, bytes: &[u8], from: SocketAddr) {
+        let Some(ber::Header::V3(m)) = ber::header(bytes) else {
+            return;
+        };
+        let answer = match self.inform_v3(authority, bytes, &m, from).await {
+            Ok((trap, ack)) => return self.deliver(socket, trap, Some(ack), from).await,
+            Err(None) => return,
+            Err(Some((stat, keys))) => {
+                tracing::debug!(%from, stat = stat as usize, "refused a v3 message with a usm report");
+                authority.report(stat, &keys, &m)
+            }
+        };
+        if let Some(report) = answer
+            && let Err(e) = socket.send_to(&report, from).await
+        {
+            tracing::debug!(%from, error = %e, "cannot send a usm report");
+        }
+    }
+
+    /// A v3 inform from a device of a watching tenant, checked with that
+    /// device's credentials, and its acknowledgement; or the report to send.
+    async fn inform_v3(
+        &self,
+        authority: &Authority,
+        bytes: &[u8],
+        m: &V3In<'_>,
+        from: SocketAddr,
+    ) -> std::result::Result<(Trap, Vec<u8>), Option<(UsmStat, Keys)>> {
+        let refuse = |stat| Err(Some((stat, Keys::default())));
+        if m.usm.engine_id != authority.engine_id {
+            // Discovery, or a sender that still knows an earlier engine of ours.
+            return refuse(UsmStat::UnknownEngineIds);
+        }
+        let Some((tenant_id, user)) = self.credentials(from.ip(), &m.usm.username).await else {
+            return refuse(UsmStat::UnknownUserNames);
+        };
+        let keys = authority.keys.keys(&user, &authority.engine_id).await;
+        if m.flags & (snmp::V3_MSG_FLAGS_AUTH | snmp::V3_MSG_FLAGS_PRIVACY) != keys.level() {
+            return refuse(UsmStat::UnsupportedSecLevels);
+        }
+        let scoped = match usm::open(&keys, bytes, m) {
+            Ok(scoped) => scoped,
+            Err(Unopened::Decryption) => return refuse(UsmStat::DecryptionErrors),
+            Err(Unopened::WrongDigest | Unopened::Level) => return refuse(UsmStat::WrongDigests),
+        };
+        if keys.auth.is_some() && !authority.in_time_window(&m.usm) {
+            return Err(Some((UsmStat::NotInTimeWindows, keys.without_privacy())));
+        }
+        let decoded = ber::scoped(&scoped).and_then(|inform| {
+            let (mut trap, _) = decode(&inform.message, from)?;
+            let pdu = snmp2::Pdu::from_bytes(&inform.message).ok()?;
+            (pdu.message_type == MessageType::InformRequest).then_some(())?;
+            trap.version = "3";
+            trap.tenant_id = Some(tenant_id);
+            // The response names the inform's context (RFC 3412 7.1.4).
+            let ack = response(pdu.req_id, &trap.varbinds);
+            let scoped = ber::scoped_pdu(inform.context_engine, inform.context_name, &ack);
+            let header = authority.header(&m.usm.username);
+            Some((trap, usm::seal(&keys, m.msg_id, false, &header, &scoped)))
+        });
+        // Authenticated but no inform (a v3 trap or a request): nothing to answer.
+        decoded.ok_or(None)
+    }
+
+    /// The v3 user `username` of a device at `ip` of a watching tenant.
+    async fn credentials(&self, ip: IpAddr, username: &[u8]) -> Option<(String, UsmUser)> {
+        for (p, device_id) in self.watchers.devices_at(ip) {
+            match self.inventory.device(&p, &device_id).await {
+                Ok(resolved) => {
+                    if let Credentials::Usm(user) = resolved.target.credentials
+                        && user.username == username
+                    {
+                        return Some((p.tenant_id, user));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%device_id, error = %e, "cannot read a device's snmp credentials")
+                }
+            }
+        }
+        None
+    }
+
     /// Traps from the caller's tenant's devices, from now on.
     pub async fn watch(
         &self,
-        inventory: Backend,
         p: Principal,
     ) -> Result<impl Stream<Item = pb::WatchTrapsResponse> + use<>> {
         let mut rx = self.tx.subscribe();
-        let mut devices = device_addresses(&inventory, &p).await?;
+        let mut devices = device_addresses(&self.inventory, &p).await?;
+        let id = self.watchers.next.fetch_add(1, Ordering::Relaxed);
+        self.watchers.set(id, &p, devices.clone());
+        let registration = Registration(self.watchers.clone(), id);
+        let inventory = self.inventory.clone();
         let mut refreshed = tokio::time::Instant::now();
         Ok(async_stream::stream! {
+            let _registration = registration;
             loop {
                 let trap = match rx.recv().await {
                     Ok(t) => t,
@@ -101,8 +351,12 @@ impl TrapHub {
                 if refreshed.elapsed() > DEVICE_REFRESH {
                     if let Ok(fresh) = device_addresses(&inventory, &p).await {
                         devices = fresh;
+                        _registration.0.set(id, &p, devices.clone());
                     }
                     refreshed = tokio::time::Instant::now();
+                }
+                if trap.tenant_id.as_ref().is_some_and(|t| *t != p.tenant_id) {
+                    continue;
                 }
                 if let Some(device_id) = devices.get(&trap.source.ip()) {
                     yield to_pb(&trap, device_id);
@@ -112,10 +366,12 @@ impl TrapHub {
     }
 }
 
-/// Address -> device id, for every device of the caller's tenant with an IP address.
-async fn device_addresses(inventory: &Backend, p: &Principal) -> Result<HashMap<IpAddr, String>> {
-    let mut client =
-        DeviceServiceClient::with_interceptor(inventory.clone(), Forward::new(Some(p), None));
+/// The addresses of every device of the caller's tenant that has one.
+async fn device_addresses(inventory: &Inventory, p: &Principal) -> Result<Addresses> {
+    let mut client = DeviceServiceClient::with_interceptor(
+        inventory.backend.clone(),
+        Forward::new(Some(p), None),
+    );
     let mut out = HashMap::new();
     let mut page_token = String::new();
     loop {
@@ -134,7 +390,7 @@ async fn device_addresses(inventory: &Backend, p: &Principal) -> Result<HashMap<
             }
         }
         if page.next_page_token.is_empty() {
-            return Ok(out);
+            return Ok(Arc::new(out));
         }
         page_token = page.next_page_token;
     }
@@ -153,7 +409,19 @@ fn to_pb(t: &Trap, device_id: &str) -> pb::WatchTrapsResponse {
     }
 }
 
-/// A trap or inform, and for an inform the response that acknowledges it.
+/// The Response PDU that acknowledges an inform: its varbinds echoed.
+fn response(req_id: i32, varbinds: &[VarBind]) -> Vec<u8> {
+    let echoed: Vec<(Oid, Value)> = varbinds
+        .iter()
+        .map(|vb| (vb.oid.clone(), vb.value.clone()))
+        .collect();
+    let mut pdu = Vec::new();
+    ber::pdu(&mut pdu, snmp::MSG_RESPONSE, req_id, 0, 0, &echoed);
+    pdu
+}
+
+/// A v1/v2c trap or inform, and for an inform the response that
+/// acknowledges it.
 fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
     let pdu = snmp2::Pdu::from_bytes(bytes).ok()?;
     let varbinds = pdu
@@ -183,6 +451,7 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
             trap_oid,
             uptime: info.timestamp.into(),
             varbinds,
+            tenant_id: None,
         };
         return Some((trap, None));
     }
@@ -205,15 +474,8 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
         Some(Value::ObjectIdentifier(o)) => o.to_string(),
         _ => String::new(),
     };
-    let ack = (kind == "inform").then(|| {
-        let echoed: Vec<(Oid, Value)> = varbinds
-            .iter()
-            .map(|vb| (vb.oid.clone(), vb.value.clone()))
-            .collect();
-        let mut response = Vec::new();
-        ber::pdu(&mut response, snmp::MSG_RESPONSE, pdu.req_id, 0, 0, &echoed);
-        ber::community_message(1, pdu.community, &response)
-    });
+    let ack = (kind == "inform")
+        .then(|| ber::community_message(1, pdu.community, &response(pdu.req_id, &varbinds)));
     let trap = Trap {
         received,
         source,
@@ -222,6 +484,7 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
         trap_oid,
         uptime,
         varbinds,
+        tenant_id: None,
     };
     Some((trap, ack))
 }

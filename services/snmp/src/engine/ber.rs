@@ -258,23 +258,31 @@ pub fn header(bytes: &[u8]) -> Option<Header<'_>> {
     }))
 }
 
-/// The PDU of a plaintext scoped PDU, inside a v2c message for snmp2 to
-/// parse (it reads PDUs only inside messages).
-pub fn scoped_to_message(scoped: &[u8]) -> Option<Vec<u8>> {
+/// A plaintext scoped PDU taken apart.
+pub struct Scoped<'a> {
+    pub context_engine: &'a [u8],
+    pub context_name: &'a [u8],
+    /// The PDU inside a v2c message, for snmp2 to parse (it reads PDUs only
+    /// inside messages).
+    pub message: Vec<u8>,
+}
+
+pub fn scoped(scoped: &[u8]) -> Option<Scoped<'_>> {
     let contents = AsnReader::from_bytes(scoped)
         .read_raw(asn1::TYPE_SEQUENCE)
         .ok()?;
     let mut rdr = AsnReader::from_bytes(contents);
-    rdr.read_asn_octetstring().ok()?;
-    rdr.read_asn_octetstring().ok()?;
+    let context_engine = rdr.read_asn_octetstring().ok()?;
+    let context_name = rdr.read_asn_octetstring().ok()?;
     let pdu = &contents[contents.len() - rdr.bytes_left()..];
     let tag = rdr.peek_byte().ok()?;
     rdr.read_raw(tag).ok()?;
-    Some(community_message(
-        1,
-        b"",
-        &pdu[..pdu.len() - rdr.bytes_left()],
-    ))
+    let pdu = &pdu[..pdu.len() - rdr.bytes_left()];
+    Some(Scoped {
+        context_engine,
+        context_name,
+        message: community_message(1, b"", pdu),
+    })
 }
 
 #[cfg(test)]

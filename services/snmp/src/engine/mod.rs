@@ -289,10 +289,10 @@ impl Engine {
                         ))));
                     }
                 };
-                let Some(message) = ber::scoped_to_message(&scoped) else {
+                let Some(scoped) = ber::scoped(&scoped) else {
                     return undecodable();
                 };
-                let Ok(pdu) = snmp2::Pdu::from_bytes(&message) else {
+                let Ok(pdu) = snmp2::Pdu::from_bytes(&scoped.message) else {
                     return undecodable();
                 };
                 match pdu.message_type {
