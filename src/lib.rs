@@ -3,6 +3,7 @@
 //! process on SQLite, or PostgreSQL when configured), `serve <service>` (one
 //! service alone, the Kubernetes shape) and `migrate`.
 pub mod bench;
+mod demo;
 
 use anyhow::Context;
 use rdm_kit::{
@@ -160,8 +161,18 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub inventory_listen: SocketAddr,
-    pub demo: bool,
+    pub demo: Demo,
     pub settings: Settings,
+}
+
+/// What the demo adds to a mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Demo {
+    Off,
+    /// The demo tenant and its user (`demo` / `demo` / `demo`).
+    Tenant,
+    /// The tenant, simulated devices, and the tenant's devices pointing at them.
+    Devices,
 }
 
 /// A running mesh: where it listens and what it told the operator.
@@ -174,6 +185,8 @@ pub struct Mesh {
     /// What the first start created (a generated admin password).
     pub bootstrapped: rdm_inventory::Bootstrapped,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// `--demo`: the simulated agents its devices point at.
+    _demo_agents: Vec<rdm_sims::snmp_agent::SnmpAgent>,
 }
 
 impl Mesh {
@@ -308,7 +321,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         router: inventory,
         verifier,
         bootstrapped,
-    } = start_inventory(settings, Some(&opts.data_dir), opts.demo).await?;
+    } = start_inventory(settings, Some(&opts.data_dir), opts.demo != Demo::Off).await?;
     let inventory_backend = invoke::local(inventory.clone());
     let service_key = signing_key(
         settings.service_key_file.as_deref(),
@@ -326,6 +339,11 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         Some(trap_listen),
     )
     .await?;
+    let demo_agents = if opts.demo == Demo::Devices {
+        demo::start(inventory_backend.clone()).await?
+    } else {
+        Vec::new()
+    };
     let backends = HashMap::from([
         (INVENTORY_PACKAGE.to_owned(), inventory_backend),
         (SNMP_PACKAGE.to_owned(), invoke::local(snmp.clone())),
@@ -358,6 +376,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         trap_addr,
         bootstrapped,
         tasks,
+        _demo_agents: demo_agents,
     })
 }
 

@@ -96,7 +96,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 data_dir: data_dir.clone(),
                 listen,
                 inventory_listen,
-                demo,
+                demo: if demo {
+                    rdm::Demo::Devices
+                } else {
+                    rdm::Demo::Off
+                },
                 settings,
             };
             let mesh = rdm::up(opts, Shutdown::on_signals()).await?;

@@ -104,6 +104,16 @@ impl TestMesh {
 
     /// Starts with settings changed by `tune` (body limit, CORS, throttling...).
     pub async fn start_with(store: Store, tune: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_demo(store, rdm::Demo::Tenant, tune).await
+    }
+
+    /// Starts as `rdm up --demo` does: the demo tenant's devices and their
+    /// simulated agents too.
+    pub async fn start_with_demo_devices(store: Store) -> Self {
+        Self::start_demo(store, rdm::Demo::Devices, |_| {}).await
+    }
+
+    async fn start_demo(store: Store, demo: rdm::Demo, tune: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let pg = match store {
             Store::Sqlite => None,
@@ -125,7 +135,7 @@ impl TestMesh {
                 data_dir: dir.path().to_owned(),
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 inventory_listen: "127.0.0.1:0".parse().expect("addr"),
-                demo: true,
+                demo,
                 settings,
             },
             shutdown,

@@ -953,3 +953,57 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
     let seen = tokio::time::timeout(Duration::from_millis(200), other_lines.next()).await;
     assert!(seen.is_err(), "another tenant received {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_devices_answer_through_rdm() {
+    let mesh = TestMesh::start_with_demo_devices(Store::Sqlite).await;
+    let token = mesh.token("demo", "demo", "demo").await;
+    let (status, body) = mesh.get("/v1/devices?name_prefix=demo-cpe-", &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let devices = body["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2, "{body}");
+    for device in devices {
+        let (id, name) = (
+            device["id"].as_str().unwrap(),
+            device["name"].as_str().unwrap(),
+        );
+        assert_eq!(device["protocols"], json!(["snmp"]));
+        let target = json!({"device_id": id});
+        let (status, body) = mesh
+            .post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": target, "oids": ["1.3.6.1.2.1.1.5.0"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["varbinds"][0]["value"], name,
+            "each device is its own agent"
+        );
+        let (status, messages) = stream(
+            &mesh,
+            "/v1/snmp/walk",
+            &token,
+            json!({"target": target, "oid": "1.3.6.1.2.1.2.2.1.2"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{messages:?}");
+        let names: Vec<Value> = varbinds_of(&messages)
+            .iter()
+            .map(|v| v["value"].clone())
+            .collect();
+        assert_eq!(names, [json!("lo"), json!("wan0"), json!("lan0")]);
+        let set = json!({"target": target, "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "OCTET STRING", "value": "moved"}]});
+        let (status, body) = mesh.post("/v1/snmp/set", &token, set).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, body) = mesh
+            .post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": target, "oids": ["1.3.6.1.2.1.1.6.0"]}),
+            )
+            .await;
+        assert_eq!(body["varbinds"][0]["value"], "moved");
+    }
+}
