@@ -38,11 +38,12 @@ pub enum Which {
         #[arg(long, default_value_t = 25)]
         max_repetitions: u32,
     },
-    /// Poll of sysUpTime.0 over many agents, one port each on 127.0.0.1
-    /// from `first_port` (scripts/bench-snmp.sh starts them with snmpsim:
-    /// community "public"; v3 user "simUser", SHA/AES, context "public"),
-    /// as devices of the demo tenant: v2c rounds, then v3 rounds, the first
-    /// of which discovers every agent's engine.
+    /// Poll of sysUpTime.0 over `agents` devices of the demo tenant: first
+    /// all on one simulated agent in this process (rdm's own cost), then on
+    /// as many agents, one port each on 127.0.0.1 from `first_port`
+    /// (scripts/bench-snmp.sh starts them with snmpsim: community "public";
+    /// v3 user "simUser", SHA/AES, context "public"), with v2c and with v3
+    /// (whose first round discovers every agent's engine).
     SnmpPoll {
         #[arg(long, default_value_t = 1000)]
         agents: usize,
@@ -379,26 +380,7 @@ async fn import(count: usize) -> anyhow::Result<()> {
         anyhow::ensure!(report["imported"] == count, "import failed: {report}");
 
         let started = Instant::now();
-        let (mut listed, mut token_next) = (0, String::new());
-        loop {
-            let page: serde_json::Value = http
-                .get(format!(
-                    "{base}/v1/devices?page_size=1000&page_token={token_next}"
-                ))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            listed += page["devices"].as_array().map_or(0, Vec::len);
-            token_next = page["next_page_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if token_next.is_empty() {
-                break;
-            }
-        }
+        let listed = list_devices(&http, &base, &token, "").await?.len();
         let listing = started.elapsed();
         println!(
             "{store:<9} import {:>7.0} devices/s ({:.2} s, goal > 5000/s)   list back {:>7.0} devices/s ({listed} in pages of 1000)",
@@ -571,8 +553,6 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
 }
 
 async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    use rdm_proto::snmp::{PollRequest, poll_response, snmp_service_client::SnmpServiceClient};
     let http = reqwest::Client::new();
     let mut settings = Settings::default();
     settings.gateway.body_limit = 64 << 20;
@@ -583,27 +563,39 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
         token,
         _dir,
     } = demo_mesh(settings, &http).await?;
-    let endpoint = |version: &str, port: usize| {
+    // rdm's own cost: as many devices, all on one fast agent in this process.
+    let fast = rdm_sims::snmp_agent::start("127.0.0.1:0".parse()?, "bench", "here").await?;
+    let endpoint = |version: &str, port: u16| {
         let mut e = serde_json::json!({"host": "127.0.0.1", "port": port, "version": version,
             "timeout_ms": 2000, "retries": 1});
-        let fields = if version == "2c" {
-            serde_json::json!({"community": "public"})
-        } else {
+        let fields = if version == "3" {
             serde_json::json!({"username": "simUser", "security_level": "authPriv",
                 "auth_protocol": "SHA", "auth_password": "simauth123", "priv_protocol": "AES",
                 "priv_password": "simpriv123", "context_name": "public"})
+        } else {
+            serde_json::json!({"community": "public"})
         };
         e.as_object_mut()
             .expect("an object")
             .extend(fields.as_object().expect("an object").clone());
         e
     };
-    let file: String = ["2c", "3"]
+    let groups = [
+        ("rdm-sims, one agent", "fast", "2c"),
+        ("snmpsim v2c", "v2c", "2c"),
+        ("snmpsim v3", "v3", "3"),
+    ];
+    let file: String = groups
         .iter()
-        .flat_map(|v| (0..agents).map(move |i| (v, i)))
-        .map(|(v, i)| {
-            serde_json::json!({"name": format!("sim-v{v}-{i:04}"),
-                "endpoints": {"snmp": endpoint(v, usize::from(first_port) + i)}})
+        .flat_map(|&(_, prefix, version)| (0..agents).map(move |i| (prefix, version, i)))
+        .map(|(prefix, version, i)| {
+            let port = if prefix == "fast" {
+                fast.addr.port()
+            } else {
+                first_port + i as u16
+            };
+            serde_json::json!({"name": format!("sim-{prefix}-{i:04}"),
+                "endpoints": {"snmp": endpoint(version, port)}})
             .to_string()
                 + "\n"
         })
@@ -617,7 +609,10 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
         .await?
         .json()
         .await?;
-    anyhow::ensure!(report["imported"] == 2 * agents, "import failed: {report}");
+    anyhow::ensure!(
+        report["imported"] == groups.len() * agents,
+        "import failed: {report}"
+    );
 
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
@@ -625,73 +620,28 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
             .await?;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
     println!(
-        "rdm bench snmp-poll: Poll of sysUpTime.0 over {agents} agents on 127.0.0.1:{first_port}.., as devices"
+        "rdm bench snmp-poll: Poll of sysUpTime.0 over {agents} devices (gRPC), {rounds} rounds each; snmpsim agents on 127.0.0.1:{first_port}.."
     );
-    let (floor, answered) = agents_alone(agents, first_port).await?;
-    println!(
-        "  the agents alone: {:.1} ms for {answered} v2c GETs sent at once from one socket (the floor for a round)",
-        floor.as_secs_f64() * 1e3
-    );
-    for version in ["2c", "3"] {
-        let mut ids = Vec::with_capacity(agents);
-        let mut page_token = String::new();
-        loop {
-            let page: serde_json::Value = http
-                .get(format!(
-                    "{base}/v1/devices?page_size=1000&name_prefix=sim-v{version}-&page_token={page_token}"
-                ))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            for d in page["devices"].as_array().into_iter().flatten() {
-                ids.push(d["id"].as_str().unwrap_or_default().to_owned());
-            }
-            page_token = page["next_page_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if page_token.is_empty() {
-                break;
-            }
-        }
-        let round = || {
-            let mut client = SnmpServiceClient::new(channel.clone());
-            let targets = ids
-                .iter()
-                .map(|id| rdm_proto::snmp::Target {
-                    target: Some(rdm_proto::snmp::target::Target::DeviceId(id.clone())),
-                })
-                .collect();
-            let mut req = tonic::Request::new(PollRequest {
-                targets,
-                oids: vec!["1.3.6.1.2.1.1.3.0".into()],
-                concurrency: 0,
-            });
-            req.metadata_mut().insert("authorization", bearer.clone());
-            async move {
-                let started = Instant::now();
-                let mut stream = client.poll(req).await?.into_inner();
-                let (mut ok, mut first_error) = (0, None);
-                while let Some(reply) = stream.next().await {
-                    match reply?.result {
-                        Some(poll_response::Result::Values(_)) => ok += 1,
-                        Some(poll_response::Result::Error(e)) => {
-                            first_error.get_or_insert(e.message);
-                        }
-                        None => {}
-                    }
-                }
-                anyhow::Ok((started.elapsed(), ok, first_error))
-            }
-        };
+    // snmpsim sets each agent up on its first request: the first pass is slower.
+    for pass in ["first", "second"] {
+        let (floor, answered) = agents_alone(agents, first_port).await?;
+        println!(
+            "  snmpsim agents alone, {pass} pass: {:>7.1} ms for {answered} v2c GETs sent at once from one socket",
+            floor.as_secs_f64() * 1e3
+        );
+    }
+    for (name, prefix, _) in groups {
+        let ids: Vec<String> = list_devices(&http, &base, &token, &format!("sim-{prefix}-"))
+            .await?
+            .iter()
+            .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
         let mut times = Vec::with_capacity(rounds);
         for n in 0..rounds {
-            let (took, ok, first_error) = round().await?;
+            let (took, ok, first_error) = poll_round(&channel, &bearer, &ids).await?;
             if let Some(e) = first_error {
                 println!(
-                    "  v{version} round {n}: {} of {agents} failed, first: {e}",
+                    "  {name} round {n}: {} of {agents} failed, first: {e}",
                     agents - ok
                 );
             }
@@ -700,25 +650,59 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let first = times.remove(0);
         times.sort();
-        let median = times[times.len() / 2];
-        if version == "2c" {
-            println!(
-                "  v2c  first round {:>7.1} ms   median of the next {} {:>7.1} ms  (goal < 1000 ms)",
-                ms(first),
-                times.len(),
-                ms(median)
-            );
-        } else {
-            println!(
-                "  v3   first round {:>7.1} ms (engine discovery, goal < 2000 ms)   median of the next {} {:>7.1} ms  (goal < 1000 ms)",
-                ms(first),
-                times.len(),
-                ms(median)
-            );
-        }
+        println!(
+            "  {name:<20} first round {:>7.1} ms   median of the next {} {:>7.1} ms",
+            ms(first),
+            times.len(),
+            ms(times[times.len() / 2])
+        );
     }
+    println!(
+        "  goals: v2c < 1000 ms a round; v3 < 2000 ms the first round (discovery), < 1000 ms after"
+    );
     trigger.trigger();
     mesh.wait().await
+}
+
+/// One Poll of sysUpTime.0 over the devices `ids`: its time, the targets
+/// that answered, and the first error.
+async fn poll_round(
+    channel: &tonic::transport::Channel,
+    bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ids: &[String],
+) -> anyhow::Result<(Duration, usize, Option<String>)> {
+    use futures::StreamExt;
+    use rdm_proto::snmp::{
+        PollRequest, Target, poll_response, snmp_service_client::SnmpServiceClient, target,
+    };
+    let targets = ids
+        .iter()
+        .map(|id| Target {
+            target: Some(target::Target::DeviceId(id.clone())),
+        })
+        .collect();
+    let mut req = tonic::Request::new(PollRequest {
+        targets,
+        oids: vec!["1.3.6.1.2.1.1.3.0".into()],
+        concurrency: 0,
+    });
+    req.metadata_mut().insert("authorization", bearer.clone());
+    let started = Instant::now();
+    let mut stream = SnmpServiceClient::new(channel.clone())
+        .poll(req)
+        .await?
+        .into_inner();
+    let (mut ok, mut first_error) = (0, None);
+    while let Some(reply) = stream.next().await {
+        match reply?.result {
+            Some(poll_response::Result::Values(_)) => ok += 1,
+            Some(poll_response::Result::Error(e)) => {
+                first_error.get_or_insert(e.message);
+            }
+            None => {}
+        }
+    }
+    Ok((started.elapsed(), ok, first_error))
 }
 
 /// How fast the agents answer with no manager in the way: one v2c GET of
@@ -744,4 +728,39 @@ async fn agents_alone(agents: usize, first_port: u16) -> anyhow::Result<(Duratio
         }
     }
     Ok((started.elapsed(), answered))
+}
+
+/// Every device whose name starts with `prefix`, page by page (1,000 a page).
+async fn list_devices(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (mut devices, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let mut page: serde_json::Value = http
+            .get(format!("{base}/v1/devices"))
+            .query(&[
+                ("page_size", "1000"),
+                ("name_prefix", prefix),
+                ("page_token", &page_token),
+            ])
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if let Some(more) = page["devices"].as_array_mut() {
+            devices.append(more);
+        }
+        page_token = page["next_page_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if page_token.is_empty() {
+            return Ok(devices);
+        }
+    }
 }
