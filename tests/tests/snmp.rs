@@ -659,6 +659,19 @@ async fn device_targets_resolve_in_the_callers_tenant_only() {
     );
     assert_eq!(by_index[2].1["error"]["code"], "DEVICE_TIMEOUT");
     assert_eq!(by_index[3].1["error"]["code"], "NOT_FOUND");
+
+    // Another tenant polling this device learns only that it is not found.
+    let (_, other) = mesh.tenant_with_admin("poller").await;
+    let (status, results) = stream(
+        &mesh,
+        "/v1/snmp/poll",
+        &other,
+        json!({"targets": [{"device_id": id}], "oids": ["1.3.6.1.2.1.1.3.0"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{results:?}");
+    assert_eq!(results[0]["error"]["code"], "NOT_FOUND", "{results:?}");
+    assert!(results[0].get("values").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

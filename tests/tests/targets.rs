@@ -2,8 +2,8 @@
 //! secrets, and inline addresses follow the tenant's allow-list.
 use rdm_kit::auth::{Principal, SigningKey, TokenPolicy, Verifier};
 use rdm_proto::inventory::{
-    ResolveTargetRequest, device_service_client::DeviceServiceClient,
-    resolve_target_request::Target,
+    ResolveTargetRequest, ResolveTargetsRequest, device_service_client::DeviceServiceClient,
+    resolve_target_request::Target, resolved_target,
 };
 use rdm_tests::{TestMesh, on_both_stores};
 use reqwest::StatusCode;
@@ -47,6 +47,41 @@ async fn resolve(
         .resolve_target(req)
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// ResolveTargets for `ids`: per id, the community or the error code.
+async fn resolve_many(
+    channel: Channel,
+    token: &str,
+    actor: Option<&str>,
+    ids: &[&str],
+) -> Result<Vec<String>, tonic::Status> {
+    let mut req = tonic::Request::new(ResolveTargetsRequest {
+        protocol: "snmp".into(),
+        device_ids: ids.iter().map(|id| id.to_string()).collect(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    if let Some(actor) = actor {
+        req.metadata_mut()
+            .insert("x-rdm-actor", actor.parse().unwrap());
+    }
+    let reply = DeviceServiceClient::new(channel)
+        .resolve_targets(req)
+        .await?
+        .into_inner();
+    Ok(reply
+        .targets
+        .into_iter()
+        .map(|t| match t.result {
+            Some(resolved_target::Result::Target(t)) => {
+                let config = rdm_kit::endpoint::structs::to_json(&t.config.unwrap());
+                config["community"].as_str().unwrap_or_default().to_owned()
+            }
+            Some(resolved_target::Result::Error(e)) => e.code,
+            None => "none".into(),
+        })
+        .collect())
 }
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -137,6 +172,37 @@ async fn resolving_needs_a_service_acting_for_the_caller(mesh: TestMesh) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // Many at once: the same checks, an answer per id, nothing of another tenant.
+    let plain = resolve_many(inventory.clone(), &token, None, &[&id])
+        .await
+        .unwrap_err();
+    assert_eq!(plain.code(), Code::PermissionDenied, "{plain:?}");
+    let (_, bare) = mesh
+        .post("/v1/devices", &token, json!({"name": "bare"}))
+        .await;
+    let bare = bare["id"].as_str().unwrap();
+    let results = resolve_many(
+        inventory.clone(),
+        &token,
+        Some(&actor),
+        &[&id, "missing", bare],
+    )
+    .await
+    .unwrap();
+    assert_eq!(results, ["resolve-secret", "NOT_FOUND", "NOT_FOUND"]);
+    let err = resolve_many(inventory.clone(), &token, Some(&other_actor), &[&id])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let results = resolve_many(inventory.clone(), &other, Some(&other_actor), &[&id])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        ["NOT_FOUND"],
+        "another tenant's device is not found"
+    );
 
     // The gateway does not expose it at all, with or without an actor token.
     let err = resolve(

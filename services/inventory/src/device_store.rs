@@ -268,6 +268,60 @@ pub async fn endpoint(
     .await?)
 }
 
+/// The tenant's devices among `ids` and their endpoints for `protocol`
+/// (a device without one is in the first list only).
+pub async fn devices_and_endpoints(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    ids: &[String],
+    protocol: &str,
+) -> Result<(Vec<DeviceRow>, Vec<EndpointRow>)> {
+    let (mut devices, mut endpoints) = (Vec::new(), Vec::new());
+    for chunk in ids.chunks(BATCH) {
+        // Placeholders in bind order (plain `?` on SQLite, as in multi_insert).
+        let backend = tx.backend();
+        let param = |n: usize| match backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => format!("${n}"),
+        };
+        let list = |first: usize| {
+            (first..first + chunk.len())
+                .map(param)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            concat!(
+                "select ",
+                device_columns!(),
+                " from devices d where d.tenant_id = {} and d.id in ({})"
+            ),
+            param(1),
+            list(2)
+        );
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant_id);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        devices.extend(query.fetch_all(tx.conn()).await?);
+        let sql = format!(
+            "select tenant_id, device_id, protocol, config, secrets, update_time from endpoints \
+             where tenant_id = {} and protocol = {} and device_id in ({})",
+            param(1),
+            param(2),
+            list(3)
+        );
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(protocol);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        endpoints.extend(query.fetch_all(tx.conn()).await?);
+    }
+    Ok((devices, endpoints))
+}
+
 pub async fn put_endpoint(tx: &mut TenantTx, row: &EndpointRow) -> Result<()> {
     sqlx::query(
         "insert into endpoints (tenant_id, device_id, protocol, config, secrets, update_time) \

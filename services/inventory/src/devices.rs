@@ -209,15 +209,15 @@ pub(crate) fn no_endpoint(device_id: &str, protocol: Protocol) -> Error {
     Error::not_found(format!("device {device_id} has no {protocol} endpoint"))
 }
 
-impl Inventory {
-    fn device_not_found(id: &str) -> Error {
-        Error::not_found(format!("device {id} not found"))
-    }
+pub(crate) fn device_not_found(id: &str) -> Error {
+    Error::not_found(format!("device {id} not found"))
+}
 
+impl Inventory {
     async fn device_in(&self, tx: &mut TenantTx, p: &Principal, id: &str) -> Result<pb::Device> {
         let row = ds::device(tx, &p.tenant_id, id)
             .await?
-            .ok_or_else(|| Self::device_not_found(id))?;
+            .ok_or_else(|| device_not_found(id))?;
         let (mut labels, mut protocols) = ds::details(tx, &p.tenant_id, id, id).await?;
         Ok(device_pb(
             row,
@@ -355,7 +355,7 @@ impl DeviceService for Inventory {
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             let mut row = ds::device(&mut tx, &p.tenant_id, &r.device_id)
                 .await?
-                .ok_or_else(|| Self::device_not_found(&r.device_id))?;
+                .ok_or_else(|| device_not_found(&r.device_id))?;
             let (mut all_labels, _) = ds::details(&mut tx, &p.tenant_id, &row.id, &row.id).await?;
             let mut labels = all_labels.remove(&row.id).unwrap_or_default();
             let paths = mask_paths(
@@ -422,7 +422,7 @@ impl DeviceService for Inventory {
         let run = async {
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             if !ds::delete_device(&mut tx, &p.tenant_id, id).await? {
-                return Err(Self::device_not_found(id));
+                return Err(device_not_found(id));
             }
             tx.commit().await?;
             tracing::info!(tenant_id = %p.tenant_id, device_id = %id, "device deleted");
@@ -447,7 +447,7 @@ impl DeviceService for Inventory {
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             let device = ds::device(&mut tx, &p.tenant_id, &r.device_id)
                 .await?
-                .ok_or_else(|| Self::device_not_found(&r.device_id))?;
+                .ok_or_else(|| device_not_found(&r.device_id))?;
             let before = ds::endpoint(&mut tx, &p.tenant_id, &device.id, protocol.as_str()).await?;
             let row = self.endpoint_row(&device, protocol, input, before.as_ref())?;
             ds::put_endpoint(&mut tx, &row).await?;
@@ -512,6 +512,14 @@ impl DeviceService for Inventory {
     ) -> Result<Response<pb::ResolveTargetResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
         reply(self.resolve(p, req.get_ref()).await)
+    }
+
+    async fn resolve_targets(
+        &self,
+        req: Request<pb::ResolveTargetsRequest>,
+    ) -> Result<Response<pb::ResolveTargetsResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        reply(self.resolve_many(p, req.get_ref()).await)
     }
 
     type ExportDevicesStream = ExportStream;

@@ -5,7 +5,7 @@
 use crate::{
     Inventory,
     device_store::{self as ds},
-    devices::{no_endpoint, secret_place},
+    devices::{device_not_found, no_endpoint, secret_place},
     store, tenant_scope,
 };
 use ipnet::IpNet;
@@ -15,7 +15,11 @@ use rdm_kit::{
 };
 use rdm_proto::inventory::{self as pb, resolve_target_request::Target};
 use serde_json::Value;
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
 
 /// Checks and normalizes CIDRs for storage ("" when none).
 pub(crate) fn normalize_cidrs(cidrs: &[String]) -> Result<String> {
@@ -62,11 +66,71 @@ impl Inventory {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
         let device = ds::device(&mut tx, &p.tenant_id, id)
             .await?
-            .ok_or_else(|| Error::not_found(format!("device {id} not found")))?;
+            .ok_or_else(|| device_not_found(id))?;
         let row = ds::endpoint(&mut tx, &p.tenant_id, id, protocol.as_str())
             .await?
             .ok_or_else(|| no_endpoint(id, protocol))?;
         drop(tx);
+        self.opened(p, protocol, device, &row)
+    }
+
+    /// Many devices at once: one read for all, an error of its own for each
+    /// device that is missing or has no endpoint for the protocol.
+    pub(crate) async fn resolve_many(
+        &self,
+        p: &Principal,
+        req: &pb::ResolveTargetsRequest,
+    ) -> Result<pb::ResolveTargetsResponse> {
+        const MAX: usize = 1000;
+        let protocol: Protocol = req.protocol.parse()?;
+        if req.device_ids.len() > MAX {
+            return Err(Error::invalid(
+                "device_ids",
+                format!("at most {MAX} a call"),
+            ));
+        }
+        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let (devices, endpoints) =
+            ds::devices_and_endpoints(&mut tx, &p.tenant_id, &req.device_ids, protocol.as_str())
+                .await?;
+        drop(tx);
+        let mut devices: HashMap<String, ds::DeviceRow> =
+            devices.into_iter().map(|d| (d.id.clone(), d)).collect();
+        let endpoints: HashMap<&str, &ds::EndpointRow> = endpoints
+            .iter()
+            .map(|e| (e.device_id.as_str(), e))
+            .collect();
+        let targets = req
+            .device_ids
+            .iter()
+            .map(|id| {
+                let found = match (devices.remove(id), endpoints.get(id.as_str())) {
+                    (None, _) => Err(device_not_found(id)),
+                    (Some(_), None) => Err(no_endpoint(id, protocol)),
+                    (Some(device), Some(row)) => self.opened(p, protocol, device, row),
+                };
+                pb::ResolvedTarget {
+                    result: Some(match found {
+                        Ok(target) => pb::resolved_target::Result::Target(target),
+                        Err(e) => pb::resolved_target::Result::Error(pb::ResolveError {
+                            code: e.code.reason().to_owned(),
+                            message: e.message,
+                        }),
+                    }),
+                }
+            })
+            .collect();
+        Ok(pb::ResolveTargetsResponse { targets })
+    }
+
+    /// A device's endpoint with its secrets opened.
+    fn opened(
+        &self,
+        p: &Principal,
+        protocol: Protocol,
+        device: ds::DeviceRow,
+        row: &ds::EndpointRow,
+    ) -> Result<pb::ResolveTargetResponse> {
         let mut config: serde_json::Map<String, Value> = serde_json::from_str(&row.config)
             .map_err(|e| Error::internal("reading a stored endpoint", e))?;
         let sealed: BTreeMap<String, String> = serde_json::from_str(&row.secrets)
@@ -79,7 +143,8 @@ impl Inventory {
         if protocol == Protocol::Snmp && !config.contains_key("host") {
             config.insert("host".into(), Value::from(device.address.clone()));
         }
-        tracing::info!(tenant_id = %p.tenant_id, device_id = %id, %protocol, "target resolved");
+        // Debug, not info: a poll resolves every device it names, each time.
+        tracing::debug!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "target resolved");
         Ok(pb::ResolveTargetResponse {
             device_id: device.id,
             config: Some(structs::from_json(&endpoint::with_secrets(

@@ -297,16 +297,50 @@ impl SnmpService for Snmp {
                 )));
             }
         };
+        // Devices are resolved up front, all in one call to the inventory;
+        // inline targets each when their turn comes.
+        let device_ids: Vec<String> = r
+            .targets
+            .iter()
+            .filter_map(|t| match &t.target {
+                Some(pb::target::Target::DeviceId(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut devices = self
+            .0
+            .inventory
+            .devices(&p, &device_ids)
+            .await
+            .map_err(err)?
+            .into_iter();
+        let jobs: Vec<_> = r
+            .targets
+            .into_iter()
+            .enumerate()
+            .map(|(index, target)| {
+                let device = match &target.target {
+                    Some(pb::target::Target::DeviceId(id)) => {
+                        Some((id.clone(), devices.next().expect("a result per device")))
+                    }
+                    _ => None,
+                };
+                (index, target, device)
+            })
+            .collect();
         let config = self.0.clone();
-        let polls = futures::stream::iter(r.targets.into_iter().enumerate())
-            .map(move |(index, target)| {
+        let polls = futures::stream::iter(jobs)
+            .map(move |(index, target, device)| {
                 let (config, p, oids) = (config.clone(), p.clone(), oids.clone());
                 async move {
-                    let device_id = match &target.target {
-                        Some(pb::target::Target::DeviceId(id)) => id.clone(),
-                        _ => String::new(),
+                    let (device_id, resolved) = match device {
+                        Some((id, resolved)) => (id, resolved),
+                        None => (
+                            String::new(),
+                            config.inventory.resolve(&p, Some(&target)).await,
+                        ),
                     };
-                    let result = match config.inventory.resolve(&p, Some(&target)).await {
+                    let result = match resolved {
                         Ok(t) => config
                             .engine
                             .get(&t.target, &oids)

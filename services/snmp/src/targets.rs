@@ -3,7 +3,7 @@
 //! tenant's inline-target policy, both by the inventory.
 use crate::engine::target::{Target, UsmUser, Version};
 use rdm_kit::{
-    Error, Principal, Result,
+    Error, ErrorCode, Principal, Result,
     auth::SigningKey,
     client::Forward,
     endpoint::{self, Protocol, structs},
@@ -43,6 +43,59 @@ impl Inventory {
         };
         resolve(self, p, Some(&target)).await
     }
+
+    /// Many devices of `p`'s tenant, a result each, in order: one call to
+    /// the inventory per thousand.
+    pub async fn devices(&self, p: &Principal, ids: &[String]) -> Result<Vec<Result<Resolved>>> {
+        let forward = Forward::acting("snmp", &self.service_key, p, None)?;
+        let mut client = DeviceServiceClient::with_interceptor(self.backend.clone(), forward);
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let reply = client
+                .resolve_targets(inv::ResolveTargetsRequest {
+                    protocol: Protocol::Snmp.as_str().to_owned(),
+                    device_ids: chunk.to_vec(),
+                })
+                .await
+                .map_err(|s| Error::from_status(&s))?
+                .into_inner();
+            for resolved in reply.targets {
+                out.push(match resolved.result {
+                    Some(inv::resolved_target::Result::Target(t)) => from_device(t).await,
+                    Some(inv::resolved_target::Result::Error(e)) => {
+                        let code = ErrorCode::ALL.into_iter().find(|c| c.reason() == e.code);
+                        Err(Error::new(code.unwrap_or(ErrorCode::Internal), e.message))
+                    }
+                    None => Err(Error::internal("resolving devices", "an empty result")),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A device's resolved endpoint as an engine target.
+async fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
+    let settings = reply
+        .config
+        .as_ref()
+        .map(structs::to_json)
+        .unwrap_or_default();
+    let Value::Object(settings) = settings else {
+        return Err(Error::internal(
+            "reading a resolved endpoint",
+            "not an object",
+        ));
+    };
+    let host = settings
+        .get("host")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Resolved {
+        target: engine_target(&settings, &host).await?,
+        device_id: reply.device_id,
+    })
 }
 
 async fn resolve(
@@ -83,33 +136,14 @@ async fn resolve(
         .await
         .map_err(|s| Error::from_status(&s))?
         .into_inner();
-    let (settings, host) = match inline {
+    match inline {
         // The vetted address, not the name (which could resolve elsewhere now).
-        Some(settings) => (settings, reply.address),
-        None => {
-            let settings = reply
-                .config
-                .as_ref()
-                .map(structs::to_json)
-                .unwrap_or_default();
-            let Value::Object(settings) = settings else {
-                return Err(Error::internal(
-                    "reading a resolved endpoint",
-                    "not an object",
-                ));
-            };
-            let host = settings
-                .get("host")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            (settings, host)
-        }
-    };
-    Ok(Resolved {
-        target: engine_target(&settings, &host).await?,
-        device_id: reply.device_id,
-    })
+        Some(settings) => Ok(Resolved {
+            target: engine_target(&settings, &reply.address).await?,
+            device_id: reply.device_id,
+        }),
+        None => from_device(reply).await,
+    }
 }
 
 /// Field names of an inline endpoint are reported under `target.endpoint`.

@@ -285,7 +285,7 @@ impl Engine {
                     Ok(scoped) => scoped,
                     Err(why) => {
                         return Heard::Done(Err(refused(format!(
-                            "the reply failed USM checks: {why:?}"
+                            "the reply failed USM checks: {why}"
                         ))));
                     }
                 };

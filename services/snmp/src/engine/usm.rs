@@ -357,11 +357,13 @@ pub fn seal(keys: &Keys, msg_id: i32, reportable: bool, usm: &UsmHeader, scoped:
 }
 
 /// Why a message did not open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unopened {
-    /// It asks for more security than the user has keys for.
+    #[error("it is secured at a level the user has no keys for")]
     Level,
+    #[error("its digest does not match (auth password or protocol differ)")]
     WrongDigest,
+    #[error("it does not decrypt (privacy password or protocol differ)")]
     Decryption,
 }
 
