@@ -39,7 +39,7 @@ pub enum Which {
         max_repetitions: u32,
     },
     /// Poll of sysUpTime.0 over `agents` devices of the demo tenant: first
-    /// all on one simulated agent in this process (rdm's own cost), then on
+    /// on as many agents simulated in this process (rdm's own cost), then on
     /// as many agents, one port each on 127.0.0.1 from `first_port`
     /// (scripts/bench-snmp.sh starts them with snmpsim: community "public";
     /// v3 user "simUser", SHA/AES, context "public"), with v2c and with v3
@@ -563,8 +563,18 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
         token,
         _dir,
     } = demo_mesh(settings, &http).await?;
-    // rdm's own cost: as many devices, all on one fast agent in this process.
-    let fast = rdm_sims::snmp_agent::start("127.0.0.1:0".parse()?, "bench", "here").await?;
+    // rdm's own cost: as many agents, simulated in this process (each
+    // answers in microseconds, where snmpsim takes about a millisecond).
+    let fast =
+        futures::future::try_join_all(
+            (0..agents).map(|i| {
+                let name = format!("bench-{i}");
+                async move {
+                    rdm_sims::snmp_agent::start(([127, 0, 0, 1], 0).into(), &name, "here").await
+                }
+            }),
+        )
+        .await?;
     let endpoint = |version: &str, port: u16| {
         let mut e = serde_json::json!({"host": "127.0.0.1", "port": port, "version": version,
             "timeout_ms": 2000, "retries": 1});
@@ -581,7 +591,7 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
         e
     };
     let groups = [
-        ("rdm-sims, one agent", "fast", "2c"),
+        ("rdm-sims agents v2c", "fast", "2c"),
         ("snmpsim v2c", "v2c", "2c"),
         ("snmpsim v3", "v3", "3"),
     ];
@@ -590,7 +600,7 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
         .flat_map(|&(_, prefix, version)| (0..agents).map(move |i| (prefix, version, i)))
         .map(|(prefix, version, i)| {
             let port = if prefix == "fast" {
-                fast.addr.port()
+                fast[i].addr.port()
             } else {
                 first_port + i as u16
             };
