@@ -27,6 +27,14 @@ venv pysnmp 'pysnmp>=7,<8'
 # encrypted request is answered with a decryption error).
 venv snmpsim 'snmpsim>=1.2,<2' 'pysmi>=1,<2' 'cryptography>=42'
 
+# The harness's snmpd (tests/src/snmpd.rs): one quick test starts it when none answers.
+cargo nextest run -p rdm-tests --test snmp walks_stream_over_grpc >/dev/null
+cargo build --release --bin rdm --quiet
+
+# The walk first: the snmpsim agents below would grow snmpd's tables (their
+# sockets and processes) and compete for the two cores.
+PYSNMP_PYTHON=.tools/pysnmp/bin/python target/release/rdm bench snmp
+
 work=$(mktemp -d)
 sims=()
 cleanup() {
@@ -51,10 +59,6 @@ for p in $(seq 0 $((SIM_PROCESSES - 1))); do
   sims+=($!)
 done
 
-# The harness's snmpd (tests/src/snmpd.rs): one quick test starts it when none answers.
-cargo nextest run -p rdm-tests --test snmp walks_stream_over_grpc >/dev/null
-cargo build --release --bin rdm --quiet
-
 for port in $FIRST_PORT $((FIRST_PORT + AGENTS - 1)); do
   for _ in $(seq 300); do
     snmpget -v2c -c public -t 1 -r 0 "127.0.0.1:$port" 1.3.6.1.2.1.1.3.0 >/dev/null 2>&1 && break
@@ -62,5 +66,4 @@ for port in $FIRST_PORT $((FIRST_PORT + AGENTS - 1)); do
   done
 done
 
-PYSNMP_PYTHON=.tools/pysnmp/bin/python target/release/rdm bench snmp
 target/release/rdm bench snmp-poll --agents "$AGENTS" --first-port "$FIRST_PORT"
