@@ -367,17 +367,8 @@ async fn import(count: usize) -> anyhow::Result<()> {
         } = demo_mesh(settings, &http).await?;
 
         let started = Instant::now();
-        let report: serde_json::Value = http
-            .post(format!("{base}/v1/devices:import"))
-            .bearer_auth(&token)
-            .header("content-type", "application/x-ndjson")
-            .body(file.clone())
-            .send()
-            .await?
-            .json()
-            .await?;
+        import_devices(&http, &base, &token, file.clone(), count).await?;
         let imported = started.elapsed();
-        anyhow::ensure!(report["imported"] == count, "import failed: {report}");
 
         let started = Instant::now();
         let listed = list_devices(&http, &base, &token, "").await?.len();
@@ -610,19 +601,7 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
                 + "\n"
         })
         .collect();
-    let report: serde_json::Value = http
-        .post(format!("{base}/v1/devices:import"))
-        .bearer_auth(&token)
-        .header("content-type", "application/x-ndjson")
-        .body(file)
-        .send()
-        .await?
-        .json()
-        .await?;
-    anyhow::ensure!(
-        report["imported"] == groups.len() * agents,
-        "import failed: {report}"
-    );
+    import_devices(&http, &base, &token, file, groups.len() * agents).await?;
 
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
@@ -773,4 +752,25 @@ async fn list_devices(
             return Ok(devices);
         }
     }
+}
+
+/// Posts a JSON-lines file to `/v1/devices:import`; all `count` rows must go in.
+async fn import_devices(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    file: String,
+    count: usize,
+) -> anyhow::Result<()> {
+    let report: serde_json::Value = http
+        .post(format!("{base}/v1/devices:import"))
+        .bearer_auth(token)
+        .header("content-type", "application/x-ndjson")
+        .body(file)
+        .send()
+        .await?
+        .json()
+        .await?;
+    anyhow::ensure!(report["imported"] == count, "import failed: {report}");
+    Ok(())
 }
