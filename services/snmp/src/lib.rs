@@ -321,7 +321,10 @@ impl SnmpService for Snmp {
             .map(|(index, target)| {
                 let device = match &target.target {
                     Some(pb::target::Target::DeviceId(id)) => {
-                        Some((id.clone(), devices.next().expect("a result per device")))
+                        let resolved = devices.next().unwrap_or_else(|| {
+                            Err(Error::internal("resolving devices", "a result is missing"))
+                        });
+                        Some((id.clone(), resolved))
                     }
                     _ => None,
                 };

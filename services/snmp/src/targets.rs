@@ -59,6 +59,16 @@ impl Inventory {
                 .await
                 .map_err(|s| Error::from_status(&s))?
                 .into_inner();
+            if reply.targets.len() != chunk.len() {
+                return Err(Error::internal(
+                    "resolving devices",
+                    format!(
+                        "{} results for {} devices",
+                        reply.targets.len(),
+                        chunk.len()
+                    ),
+                ));
+            }
             for resolved in reply.targets {
                 out.push(match resolved.result {
                     Some(inv::resolved_target::Result::Target(t)) => from_device(t).await,

@@ -218,7 +218,7 @@ fn truncation(proto: AuthProtocol) -> usize {
 }
 
 /// Ku: the digest of the password repeated to a megabyte (RFC 3414 A.2).
-pub fn password_key(proto: AuthProtocol, password: &[u8]) -> Vec<u8> {
+fn password_key(proto: AuthProtocol, password: &[u8]) -> Vec<u8> {
     if password.is_empty() {
         return hash(proto, &[]);
     }
@@ -227,7 +227,7 @@ pub fn password_key(proto: AuthProtocol, password: &[u8]) -> Vec<u8> {
 }
 
 /// Kul = H(Ku || engine id || Ku).
-pub fn localize(proto: AuthProtocol, ku: &[u8], engine_id: &[u8]) -> Vec<u8> {
+fn localize(proto: AuthProtocol, ku: &[u8], engine_id: &[u8]) -> Vec<u8> {
     hash(proto, &[ku, engine_id, ku])
 }
 
