@@ -278,12 +278,8 @@ pub async fn devices_and_endpoints(
 ) -> Result<(Vec<DeviceRow>, Vec<EndpointRow>)> {
     let (mut devices, mut endpoints) = (Vec::new(), Vec::new());
     for chunk in ids.chunks(BATCH) {
-        // Placeholders in bind order (plain `?` on SQLite, as in multi_insert).
         let backend = tx.backend();
-        let param = |n: usize| match backend {
-            Backend::Sqlite => "?".to_owned(),
-            Backend::Postgres => format!("${n}"),
-        };
+        let param = |n| placeholder(backend, n);
         let list = |first: usize| {
             (first..first + chunk.len())
                 .map(param)
@@ -386,18 +382,24 @@ pub async fn device_names(tx: &mut TenantTx, tenant_id: &str) -> Result<Vec<Stri
 /// limit on bind parameters.
 const BATCH: usize = 400;
 
+/// The `n`th bind parameter (from 1), for parameters bound in order:
+/// SQLite gets plain `?`, as it looks each numbered parameter up by walking
+/// a list, which makes a big batch quadratic.
+fn placeholder(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_owned(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
 /// `insert into <table> (<columns>) values ($1, ..), ($n, ..), ...` for
-/// `rows` rows. SQLite gets plain `?`: it looks each numbered parameter up
-/// by walking a list, which makes a big batch quadratic.
+/// `rows` rows.
 fn multi_insert(backend: Backend, table: &str, columns: &[&str], rows: usize) -> String {
     let mut sql = format!("insert into {table} ({}) values ", columns.join(", "));
     for r in 0..rows {
         let start = r * columns.len();
         let params: Vec<String> = (1..=columns.len())
-            .map(|c| match backend {
-                Backend::Sqlite => "?".to_owned(),
-                Backend::Postgres => format!("${}", start + c),
-            })
+            .map(|c| placeholder(backend, start + c))
             .collect();
         if r > 0 {
             sql.push_str(", ");
