@@ -161,10 +161,14 @@ pub fn tool(name: &str, args: &[&str]) -> String {
 
 /// How a net-snmp tool ended, success or not.
 pub fn tool_output(name: &str, args: &[&str]) -> std::process::Output {
+    // Each run its own persistent-state dir: tools running at the same
+    // time otherwise rewrite one shared file under each other.
+    let state = tempfile::tempdir().expect("a temp dir");
     Command::new(name)
         .args(args)
         .env("MIBDIRS", "/nonexistent")
         .env("MIBS", "")
+        .env("SNMP_PERSISTENT_DIR", state.path())
         .output()
         .unwrap_or_else(|e| panic!("{name} is not installed ({e}): run ./test.sh"))
 }

@@ -810,7 +810,7 @@ async fn traps_and_informs_reach_the_devices_tenant() {
             "-c",
             "public",
             "-t",
-            "2",
+            "10",
             "-r",
             "0",
             &dest,
@@ -912,7 +912,7 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
             "-X",
             priv_pass,
             "-t",
-            "2",
+            "10",
             "-r",
             "0",
             &dest,
@@ -928,7 +928,9 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         )
     };
-    // snmpinform exits 0 only once our acknowledgement decrypted and verified.
+    // snmpinform exits 0 only once our acknowledgement decrypted and
+    // verified. It does not retry (so an inform is delivered once) and waits
+    // long, for a loaded test machine.
     let ok = inform(auth_pass, priv_pass, "11");
     assert!(
         ok.status.success(),
