@@ -1022,3 +1022,105 @@ async fn the_demo_devices_answer_through_rdm() {
         assert_eq!(body["varbinds"][0]["value"], "moved");
     }
 }
+
+/// The Kubernetes shape: inventory, SNMP service and gateway as three
+/// processes on PostgreSQL. A poll goes gateway -> snmp -> inventory
+/// (ResolveTargets, with an actor token the inventory trusts) -> the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_snmp_as_its_own_process() {
+    use rdm_tests::{ADMIN_PASSWORD, PgDatabase, free_port, spawn_serve, wait_for_port};
+    snmpd::ensure();
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str| {
+        let path = dir.path().join(name);
+        rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
+        path.display().to_string()
+    };
+    let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
+    let (inventory_port, snmp_port, gateway_port) = (free_port(), free_port(), free_port());
+    let inventory_url = format!("http://127.0.0.1:{inventory_port}");
+    let _inventory = spawn_serve(
+        "inventory",
+        inventory_port,
+        &[
+            ("RDM_DATABASE_URL", pg.app_url.clone()),
+            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
+            ("RDM_JWT_KEY_FILE", jwt_key),
+            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
+        ],
+    );
+    wait_for_port(inventory_port).await;
+    let _snmp = spawn_serve(
+        "snmp",
+        snmp_port,
+        &[
+            ("RDM_INVENTORY_URL", inventory_url.clone()),
+            ("RDM_SERVICE_KEY_FILE", service_key),
+        ],
+    );
+    wait_for_port(snmp_port).await;
+    let _gateway = spawn_serve(
+        "gateway",
+        gateway_port,
+        &[
+            ("RDM_INVENTORY_URL", inventory_url),
+            ("RDM_SNMP_URL", format!("http://127.0.0.1:{snmp_port}")),
+        ],
+    );
+    wait_for_port(gateway_port).await;
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{gateway_port}");
+    let login: Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let device: Value = http
+        .post(format!("{base}/v1/devices"))
+        .bearer_auth(token)
+        .json(&json!({"name": "agent", "address": "127.0.0.1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = device["id"].as_str().unwrap_or_else(|| panic!("{device}"));
+    let put = http
+        .put(format!("{base}/v1/devices/{id}/endpoints/snmp"))
+        .bearer_auth(token)
+        .json(&json!({"version": "2c", "community": "public", "port": snmpd::PORT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let polled = http
+        .post(format!("{base}/v1/snmp/poll"))
+        .bearer_auth(token)
+        .json(&json!({"targets": [{"device_id": id}, {"device_id": "missing"}], "oids": ["1.3.6.1.2.1.1.3.0"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(polled.status(), StatusCode::OK);
+    let mut results: Vec<Value> = polled
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    results.sort_by_key(|r| r["index"].as_u64().unwrap_or(0));
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(
+        results[0]["values"]["varbinds"][0]["type"], "TimeTicks",
+        "{results:?}"
+    );
+    assert_eq!(results[1]["error"]["code"], "NOT_FOUND", "{results:?}");
+}
