@@ -190,6 +190,22 @@ async fn demo_mesh(mut settings: Settings, http: &reqwest::Client) -> anyhow::Re
     })
 }
 
+/// A gRPC channel to the services' port, and `token` as an authorization value.
+async fn grpc(
+    mesh: &crate::Mesh,
+    token: &str,
+) -> anyhow::Result<(
+    tonic::transport::Channel,
+    tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+)> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+    Ok((channel, format!("Bearer {token}").parse()?))
+}
+
 async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency * 2)
@@ -201,7 +217,6 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
         token,
         _dir,
     } = demo_mesh(Settings::default(), &http).await?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
 
     println!(
         "rdm bench gateway: GetMe, {} s per phase, client and server in one process on {} cores",
@@ -210,11 +225,7 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+    let (channel, bearer) = grpc(&mesh, &token).await?;
     let grpc_call = move || {
         let mut client = AuthServiceClient::new(channel.clone());
         let bearer = bearer.clone();
@@ -439,11 +450,7 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
         _dir,
     } = demo_mesh(Settings::default(), &http).await?;
     let endpoint = serde_json::json!({"host": agent.ip().to_string(), "port": agent.port(), "version": "2c", "community": "public", "timeout_ms": 2000});
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
-            .connect()
-            .await?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let (channel, bearer) = grpc(&mesh, &token).await?;
     let grpc_walk = || {
         let (mut client, bearer) = (SnmpServiceClient::new(channel.clone()), bearer.clone());
         let fields =
@@ -603,11 +610,7 @@ async fn snmp_poll(agents: usize, first_port: u16, rounds: usize) -> anyhow::Res
         .collect();
     import_devices(&http, &base, &token, file, groups.len() * agents).await?;
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory_addr))?
-            .connect()
-            .await?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let (channel, bearer) = grpc(&mesh, &token).await?;
     println!(
         "rdm bench snmp-poll: Poll of sysUpTime.0 over {agents} devices (gRPC), {rounds} rounds each; snmpsim agents on 127.0.0.1:{first_port}.."
     );

@@ -337,7 +337,8 @@ impl SnmpService for Snmp {
                 let (config, p, oids) = (config.clone(), p.clone(), oids.clone());
                 async move {
                     let (device_id, resolved) = match device {
-                        Some((id, resolved)) => (id, resolved),
+                        Some((id, Ok(reply))) => (id, targets::from_device(reply).await),
+                        Some((id, Err(e))) => (id, Err(e)),
                         None => (
                             String::new(),
                             config.inventory.resolve(&p, Some(&target)).await,

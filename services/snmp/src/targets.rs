@@ -32,21 +32,22 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub async fn resolve(&self, p: &Principal, target: Option<&pb::Target>) -> Result<Resolved> {
-        resolve(self, p, target).await
-    }
-
     /// A device of `p`'s tenant as an engine target.
     pub async fn device(&self, p: &Principal, device_id: &str) -> Result<Resolved> {
         let target = pb::Target {
             target: Some(Which::DeviceId(device_id.to_owned())),
         };
-        resolve(self, p, Some(&target)).await
+        self.resolve(p, Some(&target)).await
     }
 
-    /// Many devices of `p`'s tenant, a result each, in order: one call to
-    /// the inventory per thousand.
-    pub async fn devices(&self, p: &Principal, ids: &[String]) -> Result<Vec<Result<Resolved>>> {
+    /// Many devices of `p`'s tenant, the inventory's answer for each, in
+    /// order: one call per thousand. [`from_device`] makes each an engine
+    /// target (it may look a host name up, so each poll job does its own).
+    pub async fn devices(
+        &self,
+        p: &Principal,
+        ids: &[String],
+    ) -> Result<Vec<Result<inv::ResolveTargetResponse>>> {
         let forward = Forward::acting("snmp", &self.service_key, p, None)?;
         let mut client = DeviceServiceClient::with_interceptor(self.backend.clone(), forward);
         let mut out = Vec::with_capacity(ids.len());
@@ -71,7 +72,7 @@ impl Inventory {
             }
             for resolved in reply.targets {
                 out.push(match resolved.result {
-                    Some(inv::resolved_target::Result::Target(t)) => from_device(t).await,
+                    Some(inv::resolved_target::Result::Target(t)) => Ok(t),
                     Some(inv::resolved_target::Result::Error(e)) => {
                         let code = ErrorCode::ALL.into_iter().find(|c| c.reason() == e.code);
                         Err(Error::new(code.unwrap_or(ErrorCode::Internal), e.message))
@@ -82,10 +83,54 @@ impl Inventory {
         }
         Ok(out)
     }
+
+    pub async fn resolve(&self, p: &Principal, target: Option<&pb::Target>) -> Result<Resolved> {
+        let which = target
+            .and_then(|t| t.target.as_ref())
+            .ok_or_else(|| Error::invalid("target", "name a device_id or an inline endpoint"))?;
+        let (request, inline) = match which {
+            Which::DeviceId(id) => (resolve_target_request::Target::DeviceId(id.clone()), None),
+            Which::Endpoint(fields) => {
+                let settings =
+                    endpoint::parse(Protocol::Snmp, structs::to_json(fields)).map_err(in_target)?;
+                let mut config = settings.config;
+                let secrets: Vec<&str> = settings.secrets.keys().map(String::as_str).collect();
+                endpoint::complete(Protocol::Snmp, &mut config, &secrets, "").map_err(in_target)?;
+                let host = config
+                    .get("host")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let full = endpoint::with_secrets(&config, &settings.secrets);
+                (
+                    resolve_target_request::Target::InlineAddress(host),
+                    Some(full),
+                )
+            }
+        };
+        let forward = Forward::acting("snmp", &self.service_key, p, None)?;
+        let mut client = DeviceServiceClient::with_interceptor(self.backend.clone(), forward);
+        let reply = client
+            .resolve_target(inv::ResolveTargetRequest {
+                protocol: Protocol::Snmp.as_str().to_owned(),
+                target: Some(request),
+            })
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        match inline {
+            // The vetted address, not the name (which could resolve elsewhere now).
+            Some(settings) => Ok(Resolved {
+                target: engine_target(&settings, &reply.address).await?,
+                device_id: reply.device_id,
+            }),
+            None => from_device(reply).await,
+        }
+    }
 }
 
 /// A device's resolved endpoint as an engine target.
-async fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
+pub async fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
     let settings = reply
         .config
         .as_ref()
@@ -106,54 +151,6 @@ async fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
         target: engine_target(&settings, &host).await?,
         device_id: reply.device_id,
     })
-}
-
-async fn resolve(
-    inventory: &Inventory,
-    p: &Principal,
-    target: Option<&pb::Target>,
-) -> Result<Resolved> {
-    let which = target
-        .and_then(|t| t.target.as_ref())
-        .ok_or_else(|| Error::invalid("target", "name a device_id or an inline endpoint"))?;
-    let (request, inline) = match which {
-        Which::DeviceId(id) => (resolve_target_request::Target::DeviceId(id.clone()), None),
-        Which::Endpoint(fields) => {
-            let settings =
-                endpoint::parse(Protocol::Snmp, structs::to_json(fields)).map_err(in_target)?;
-            let mut config = settings.config;
-            let secrets: Vec<&str> = settings.secrets.keys().map(String::as_str).collect();
-            endpoint::complete(Protocol::Snmp, &mut config, &secrets, "").map_err(in_target)?;
-            let host = config
-                .get("host")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let full = endpoint::with_secrets(&config, &settings.secrets);
-            (
-                resolve_target_request::Target::InlineAddress(host),
-                Some(full),
-            )
-        }
-    };
-    let forward = Forward::acting("snmp", &inventory.service_key, p, None)?;
-    let mut client = DeviceServiceClient::with_interceptor(inventory.backend.clone(), forward);
-    let reply = client
-        .resolve_target(inv::ResolveTargetRequest {
-            protocol: Protocol::Snmp.as_str().to_owned(),
-            target: Some(request),
-        })
-        .await
-        .map_err(|s| Error::from_status(&s))?
-        .into_inner();
-    match inline {
-        // The vetted address, not the name (which could resolve elsewhere now).
-        Some(settings) => Ok(Resolved {
-            target: engine_target(&settings, &reply.address).await?,
-            device_id: reply.device_id,
-        }),
-        None => from_device(reply).await,
-    }
 }
 
 /// Field names of an inline endpoint are reported under `target.endpoint`.
