@@ -39,6 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The module tree (rdm::snmp::v1, ...) is generated too: a new
+        // package needs no edit here or in lib.rs.
+        .include_file("rdm_modules.rs")
         .compile_fds(fds)?;
     Ok(())
 }

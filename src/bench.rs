@@ -14,8 +14,10 @@ pub enum Which {
     /// A small authenticated unary RPC (GetMe) over direct gRPC and as REST
     /// through the gateway; then `rdm up` start-to-ready time and idle RSS.
     Gateway {
+        /// How long each phase runs, in seconds.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Callers at once in the second round (the first has one).
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
@@ -23,6 +25,7 @@ pub enum Which {
     /// then list them back page by page, on SQLite and on PostgreSQL
     /// (RDM_TEST_PG_URL or postgres://postgres@127.0.0.1:5432).
     Import {
+        /// How many devices to import.
         #[arg(long, default_value_t = 10_000)]
         devices: usize,
     },
@@ -31,10 +34,13 @@ pub enum Which {
     /// `snmpbulkwalk` and pysnmp (PYSNMP_PYTHON with scripts/pysnmp_walk.py),
     /// each the median of `runs`. scripts/bench-snmp.sh sets it all up.
     Snmp {
+        /// The agent to walk.
         #[arg(long, default_value = "127.0.0.1:11161")]
         agent: std::net::SocketAddr,
+        /// Walks per walker; the median is printed.
         #[arg(long, default_value_t = 7)]
         runs: usize,
+        /// GETBULK max-repetitions of every walker.
         #[arg(long, default_value_t = 25)]
         max_repetitions: u32,
     },
@@ -45,10 +51,13 @@ pub enum Which {
     /// v3 user "simUser", SHA/AES, context "public"), with v2c and with v3
     /// (whose first round discovers every agent's engine).
     SnmpPoll {
+        /// Devices (and agents) per round.
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+        /// Port of the first snmpsim agent.
         #[arg(long, default_value_t = 30000)]
         first_port: u16,
+        /// Poll rounds per phase (at least 2).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
@@ -157,8 +166,8 @@ struct DemoMesh {
 
 async fn demo_mesh(mut settings: Settings, http: &reqwest::Client) -> anyhow::Result<DemoMesh> {
     let dir = tempfile::tempdir()?;
-    settings.admin_password = Some("bench-admin-password".into());
-    settings.snmp_trap_listen = Some("127.0.0.1:0".parse()?);
+    settings.inventory.admin_password = Some("bench-admin-password".into());
+    settings.services = crate::service_settings(&["--snmp-trap-listen", "127.0.0.1:0"])?;
     let (trigger, shutdown) = Shutdown::new();
     let options = UpOptions {
         data_dir: dir.path().to_owned(),
@@ -287,6 +296,8 @@ async fn start_to_ready(
             &format!("127.0.0.1:{port}"),
             "--inventory-listen",
             "127.0.0.1:0",
+            "--snmp-trap-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)
@@ -362,8 +373,8 @@ async fn import(count: usize) -> anyhow::Result<()> {
             sqlx::query(sqlx::AssertSqlSafe(format!("create database {pg_name}")))
                 .execute(&mut admin)
                 .await?;
-            settings.database_admin_url = Some(format!("{server}/{pg_name}"));
-            settings.database_url = Some(format!(
+            settings.inventory.database.database_admin_url = Some(format!("{server}/{pg_name}"));
+            settings.inventory.database.database_url = Some(format!(
                 "{}/{pg_name}",
                 server.replacen("postgres@", "rdm_app@", 1)
             ));

@@ -10,6 +10,7 @@ use rdm_kit::{
     auth::{AccessTable, ActorVerifier, SigningKey, TokenPolicy, Verifier},
     db::Db,
     invoke::{self, Backend},
+    mesh::{self, Service},
     secrets::Keyring,
     server::{self, Guard, ServerArgs, Shutdown},
 };
@@ -22,12 +23,48 @@ use std::{
 };
 use tokio::{net::TcpListener, task::JoinSet};
 
-const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";
-const SNMP_PACKAGE: &str = "rdm.snmp.v1";
+/// The services behind the gateway, one line each. `rdm up`, `rdm serve`,
+/// the gateway's backends and health names all come from this list.
+pub static SERVICES: &[&dyn Service] = &[&rdm_snmp::SERVICE];
 
-/// Settings every role reads from flags or `RDM_*` variables.
+const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";
+/// The inventory's port under `rdm serve` (and `RDM_INVENTORY_URL`'s default).
+pub const INVENTORY_PORT: u16 = 50051;
+/// The gateway's port under `rdm serve`.
+pub const GATEWAY_PORT: u16 = 8080;
+
+/// `iss` and `aud` of the tokens every role issues or accepts.
 #[derive(clap::Args, Clone, Debug)]
-pub struct Settings {
+pub struct TokenArgs {
+    /// `iss` of issued and accepted tokens.
+    #[arg(long, env = "RDM_JWT_ISSUER", default_value = "rdm")]
+    pub jwt_issuer: String,
+    /// `aud` of issued and accepted tokens.
+    #[arg(long, env = "RDM_JWT_AUDIENCE", default_value = "rdm")]
+    pub jwt_audience: String,
+}
+
+impl Default for TokenArgs {
+    fn default() -> Self {
+        Self {
+            jwt_issuer: "rdm".into(),
+            jwt_audience: "rdm".into(),
+        }
+    }
+}
+
+impl TokenArgs {
+    fn policy(&self) -> TokenPolicy {
+        TokenPolicy {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }
+    }
+}
+
+/// Where the inventory's data lives.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DatabaseArgs {
     /// Database of the inventory: `sqlite:PATH` or `postgres://rdm_app@HOST/DB`
     /// (a role without superuser or BYPASSRLS). `rdm up` defaults to SQLite in the data dir.
     #[arg(long, env = "RDM_DATABASE_URL")]
@@ -36,13 +73,23 @@ pub struct Settings {
     /// SQLite is migrated at start and PostgreSQL needs `rdm migrate`.
     #[arg(long, env = "RDM_DATABASE_ADMIN_URL")]
     pub database_admin_url: Option<String>,
-    /// Ed25519 PKCS#8 PEM key that signs tokens. `rdm up` creates one in the data dir.
-    #[arg(long, env = "RDM_JWT_KEY_FILE")]
-    pub jwt_key_file: Option<PathBuf>,
-    /// Ed25519 key the protocol services sign actor tokens with; the
-    /// inventory trusts its public half. `rdm up` creates DATA_DIR/service-ed25519.pem.
-    #[arg(long, env = "RDM_SERVICE_KEY_FILE")]
-    pub service_key_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The inventory's database: RDM_DATABASE_URL, else (with a data dir,
+    /// as `rdm up` has) SQLite in it.
+    fn url(&self, data_dir: Option<&Path>) -> anyhow::Result<String> {
+        match (&self.database_url, data_dir) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(dir)) => Ok(format!("sqlite:{}", dir.join("inventory.db").display())),
+            (None, None) => anyhow::bail!("RDM_DATABASE_URL is required for the inventory"),
+        }
+    }
+}
+
+/// The keys that seal endpoint secrets.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SecretKeyArgs {
     /// Key that seals endpoint secrets (32 bytes, base64). Without it a key
     /// file is used (`rdm up` creates DATA_DIR/secret.key).
     #[arg(long, env = "RDM_SECRET_KEY", hide_env_values = true)]
@@ -55,72 +102,12 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub secret_key_previous: Vec<String>,
-    /// Key file (one base64 key a line, the sealing key first).
+    /// Key file (one base64 key a line, the sealing key first); re-read when it changes.
     #[arg(long, env = "RDM_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
-    /// Access token lifetime in seconds.
-    #[arg(long, env = "RDM_JWT_TTL", default_value_t = 3600)]
-    pub jwt_ttl: u64,
-    #[arg(long, env = "RDM_JWT_ISSUER", default_value = "rdm")]
-    pub jwt_issuer: String,
-    #[arg(long, env = "RDM_JWT_AUDIENCE", default_value = "rdm")]
-    pub jwt_audience: String,
-    /// Password of the platform admin (tenant `system`, user `admin`) at
-    /// first start; without it one is generated and printed once.
-    #[arg(long, env = "RDM_ADMIN_PASSWORD", hide_env_values = true)]
-    pub admin_password: Option<String>,
-    /// Where the gateway (and other services) reach the inventory under `rdm serve`.
-    #[arg(
-        long,
-        env = "RDM_INVENTORY_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub inventory_url: String,
-    /// Where the gateway reaches the SNMP service under `rdm serve`.
-    #[arg(long, env = "RDM_SNMP_URL", default_value = "http://127.0.0.1:50052")]
-    pub snmp_url: String,
-    /// Failed logins per user before a lock-out.
-    #[arg(long, env = "RDM_LOGIN_MAX_FAILURES", default_value_t = 5)]
-    pub login_max_failures: i64,
-    /// Lock-out length in seconds.
-    #[arg(long, env = "RDM_LOGIN_LOCKOUT_S", default_value_t = 300)]
-    pub login_lockout_s: u64,
-    /// Where the SNMP service receives traps and informs (`rdm up` default:
-    /// 127.0.0.1:10162); unset under `rdm serve`: no trap listener.
-    #[arg(long, env = "RDM_SNMP_TRAP_LISTEN")]
-    pub snmp_trap_listen: Option<SocketAddr>,
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub gateway: rdm_gateway::Config,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            database_url: None,
-            database_admin_url: None,
-            jwt_key_file: None,
-            service_key_file: None,
-            secret_key: None,
-            secret_key_previous: Vec::new(),
-            secret_key_file: None,
-            jwt_ttl: 3600,
-            jwt_issuer: "rdm".into(),
-            jwt_audience: "rdm".into(),
-            admin_password: None,
-            inventory_url: "http://127.0.0.1:50051".into(),
-            snmp_url: "http://127.0.0.1:50052".into(),
-            login_max_failures: 5,
-            login_lockout_s: 300,
-            snmp_trap_listen: None,
-            server: ServerArgs::default(),
-            gateway: rdm_gateway::Config::default(),
-        }
-    }
-}
-
-impl Settings {
+impl SecretKeyArgs {
     /// The secret keyring: from RDM_SECRET_KEY (+ previous keys), else the
     /// key file, else (for `rdm up`) `default_file`, created when missing.
     pub fn keyring(&self, default_file: Option<&Path>) -> anyhow::Result<Keyring> {
@@ -136,23 +123,111 @@ impl Settings {
             (None, None) => anyhow::bail!("RDM_SECRET_KEY or RDM_SECRET_KEY_FILE is required"),
         }
     }
+}
 
-    /// The inventory's database: RDM_DATABASE_URL, else (with a data dir,
-    /// as `rdm up` has) SQLite in it.
-    fn inventory_url(&self, data_dir: Option<&Path>) -> anyhow::Result<String> {
-        match (&self.database_url, data_dir) {
-            (Some(url), _) => Ok(url.clone()),
-            (None, Some(dir)) => Ok(format!("sqlite:{}", dir.join("inventory.db").display())),
-            (None, None) => anyhow::bail!("RDM_DATABASE_URL is required for the inventory"),
+/// The inventory's settings: its database, its keys, sign-in.
+#[derive(clap::Args, Clone, Debug)]
+pub struct InventoryArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub secret_keys: SecretKeyArgs,
+    /// Ed25519 PKCS#8 PEM key that signs tokens; only the inventory holds it.
+    /// `rdm up` creates DATA_DIR/jwt-ed25519.pem.
+    #[arg(long, env = "RDM_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+    /// The key the protocol services sign actor tokens with (the inventory
+    /// trusts its public half for target resolution). `rdm up` creates
+    /// DATA_DIR/service-ed25519.pem.
+    #[arg(long, env = "RDM_SERVICE_KEY_FILE")]
+    pub service_key_file: Option<PathBuf>,
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "RDM_JWT_TTL", default_value_t = 3600)]
+    pub jwt_ttl: u64,
+    /// Password of the platform admin (tenant `system`, user `admin`) at
+    /// first start; without it one is generated and printed once.
+    #[arg(long, env = "RDM_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Failed logins per tenant and user before a lock-out.
+    #[arg(long, env = "RDM_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: i64,
+    /// Lock-out length in seconds.
+    #[arg(long, env = "RDM_LOGIN_LOCKOUT_S", default_value_t = 300)]
+    pub login_lockout_s: u64,
+}
+
+impl Default for InventoryArgs {
+    fn default() -> Self {
+        Self {
+            database: DatabaseArgs::default(),
+            secret_keys: SecretKeyArgs::default(),
+            jwt_key_file: None,
+            service_key_file: None,
+            jwt_ttl: 3600,
+            admin_password: None,
+            login_max_failures: 5,
+            login_lockout_s: 300,
         }
     }
+}
 
-    fn policy(&self) -> TokenPolicy {
-        TokenPolicy {
-            issuer: self.jwt_issuer.clone(),
-            audience: self.jwt_audience.clone(),
+/// How a service apart from the inventory reaches it (`rdm serve`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RemoteArgs {
+    /// Where the inventory is: token keys (JWKS), routes, target resolution.
+    #[arg(
+        long,
+        env = "RDM_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub inventory_url: String,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+}
+
+/// A protocol service's own key for actor tokens (`rdm serve <service>`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServiceKeyArgs {
+    /// Ed25519 PKCS#8 PEM key this service signs actor tokens with; the
+    /// inventory trusts its public half.
+    #[arg(long, env = "RDM_SERVICE_KEY_FILE")]
+    pub service_key_file: PathBuf,
+}
+
+/// Everything `rdm up` runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub inventory: InventoryArgs,
+    pub tokens: TokenArgs,
+    pub server: ServerArgs,
+    pub gateway: rdm_gateway::Config,
+    /// The registered services' own settings ([`service_settings`]).
+    pub services: clap::ArgMatches,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            inventory: InventoryArgs::default(),
+            tokens: TokenArgs::default(),
+            server: ServerArgs::default(),
+            gateway: rdm_gateway::Config::default(),
+            services: service_settings::<&str>(&[])
+                .expect("no flags: every service setting has a default"),
         }
     }
+}
+
+/// Adds every registered service's own flags to `command`.
+pub fn with_service_args(command: clap::Command) -> clap::Command {
+    SERVICES.iter().fold(command, |c, s| s.args(c))
+}
+
+/// The registered services' settings from flags as typed on the command
+/// line (`["--snmp-trap-listen", "127.0.0.1:0"]`) and `RDM_*` variables.
+pub fn service_settings<S: AsRef<str>>(flags: &[S]) -> anyhow::Result<clap::ArgMatches> {
+    let argv = std::iter::once("rdm").chain(flags.iter().map(AsRef::as_ref));
+    Ok(with_service_args(clap::Command::new("rdm")).try_get_matches_from(argv)?)
 }
 
 /// What `rdm up` runs.
@@ -178,10 +253,10 @@ pub enum Demo {
 /// A running mesh: where it listens and what it told the operator.
 pub struct Mesh {
     pub gateway_addr: SocketAddr,
-    /// Where the inventory's and the SNMP service's gRPC listen.
+    /// Where the inventory's and every service's gRPC listen.
     pub inventory_addr: SocketAddr,
-    /// Where SNMP traps and informs are received.
-    pub trap_addr: Option<SocketAddr>,
+    /// The services' other listeners, by name (`snmp-traps`).
+    pub listeners: HashMap<&'static str, SocketAddr>,
     /// What the first start created (a generated admin password).
     pub bootstrapped: rdm_inventory::Bootstrapped,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -218,26 +293,6 @@ async fn inventory_db(url: &str, admin_url: Option<&str>) -> anyhow::Result<Db> 
         .context("connecting the inventory database")
 }
 
-fn inventory_config(
-    settings: &Settings,
-    db: Db,
-    key: Arc<SigningKey>,
-    keyring: Keyring,
-) -> rdm_inventory::Config {
-    rdm_inventory::Config {
-        keyring,
-        db,
-        signing_key: key,
-        policy: settings.policy(),
-        token_ttl: Duration::from_secs(settings.jwt_ttl),
-        throttle: rdm_inventory::LoginThrottle {
-            max_failures: settings.login_max_failures,
-            lockout: Duration::from_secs(settings.login_lockout_s),
-            ..Default::default()
-        },
-    }
-}
-
 /// A signing key: with a data dir (`rdm up`) created there when missing;
 /// without one (`rdm serve`) it must be configured and exist, or is absent.
 fn signing_key(
@@ -261,35 +316,45 @@ struct Inventory {
 }
 
 async fn start_inventory(
-    settings: &Settings,
+    args: &InventoryArgs,
+    tokens: &TokenArgs,
     data_dir: Option<&Path>,
     demo: bool,
 ) -> anyhow::Result<Inventory> {
-    let key = signing_key(
-        settings.jwt_key_file.as_deref(),
-        data_dir,
-        "jwt-ed25519.pem",
-    )?
-    .context("RDM_JWT_KEY_FILE is required for the inventory")?;
-    let verifier = Verifier::new(&[key.public_jwk().clone()], &settings.policy())?;
+    let key = signing_key(args.jwt_key_file.as_deref(), data_dir, "jwt-ed25519.pem")?
+        .context("RDM_JWT_KEY_FILE is required for the inventory")?;
+    let verifier = Verifier::new(&[key.public_jwk().clone()], &tokens.policy())?;
     let db = inventory_db(
-        &settings.inventory_url(data_dir)?,
-        settings.database_admin_url.as_deref(),
+        &args.database.url(data_dir)?,
+        args.database.database_admin_url.as_deref(),
     )
     .await?;
-    let bootstrapped =
-        rdm_inventory::bootstrap(&db, settings.admin_password.as_deref(), demo).await?;
-    let keyring = settings.keyring(data_dir.map(|d| d.join("secret.key")).as_deref())?;
+    let bootstrapped = rdm_inventory::bootstrap(&db, args.admin_password.as_deref(), demo).await?;
+    let keyring = args
+        .secret_keys
+        .keyring(data_dir.map(|d| d.join("secret.key")).as_deref())?;
     let service_key = signing_key(
-        settings.service_key_file.as_deref(),
+        args.service_key_file.as_deref(),
         data_dir,
         "service-ed25519.pem",
     )?;
     if service_key.is_none() {
         tracing::warn!("no RDM_SERVICE_KEY_FILE: internal calls (target resolution) are refused");
     }
+    let config = rdm_inventory::Config {
+        keyring,
+        db,
+        signing_key: Arc::new(key),
+        policy: tokens.policy(),
+        token_ttl: Duration::from_secs(args.jwt_ttl),
+        throttle: rdm_inventory::LoginThrottle {
+            max_failures: args.login_max_failures,
+            lockout: Duration::from_secs(args.login_lockout_s),
+            ..Default::default()
+        },
+    };
     let router = rdm_inventory::service(
-        inventory_config(settings, db, Arc::new(key), keyring),
+        config,
         inventory_guard(verifier.clone(), service_key.as_ref())?,
     );
     Ok(Inventory {
@@ -321,33 +386,56 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         router: inventory,
         verifier,
         bootstrapped,
-    } = start_inventory(settings, Some(&opts.data_dir), opts.demo != Demo::Off).await?;
+    } = start_inventory(
+        &settings.inventory,
+        &settings.tokens,
+        Some(&opts.data_dir),
+        opts.demo != Demo::Off,
+    )
+    .await?;
     let inventory_backend = invoke::local(inventory.clone());
     let service_key = signing_key(
-        settings.service_key_file.as_deref(),
+        settings.inventory.service_key_file.as_deref(),
         Some(&opts.data_dir),
         "service-ed25519.pem",
     )?
     .context("the service key is created in the data dir")?;
-    let trap_listen = settings
-        .snmp_trap_listen
-        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10162)));
-    let (snmp, trap_addr) = start_snmp(
-        inventory_backend.clone(),
-        service_key,
-        verifier.clone(),
-        Some(trap_listen),
-    )
-    .await?;
+    let context = mesh::Context {
+        inventory: inventory_backend.clone(),
+        verifier: verifier.clone(),
+        service_key: Arc::new(service_key),
+        all_in_one: true,
+    };
+    let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory_backend.clone())]);
+    let mut names = server::service_names(INVENTORY_PACKAGE);
+    let mut listeners = HashMap::new();
+    // One gRPC port for all: each service's router has its own guard, and
+    // the inventory answers what no other service claims.
+    let mut services = axum::Router::new();
+    for service in SERVICES {
+        let started = service
+            .start(&settings.services, context.clone())
+            .await
+            .with_context(|| format!("starting the {} service", service.name()))?;
+        listeners.extend(started.listeners);
+        backends.insert(
+            service.package().to_owned(),
+            invoke::local(started.router.clone()),
+        );
+        for name in server::service_names(service.package()) {
+            services = services.route_service(
+                &format!("/{name}/{{*method}}"),
+                started.router.clone().into_service(),
+            );
+            names.push(name);
+        }
+    }
+    let services = services.fallback_service(inventory);
     let demo_agents = if opts.demo == Demo::Devices {
-        demo::start(inventory_backend.clone()).await?
+        demo::start(inventory_backend).await?
     } else {
         Vec::new()
     };
-    let backends = HashMap::from([
-        (INVENTORY_PACKAGE.to_owned(), inventory_backend),
-        (SNMP_PACKAGE.to_owned(), invoke::local(snmp.clone())),
-    ]);
     let gateway = rdm_gateway::router(&settings.gateway, backends, verifier)?;
 
     let inventory_listener = bind(opts.inventory_listen, "the services' gRPC").await?;
@@ -357,12 +445,6 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         inventory_listener.local_addr()?,
     );
     let mut tasks = JoinSet::new();
-    let mut names = server::service_names(INVENTORY_PACKAGE);
-    names.extend(server::service_names(SNMP_PACKAGE));
-    // One gRPC port for both (each router has its own guard and fallback).
-    let services = axum::Router::new()
-        .route_service("/rdm.snmp.v1.SnmpService/{*method}", snmp.into_service())
-        .fallback_service(inventory);
     let (args, stop) = (settings.server.clone(), shutdown.clone());
     tasks.spawn(
         async move { server::serve(inventory_listener, services, &names, &args, stop).await },
@@ -373,121 +455,85 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     Ok(Mesh {
         gateway_addr: mesh_addrs.0,
         inventory_addr: mesh_addrs.1,
-        trap_addr,
+        listeners,
         bootstrapped,
         tasks,
         _demo_agents: demo_agents,
     })
 }
 
-/// The SNMP service: it resolves targets through `inventory`, acting for
-/// its callers with `service_key`.
-async fn start_snmp(
-    inventory: Backend,
-    service_key: SigningKey,
-    verifier: Verifier,
-    trap_listen: Option<SocketAddr>,
-) -> anyhow::Result<(axum::Router, Option<SocketAddr>)> {
-    let inventory = rdm_snmp::Inventory {
-        backend: inventory,
-        service_key: Arc::new(service_key),
-    };
-    let traps = match trap_listen {
-        Some(addr) => Some(
-            rdm_snmp::traps::TrapHub::listen(addr, inventory.clone())
-                .await
-                .with_context(|| format!("cannot listen for SNMP traps on {addr}"))?,
-        ),
-        None => None,
-    };
-    let trap_addr = traps.as_ref().map(|t| t.addr);
-    let config = rdm_snmp::Config {
-        engine: Default::default(),
-        inventory,
-        traps,
-    };
-    let guard = Guard {
-        access: AccessTable::from_pool(rdm_proto::descriptor_pool()),
-        verifier,
-        actors: None,
-    };
-    Ok((rdm_snmp::service(config, guard), trap_addr))
+/// Says where `rdm serve <role>` listens (the port may have been 0).
+fn listening(role: &str, listener: &TcpListener) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(role, %addr, "serving");
+    println!("rdm serve {role}: listening on {addr}");
+    Ok(())
 }
 
-/// The services `rdm serve` can run.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Inventory,
-    Snmp,
-    Gateway,
-}
-
-/// `rdm serve <role>`: one service alone, as one Deployment runs it.
-pub async fn serve(
-    role: Role,
+/// `rdm serve inventory`.
+pub async fn serve_inventory(
     listen: SocketAddr,
-    settings: &Settings,
+    args: &InventoryArgs,
+    tokens: &TokenArgs,
+    server_args: &ServerArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = bind(listen, "the inventory").await?;
+    let inventory = start_inventory(args, tokens, None, false).await?;
+    inventory.bootstrapped.report();
+    listening("inventory", &listener)?;
+    let names = server::service_names(INVENTORY_PACKAGE);
+    server::serve(listener, inventory.router, &names, server_args, shutdown).await
+}
+
+/// `rdm serve <service>` for a registered service: it reaches the inventory
+/// over gRPC and verifies tokens with the inventory's published keys.
+pub async fn serve_service(
+    service: &dyn Service,
+    listen: SocketAddr,
+    remote: &RemoteArgs,
+    key: &ServiceKeyArgs,
+    matches: &clap::ArgMatches,
+    server_args: &ServerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = bind(listen, "the service").await?;
-    tracing::info!(role = ?role, addr = %listener.local_addr()?, "serving");
-    match role {
-        Role::Inventory => {
-            let inventory = start_inventory(settings, None, false).await?;
-            inventory.bootstrapped.report();
-            let router = inventory.router;
-            server::serve(
-                listener,
-                router,
-                &server::service_names(INVENTORY_PACKAGE),
-                &settings.server,
-                shutdown,
-            )
-            .await
-        }
-        Role::Snmp => {
-            let inventory = invoke::remote(&settings.inventory_url)?;
-            let verifier = remote_verifier(settings, inventory.clone()).await?;
-            let key_file = settings
-                .service_key_file
-                .as_deref()
-                .context("RDM_SERVICE_KEY_FILE is required for the SNMP service")?;
-            let (router, _) = start_snmp(
-                inventory,
-                SigningKey::load(key_file)?,
-                verifier,
-                settings.snmp_trap_listen,
-            )
-            .await?;
-            let names = server::service_names(SNMP_PACKAGE);
-            server::serve(listener, router, &names, &settings.server, shutdown).await
-        }
-        Role::Gateway => {
-            let inventory = invoke::remote(&settings.inventory_url)?;
-            let verifier = remote_verifier(settings, inventory.clone()).await?;
-            let backends = HashMap::from([
-                (INVENTORY_PACKAGE.to_owned(), inventory),
-                (SNMP_PACKAGE.to_owned(), invoke::remote(&settings.snmp_url)?),
-            ]);
-            let router = rdm_gateway::router(&settings.gateway, backends, verifier)?;
-            server::serve(listener, router, &[], &settings.server, shutdown).await
-        }
-    }
+    let service_key = Arc::new(SigningKey::load(&key.service_key_file)?);
+    let inventory = invoke::remote(&remote.inventory_url)?;
+    let context = mesh::Context {
+        verifier: fetch_verifier(inventory.clone(), &remote.tokens.policy()).await?,
+        inventory,
+        service_key,
+        all_in_one: false,
+    };
+    let started = service.start(matches, context).await?;
+    listening(service.name(), &listener)?;
+    let names = server::service_names(service.package());
+    server::serve(listener, started.router, &names, server_args, shutdown).await
 }
 
-/// The token verifier of a service apart from the inventory: from the
-/// configured key file, else the inventory's JWKS.
-async fn remote_verifier(settings: &Settings, inventory: Backend) -> anyhow::Result<Verifier> {
-    match &settings.jwt_key_file {
-        Some(file) => {
-            let key = SigningKey::load(file)?;
-            Ok(Verifier::new(
-                &[key.public_jwk().clone()],
-                &settings.policy(),
-            )?)
-        }
-        None => fetch_verifier(inventory, &settings.policy()).await,
+/// `rdm serve gateway`: `urls` says where each registered service is.
+pub async fn serve_gateway(
+    listen: SocketAddr,
+    remote: &RemoteArgs,
+    urls: &HashMap<&'static str, String>,
+    config: &rdm_gateway::Config,
+    server_args: &ServerArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = bind(listen, "the gateway").await?;
+    let inventory = invoke::remote(&remote.inventory_url)?;
+    let verifier = fetch_verifier(inventory.clone(), &remote.tokens.policy()).await?;
+    let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory)]);
+    for service in SERVICES {
+        let url = urls
+            .get(service.name())
+            .with_context(|| format!("no URL for the {} service", service.name()))?;
+        backends.insert(service.package().to_owned(), invoke::remote(url)?);
     }
+    let router = rdm_gateway::router(config, backends, verifier)?;
+    listening("gateway", &listener)?;
+    server::serve(listener, router, &[], server_args, shutdown).await
 }
 
 /// The token keys, from the inventory's JWKS (retried while it starts).
@@ -521,10 +567,10 @@ async fn fetch_verifier(inventory: Backend, policy: &TokenPolicy) -> anyhow::Res
 }
 
 /// `rdm migrate`: applies every service's migrations with an owner's connection.
-pub async fn migrate(settings: &Settings, data_dir: &Path) -> anyhow::Result<()> {
-    let url = match &settings.database_admin_url {
+pub async fn migrate(database: &DatabaseArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let url = match &database.database_admin_url {
         Some(url) => url.clone(),
-        None => settings.inventory_url(Some(data_dir))?,
+        None => database.url(Some(data_dir))?,
     };
     std::fs::create_dir_all(data_dir)?;
     Db::migrate(&url, &rdm_inventory::MIGRATIONS)
@@ -540,23 +586,24 @@ pub async fn migrate(settings: &Settings, data_dir: &Path) -> anyhow::Result<()>
 /// older keys. With RDM_SECRET_KEY the operator has already made the new key
 /// current (the old one in RDM_SECRET_KEY_PREVIOUS); this re-seals.
 pub async fn rotate_secret_key(
-    settings: &Settings,
+    database: &DatabaseArgs,
+    keys: &SecretKeyArgs,
     data_dir: &Path,
     retire_old: bool,
 ) -> anyhow::Result<String> {
     use rdm_kit::secrets::{generate_key, read_key_file, write_key_file};
-    let db = Db::connect(&settings.inventory_url(Some(data_dir))?, 2)
+    let db = Db::connect(&database.url(Some(data_dir))?, 2)
         .await
         .context("connecting the inventory database")?;
-    if settings.secret_key.is_some() {
-        let keyring = settings.keyring(None)?;
+    if keys.secret_key.is_some() {
+        let keyring = keys.keyring(None)?;
         let n = rdm_inventory::reseal_secrets(&db, &keyring).await?;
         return Ok(format!(
             "re-sealed {n} secrets under key {}; once every service runs without it, drop RDM_SECRET_KEY_PREVIOUS",
             keyring.current_id()
         ));
     }
-    let file = settings
+    let file = keys
         .secret_key_file
         .clone()
         .unwrap_or_else(|| data_dir.join("secret.key"));

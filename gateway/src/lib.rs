@@ -160,12 +160,7 @@ async fn serve_openapi(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn dispatch(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    if grpc {
+    if rdm_kit::server::is_grpc(req.headers()) {
         proxy(&gw, req).await
     } else {
         transcode::handle(&gw, req).await

@@ -13,7 +13,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, Method, header};
 use prost::Message;
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
@@ -22,31 +22,12 @@ use rdm_kit::{Error, ErrorCode, invoke};
 use serde_json::{Map, Value};
 
 const JSON: &str = "application/json";
-const PROBLEM: &str = "application/problem+json";
 const NDJSON: &str = "application/x-ndjson";
 const SSE: &str = "text/event-stream";
 
 /// A problem+json reply for `err`.
 pub fn problem(err: &Error, request_id: Option<&str>) -> Response {
-    let status =
-        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = (status, err.problem(request_id).to_string()).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM));
-    // Error metadata that HTTP has a header for.
-    for (key, name) in [
-        ("retry_after_s", header::RETRY_AFTER),
-        ("allow", header::ALLOW),
-    ] {
-        if let Some(value) = err
-            .metadata
-            .get(key)
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
-            resp.headers_mut().insert(name, value);
-        }
-    }
-    resp
+    rdm_kit::server::problem(err, request_id)
 }
 
 pub fn request_id(headers: &HeaderMap) -> Option<String> {

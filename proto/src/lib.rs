@@ -16,29 +16,7 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
     &POOL
 }
 
-pub mod google {
-    pub mod api {
-        tonic::include_proto!("google.api");
-    }
-}
-
-pub mod rdm {
-    pub mod api {
-        pub mod v1 {
-            tonic::include_proto!("rdm.api.v1");
-        }
-    }
-    pub mod inventory {
-        pub mod v1 {
-            tonic::include_proto!("rdm.inventory.v1");
-        }
-    }
-    pub mod snmp {
-        pub mod v1 {
-            tonic::include_proto!("rdm.snmp.v1");
-        }
-    }
-}
+include!(concat!(env!("OUT_DIR"), "/rdm_modules.rs"));
 
 pub use rdm::inventory::v1 as inventory;
 pub use rdm::snmp::v1 as snmp;

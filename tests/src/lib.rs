@@ -5,6 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::{net::SocketAddr, path::PathBuf};
+use tokio::io::AsyncBufReadExt;
 
 pub mod snmpd;
 
@@ -120,12 +121,13 @@ impl TestMesh {
             Store::Postgres => Some(PgDatabase::create().await),
         };
         let mut settings = Settings {
-            admin_password: Some(ADMIN_PASSWORD.into()),
-            database_url: pg.as_ref().map(|p| p.app_url.clone()),
-            database_admin_url: pg.as_ref().map(|p| p.admin_url.clone()),
-            snmp_trap_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            services: rdm::service_settings(&["--snmp-trap-listen", "127.0.0.1:0"])
+                .expect("service flags parse"),
             ..Settings::default()
         };
+        settings.inventory.admin_password = Some(ADMIN_PASSWORD.into());
+        settings.inventory.database.database_url = pg.as_ref().map(|p| p.app_url.clone());
+        settings.inventory.database.database_admin_url = pg.as_ref().map(|p| p.admin_url.clone());
         settings.server.shutdown_delay_ms = 0;
         settings.server.drain_timeout_ms = 2000;
         tune(&mut settings);
@@ -142,7 +144,8 @@ impl TestMesh {
         )
         .await
         .expect("the mesh starts");
-        let (gateway, inventory, traps) = (mesh.gateway_addr, mesh.inventory_addr, mesh.trap_addr);
+        let (gateway, inventory) = (mesh.gateway_addr, mesh.inventory_addr);
+        let traps = mesh.listeners.get("snmp-traps").copied();
         tokio::spawn(mesh.wait());
         Self {
             gateway,
@@ -295,41 +298,140 @@ macro_rules! on_both_stores {
     };
 }
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// A running `rdm` child process and where it said it listens.
+pub struct Process {
+    pub child: tokio::process::Child,
+    /// The gateway (`rdm up`) or the role's port (`rdm serve`).
+    pub addr: SocketAddr,
+    /// What it printed up to saying so.
+    pub printed: Vec<String>,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Its stderr (the logs), in a file: a pipe nobody reads would fill up.
+    stderr: tempfile::NamedTempFile,
 }
 
-/// `rdm serve <role>` as a child process on `port`, with `env` on top of a
-/// test environment; killed when dropped.
-pub fn spawn_serve(role: &str, port: u16, env: &[(&str, String)]) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(rdm_binary());
-    cmd.args(["serve", role, "--listen", &format!("127.0.0.1:{port}")])
-        .env("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("RDM_SECRET_KEY", rdm_kit::secrets::generate_key())
-        .env("RDM_LOG", "warn")
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
+impl Process {
+    /// Starts `rdm` with `args` (every port it binds is 0, so tests never
+    /// collide) and waits (at most 30 s) for the line naming its address:
+    /// `rdm is up: gateway http://ADDR ...` or `rdm serve ROLE: listening on ADDR`.
+    pub async fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let stderr = tempfile::NamedTempFile::new().expect("temp file");
+        let mut cmd = tokio::process::Command::new(rdm_binary());
+        cmd.args(args)
+            .env("RDM_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr.reopen().expect("temp file"))
+            .kill_on_drop(true);
+        // Only the settings the test gives, none from the environment.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RDM_")) {
+            cmd.env_remove(k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn rdm");
+        let mut stdout =
+            tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut printed = Vec::new();
+        let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(line) = stdout.next_line().await.expect("stdout") {
+                let addr = line
+                    .strip_prefix("rdm is up: gateway http://")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .or_else(|| line.split_once(": listening on ").map(|(_, a)| a.trim()))
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                printed.push(line);
+                if addr.is_some() {
+                    return addr;
+                }
+            }
+            None
+        })
+        .await;
+        let addr = match found {
+            Ok(Some(addr)) => addr,
+            _ => panic!("rdm {args:?} never said where it listens: {printed:?}"),
+        };
+        Self {
+            child,
+            addr,
+            printed,
+            stdout,
+            stderr,
+        }
     }
-    cmd.spawn().expect("spawn rdm serve")
+
+    /// `rdm up` on `data_dir`, every port 0, with `extra` flags.
+    pub async fn up(data_dir: &std::path::Path, extra: &[&str], env: &[(&str, String)]) -> Self {
+        let dir = data_dir.to_str().expect("utf-8 temp dir");
+        let mut args = vec![
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--inventory-listen",
+            "127.0.0.1:0",
+            "--snmp-trap-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args, env).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits (at most `within`) for the exit; returns
+    /// everything it printed on stdout after its address line, then stderr.
+    pub async fn terminate(
+        mut self,
+        within: std::time::Duration,
+    ) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let mut rest = String::new();
+        let status = tokio::time::timeout(within, async {
+            while let Ok(Some(line)) = self.stdout.next_line().await {
+                rest.push_str(&line);
+                rest.push('\n');
+            }
+            self.child.wait().await.expect("wait")
+        })
+        .await
+        .expect("exits in time");
+        rest.push_str(&std::fs::read_to_string(self.stderr.path()).unwrap_or_default());
+        (status, rest)
+    }
 }
 
-/// A gRPC channel to `port` once something accepts there (at most 20 s).
-pub async fn wait_for_port(port: u16) -> tonic::transport::Channel {
+/// `rdm serve <role>` as a child process on a port of its own choosing,
+/// with `env` on top of a test environment; killed when dropped.
+pub async fn spawn_serve(role: &str, env: &[(&str, String)]) -> Process {
+    let mut env: Vec<(&str, String)> = env.to_vec();
+    if !env.iter().any(|(k, _)| *k == "RDM_SECRET_KEY") {
+        env.push(("RDM_SECRET_KEY", rdm_kit::secrets::generate_key()));
+    }
+    env.push(("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD.into()));
+    Process::start(&["serve", role, "--listen", "127.0.0.1:0"], &env).await
+}
+
+/// A gRPC channel to `addr` once something accepts there (at most 20 s).
+pub async fn wait_for(addr: SocketAddr) -> tonic::transport::Channel {
     let started = std::time::Instant::now();
     loop {
-        let endpoint = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("url");
+        let endpoint =
+            tonic::transport::Channel::from_shared(format!("http://{addr}")).expect("url");
         if let Ok(channel) = endpoint.connect().await {
             return channel;
         }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(20),
-            "nothing listens on {port} after 20 s"
+            "nothing listens on {addr} after 20 s"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

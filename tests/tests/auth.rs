@@ -233,7 +233,7 @@ async fn disabled_and_deleted_users_cannot_sign_in(mesh: TestMesh) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_lock_a_login_out_without_revealing_users() {
-    let mesh = TestMesh::start_with(Store::Sqlite, |s| s.login_max_failures = 3).await;
+    let mesh = TestMesh::start_with(Store::Sqlite, |s| s.inventory.login_max_failures = 3).await;
     for _ in 0..3 {
         assert_eq!(
             mesh.login("demo", "demo", "wrong").await.0,
@@ -276,7 +276,7 @@ async fn repeated_failures_lock_a_login_out_without_revealing_users() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_guesses_all_count_towards_the_lockout() {
     for store in [Store::Sqlite, Store::Postgres] {
-        let mesh = TestMesh::start_with(store, |s| s.login_max_failures = 5).await;
+        let mesh = TestMesh::start_with(store, |s| s.inventory.login_max_failures = 5).await;
         let guesses = (0..5).map(|i| {
             let mesh = &mesh;
             async move { mesh.login("demo", "demo", &format!("guess-{i}")).await.0 }

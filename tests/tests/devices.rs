@@ -635,11 +635,11 @@ async fn key_rotation_reseals_every_secret_while_serving(mesh: TestMesh) {
 
     let key_file = mesh.data_dir.join("secret.key");
     let old_key = read_key_file(&key_file).unwrap().remove(0);
-    let settings = rdm_tests::Settings {
+    let database = rdm::DatabaseArgs {
         database_url: mesh.pg.as_ref().map(|p| p.app_url.clone()),
         ..Default::default()
     };
-    let report = rdm::rotate_secret_key(&settings, &mesh.data_dir, true)
+    let report = rdm::rotate_secret_key(&database, &Default::default(), &mesh.data_dir, true)
         .await
         .unwrap();
     assert!(report.starts_with("re-sealed 3 secrets"), "{report}");

@@ -4,9 +4,7 @@ use rdm_proto::inventory::{
     GetMeRequest, LoginRequest, auth_service_client::AuthServiceClient,
     user_service_client::UserServiceClient,
 };
-use rdm_tests::{
-    ADMIN_PASSWORD, PgDatabase, Store, TestMesh, free_port, spawn_serve, wait_for_port,
-};
+use rdm_tests::{ADMIN_PASSWORD, PgDatabase, Store, TestMesh, spawn_serve, wait_for};
 use std::time::{Duration, Instant};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
@@ -179,10 +177,8 @@ async fn health(channel: Channel, service: &str) -> Result<ServingStatus, tonic:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_health_not_serving_then_exits_within_the_drain_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = spawn_serve(
+    let served = spawn_serve(
         "inventory",
-        port,
         &[
             (
                 "RDM_DATABASE_URL",
@@ -192,8 +188,10 @@ async fn sigterm_turns_health_not_serving_then_exits_within_the_drain_deadline()
             ("RDM_SHUTDOWN_DELAY_MS", "1500".into()),
             ("RDM_DRAIN_TIMEOUT_MS", "2000".into()),
         ],
-    );
-    let ch = wait_for_port(port).await;
+    )
+    .await;
+    let ch = wait_for(served.addr).await;
+    let mut child = served.child;
     assert_eq!(
         health(ch.clone(), "").await.unwrap(),
         ServingStatus::Serving
@@ -248,29 +246,24 @@ async fn sigterm_turns_health_not_serving_then_exits_within_the_drain_deadline()
 async fn serve_inventory_and_gateway_as_separate_processes() {
     let pg = PgDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let (inventory_port, gateway_port) = (free_port(), free_port());
-    let _inventory = spawn_serve(
+    let inventory = spawn_serve(
         "inventory",
-        inventory_port,
         &[
             ("RDM_DATABASE_URL", pg.app_url.clone()),
             ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
             ("RDM_JWT_KEY_FILE", token_key(dir.path())),
         ],
-    );
-    wait_for_port(inventory_port).await;
-    let _gateway = spawn_serve(
+    )
+    .await;
+    let gateway = spawn_serve(
         "gateway",
-        gateway_port,
-        &[(
-            "RDM_INVENTORY_URL",
-            format!("http://127.0.0.1:{inventory_port}"),
-        )],
-    );
-    let channel = wait_for_port(gateway_port).await;
+        &[("RDM_INVENTORY_URL", format!("http://{}", inventory.addr))],
+    )
+    .await;
+    let channel = wait_for(gateway.addr).await;
 
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{gateway_port}");
+    let base = gateway.url("");
     let login: serde_json::Value = http
         .post(format!("{base}/v1/auth/login"))
         .json(&serde_json::json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
@@ -325,26 +318,33 @@ fn token_key(dir: &std::path::Path) -> String {
 async fn serve_refuses_to_invent_a_missing_key() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-key.pem");
-    let out = tokio::process::Command::new(rdm_tests::rdm_binary())
-        .args([
-            "serve",
-            "gateway",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .env("RDM_JWT_KEY_FILE", &missing)
-        .env("RDM_LOG", "error")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "a gateway with a made-up key would reject every token"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no-such-key.pem"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!missing.exists(), "no key was created");
+    for role in ["inventory", "snmp"] {
+        let var = if role == "inventory" {
+            "RDM_JWT_KEY_FILE"
+        } else {
+            "RDM_SERVICE_KEY_FILE"
+        };
+        let out = tokio::process::Command::new(rdm_tests::rdm_binary())
+            .args(["serve", role, "--listen", "127.0.0.1:0"])
+            .env(var, &missing)
+            .env(
+                "RDM_DATABASE_URL",
+                format!("sqlite:{}", dir.path().join("inv.db").display()),
+            )
+            .env("RDM_SECRET_KEY", rdm_kit::secrets::generate_key())
+            .env("RDM_LOG", "error")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{role} with a made-up key would reject every token or actor"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no-such-key.pem"),
+            "{role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!missing.exists(), "no key was created");
+    }
 }

@@ -1028,7 +1028,7 @@ async fn the_demo_devices_answer_through_rdm() {
 /// (ResolveTargets, with an actor token the inventory trusts) -> the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_snmp_as_its_own_process() {
-    use rdm_tests::{ADMIN_PASSWORD, PgDatabase, free_port, spawn_serve, wait_for_port};
+    use rdm_tests::{ADMIN_PASSWORD, PgDatabase, spawn_serve};
     snmpd::ensure();
     let pg = PgDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
@@ -1038,40 +1038,36 @@ async fn serve_snmp_as_its_own_process() {
         path.display().to_string()
     };
     let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
-    let (inventory_port, snmp_port, gateway_port) = (free_port(), free_port(), free_port());
-    let inventory_url = format!("http://127.0.0.1:{inventory_port}");
-    let _inventory = spawn_serve(
+    let inventory = spawn_serve(
         "inventory",
-        inventory_port,
         &[
             ("RDM_DATABASE_URL", pg.app_url.clone()),
             ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
             ("RDM_JWT_KEY_FILE", jwt_key),
             ("RDM_SERVICE_KEY_FILE", service_key.clone()),
         ],
-    );
-    wait_for_port(inventory_port).await;
-    let _snmp = spawn_serve(
+    )
+    .await;
+    let inventory_url = format!("http://{}", inventory.addr);
+    let snmp = spawn_serve(
         "snmp",
-        snmp_port,
         &[
             ("RDM_INVENTORY_URL", inventory_url.clone()),
             ("RDM_SERVICE_KEY_FILE", service_key),
         ],
-    );
-    wait_for_port(snmp_port).await;
-    let _gateway = spawn_serve(
+    )
+    .await;
+    let gateway = spawn_serve(
         "gateway",
-        gateway_port,
         &[
             ("RDM_INVENTORY_URL", inventory_url),
-            ("RDM_SNMP_URL", format!("http://127.0.0.1:{snmp_port}")),
+            ("RDM_SNMP_URL", format!("http://{}", snmp.addr)),
         ],
-    );
-    wait_for_port(gateway_port).await;
+    )
+    .await;
 
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{gateway_port}");
+    let base = gateway.url("");
     let login: Value = http
         .post(format!("{base}/v1/auth/login"))
         .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))

@@ -4,7 +4,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
-use rdm_tests::{ADMIN_PASSWORD, free_port, rdm_binary};
+use rdm_tests::{ADMIN_PASSWORD, Process};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -35,41 +35,27 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = tokio::process::Command::new(rdm_binary())
-        .args([
-            "up",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--inventory-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("RDM_SHUTDOWN_DELAY_MS", "0")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let http = reqwest::Client::new();
+    let rdm = Process::up(
+        dir.path(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("RDM_SHUTDOWN_DELAY_MS", "0".into()),
+            // Spans are exported at the level the log filter lets through.
+            ("RDM_LOG", "info".into()),
+        ],
+    )
+    .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let url = format!("http://127.0.0.1:{port}/v1/me");
-    let mut answered = false;
-    for _ in 0..200 {
-        let sent = http
-            .get(&url)
-            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-            .send()
-            .await;
-        if sent.is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED) {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(answered, "rdm up did not answer on {url}");
+    let answered = reqwest::Client::new()
+        .get(rdm.url("/v1/me"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), reqwest::StatusCode::UNAUTHORIZED);
 
     let found = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(export) = rx.recv().await {
@@ -92,7 +78,7 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
         None
     })
     .await;
-    let _ = child.start_kill();
+    drop(rdm);
     let service = found.expect("no span of our trace reached the collector within 20 s");
     assert!(
         service.is_some_and(|s| s.contains("rdm")),

@@ -362,3 +362,61 @@ async fn rdm_openapi_prints_what_the_gateway_serves() {
     }
     assert!(ids.len() >= 15, "{ids:?}");
 }
+
+/// A call past the request deadline is a 504 problem (REST) or
+/// DEADLINE_EXCEEDED (gRPC), not an empty 200 in gRPC's clothes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_is_a_504_problem() {
+    let mesh = TestMesh::start_with(Store::Sqlite, |s| s.server.request_timeout_ms = 300).await;
+    let token = mesh.token("demo", "demo", "demo").await;
+    // An agent that never answers: the SNMP get waits far past the deadline.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let body = json!({
+        "target": {"endpoint": {"host": "127.0.0.1", "port": port, "version": "2c", "community": "public", "timeout_ms": 5000}},
+        "oids": ["1.3.6.1.2.1.1.1.0"]
+    });
+    let resp = mesh
+        .http
+        .post(mesh.url("/v1/snmp/get"))
+        .bearer_auth(&token)
+        .header("x-request-id", "deadline-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "DEADLINE_EXCEEDED", "{problem}");
+    assert_eq!(problem["request_id"], "deadline-1");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("300 ms"),
+        "{problem}"
+    );
+
+    // gRPC through the gateway port: the status (the caller would wait longer).
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", mesh.gateway))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = rdm_proto::snmp::snmp_service_client::SnmpServiceClient::new(channel);
+    let mut request = tonic::Request::new(rdm_proto::snmp::GetRequest {
+        target: Some(rdm_proto::snmp::Target {
+            target: Some(rdm_proto::snmp::target::Target::Endpoint(
+                rdm_kit::endpoint::structs::from_json(
+                    body["target"]["endpoint"].as_object().unwrap(),
+                ),
+            )),
+        }),
+        oids: vec!["1.3.6.1.2.1.1.1.0".into()],
+    });
+    request.set_timeout(std::time::Duration::from_secs(5));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let status = client.get(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    drop(silent);
+}

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::Jwk};
-use prost_reflect::{DescriptorPool, Value};
+use prost_reflect::{DescriptorPool, ExtensionDescriptor};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::HashMap,
@@ -200,6 +200,34 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(bytes)
 }
 
+/// Seconds since the Unix epoch: the system's, or one a test moves.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Clock {
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::System => jsonwebtoken::get_current_timestamp(),
+            Clock::Manual(t) => t.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// Claims with an expiry, checked against our clock (not jsonwebtoken's).
+trait Expiring {
+    fn exp(&self) -> u64;
+}
+
+impl Expiring for Claims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
 /// Published public keys and what a token signed by one must say.
 #[derive(Clone)]
 struct KeySet {
@@ -221,14 +249,21 @@ impl KeySet {
         validation.set_issuer(&[&policy.issuer]);
         validation.set_audience(&[&policy.audience]);
         validation.set_required_spec_claims(required);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY;
+        // Expiry is checked against the verifier's clock, after decoding.
+        validation.validate_exp = false;
         Ok(Self {
             keys: Arc::new(keys),
             validation: Arc::new(validation),
         })
     }
 
-    fn decode<C: serde::de::DeserializeOwned>(&self, token: &str, what: &str) -> Result<C> {
+    fn decode<C: serde::de::DeserializeOwned + Expiring>(
+        &self,
+        token: &str,
+        what: &str,
+        now: u64,
+    ) -> Result<C> {
         let rejected = |why: &str| Error::unauthenticated(format!("invalid {what}: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| rejected("malformed"))?;
         let key = match header.kid.as_deref() {
@@ -247,15 +282,22 @@ impl KeySet {
                 _ => rejected("malformed"),
             }
         })?;
+        if now > data.claims.exp() + LEEWAY {
+            return Err(rejected("expired"));
+        }
         Ok(data.claims)
     }
 }
+
+/// Seconds a token is still accepted past its `exp` (clock skew between hosts).
+const LEEWAY: u64 = 5;
 
 /// Checks bearer tokens against the published keys.
 #[derive(Clone)]
 pub struct Verifier {
     keys: KeySet,
     verified: Arc<Mutex<VerifiedTokens>>,
+    clock: Clock,
 }
 
 /// Tokens remembered as verified (with their expiry, still checked on every
@@ -272,22 +314,29 @@ impl Verifier {
         Ok(Self {
             keys,
             verified: Arc::default(),
+            clock: Clock::System,
         })
     }
 
+    /// The same verifier reading time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub fn verify(&self, token: &str) -> Result<Principal> {
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.clock.now();
         let remembered = self
             .verified
             .lock()
             .ok()
             .and_then(|c| c.get(token).cloned());
         if let Some((principal, exp)) = remembered
-            && now <= exp + self.keys.validation.leeway
+            && now <= exp + LEEWAY
         {
             return Ok(principal);
         }
-        let claims: Claims = self.keys.decode(token, "bearer token")?;
+        let claims: Claims = self.keys.decode(token, "bearer token", now)?;
         let roles = claims
             .roles
             .iter()
@@ -357,6 +406,12 @@ impl SigningKey {
     }
 }
 
+impl Expiring for ActorClaims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
 /// Checks actor tokens against the keys of the services the inventory trusts.
 #[derive(Clone)]
 pub struct ActorVerifier(KeySet);
@@ -371,8 +426,17 @@ impl ActorVerifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<ActorClaims> {
-        self.0.decode(token, "actor token")
+        self.0
+            .decode(token, "actor token", jsonwebtoken::get_current_timestamp())
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// matched case-insensitively (RFC 6750 / RFC 9110).
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The access rule of one RPC, from its `rdm.api.v1.access` option.
@@ -382,6 +446,44 @@ pub enum Access {
     Role(Role),
     /// Only for a service acting for a caller (never through the gateway).
     Internal,
+    /// No rule, or one that does not parse: nobody may call it.
+    Denied,
+}
+
+impl Access {
+    /// The rule of one method. Exactly one of `public`, `role` and
+    /// `internal` must be set; anything else fails closed.
+    fn of(method: &prost_reflect::MethodDescriptor, ext: Option<&ExtensionDescriptor>) -> Self {
+        let Some(ext) = ext.filter(|ext| method.options().has_extension(ext)) else {
+            return Access::Denied;
+        };
+        let options = method.options();
+        let value = options.get_extension(ext);
+        let Some(rule) = value.as_message() else {
+            return Access::Denied;
+        };
+        // Set means not the default value (proto3): `public: false` is unset.
+        let set = |name: &str| {
+            prost_reflect::ReflectMessage::descriptor(rule)
+                .get_field_by_name(name)
+                .is_some_and(|f| rule.has_field(&f))
+        };
+        let role = rule
+            .get_field_by_name("role")
+            .and_then(|v| v.as_enum_number());
+        match (set("public"), set("internal"), set("role")) {
+            (true, false, false) => Access::Public,
+            (false, true, false) => Access::Internal,
+            (false, false, true) => match role {
+                Some(1) => Access::Role(Role::Viewer),
+                Some(2) => Access::Role(Role::Operator),
+                Some(3) => Access::Role(Role::Admin),
+                Some(4) => Access::Role(Role::PlatformAdmin),
+                _ => Access::Denied,
+            },
+            _ => Access::Denied,
+        }
+    }
 }
 
 /// Access rules of every RPC in the descriptor set, by gRPC path
@@ -391,37 +493,18 @@ pub struct AccessTable(Arc<HashMap<String, Access>>);
 
 impl AccessTable {
     /// Reads every method's option. A method without a valid one is denied to
-    /// everybody: a forgotten option fails closed.
+    /// everybody: a forgotten or mistyped rule fails closed.
     pub fn from_pool(pool: &DescriptorPool) -> Self {
         let ext = pool.get_extension_by_name("rdm.api.v1.access");
         let mut rules = HashMap::new();
         for service in pool.services() {
             for method in service.methods() {
-                let access = ext.as_ref().and_then(|ext| {
-                    let options = method.options();
-                    if !options.has_extension(ext) {
-                        return None;
-                    }
-                    let value = options.get_extension(ext);
-                    let rule = value.as_message()?;
-                    let flag = |name: &str| rule.get_field_by_name(name).and_then(|v| v.as_bool());
-                    if flag("internal") == Some(true) {
-                        return Some(Access::Internal);
-                    }
-                    if flag("public") == Some(true) {
-                        return Some(Access::Public);
-                    }
-                    let role = rule.get_field_by_name("role");
-                    role.as_deref()
-                        .and_then(Value::as_str)
-                        .and_then(|r| r.parse().ok())
-                        .map(Access::Role)
-                });
-                let path = format!("/{}/{}", service.full_name(), method.name());
-                if access.is_none() && service.full_name().starts_with("rdm.") {
-                    tracing::warn!(method = %method.full_name(), "rpc has no access option: denied");
+                let access = Access::of(&method, ext.as_ref());
+                if access == Access::Denied && service.full_name().starts_with("rdm.") {
+                    tracing::warn!(method = %method.full_name(), "rpc has no valid access option: denied");
                 }
-                rules.insert(path, access.unwrap_or(Access::Role(Role::PlatformAdmin)));
+                let path = format!("/{}/{}", service.full_name(), method.name());
+                rules.insert(path, access);
             }
         }
         Self(Arc::new(rules))
@@ -444,16 +527,19 @@ impl AccessTable {
         let Some(access) = self.get(path) else {
             return Ok(None); // not an rdm RPC: health, reflection, metrics
         };
-        if *access == Access::Public {
-            return Ok(None);
+        match access {
+            Access::Public => return Ok(None),
+            Access::Denied => {
+                return Err(Error::permission_denied(
+                    "this call has no valid access rule: nobody may make it",
+                ));
+            }
+            _ => {}
         }
         let token = authorization
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
+            .and_then(bearer_token)
             .ok_or_else(|| Error::unauthenticated("missing bearer token"))?;
-        let principal = verifier.verify(token.trim())?;
+        let principal = verifier.verify(token)?;
         match access {
             Access::Role(least) if principal.has_role(*least) => Ok(Some(principal)),
             Access::Role(least) => Err(Error::permission_denied(format!(
@@ -477,7 +563,7 @@ impl AccessTable {
                 }
                 Ok(Some(principal))
             }
-            Access::Public => unreachable!("handled above"),
+            Access::Public | Access::Denied => unreachable!("handled above"),
         }
     }
 }
@@ -550,29 +636,42 @@ mod tests {
     #[test]
     fn a_remembered_token_still_expires() {
         let key = key();
-        let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
-        // Valid for the leeway only: verified now, then past its expiry.
-        let token = key.sign(&claims(&["viewer"], -4)).unwrap();
+        let t0 = jsonwebtoken::get_current_timestamp();
+        let time = Arc::new(std::sync::atomic::AtomicU64::new(t0));
+        let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default())
+            .unwrap()
+            .with_clock(Clock::Manual(time.clone()));
+        let token = key.sign(&claims(&["viewer"], 60)).unwrap();
         assert!(verifier.verify(&token).is_ok());
-        assert!(
-            verifier.verify(&token).is_ok(),
-            "second use comes from the cache"
-        );
         assert!(
             verifier
                 .verified
                 .lock()
                 .unwrap()
-                .contains_key(token.as_str())
+                .contains_key(token.as_str()),
+            "remembered"
         );
-        // exp = t0 - 4 and the leeway is 5 s (inclusive): two seconds on it is past.
-        std::thread::sleep(std::time::Duration::from_millis(2100));
+        // Within the leeway past exp, then one second beyond it.
+        time.store(t0 + 60 + LEEWAY, std::sync::atomic::Ordering::Relaxed);
+        assert!(verifier.verify(&token).is_ok());
+        time.store(t0 + 61 + LEEWAY, std::sync::atomic::Ordering::Relaxed);
         let err = verifier.verify(&token).unwrap_err();
         assert!(err.message.contains("expired"), "{err:?}");
+        // Not remembered either: a fresh verifier at that time refuses it too.
+        let fresh = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default())
+            .unwrap()
+            .with_clock(Clock::Manual(time));
+        assert!(
+            fresh
+                .verify(&token)
+                .unwrap_err()
+                .message
+                .contains("expired")
+        );
     }
 
     #[test]
-    fn every_rdm_rpc_has_an_access_rule() {
+    fn every_rdm_rpc_has_a_valid_access_rule() {
         let pool = rdm_proto::descriptor_pool();
         let table = AccessTable::from_pool(pool);
         for service in pool
@@ -581,12 +680,11 @@ mod tests {
         {
             for method in service.methods() {
                 let path = format!("/{}/{}", service.full_name(), method.name());
-                let ext = pool.get_extension_by_name("rdm.api.v1.access").unwrap();
+                let rule = table.get(&path);
                 assert!(
-                    method.options().has_extension(&ext),
-                    "{path} has no access option"
+                    rule.is_some_and(|r| *r != Access::Denied),
+                    "{path} has no valid access rule"
                 );
-                assert!(table.get(&path).is_some());
             }
         }
         assert_eq!(
@@ -596,6 +694,70 @@ mod tests {
         assert_eq!(
             table.get("/rdm.inventory.v1.TenantService/CreateTenant"),
             Some(&Access::Role(Role::PlatformAdmin))
+        );
+        assert_eq!(
+            table.get("/rdm.snmp.v1.SnmpService/Set"),
+            Some(&Access::Role(Role::Operator))
+        );
+    }
+
+    /// Rules that are missing, empty, say two things or name no role deny
+    /// the RPC to everybody, platform admins included.
+    #[test]
+    fn a_missing_or_malformed_rule_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+        std::fs::write(
+            dir.path().join("t.proto"),
+            r#"syntax = "proto3";
+package t.v1;
+import "rdm/api/v1/access.proto";
+message M {}
+service S {
+  rpc NoRule(M) returns (M);
+  rpc Empty(M) returns (M) { option (rdm.api.v1.access) = {}; }
+  rpc Unspecified(M) returns (M) { option (rdm.api.v1.access) = {role: ROLE_UNSPECIFIED}; }
+  rpc Two(M) returns (M) { option (rdm.api.v1.access) = {public: true, role: ROLE_VIEWER}; }
+  rpc PublicFalse(M) returns (M) { option (rdm.api.v1.access) = {public: false}; }
+  rpc Good(M) returns (M) { option (rdm.api.v1.access) = {role: ROLE_ADMIN}; }
+}"#,
+        )
+        .unwrap();
+        let mut compiler = protox::Compiler::new([dir.path(), proto_root.as_path()]).unwrap();
+        compiler.include_imports(true).open_file("t.proto").unwrap();
+        let pool =
+            DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice()).unwrap();
+        let table = AccessTable::from_pool(&pool);
+        for name in ["NoRule", "Empty", "Unspecified", "Two", "PublicFalse"] {
+            assert_eq!(
+                table.get(&format!("/t.v1.S/{name}")),
+                Some(&Access::Denied),
+                "{name}"
+            );
+        }
+        assert_eq!(table.get("/t.v1.S/Good"), Some(&Access::Role(Role::Admin)));
+
+        let key = key();
+        let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
+        let root = key.sign(&claims(&["platform-admin"], 60)).unwrap();
+        let err = table
+            .authorize(
+                &verifier,
+                "/t.v1.S/Empty",
+                Some(&format!("Bearer {root}")),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, crate::ErrorCode::PermissionDenied);
+        assert!(
+            table
+                .authorize(
+                    &verifier,
+                    "/t.v1.S/Good",
+                    Some(&format!("Bearer {root}")),
+                    None
+                )
+                .is_ok()
         );
     }
 }

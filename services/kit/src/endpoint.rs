@@ -298,10 +298,13 @@ fn check_object(
         let checked = match *kind {
             Kind::Text => Value::from(text()?),
             Kind::Secret => {
-                let secret = value
-                    .as_str()
-                    .filter(|s| !s.is_empty() && s.len() <= 4096)
-                    .ok_or_else(|| bad("must be non-empty text"))?;
+                let secret = value.as_str().ok_or_else(|| bad("must be text"))?;
+                if secret.is_empty() {
+                    return Err(bad("must be non-empty text (null forgets a stored one)"));
+                }
+                if secret.len() > 4096 {
+                    return Err(bad("is too long: at most 4096 bytes"));
+                }
                 secrets.insert(path, secret.to_owned());
                 continue;
             }
@@ -386,6 +389,10 @@ fn number(value: &Value, min: u64, max: u64) -> Option<u64> {
 }
 
 fn valid_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Some(v6) = bare {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
     if host.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
@@ -403,6 +410,42 @@ fn valid_host(host: &str) -> bool {
 /// Whether `host` is a valid IP address or host name.
 pub fn is_valid_host(host: &str) -> bool {
     valid_host(host)
+}
+
+/// Every address in checked settings, by field path: hosts, and the host of
+/// every URL (base URLs, brokers). The address policy vets each of them.
+pub fn addresses(protocol: Protocol, config: &Map<String, Value>) -> Vec<(String, String)> {
+    fn walk(
+        schema: &[Field],
+        config: &Map<String, Value>,
+        prefix: &str,
+        out: &mut Vec<(String, String)>,
+    ) {
+        for Field(name, kind) in schema {
+            let Some(value) = config.get(*name) else {
+                continue;
+            };
+            let path = format!("{prefix}{name}");
+            match (kind, value) {
+                (Kind::Host, Value::String(host)) => out.push((path, host.clone())),
+                (Kind::Url, Value::String(url)) => {
+                    if let Some(host) = url::Url::parse(url)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_owned))
+                    {
+                        out.push((path, host));
+                    }
+                }
+                (Kind::Object(fields), Value::Object(inner)) => {
+                    walk(fields, inner, &format!("{path}."), out);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(protocol.schema(), config, "", &mut out);
+    out
 }
 
 /// Checks what a complete endpoint needs, given which secrets it holds

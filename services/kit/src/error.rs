@@ -30,11 +30,14 @@ pub enum ErrorCode {
     /// The route exists with other HTTP methods (REST only).
     MethodNotAllowed,
     Unavailable,
+    /// The call ran past its deadline (the server's request timeout or the
+    /// caller's `grpc-timeout`).
+    DeadlineExceeded,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -51,6 +54,7 @@ impl ErrorCode {
         Self::Unimplemented,
         Self::MethodNotAllowed,
         Self::Unavailable,
+        Self::DeadlineExceeded,
         Self::Internal,
     ];
 
@@ -73,6 +77,7 @@ impl ErrorCode {
             Self::Unimplemented => "UNIMPLEMENTED",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Unavailable => "UNAVAILABLE",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Internal => "INTERNAL",
         }
     }
@@ -90,7 +95,7 @@ impl ErrorCode {
             Self::AlreadyExists => Code::AlreadyExists,
             Self::FailedPrecondition => Code::FailedPrecondition,
             Self::TooManyRequests | Self::PayloadTooLarge => Code::ResourceExhausted,
-            Self::DeviceTimeout => Code::DeadlineExceeded,
+            Self::DeviceTimeout | Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::DeviceUnreachable | Self::UpstreamUnavailable | Self::Unavailable => {
                 Code::Unavailable
             }
@@ -116,7 +121,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::DeviceUnreachable => 502,
             Self::UpstreamUnavailable | Self::Unavailable => 503,
-            Self::DeviceTimeout => 504,
+            Self::DeviceTimeout | Self::DeadlineExceeded => 504,
         }
     }
 
@@ -131,7 +136,7 @@ impl ErrorCode {
             Code::AlreadyExists | Code::Aborted => Self::AlreadyExists,
             Code::FailedPrecondition => Self::FailedPrecondition,
             Code::ResourceExhausted => Self::TooManyRequests,
-            Code::DeadlineExceeded => Self::DeviceTimeout,
+            Code::DeadlineExceeded => Self::DeadlineExceeded,
             Code::Unimplemented => Self::Unimplemented,
             Code::Unavailable | Code::Cancelled => Self::Unavailable,
             _ => Self::Internal,
@@ -229,8 +234,12 @@ impl Error {
             "code": self.code.reason(),
             "domain": self.domain,
         });
-        if let Some(field) = self.field() {
-            body["field"] = field.into();
+        // Every ErrorInfo metadata entry (field, protocol codes, ...) as a
+        // member, never replacing the standard ones.
+        for (key, value) in &self.metadata {
+            if body.get(key).is_none() && key != "request_id" {
+                body[key.as_str()] = value.as_str().into();
+            }
         }
         if let Some(id) = request_id {
             body["request_id"] = id.into();
@@ -318,9 +327,21 @@ mod tests {
     }
 
     #[test]
+    fn every_metadata_entry_is_a_problem_member() {
+        let problem = Error::new(ErrorCode::DeviceError, "noAccess at varbind 1")
+            .with_meta("snmp_error_status", "noAccess")
+            .with_meta("error_index", "1")
+            .with_meta("status", "not the HTTP status")
+            .problem(None);
+        assert_eq!(problem["snmp_error_status"], "noAccess");
+        assert_eq!(problem["error_index"], "1");
+        assert_eq!(problem["status"], 422, "standard members are kept");
+    }
+
+    #[test]
     fn foreign_status_falls_back_to_the_grpc_code() {
         let err = Error::from_status(&tonic::Status::deadline_exceeded("slow"));
-        assert_eq!(err.code, ErrorCode::DeviceTimeout);
+        assert_eq!(err.code, ErrorCode::DeadlineExceeded);
         assert_eq!(err.code.http_status(), 504);
     }
 }

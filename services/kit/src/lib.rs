@@ -1,12 +1,14 @@
 //! rdm-kit: what every rdm service shares. Server bootstrap, the one error
 //! enum, token verification and access rules, telemetry, storage and the
 //! client-side interceptor for calls between services.
+pub mod address;
 pub mod auth;
 pub mod client;
 pub mod db;
 pub mod endpoint;
 pub mod error;
 pub mod invoke;
+pub mod mesh;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;

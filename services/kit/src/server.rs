@@ -142,6 +142,92 @@ async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Resp
     }
 }
 
+/// Ends a call that has not answered by its deadline: the server's request
+/// timeout, or the caller's `grpc-timeout` when that is sooner. A gRPC
+/// caller gets DEADLINE_EXCEEDED, anyone else problem+json with 504.
+/// (Streams are bounded only until their first reply.)
+async fn deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    let timeout = req
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)
+        .map_or(timeout, |asked| asked.min(timeout));
+    let grpc = is_grpc(req.headers());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let err = Error::new(
+                crate::ErrorCode::DeadlineExceeded,
+                format!(
+                    "the call took longer than its {} ms deadline",
+                    timeout.as_millis()
+                ),
+            );
+            if grpc {
+                grpc_error(err)
+            } else {
+                problem(&err, request_id.as_deref())
+            }
+        }
+    }
+}
+
+/// A `grpc-timeout` header value: digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Whether a request is gRPC (rather than REST, metrics or a browser).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// An error as an `application/problem+json` response (RFC 9457), with the
+/// HTTP headers its metadata calls for.
+pub fn problem(err: &Error, request_id: Option<&str>) -> Response {
+    use axum::response::IntoResponse;
+    use http::{HeaderValue, StatusCode, header};
+    let status =
+        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, err.problem(request_id).to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    for (key, name) in [
+        ("retry_after_s", header::RETRY_AFTER),
+        ("allow", header::ALLOW),
+    ] {
+        if let Some(value) = err
+            .metadata
+            .get(key)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
 /// An error as a trailers-only gRPC response.
 pub fn grpc_error(err: Error) -> Response {
     tonic::Status::from(err).into_http()
@@ -181,6 +267,8 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(rdm_proto::DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let timeout = Duration::from_millis(args.request_timeout_ms);
+    let router = router.layer(from_fn_with_state(timeout, deadline));
     let routes = Routes::from(router.route("/metrics", get(telemetry::render_metrics)))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -205,7 +293,6 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
-        .timeout(Duration::from_millis(args.request_timeout_ms))
         .concurrency_limit_per_connection(args.concurrency_limit)
         .load_shed(true)
         .max_connection_age(Duration::from_secs(args.max_connection_age_s))
@@ -233,4 +320,20 @@ pub fn service_names(package: &str) -> Vec<String> {
         .filter(|s| s.package_name() == package)
         .map(|s| s.full_name().to_owned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(grpc_timeout("150m"), Some(Duration::from_millis(150)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "m", "10", "10x", "-1S", "99999999999999999999H"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
 }

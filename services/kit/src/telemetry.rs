@@ -11,13 +11,40 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitEx
 /// trace context worth extracting.
 static OTEL_ON: OnceLock<bool> = OnceLock::new();
 
+/// Logging and tracing settings of every command that serves.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TelemetryArgs {
+    /// Log filter: a level (`debug`) or per-module directives
+    /// (`rdm_gateway=debug,info`).
+    #[arg(long = "log", env = "RDM_LOG", default_value = "info")]
+    pub log: String,
+    /// `json` (one object a line) or `text` for humans.
+    #[arg(long, env = "RDM_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+    /// An OpenTelemetry collector (OTLP/gRPC, `http://HOST:4317`); when set,
+    /// spans are exported to it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
 /// Sets up logging and tracing for the process; call once from `main`.
 /// Returns the tracer provider so `main` can flush it on exit.
-pub fn init(service_name: &str) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
-    let filter = EnvFilter::try_from_env("RDM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
+pub fn init(
+    service_name: &str,
+    args: &TelemetryArgs,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
+        eprintln!(
+            "RDM_LOG {:?} is not a log filter ({e}); logging at info",
+            args.log
+        );
+        EnvFilter::new("info")
+    });
+    let otel = args.otlp_endpoint.as_ref().and_then(|endpoint| {
+        use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
+            .with_endpoint(endpoint)
             .build();
         let exporter = match exporter {
             Ok(e) => e,
@@ -39,7 +66,7 @@ pub fn init(service_name: &str) -> Option<opentelemetry_sdk::trace::SdkTracerPro
     let otel_layer = otel
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("rdm")));
-    let text = std::env::var("RDM_LOG_FORMAT").is_ok_and(|f| f == "text");
+    let text = args.log_format == "text";
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let _ = if text {
         registry

@@ -7,6 +7,7 @@ pub mod traps;
 
 pub use targets::Inventory;
 
+use anyhow::Context as _;
 use engine::{
     Engine, Op,
     error::SnmpError,
@@ -15,9 +16,13 @@ use engine::{
     value::{Value, VarBind},
 };
 use futures::{Stream, StreamExt};
-use rdm_kit::{Error, ErrorCode, Principal, Result, server::Guard};
+use rdm_kit::{
+    Error, ErrorCode, Principal, Result,
+    mesh::{Context, Spec, Started},
+    server::Guard,
+};
 use rdm_proto::snmp::{self as pb, snmp_service_server::SnmpService};
-use std::{pin::Pin, sync::Arc};
+use std::{marker::PhantomData, net::SocketAddr, pin::Pin, sync::Arc};
 use tonic::{Request, Response, Status};
 
 pub const DOMAIN: &str = "snmp";
@@ -30,6 +35,52 @@ pub struct Config {
     pub inventory: Inventory,
     /// Received traps, when a trap listener runs.
     pub traps: Option<traps::TrapHub>,
+}
+
+/// The SNMP service's own settings.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Args {
+    /// UDP address traps and informs are received on (`rdm up` default:
+    /// 127.0.0.1:10162; under `rdm serve` none is opened unless set).
+    #[arg(long, env = "RDM_SNMP_TRAP_LISTEN")]
+    pub snmp_trap_listen: Option<SocketAddr>,
+}
+
+/// The SNMP service as the mesh's registry lists it.
+pub const SERVICE: Spec<Args> = Spec {
+    name: "snmp",
+    package: "rdm.snmp.v1",
+    port: 50052,
+    start: |args, context| Box::pin(start(args, context)),
+    _args: PhantomData,
+};
+
+async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
+    let inventory = Inventory {
+        backend: context.inventory.clone(),
+        service_key: context.service_key.clone(),
+    };
+    let listen = args.snmp_trap_listen.or(context
+        .all_in_one
+        .then(|| SocketAddr::from(([127, 0, 0, 1], 10162))));
+    let traps = match listen {
+        Some(addr) => Some(
+            traps::TrapHub::listen(addr, inventory.clone())
+                .await
+                .with_context(|| format!("cannot listen for SNMP traps on {addr}"))?,
+        ),
+        None => None,
+    };
+    let listeners = traps.iter().map(|t| ("snmp-traps", t.addr)).collect();
+    let config = Config {
+        engine: Default::default(),
+        inventory,
+        traps,
+    };
+    Ok(Started {
+        router: service(config, context.guard()),
+        listeners,
+    })
 }
 
 pub fn service(config: Config, guard: Guard) -> axum::Router {

@@ -1,0 +1,271 @@
+//! The one address policy for every address rdm connects to on a tenant's
+//! behalf: device addresses, endpoint hosts, base URLs, brokers. A platform
+//! deny list (loopback, link-local and cloud metadata, unspecified and
+//! multicast, plus whatever the operator adds: the cluster's own ranges)
+//! refuses an address unless the platform admin allowed its network to the
+//! tenant; rdm's own listeners are refused always. Names are resolved once
+//! and the vetted IP is what the caller connects to.
+use crate::error::{Error, Result};
+use ipnet::IpNet;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+/// Networks refused by default, with the reason a refusal names.
+pub const DEFAULT_DENY: &[(&str, &str)] = &[
+    ("127.0.0.0/8", "loopback"),
+    ("::1/128", "loopback"),
+    ("0.0.0.0/8", "unspecified"),
+    ("::/128", "unspecified"),
+    ("169.254.0.0/16", "link-local (cloud metadata)"),
+    ("fe80::/10", "link-local"),
+    ("fd00:ec2::254/128", "cloud metadata"),
+    ("100.100.100.200/32", "cloud metadata"),
+    ("224.0.0.0/4", "multicast"),
+    ("ff00::/8", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+];
+
+/// How long resolving one name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The platform's half of the policy; a tenant's allowed networks are the other.
+#[derive(Clone, Debug)]
+pub struct AddressPolicy {
+    deny: Arc<Vec<(IpNet, String)>>,
+    /// rdm's own listeners: never a target, whatever a tenant is allowed.
+    own: Arc<Vec<SocketAddr>>,
+}
+
+impl Default for AddressPolicy {
+    fn default() -> Self {
+        Self::new(&[]).expect("the default deny list parses")
+    }
+}
+
+/// Settings of the address policy (every service that connects to devices,
+/// and the inventory, which checks addresses as they are stored).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AddressArgs {
+    /// Networks no tenant may target unless a platform admin allowed them to
+    /// it, on top of the built-in list (loopback, link-local and metadata,
+    /// unspecified, multicast): put the cluster's pod and service ranges here.
+    #[arg(long, env = "RDM_TARGET_DENY_CIDRS", value_delimiter = ',')]
+    pub target_deny_cidrs: Vec<String>,
+}
+
+impl AddressArgs {
+    pub fn policy(&self) -> anyhow::Result<AddressPolicy> {
+        AddressPolicy::new(&self.target_deny_cidrs)
+    }
+}
+
+impl AddressPolicy {
+    /// The built-in deny list plus `extra` CIDRs.
+    pub fn new(extra: &[String]) -> anyhow::Result<Self> {
+        let mut deny = Vec::new();
+        for (cidr, why) in DEFAULT_DENY {
+            deny.push((cidr.parse()?, (*why).to_owned()));
+        }
+        for cidr in extra.iter().map(|c| c.trim()).filter(|c| !c.is_empty()) {
+            let net: IpNet = cidr
+                .parse()
+                .map_err(|_| anyhow::anyhow!("RDM_TARGET_DENY_CIDRS: {cidr:?} is not a CIDR"))?;
+            deny.push((net, format!("platform deny list ({net})")));
+        }
+        Ok(Self {
+            deny: Arc::new(deny),
+            own: Arc::default(),
+        })
+    }
+
+    /// The same policy, also refusing rdm's own listeners.
+    pub fn with_own_listeners(mut self, own: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let mut all: Vec<SocketAddr> = self.own.as_ref().clone();
+        all.extend(own);
+        self.own = Arc::new(all);
+        self
+    }
+
+    /// Whether `ip` (port `port`, 0 for any) may be a target of a tenant
+    /// allowed `allowed`; the error names the rule that refused it.
+    pub fn check(&self, ip: IpAddr, port: u16, allowed: &[IpNet]) -> Result<()> {
+        let ip = ip.to_canonical(); // ::ffff:127.0.0.1 is 127.0.0.1
+        if self
+            .own
+            .iter()
+            .any(|own| own.port() == port && (own.ip() == ip || own.ip().is_unspecified()))
+        {
+            return Err(refused(ip, "it is one of rdm's own listeners"));
+        }
+        if allowed.iter().any(|net| net.contains(&ip)) {
+            return Ok(());
+        }
+        match self.deny.iter().find(|(net, _)| net.contains(&ip)) {
+            Some((_, why)) => Err(refused(
+                ip,
+                &format!(
+                    "{why} addresses are denied unless a platform admin allows them to the tenant"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks what can be checked without a lookup: an IP literal, or a name
+    /// that always means this host (`localhost`). Other names are checked when
+    /// they are resolved, at connect time.
+    pub fn check_stored(&self, host: &str, allowed: &[IpNet]) -> Result<()> {
+        let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return self.check(ip, 0, allowed);
+        }
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if name == "localhost" || name.ends_with(".localhost") {
+            return self.check(IpAddr::from([127, 0, 0, 1]), 0, allowed);
+        }
+        Ok(())
+    }
+
+    /// Resolves `host` once and returns the address to connect to: every
+    /// address the name has must pass (a name with one denied address is
+    /// refused: DNS answers can rotate).
+    pub async fn resolve(&self, host: &str, port: u16, allowed: &[IpNet]) -> Result<SocketAddr> {
+        let ips = lookup(host).await?;
+        for ip in &ips {
+            self.check(*ip, port, allowed).map_err(|e| {
+                Error::permission_denied(format!("{host}: {}", e.message))
+                    .with_meta("rule", e.metadata.get("rule").cloned().unwrap_or_default())
+            })?;
+        }
+        let ip = ips
+            .first()
+            .ok_or_else(|| Error::invalid("host", format!("{host} resolves to no address")))?;
+        Ok(SocketAddr::new(*ip, port))
+    }
+}
+
+fn refused(ip: IpAddr, why: &str) -> Error {
+    Error::permission_denied(format!("address {ip} is refused: {why}")).with_meta(
+        "rule",
+        why.split(" addresses").next().unwrap_or(why).to_owned(),
+    )
+}
+
+/// The addresses of `host`: itself when it is an IP literal (`[::1]` too).
+pub async fn lookup(host: &str) -> Result<Vec<IpAddr>> {
+    let bare = host.trim().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    if !crate::endpoint::is_valid_host(bare) {
+        return Err(Error::invalid(
+            "host",
+            "not an IP address or host name".to_owned(),
+        ));
+    }
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, 0)))
+        .await
+        .map_err(|_| Error::invalid("host", format!("resolving {bare} timed out")))?
+        .map_err(|e| Error::invalid("host", format!("cannot resolve {bare}: {e}")))?;
+    let mut ips: Vec<IpAddr> = found.map(|a| a.ip()).collect();
+    ips.dedup();
+    Ok(ips)
+}
+
+/// Parses stored allowed-network text (`10.0.0.0/8,::1/128`).
+pub fn parse_allowed(text: &str) -> Vec<IpNet> {
+    text.split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_deny_list_refuses_what_a_tenant_was_not_given() {
+        let policy = AddressPolicy::new(&["10.96.0.0/12".into()]).unwrap();
+        let none: &[IpNet] = &[];
+        for (addr, rule) in [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("169.254.169.254", "link-local (cloud metadata)"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("0.0.0.0", "unspecified"),
+            ("10.96.0.1", "platform deny list (10.96.0.0/12)"),
+        ] {
+            let err = policy.check(ip(addr), 161, none).unwrap_err();
+            assert_eq!(err.code, crate::ErrorCode::PermissionDenied, "{addr}");
+            assert_eq!(err.metadata["rule"], rule, "{addr}");
+            assert!(
+                err.message.contains(&ip(addr).to_canonical().to_string()),
+                "{}",
+                err.message
+            );
+        }
+        for addr in ["192.0.2.10", "10.20.30.40", "2001:db8::1"] {
+            assert!(policy.check(ip(addr), 161, none).is_ok(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_allowed_loopback_still_cannot_reach_rdm_itself() {
+        let gateway: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let policy = AddressPolicy::default().with_own_listeners([gateway]);
+        let loopback = parse_allowed("127.0.0.0/8,::1/128");
+        assert!(policy.check(ip("127.0.0.1"), 161, &loopback).is_ok());
+        let err = policy.check(ip("127.0.0.1"), 8080, &loopback).unwrap_err();
+        assert!(
+            err.message.contains("rdm's own listeners"),
+            "{}",
+            err.message
+        );
+        // Listening on every address: that port on any address is ours.
+        let any = AddressPolicy::default().with_own_listeners(["0.0.0.0:50051".parse().unwrap()]);
+        assert!(any.check(ip("127.0.0.5"), 50051, &loopback).is_err());
+    }
+
+    #[test]
+    fn stored_names_for_this_host_are_refused_and_other_names_wait() {
+        let policy = AddressPolicy::default();
+        for host in [
+            "localhost",
+            "LOCALHOST.",
+            "db.localhost",
+            "[::1]",
+            "127.0.0.2",
+        ] {
+            assert!(policy.check_stored(host, &[]).is_err(), "{host}");
+        }
+        assert!(policy.check_stored("cpe-1.example.net", &[]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_resolved_name_is_vetted_and_returned_as_an_ip() {
+        let policy = AddressPolicy::default();
+        let err = policy.resolve("localhost", 161, &[]).await.unwrap_err();
+        assert_eq!(err.code, crate::ErrorCode::PermissionDenied);
+        assert!(err.message.starts_with("localhost: "), "{}", err.message);
+        let ok = policy
+            .resolve("localhost", 161, &parse_allowed("127.0.0.0/8,::1/128"))
+            .await
+            .unwrap();
+        assert!(ok.ip().is_loopback() && ok.port() == 161);
+        assert_eq!(
+            policy
+                .resolve("[::1]", 1, &parse_allowed("::1/128"))
+                .await
+                .unwrap(),
+            "[::1]:1".parse().unwrap()
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The service registry's types: what a service behind the gateway tells the
+//! `rdm` binary about itself (name, proto package, port, settings, start), so
+//! `rdm up`, `rdm serve <service>`, the gateway's backends, health names and
+//! the in-process gRPC routing are all derived from one list.
+use crate::{
+    auth::{AccessTable, SigningKey, Verifier},
+    invoke::Backend,
+    server::Guard,
+};
+use futures::future::BoxFuture;
+use std::{marker::PhantomData, net::SocketAddr, sync::Arc};
+
+/// What the mesh hands a service when it starts.
+#[derive(Clone)]
+pub struct Context {
+    /// The inventory: in-process under `rdm up`, over gRPC under `rdm serve`.
+    pub inventory: Backend,
+    /// Checks callers' tokens (public keys only: no service but the
+    /// inventory can sign a user token).
+    pub verifier: Verifier,
+    /// Signs this service's actor tokens, for internal RPCs it makes for a caller.
+    pub service_key: Arc<SigningKey>,
+    /// `rdm up` (every service in one process, on loopback) rather than
+    /// `rdm serve`: some defaults differ, such as listeners left off.
+    pub all_in_one: bool,
+}
+
+impl Context {
+    /// The auth guard for a service without internal RPCs of its own.
+    pub fn guard(&self) -> Guard {
+        Guard {
+            access: AccessTable::from_pool(rdm_proto::descriptor_pool()),
+            verifier: self.verifier.clone(),
+            actors: None,
+        }
+    }
+}
+
+/// A started service: its gRPC routes (guarded), and any other addresses it
+/// listens on.
+pub struct Started {
+    pub router: axum::Router,
+    /// Named extra listeners, such as `("snmp-traps", 127.0.0.1:10162)`.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+}
+
+/// A service of the mesh, as the registry lists it.
+pub trait Service: Sync {
+    /// Its name: `rdm serve <name>`, the Deployment, `RDM_<NAME>_URL`.
+    fn name(&self) -> &'static str;
+    /// The proto package it serves (`rdm.snmp.v1`).
+    fn package(&self) -> &'static str;
+    /// Its port under `rdm serve`.
+    fn port(&self) -> u16;
+    /// Adds its own settings (flags and `RDM_*` variables) to a command.
+    fn args(&self, command: clap::Command) -> clap::Command;
+    /// Starts it with the settings parsed from `matches`.
+    fn start(
+        &self,
+        matches: &clap::ArgMatches,
+        context: Context,
+    ) -> BoxFuture<'static, anyhow::Result<Started>>;
+}
+
+/// A [`Service`] from its settings type `A` and a start function: what each
+/// service crate exports as `pub const SERVICE`.
+pub struct Spec<A> {
+    pub name: &'static str,
+    pub package: &'static str,
+    pub port: u16,
+    pub start: fn(A, Context) -> BoxFuture<'static, anyhow::Result<Started>>,
+    pub _args: PhantomData<fn() -> A>,
+}
+
+impl<A: clap::Args + clap::FromArgMatches> Service for Spec<A> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn package(&self) -> &'static str {
+        self.package
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn args(&self, command: clap::Command) -> clap::Command {
+        A::augment_args(command)
+    }
+    fn start(
+        &self,
+        matches: &clap::ArgMatches,
+        context: Context,
+    ) -> BoxFuture<'static, anyhow::Result<Started>> {
+        match A::from_arg_matches(matches) {
+            Ok(args) => (self.start)(args, context),
+            Err(e) => {
+                let e = anyhow::anyhow!("settings of {}: {e}", self.name);
+                Box::pin(async move { Err(e) })
+            }
+        }
+    }
+}
