@@ -7,6 +7,7 @@ mod demo;
 
 use anyhow::Context;
 use rdm_kit::{
+    address::{AddressArgs, AddressPolicy},
     auth::{AccessTable, ActorVerifier, SigningKey, TokenPolicy, Verifier},
     db::Db,
     invoke::{self, Backend},
@@ -132,6 +133,8 @@ pub struct InventoryArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub secret_keys: SecretKeyArgs,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
     /// Ed25519 PKCS#8 PEM key that signs tokens; only the inventory holds it.
     /// `rdm up` creates DATA_DIR/jwt-ed25519.pem.
     #[arg(long, env = "RDM_JWT_KEY_FILE")]
@@ -161,6 +164,7 @@ impl Default for InventoryArgs {
         Self {
             database: DatabaseArgs::default(),
             secret_keys: SecretKeyArgs::default(),
+            addresses: AddressArgs::default(),
             jwt_key_file: None,
             service_key_file: None,
             jwt_ttl: 3600,
@@ -320,6 +324,7 @@ async fn start_inventory(
     tokens: &TokenArgs,
     data_dir: Option<&Path>,
     demo: bool,
+    addresses: AddressPolicy,
 ) -> anyhow::Result<Inventory> {
     let key = signing_key(args.jwt_key_file.as_deref(), data_dir, "jwt-ed25519.pem")?
         .context("RDM_JWT_KEY_FILE is required for the inventory")?;
@@ -352,6 +357,7 @@ async fn start_inventory(
             lockout: Duration::from_secs(args.login_lockout_s),
             ..Default::default()
         },
+        addresses,
     };
     let router = rdm_inventory::service(
         config,
@@ -382,6 +388,18 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     let settings = &opts.settings;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
+    let inventory_listener = bind(opts.inventory_listen, "the services' gRPC").await?;
+    let gateway_listener = bind(opts.listen, "the gateway").await?;
+    let mesh_addrs = (
+        gateway_listener.local_addr()?,
+        inventory_listener.local_addr()?,
+    );
+    // No tenant may point rdm at its own ports, loopback allowed or not.
+    let addresses = settings
+        .inventory
+        .addresses
+        .policy()?
+        .with_own_listeners([mesh_addrs.0, mesh_addrs.1]);
     let Inventory {
         router: inventory,
         verifier,
@@ -391,6 +409,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         &settings.tokens,
         Some(&opts.data_dir),
         opts.demo != Demo::Off,
+        addresses,
     )
     .await?;
     let inventory_backend = invoke::local(inventory.clone());
@@ -438,12 +457,6 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     };
     let gateway = rdm_gateway::router(&settings.gateway, backends, verifier)?;
 
-    let inventory_listener = bind(opts.inventory_listen, "the services' gRPC").await?;
-    let gateway_listener = bind(opts.listen, "the gateway").await?;
-    let mesh_addrs = (
-        gateway_listener.local_addr()?,
-        inventory_listener.local_addr()?,
-    );
     let mut tasks = JoinSet::new();
     let (args, stop) = (settings.server.clone(), shutdown.clone());
     tasks.spawn(
@@ -479,7 +492,11 @@ pub async fn serve_inventory(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = bind(listen, "the inventory").await?;
-    let inventory = start_inventory(args, tokens, None, false).await?;
+    let addresses = args
+        .addresses
+        .policy()?
+        .with_own_listeners([listener.local_addr()?]);
+    let inventory = start_inventory(args, tokens, None, false, addresses).await?;
     inventory.bootstrapped.report();
     listening("inventory", &listener)?;
     let names = server::service_names(INVENTORY_PACKAGE);

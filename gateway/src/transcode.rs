@@ -359,7 +359,7 @@ fn without_values(message: &str) -> String {
 }
 
 /// For PATCH: the update mask is the set of fields the body names, unless
-/// the body gives one.
+/// the body gives one (its paths in snake_case or lowerCamelCase).
 fn fill_update_mask(input: &MessageDescriptor, object: &mut Map<String, Value>) {
     let Some(mask) = input.get_field_by_name("update_mask") else {
         return;
@@ -367,8 +367,19 @@ fn fill_update_mask(input: &MessageDescriptor, object: &mut Map<String, Value>) 
     if !matches!(mask.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask") {
         return;
     }
-    if object.contains_key("update_mask") || object.contains_key("updateMask") {
-        return;
+    for key in ["update_mask", "updateMask"] {
+        if let Some(Value::String(given)) = object.get_mut(key) {
+            // FieldMask's JSON form wants lowerCamelCase; users write either.
+            *given = given
+                .split(',')
+                .map(|path| {
+                    field_named(input, path.trim())
+                        .map_or_else(|| path.trim().to_owned(), |f| f.json_name().to_owned())
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            return;
+        }
     }
     let paths: Vec<String> = object
         .keys()

@@ -249,6 +249,21 @@ impl TestMesh {
         (id, self.token(slug, "alice", "alice-password").await)
     }
 
+    /// A platform admin gives a tenant networks the platform deny list
+    /// refuses (loopback, for the agents tests run).
+    pub async fn allow_targets(&self, tenant_id: &str, cidrs: &[&str]) {
+        let admin = self.admin_token().await;
+        let (status, tenant) = self
+            .call(
+                Method::PATCH,
+                &format!("/v1/tenants/{tenant_id}"),
+                Some(&admin),
+                Some(json!({"allowed_target_cidrs": cidrs, "update_mask": "allowed_target_cidrs"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "allow {cidrs:?}: {tenant}");
+    }
+
     /// The key file `rdm up` created, to forge tokens in tests.
     pub fn signing_key(&self) -> rdm_kit::auth::SigningKey {
         rdm_kit::auth::SigningKey::load_or_create(&self.data_dir.join("jwt-ed25519.pem"))

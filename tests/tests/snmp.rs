@@ -579,11 +579,13 @@ async fn malformed_oids_values_and_targets_are_400s_naming_the_field() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {reply}");
         assert_eq!(reply["field"], field, "{path} {body}: {reply}");
     }
-    // An address outside the tenant's inline allow-list (loopback for the demo).
+    // An address the platform denies and the tenant was not given
+    // (the demo has loopback): refused before anything is sent.
     let (status, reply) = mesh
-        .post("/v1/snmp/get", &token, json!({"target": {"endpoint": {"host": "10.1.2.3", "version": "2c", "community": "public"}}, "oids": ["1.3.6.1.2.1.1.1.0"]}))
+        .post("/v1/snmp/get", &token, json!({"target": {"endpoint": {"host": "169.254.169.254", "version": "2c", "community": "public"}}, "oids": ["1.3.6.1.2.1.1.1.0"]}))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    assert_eq!(reply["rule"], "link-local (cloud metadata)", "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -889,7 +891,8 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
     let (mesh, token) = demo().await;
     let device_id = device_with_endpoint(&mesh, &token, "v3-sender", user(2)).await;
     // Another tenant has a device at the same address, with other credentials.
-    let (_, other) = mesh.tenant_with_admin("other").await;
+    let (other_id, other) = mesh.tenant_with_admin("other").await;
+    mesh.allow_targets(&other_id, &["127.0.0.0/8"]).await;
     device_with_endpoint(&mesh, &other, "lookalike", user(1)).await;
     let mut lines = watch_traps(&mesh, &token).await;
     let mut other_lines = watch_traps(&mesh, &other).await;
@@ -1078,6 +1081,27 @@ async fn serve_snmp_as_its_own_process() {
         .await
         .unwrap();
     let token = login["access_token"].as_str().unwrap();
+    // The agent is on loopback, which the platform denies unless allowed.
+    let me: Value = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let allowed = http
+        .patch(format!(
+            "{base}/v1/tenants/{}",
+            me["tenant_id"].as_str().unwrap()
+        ))
+        .bearer_auth(token)
+        .json(&json!({"allowed_target_cidrs": ["127.0.0.0/8"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
     let device: Value = http
         .post(format!("{base}/v1/devices"))
         .bearer_auth(token)

@@ -1,5 +1,5 @@
 //! Target resolution: only a service acting for the caller gets a device's
-//! secrets, and inline addresses follow the tenant's allow-list.
+//! secrets, and every address passes the address policy.
 use rdm_kit::auth::{Principal, SigningKey, TokenPolicy, Verifier};
 use rdm_proto::inventory::{
     ResolveTargetRequest, ResolveTargetsRequest, device_service_client::DeviceServiceClient,
@@ -12,7 +12,7 @@ use tonic::{Code, transport::Channel};
 
 on_both_stores!(
     resolving_needs_a_service_acting_for_the_caller,
-    inline_targets_follow_the_tenant_allow_list
+    every_target_passes_the_address_policy
 );
 
 fn principal(mesh: &TestMesh, token: &str) -> Principal {
@@ -226,87 +226,159 @@ async fn resolving_needs_a_service_acting_for_the_caller(mesh: TestMesh) {
     assert!(!openapi.contains("ResolveTarget"));
 }
 
-async fn inline_targets_follow_the_tenant_allow_list(mesh: TestMesh) {
-    let token = mesh.token("demo", "demo", "demo").await;
-    let actor = service_key(&mesh)
-        .actor_token("snmp", &principal(&mesh, &token))
-        .unwrap();
+/// One policy for every target: the platform deny list (loopback,
+/// link-local and metadata, ...) unless a platform admin allowed the network
+/// to the tenant, and never rdm's own listeners. Checked when an address is
+/// stored and again when it is resolved to connect.
+async fn every_target_passes_the_address_policy(mesh: TestMesh) {
     let inventory = channel(mesh.inventory).await;
     let inline = |address: &str| Target::InlineAddress(address.to_owned());
+    let actor_for = |token: &str| {
+        service_key(&mesh)
+            .actor_token("snmp", &principal(&mesh, token))
+            .unwrap()
+    };
 
-    let ok = resolve(inventory.clone(), &token, Some(&actor), inline("127.0.0.1"))
+    // A new tenant: loopback and metadata refused, other networks allowed.
+    let (tenant_id, token) = mesh.tenant_with_admin("policy-b").await;
+    let actor = actor_for(&token);
+    for (address, rule) in [
+        ("127.0.0.1", "loopback"),
+        ("localhost", "loopback"),
+        ("169.254.169.254", "link-local (cloud metadata)"),
+        ("[fd00:ec2::254]", "cloud metadata"),
+    ] {
+        let err = resolve(inventory.clone(), &token, Some(&actor), inline(address))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{address}: {err:?}");
+        let (status, problem) = mesh
+            .post(
+                "/v1/devices",
+                &token,
+                json!({"name": format!("d-{rule}"), "address": address}),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["rule"].as_str(), problem["field"].as_str()),
+            (StatusCode::FORBIDDEN, Some(rule), Some("address")),
+            "{address}: {problem}"
+        );
+    }
+    let ok = resolve(inventory.clone(), &token, Some(&actor), inline("10.1.2.3"))
         .await
         .unwrap();
-    assert_eq!(ok.address, "127.0.0.1");
-    let named = resolve(inventory.clone(), &token, Some(&actor), inline("localhost"))
-        .await
-        .unwrap();
-    assert!(
-        named.address == "127.0.0.1" || named.address == "::1",
-        "{}",
-        named.address
-    );
-    let err = resolve(inventory.clone(), &token, Some(&actor), inline("10.1.2.3"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::PermissionDenied,
-        "the demo allows loopback only: {err:?}"
-    );
+    assert_eq!(ok.address, "10.1.2.3");
+    // Every host in endpoint settings, URLs included.
+    let (_, device) = mesh
+        .post(
+            "/v1/devices",
+            &token,
+            json!({"name": "cpe", "address": "192.0.2.7"}),
+        )
+        .await;
+    let id = device["id"].as_str().unwrap();
+    for (protocol, body, field) in [
+        (
+            "snmp",
+            json!({"host": "127.0.0.1", "version": "2c", "community": "c"}),
+            "host",
+        ),
+        (
+            "webpa",
+            json!({"base_url": "http://169.254.169.254/latest", "device_id": "mac:1"}),
+            "base_url",
+        ),
+        (
+            "usp",
+            json!({"endpoint_id": "os::1", "transport": "mqtt", "mqtt": {"broker_url": "mqtt://localhost:1883"}}),
+            "mqtt.broker_url",
+        ),
+    ] {
+        let (status, problem) = mesh
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/devices/{id}/endpoints/{protocol}"),
+                Some(&token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (StatusCode::FORBIDDEN, Some(field)),
+            "{protocol}: {problem}"
+        );
+    }
 
-    // A new tenant has inline targets off until the platform admin opens some.
-    let (tenant_id, other) = mesh.tenant_with_admin("inline-b").await;
-    let other_actor = service_key(&mesh)
-        .actor_token("snmp", &principal(&mesh, &other))
-        .unwrap();
-    let err = resolve(
-        inventory.clone(),
-        &other,
-        Some(&other_actor),
-        inline("127.0.0.1"),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        err.code() == Code::PermissionDenied && err.message().contains("off"),
-        "{err:?}"
-    );
-    let admin = mesh.admin_token().await;
+    // The platform admin allows loopback: stored and resolved, to the IP.
     let (status, problem) = mesh
         .patch(
             &format!("/v1/tenants/{tenant_id}"),
-            &admin,
-            json!({"inline_target_cidrs": ["10.0.0.0/33"]}),
+            &mesh.admin_token().await,
+            json!({"allowed_target_cidrs": ["10.0.0.0/33"]}),
         )
         .await;
     assert_eq!(
         (status, problem["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("inline_target_cidrs"))
+        (StatusCode::BAD_REQUEST, Some("allowed_target_cidrs"))
     );
-    let (status, tenant) = mesh
-        .patch(
-            &format!("/v1/tenants/{tenant_id}"),
-            &admin,
-            json!({"inline_target_cidrs": ["10.0.0.0/8"]}),
+    mesh.allow_targets(&tenant_id, &["127.0.0.0/8"]).await;
+    let (status, named) = mesh
+        .post(
+            "/v1/devices",
+            &token,
+            json!({"name": "named", "address": "localhost"}),
         )
         .await;
-    assert_eq!(
-        (status, &tenant["inline_target_cidrs"]),
-        (StatusCode::OK, &json!(["10.0.0.0/8"])),
-        "{tenant}"
-    );
-    let ok = resolve(
+    assert_eq!(status, StatusCode::OK, "{named}");
+    let named = named["id"].as_str().unwrap();
+    let (status, _) = mesh
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/devices/{named}/endpoints/snmp"),
+            Some(&token),
+            Some(json!({"version": "2c", "community": "c"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let resolved = resolve(
         inventory.clone(),
-        &other,
-        Some(&other_actor),
-        inline("10.1.2.3"),
+        &token,
+        Some(&actor),
+        Target::DeviceId(named.into()),
     )
     .await
     .unwrap();
-    assert_eq!(ok.address, "10.1.2.3");
-    let err = resolve(inventory, &other, Some(&other_actor), inline("127.0.0.1"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(resolved.address, "127.0.0.1", "the vetted IP, not the name");
+    assert_eq!(resolved.allowed_target_cidrs, ["127.0.0.0/8"]);
+    // rdm's own ports stay refused, loopback allowed or not.
+    let (status, problem) = mesh
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/devices/{named}/endpoints/webpa"),
+            Some(&token),
+            Some(json!({"base_url": format!("http://127.0.0.1:{}/v1", mesh.gateway.port()), "device_id": "mac:1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rdm's own listeners"),
+        "{problem}"
+    );
+
+    // Allowed when stored, refused when resolved after the allowance is gone.
+    mesh.allow_targets(&tenant_id, &[]).await;
+    let err = resolve(
+        inventory,
+        &token,
+        Some(&actor),
+        Target::DeviceId(named.into()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("loopback"), "{err:?}");
 }

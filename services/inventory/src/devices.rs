@@ -4,9 +4,12 @@
 use crate::{
     Inventory,
     device_store::{self as ds, DeviceFilter, DeviceRow, EndpointRow, LabelTerm},
-    err, reply, tenant_scope,
+    err, reply,
+    targets::allowed_nets,
+    tenant_scope,
 };
 use futures::Stream;
+use ipnet::IpNet;
 use rdm_kit::{
     Error, Principal, Result,
     db::{TenantTx, mask_paths, now_millis, page, timestamp},
@@ -234,8 +237,12 @@ impl Inventory {
         protocol: Protocol,
         input: Value,
         before: Option<&EndpointRow>,
+        allowed: &[IpNet],
     ) -> Result<EndpointRow> {
         let settings = endpoint::parse(protocol, input)?;
+        for (field, host, port) in endpoint::addresses(protocol, &settings.config) {
+            self.vet_stored(&field, &host, port, allowed)?;
+        }
         let mut sealed = match before {
             Some(row) => sealed_secrets(row)?,
             None => BTreeMap::new(),
@@ -290,6 +297,12 @@ impl DeviceService for Inventory {
             fields.check()?;
             let (row, labels) = fields.row(&p.tenant_id);
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            self.vet_stored(
+                "address",
+                &row.address,
+                0,
+                &allowed_nets(&mut tx, &p.tenant_id).await?,
+            )?;
             ds::insert_device(&mut tx, &row).await?;
             ds::set_labels(&mut tx, &p.tenant_id, &row.id, &labels).await?;
             tx.commit().await?;
@@ -400,6 +413,14 @@ impl DeviceService for Inventory {
                 labels: labels.clone(),
             }
             .check()?;
+            if paths.iter().any(|p| p == "address") {
+                self.vet_stored(
+                    "address",
+                    &row.address,
+                    0,
+                    &allowed_nets(&mut tx, &p.tenant_id).await?,
+                )?;
+            }
             ds::update_device(&mut tx, &row).await?;
             if paths.iter().any(|p| p == "labels") {
                 ds::set_labels(&mut tx, &p.tenant_id, &row.id, &labels).await?;
@@ -449,7 +470,8 @@ impl DeviceService for Inventory {
                 .await?
                 .ok_or_else(|| device_not_found(&r.device_id))?;
             let before = ds::endpoint(&mut tx, &p.tenant_id, &device.id, protocol.as_str()).await?;
-            let row = self.endpoint_row(&device, protocol, input, before.as_ref())?;
+            let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
+            let row = self.endpoint_row(&device, protocol, input, before.as_ref(), &allowed)?;
             ds::put_endpoint(&mut tx, &row).await?;
             tx.commit().await?;
             tracing::info!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "endpoint set");
@@ -837,11 +859,13 @@ impl Inventory {
             .await?
             .into_iter()
             .collect();
+        let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
         let mut devices = Vec::with_capacity(rows.len());
         let mut labels = Vec::new();
         let mut endpoints = Vec::new();
         for row in rows {
             let checked = row.fields.check().and_then(|()| {
+                self.vet_stored("address", &row.fields.address, 0, &allowed)?;
                 let name = row.fields.name.trim().to_owned();
                 if !taken.insert(name.clone()) {
                     return Err(Error::invalid(
@@ -854,7 +878,7 @@ impl Inventory {
                     .endpoints
                     .into_iter()
                     .map(|(protocol, config)| {
-                        self.endpoint_row(&device, protocol, config, None)
+                        self.endpoint_row(&device, protocol, config, None, &allowed)
                             .map_err(|e| within_endpoint(e, protocol))
                     })
                     .collect::<Result<Vec<_>>>()?;

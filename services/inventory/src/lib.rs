@@ -60,6 +60,8 @@ pub struct Config {
     pub throttle: LoginThrottle,
     /// Seals endpoint secrets.
     pub keyring: rdm_kit::secrets::Keyring,
+    /// Vets every address a tenant stores or targets.
+    pub addresses: rdm_kit::address::AddressPolicy,
 }
 
 struct Inventory {
@@ -181,7 +183,7 @@ fn tenant_pb(row: TenantRow) -> pb::Tenant {
         display_name: row.display_name,
         create_time: Some(timestamp(row.create_time)),
         update_time: Some(timestamp(row.update_time)),
-        inline_target_cidrs: row
+        allowed_target_cidrs: row
             .inline_cidrs
             .split(',')
             .filter(|c| !c.is_empty())
@@ -577,7 +579,7 @@ impl TenantService for Inventory {
                 r.update_mask.as_ref(),
                 &[
                     ("display_name", !r.display_name.is_empty()),
-                    ("inline_target_cidrs", !r.inline_target_cidrs.is_empty()),
+                    ("allowed_target_cidrs", !r.allowed_target_cidrs.is_empty()),
                 ],
             );
             let mut tx = self.db().begin_write(Scope::Platform).await?;
@@ -596,8 +598,8 @@ impl TenantService for Inventory {
                         }
                         row.display_name = r.display_name.clone();
                     }
-                    "inline_target_cidrs" => {
-                        row.inline_cidrs = targets::normalize_cidrs(&r.inline_target_cidrs)?
+                    "allowed_target_cidrs" => {
+                        row.inline_cidrs = targets::normalize_cidrs(&r.allowed_target_cidrs)?
                     }
                     other => {
                         return Err(Error::invalid(

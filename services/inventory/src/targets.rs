@@ -10,16 +10,13 @@ use crate::{
 };
 use ipnet::IpNet;
 use rdm_kit::{
-    Error, Principal, Result,
+    Error, Principal, Result, address,
+    db::TenantTx,
     endpoint::{self, Protocol, structs},
 };
 use rdm_proto::inventory::{self as pb, resolve_target_request::Target};
 use serde_json::Value;
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashMap};
 
 /// Checks and normalizes CIDRs for storage ("" when none).
 pub(crate) fn normalize_cidrs(cidrs: &[String]) -> Result<String> {
@@ -31,7 +28,7 @@ pub(crate) fn normalize_cidrs(cidrs: &[String]) -> Result<String> {
                 .map(|n| n.trunc().to_string())
                 .map_err(|_| {
                     Error::invalid(
-                        "inline_target_cidrs",
+                        "allowed_target_cidrs",
                         format!("{c:?} is not a CIDR like 10.0.0.0/8 or ::1/128"),
                     )
                 })
@@ -40,7 +37,40 @@ pub(crate) fn normalize_cidrs(cidrs: &[String]) -> Result<String> {
     Ok(nets.join(","))
 }
 
+/// The tenant's allowed networks: its half of the address policy.
+pub(crate) async fn allowed_nets(tx: &mut TenantTx, tenant_id: &str) -> Result<Vec<IpNet>> {
+    let tenant = store::tenant_by_id(tx, tenant_id)
+        .await?
+        .ok_or_else(|| Error::unauthenticated("the tenant of this token no longer exists"))?;
+    Ok(address::parse_allowed(&tenant.inline_cidrs))
+}
+
 impl Inventory {
+    /// An address as it is stored: IP literals and names of this host are
+    /// checked now (403 naming the rule); other names when they are resolved.
+    pub(crate) fn vet_stored(
+        &self,
+        field: &str,
+        host: &str,
+        port: u16,
+        allowed: &[IpNet],
+    ) -> Result<()> {
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.config
+            .addresses
+            .check_stored(host, port, allowed)
+            .map_err(|e| e.with_meta("field", field))
+    }
+
+    /// Resolves a target's host once and vets every address it has; the IP
+    /// to connect to.
+    async fn vet(&self, host: &str, allowed: &[IpNet]) -> Result<String> {
+        let addr = self.config.addresses.resolve(host, 0, allowed).await?;
+        Ok(addr.ip().to_string())
+    }
+
     pub(crate) async fn resolve(
         &self,
         p: &Principal,
@@ -70,8 +100,23 @@ impl Inventory {
         let row = ds::endpoint(&mut tx, &p.tenant_id, id, protocol.as_str())
             .await?
             .ok_or_else(|| no_endpoint(id, protocol))?;
+        let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
         drop(tx);
-        self.opened(p, protocol, device, &row)
+        let mut target = self.opened(p, protocol, device, &row, &allowed)?;
+        self.vet_resolved(&mut target, &allowed).await?;
+        Ok(target)
+    }
+
+    /// Replaces a resolved target's host by its vetted IP (`address`).
+    async fn vet_resolved(
+        &self,
+        target: &mut pb::ResolveTargetResponse,
+        allowed: &[IpNet],
+    ) -> Result<()> {
+        if !target.address.is_empty() {
+            target.address = self.vet(&target.address, allowed).await?;
+        }
+        Ok(())
     }
 
     /// Many devices at once: one read for all, an error of its own for each
@@ -93,6 +138,7 @@ impl Inventory {
         let (devices, endpoints) =
             ds::devices_and_endpoints(&mut tx, &p.tenant_id, &req.device_ids, protocol.as_str())
                 .await?;
+        let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
         drop(tx);
         let mut devices: HashMap<String, ds::DeviceRow> =
             devices.into_iter().map(|d| (d.id.clone(), d)).collect();
@@ -100,16 +146,28 @@ impl Inventory {
             .iter()
             .map(|e| (e.device_id.as_str(), e))
             .collect();
-        let targets = req
+        let opened: Vec<Result<pb::ResolveTargetResponse>> = req
             .device_ids
             .iter()
-            .map(|id| {
-                let found = match (devices.remove(id), endpoints.get(id.as_str())) {
+            .map(
+                |id| match (devices.remove(id), endpoints.get(id.as_str())) {
                     (None, _) => Err(device_not_found(id)),
                     (Some(_), None) => Err(no_endpoint(id, protocol)),
-                    (Some(device), Some(row)) => self.opened(p, protocol, device, row),
-                };
-                pb::ResolvedTarget {
+                    (Some(device), Some(row)) => self.opened(p, protocol, device, row, &allowed),
+                },
+            )
+            .collect();
+        // Names are looked up concurrently; IP literals cost nothing.
+        let vetted = futures::future::join_all(opened.into_iter().map(|found| async {
+            let mut target = found?;
+            self.vet_resolved(&mut target, &allowed).await?;
+            Ok(target)
+        }))
+        .await;
+        let targets = vetted
+            .into_iter()
+            .map(
+                |found: Result<pb::ResolveTargetResponse>| pb::ResolvedTarget {
                     result: Some(match found {
                         Ok(target) => pb::resolved_target::Result::Target(target),
                         Err(e) => pb::resolved_target::Result::Error(pb::ResolveError {
@@ -117,8 +175,8 @@ impl Inventory {
                             message: e.message,
                         }),
                     }),
-                }
-            })
+                },
+            )
             .collect();
         Ok(pb::ResolveTargetsResponse { targets })
     }
@@ -130,6 +188,7 @@ impl Inventory {
         protocol: Protocol,
         device: ds::DeviceRow,
         row: &ds::EndpointRow,
+        allowed: &[IpNet],
     ) -> Result<pb::ResolveTargetResponse> {
         let mut config: serde_json::Map<String, Value> = serde_json::from_str(&row.config)
             .map_err(|e| Error::internal("reading a stored endpoint", e))?;
@@ -143,6 +202,12 @@ impl Inventory {
         if protocol == Protocol::Snmp && !config.contains_key("host") {
             config.insert("host".into(), Value::from(device.address.clone()));
         }
+        // The host to vet and connect to, for protocols that name one.
+        let host = config
+            .get("host")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         // Debug, not info: a poll resolves every device it names, each time.
         tracing::debug!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "target resolved");
         Ok(pb::ResolveTargetResponse {
@@ -150,76 +215,32 @@ impl Inventory {
             config: Some(structs::from_json(&endpoint::with_secrets(
                 &config, &opened,
             ))),
-            address: device.address,
+            address: host,
+            allowed_target_cidrs: allowed.iter().map(ToString::to_string).collect(),
         })
     }
 
-    /// Every address the name resolves to must lie in the allow-list, and
-    /// the caller gets the vetted IP, not the name (no DNS rebinding).
+    /// An inline address: the same policy as every stored target.
     async fn resolve_inline(
         &self,
         p: &Principal,
         address: &str,
     ) -> Result<pb::ResolveTargetResponse> {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
-        let tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
-            .await?
-            .ok_or_else(|| Error::unauthenticated("the tenant of this token no longer exists"))?;
+        let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
         drop(tx);
-        let allowed: Vec<IpNet> = tenant
-            .inline_cidrs
-            .split(',')
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        if allowed.is_empty() {
-            return Err(Error::permission_denied(
-                "inline targets are off for this tenant: name a device_id",
-            ));
-        }
-        let ips: Vec<IpAddr> = match address
-            .trim()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            Ok(ip) => vec![ip],
-            Err(_) if endpoint::is_valid_host(address) => {
-                let lookup = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    tokio::net::lookup_host((address, 0)),
-                );
-                let found = lookup.await.map_err(|_| {
-                    Error::invalid("inline_address", format!("resolving {address} timed out"))
-                })?;
-                found
-                    .map_err(|e| {
-                        Error::invalid("inline_address", format!("cannot resolve {address}: {e}"))
-                    })?
-                    .map(|a| a.ip())
-                    .collect()
-            }
-            Err(_) => {
-                return Err(Error::invalid(
-                    "inline_address",
-                    format!("{address:?} is not an IP address or host name"),
-                ));
-            }
-        };
-        if let Some(outside) = ips
-            .iter()
-            .find(|ip| !allowed.iter().any(|net| net.contains(*ip)))
-        {
-            return Err(Error::permission_denied(format!(
-                "{address} ({outside}) is outside this tenant's inline target networks"
-            )));
-        }
-        let ip = ips.first().ok_or_else(|| {
-            Error::invalid("inline_address", format!("{address} resolves to nothing"))
-        })?;
+        let address = self
+            .vet(address, &allowed)
+            .await
+            .map_err(|e| match e.field() {
+                Some(_) => e.with_meta("field", "inline_address"),
+                None => e,
+            })?;
         Ok(pb::ResolveTargetResponse {
             device_id: String::new(),
             config: None,
-            address: ip.to_string(),
+            address,
+            allowed_target_cidrs: allowed.iter().map(ToString::to_string).collect(),
         })
     }
 }

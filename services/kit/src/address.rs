@@ -117,14 +117,14 @@ impl AddressPolicy {
     /// Checks what can be checked without a lookup: an IP literal, or a name
     /// that always means this host (`localhost`). Other names are checked when
     /// they are resolved, at connect time.
-    pub fn check_stored(&self, host: &str, allowed: &[IpNet]) -> Result<()> {
+    pub fn check_stored(&self, host: &str, port: u16, allowed: &[IpNet]) -> Result<()> {
         let host = host.trim().trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return self.check(ip, 0, allowed);
+            return self.check(ip, port, allowed);
         }
         let name = host.trim_end_matches('.').to_ascii_lowercase();
         if name == "localhost" || name.ends_with(".localhost") {
-            return self.check(IpAddr::from([127, 0, 0, 1]), 0, allowed);
+            return self.check(IpAddr::from([127, 0, 0, 1]), port, allowed);
         }
         Ok(())
     }
@@ -244,9 +244,9 @@ mod tests {
             "[::1]",
             "127.0.0.2",
         ] {
-            assert!(policy.check_stored(host, &[]).is_err(), "{host}");
+            assert!(policy.check_stored(host, 0, &[]).is_err(), "{host}");
         }
-        assert!(policy.check_stored("cpe-1.example.net", &[]).is_ok());
+        assert!(policy.check_stored("cpe-1.example.net", 0, &[]).is_ok());
     }
 
     #[tokio::test]

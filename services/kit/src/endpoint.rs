@@ -412,28 +412,28 @@ pub fn is_valid_host(host: &str) -> bool {
     valid_host(host)
 }
 
-/// Every address in checked settings, by field path: hosts, and the host of
-/// every URL (base URLs, brokers). The address policy vets each of them.
-pub fn addresses(protocol: Protocol, config: &Map<String, Value>) -> Vec<(String, String)> {
-    fn walk(
-        schema: &[Field],
-        config: &Map<String, Value>,
-        prefix: &str,
-        out: &mut Vec<(String, String)>,
-    ) {
+/// An address named in endpoint settings: the field, the host, and the port
+/// (0 where the settings name none).
+pub type Address = (String, String, u16);
+
+/// Every address in checked settings: hosts (with `port`), and the host and
+/// port of every URL (base URLs, brokers). The address policy vets each.
+pub fn addresses(protocol: Protocol, config: &Map<String, Value>) -> Vec<Address> {
+    fn walk(schema: &[Field], config: &Map<String, Value>, prefix: &str, out: &mut Vec<Address>) {
+        let port = config.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
         for Field(name, kind) in schema {
             let Some(value) = config.get(*name) else {
                 continue;
             };
             let path = format!("{prefix}{name}");
             match (kind, value) {
-                (Kind::Host, Value::String(host)) => out.push((path, host.clone())),
+                (Kind::Host, Value::String(host)) => out.push((path, host.clone(), port)),
                 (Kind::Url, Value::String(url)) => {
-                    if let Some(host) = url::Url::parse(url)
-                        .ok()
-                        .and_then(|u| u.host_str().map(str::to_owned))
+                    if let Ok(url) = url::Url::parse(url)
+                        && let Some(host) = url.host_str()
                     {
-                        out.push((path, host));
+                        let port = url.port_or_known_default().unwrap_or(0);
+                        out.push((path, host.to_owned(), port));
                     }
                 }
                 (Kind::Object(fields), Value::Object(inner)) => {

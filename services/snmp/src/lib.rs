@@ -388,7 +388,7 @@ impl SnmpService for Snmp {
                 let (config, p, oids) = (config.clone(), p.clone(), oids.clone());
                 async move {
                     let (device_id, resolved) = match device {
-                        Some((id, Ok(reply))) => (id, targets::from_device(reply).await),
+                        Some((id, Ok(reply))) => (id, targets::from_device(reply)),
                         Some((id, Err(e))) => (id, Err(e)),
                         None => (
                             String::new(),

@@ -41,8 +41,8 @@ impl Inventory {
     }
 
     /// Many devices of `p`'s tenant, the inventory's answer for each, in
-    /// order: one call per thousand. [`from_device`] makes each an engine
-    /// target (it may look a host name up, so each poll job does its own).
+    /// order: one call per thousand (the inventory resolves and vets their
+    /// hosts). [`from_device`] makes each an engine target.
     pub async fn devices(
         &self,
         p: &Principal,
@@ -121,16 +121,16 @@ impl Inventory {
         match inline {
             // The vetted address, not the name (which could resolve elsewhere now).
             Some(settings) => Ok(Resolved {
-                target: engine_target(&settings, &reply.address).await?,
+                target: engine_target(&settings, &reply.address)?,
                 device_id: reply.device_id,
             }),
-            None => from_device(reply).await,
+            None => from_device(reply),
         }
     }
 }
 
 /// A device's resolved endpoint as an engine target.
-pub async fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
+pub fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
     let settings = reply
         .config
         .as_ref()
@@ -142,13 +142,9 @@ pub async fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> 
             "not an object",
         ));
     };
-    let host = settings
-        .get("host")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    // The vetted IP the inventory resolved the host to, not the name.
     Ok(Resolved {
-        target: engine_target(&settings, &host).await?,
+        target: engine_target(&settings, &reply.address)?,
         device_id: reply.device_id,
     })
 }
@@ -161,18 +157,15 @@ fn in_target(mut e: Error) -> Error {
     e
 }
 
-async fn engine_target(s: &Map<String, Value>, host: &str) -> Result<Target> {
+/// An engine target from settings and the vetted IP to send to.
+fn engine_target(s: &Map<String, Value>, ip: &str) -> Result<Target> {
     let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or_default();
     let number = |k: &str| s.get(k).and_then(Value::as_u64);
     let port = number("port").unwrap_or(161) as u16;
-    let addr: SocketAddr = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port),
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| Error::invalid("host", format!("cannot resolve host {host:?}")))?,
-    };
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| Error::internal("reading a resolved target", "not a vetted IP"))?;
+    let addr = SocketAddr::new(ip, port);
     let version = match text("version") {
         "1" => Version::V1,
         "2c" => Version::V2c,
