@@ -144,9 +144,12 @@ pub struct InventoryArgs {
     /// DATA_DIR/service-ed25519.pem.
     #[arg(long, env = "RDM_SERVICE_KEY_FILE")]
     pub service_key_file: Option<PathBuf>,
-    /// Access token lifetime in seconds.
-    #[arg(long, env = "RDM_JWT_TTL", default_value_t = 3600)]
+    /// Access token lifetime in seconds (short: a refresh token renews it).
+    #[arg(long, env = "RDM_JWT_TTL", default_value_t = 300)]
     pub jwt_ttl: u64,
+    /// Refresh token (sign-in session) lifetime in seconds.
+    #[arg(long, env = "RDM_REFRESH_TTL", default_value_t = 7 * 24 * 3600)]
+    pub refresh_ttl: u64,
     /// Password of the platform admin (tenant `system`, user `admin`) at
     /// first start; without it one is generated and printed once.
     #[arg(long, env = "RDM_ADMIN_PASSWORD", hide_env_values = true)]
@@ -167,7 +170,8 @@ impl Default for InventoryArgs {
             addresses: AddressArgs::default(),
             jwt_key_file: None,
             service_key_file: None,
-            jwt_ttl: 3600,
+            jwt_ttl: 300,
+            refresh_ttl: 7 * 24 * 3600,
             admin_password: None,
             login_max_failures: 5,
             login_lockout_s: 300,
@@ -358,11 +362,16 @@ async fn start_inventory(
             ..Default::default()
         },
         addresses,
+        refresh_ttl: Duration::from_secs(args.refresh_ttl),
+        // Shared with the verifier (and, under `rdm up`, every service's
+        // clone of it): a revocation takes effect in this process at once.
+        revocations: verifier.revocations().clone(),
     };
     let router = rdm_inventory::service(
         config,
         inventory_guard(verifier.clone(), service_key.as_ref())?,
-    );
+    )
+    .await?;
     Ok(Inventory {
         router,
         verifier,
@@ -553,8 +562,18 @@ pub async fn serve_gateway(
     server::serve(listener, router, &[], server_args, shutdown).await
 }
 
-/// The token keys, from the inventory's JWKS (retried while it starts).
+/// How often a process apart from the inventory asks it for revoked sessions.
+const REVOCATION_POLL: Duration = Duration::from_secs(2);
+
+/// The token keys, from the inventory's JWKS (retried while it starts), and
+/// the sessions it revokes, followed from then on.
 async fn fetch_verifier(inventory: Backend, policy: &TokenPolicy) -> anyhow::Result<Verifier> {
+    let verifier = fetch_keys(inventory.clone(), policy).await?;
+    verifier.revocations().follow(inventory, REVOCATION_POLL);
+    Ok(verifier)
+}
+
+async fn fetch_keys(inventory: Backend, policy: &TokenPolicy) -> anyhow::Result<Verifier> {
     use prost::Message;
     let path = "/rdm.inventory.v1.AuthService/GetJwks";
     let mut last = String::new();

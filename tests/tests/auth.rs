@@ -11,13 +11,209 @@ on_both_stores!(
     forged_and_expired_tokens_are_rejected,
     roles_limit_what_a_user_may_call,
     disabled_and_deleted_users_cannot_sign_in,
+    changes_to_a_user_end_their_tokens_at_once,
+    logout_and_refresh_tokens,
 );
+
+/// A user `name` with `roles` in the demo tenant: (id, access token).
+async fn demo_user(mesh: &TestMesh, admin: &str, name: &str, roles: &[&str]) -> (String, String) {
+    let (status, user) = mesh
+        .post(
+            "/v1/users",
+            admin,
+            json!({"username": name, "password": "pass-word-1", "roles": roles}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    let token = mesh.token("demo", name, "pass-word-1").await;
+    (user["id"].as_str().unwrap().to_owned(), token)
+}
+
+fn revoked(status: StatusCode, body: &Value) -> bool {
+    status == StatusCode::UNAUTHORIZED
+        && body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("revoked"))
+}
+
+/// Disabling, deleting, demoting a user or changing their password ends the
+/// tokens they hold on every service (here: the gateway, the inventory and
+/// the SNMP service in one process), and deleting a tenant ends its users'.
+async fn changes_to_a_user_end_their_tokens_at_once(mesh: TestMesh) {
+    let admin = mesh.token("demo", "demo", "demo").await;
+    let set = json!({"target": {"endpoint": {"host": "127.0.0.1", "port": 9, "version": "2c", "community": "c"}},
+                     "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "s", "value": "x"}]});
+
+    // A disabled operator can no longer run an SNMP SET.
+    let (op_id, op) = demo_user(&mesh, &admin, "op", &["operator"]).await;
+    let (status, _) = mesh.get("/v1/devices", &op).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = mesh
+        .patch(
+            &format!("/v1/users/{op_id}"),
+            &admin,
+            json!({"disabled": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = mesh.post("/v1/snmp/set", &op, set.clone()).await;
+    assert!(revoked(status, &body), "{status} {body}");
+
+    // A deleted viewer can no longer read devices.
+    let (viewer_id, viewer) = demo_user(&mesh, &admin, "viewer", &["viewer"]).await;
+    assert_eq!(
+        mesh.delete(&format!("/v1/users/{viewer_id}"), &admin)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = mesh.get("/v1/devices", &viewer).await;
+    assert!(revoked(status, &body), "{status} {body}");
+
+    // An admin demoted to viewer cannot create an admin to keep access.
+    let (boss_id, boss) = demo_user(&mesh, &admin, "boss", &["admin"]).await;
+    let (status, _) = mesh
+        .patch(
+            &format!("/v1/users/{boss_id}"),
+            &admin,
+            json!({"roles": ["viewer"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = mesh
+        .post(
+            "/v1/users",
+            &boss,
+            json!({"username": "backdoor", "password": "pass-word-1", "roles": ["admin"]}),
+        )
+        .await;
+    assert!(revoked(status, &body), "{status} {body}");
+    // Signing in again gives what the user is now.
+    let boss = mesh.token("demo", "boss", "pass-word-1").await;
+    assert_eq!(
+        mesh.get("/v1/me", &boss).await.1["roles"],
+        json!(["viewer"])
+    );
+
+    // A new password ends the old sessions; the new password works.
+    let (pw_id, old) = demo_user(&mesh, &admin, "pw", &["viewer"]).await;
+    let (status, _) = mesh
+        .patch(
+            &format!("/v1/users/{pw_id}"),
+            &admin,
+            json!({"password": "new-pass-word"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = mesh.get("/v1/me", &old).await;
+    assert!(revoked(status, &body), "{status} {body}");
+    assert_eq!(
+        mesh.login("demo", "pw", "new-pass-word").await.0,
+        StatusCode::OK
+    );
+    // A change that takes nothing away keeps the sessions.
+    let kept = mesh.token("demo", "pw", "new-pass-word").await;
+    let (status, _) = mesh
+        .patch(
+            &format!("/v1/users/{pw_id}"),
+            &admin,
+            json!({"display_name": "P W"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mesh.get("/v1/me", &kept).await.0, StatusCode::OK);
+
+    // A deleted tenant's tokens are refused (401, not a 500 on its rows).
+    let (tenant_id, gone) = mesh.tenant_with_admin("gone").await;
+    assert_eq!(mesh.get("/v1/devices", &gone).await.0, StatusCode::OK);
+    let platform = mesh.admin_token().await;
+    assert_eq!(
+        mesh.delete(&format!("/v1/tenants/{tenant_id}"), &platform)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = mesh
+        .post("/v1/devices", &gone, json!({"name": "orphan"}))
+        .await;
+    assert!(revoked(status, &body), "{status} {body}");
+}
+
+/// Logout ends one session (not the user's others); a refresh token works
+/// once and not after logout, and the token it gives carries current roles.
+async fn logout_and_refresh_tokens(mesh: TestMesh) {
+    let (_, first) = mesh.login("demo", "demo", "demo").await;
+    let (_, second) = mesh.login("demo", "demo", "demo").await;
+    let token = |b: &Value| b["access_token"].as_str().unwrap().to_owned();
+    let refresh = |b: &Value| json!({"refresh_token": b["refresh_token"].as_str().unwrap()});
+
+    let (status, renewed) = mesh
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(refresh(&first)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(mesh.get("/v1/me", &token(&renewed)).await.0, StatusCode::OK);
+    // The spent refresh token does not work twice.
+    let (status, body) = mesh
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(refresh(&first)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    let (status, _) = mesh
+        .post("/v1/auth/logout", &token(&renewed), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for access in [token(&first), token(&renewed)] {
+        let (status, body) = mesh.get("/v1/me", &access).await;
+        assert!(revoked(status, &body), "{status} {body}");
+    }
+    let (status, _) = mesh
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(refresh(&renewed)),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a signed-out session cannot be renewed"
+    );
+    // The other session is untouched.
+    assert_eq!(mesh.get("/v1/me", &token(&second)).await.0, StatusCode::OK);
+    let (status, _) = mesh
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": "rdm_rt_forged"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
 
 async fn login_issues_a_bearer_token_for_me(mesh: TestMesh) {
     let (status, body) = mesh.login("demo", "demo", "demo").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["token_type"], "Bearer");
-    assert_eq!(body["expires_in"], 3600);
+    assert_eq!(body["expires_in"], 300);
+    assert_eq!(body["refresh_expires_in"], 7 * 24 * 3600);
+    assert!(
+        body["refresh_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("rdm_rt_")
+    );
     let token = body["access_token"].as_str().unwrap();
     let (status, me) = mesh.get("/v1/me", token).await;
     assert_eq!(status, StatusCode::OK, "{me}");
@@ -59,7 +255,7 @@ async fn login_issues_a_bearer_token_for_me(mesh: TestMesh) {
         .unwrap()
         .claims;
     assert_eq!(claims.tid, me["tenant_id"].as_str().unwrap());
-    assert_eq!(claims.exp - claims.iat, 3600);
+    assert_eq!(claims.exp - claims.iat, 300);
 }
 
 async fn bad_credentials_are_one_401_whatever_was_wrong(mesh: TestMesh) {
@@ -118,6 +314,7 @@ async fn forged_and_expired_tokens_are_rejected(mesh: TestMesh) {
         iss: "rdm".into(),
         aud: "rdm".into(),
         jti: "forged".into(),
+        sid: String::new(),
     };
     // Signed with the real key but expired an hour ago.
     let expired = mesh.signing_key().sign(&valid_claims(now - 3600)).unwrap();

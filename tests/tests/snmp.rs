@@ -1143,4 +1143,92 @@ async fn serve_snmp_as_its_own_process() {
         "{results:?}"
     );
     assert_eq!(results[1]["error"]["code"], "NOT_FOUND", "{results:?}");
+
+    // A user disabled through the gateway is refused by the SNMP process
+    // too, which learns it from the inventory's list of revoked sessions.
+    let (status, _) = http
+        .post(format!("{base}/v1/users"))
+        .bearer_auth(token)
+        .json(&json!({"username": "op", "password": "pass-word-1", "roles": ["operator"]}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let op: Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"tenant": "system", "username": "op", "password": "pass-word-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let op = op["access_token"].as_str().unwrap().to_owned();
+    let mut snmp_port = rdm_proto::snmp::snmp_service_client::SnmpServiceClient::new(
+        rdm_tests::wait_for(snmp.addr).await,
+    );
+    let get = || {
+        let mut req = tonic::Request::new(rdm_proto::snmp::GetRequest {
+            target: Some(rdm_proto::snmp::Target {
+                target: Some(rdm_proto::snmp::target::Target::DeviceId(id.to_owned())),
+            }),
+            oids: vec!["1.3.6.1.2.1.1.3.0".into()],
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {op}").parse().unwrap());
+        req
+    };
+    assert!(snmp_port.get(get()).await.is_ok());
+    // What every process apart from the inventory runs: a copy of its list.
+    let copy = rdm_kit::auth::Revocations::default();
+    copy.follow(
+        rdm_kit::invoke::remote(&format!("http://{}", inventory.addr)).unwrap(),
+        Duration::from_millis(200),
+    );
+    let claims = op.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    let sid = claims["sid"].as_str().unwrap().to_owned();
+    let users: Value = http
+        .get(format!("{base}/v1/users?username_prefix=op"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let op_id = users["users"][0]["id"].as_str().unwrap();
+    let disabled = http
+        .patch(format!("{base}/v1/users/{op_id}"))
+        .bearer_auth(token)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let since = std::time::Instant::now();
+    let refused = loop {
+        match snmp_port.get(get()).await {
+            Err(s) if s.code() == tonic::Code::Unauthenticated => break s,
+            _ if since.elapsed() > Duration::from_secs(10) => panic!("still accepted after 10 s"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    let now = jsonwebtoken::get_current_timestamp;
+    while !copy.is_revoked(&sid, now()) {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "not listed after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "a following process knew of the revocation after {:?}",
+        since.elapsed()
+    );
 }

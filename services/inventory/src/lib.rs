@@ -6,12 +6,13 @@ mod devices;
 mod targets;
 pub use devices::reseal_secrets;
 mod password;
+mod sessions;
 mod store;
 
 use futures::Stream;
 use rdm_kit::{
     Error, ErrorCode, Principal, Result, Role,
-    auth::{Claims, SigningKey, TokenPolicy},
+    auth::{SigningKey, TokenPolicy},
     db::{Db, Migrations, Scope, mask_paths, now_millis, page, timestamp},
     server::Guard,
 };
@@ -62,6 +63,10 @@ pub struct Config {
     pub keyring: rdm_kit::secrets::Keyring,
     /// Vets every address a tenant stores or targets.
     pub addresses: rdm_kit::address::AddressPolicy,
+    /// How long a refresh token (a sign-in session) lasts.
+    pub refresh_ttl: Duration,
+    /// Revoked sessions, shared with this process's token verifiers.
+    pub revocations: rdm_kit::auth::Revocations,
 }
 
 struct Inventory {
@@ -70,16 +75,18 @@ struct Inventory {
 
 type Shared = Arc<Inventory>;
 
-/// The inventory's gRPC services behind the auth guard.
-pub fn service(config: Config, guard: Guard) -> axum::Router {
+/// The inventory's gRPC services behind the auth guard, once the sessions
+/// revoked while it was down are loaded into `config.revocations`.
+pub async fn service(config: Config, guard: Guard) -> Result<axum::Router> {
     let shared: Shared = Arc::new(Inventory { config });
+    shared.load_revocations().await?;
     let routes = tonic::service::Routes::new(AuthServiceServer::from_arc(shared.clone()))
         .add_service(TenantServiceServer::from_arc(shared.clone()))
         .add_service(UserServiceServer::from_arc(shared.clone()))
         .add_service(
             rdm_proto::inventory::device_service_server::DeviceServiceServer::from_arc(shared),
         );
-    rdm_kit::server::guarded(routes, guard)
+    Ok(rdm_kit::server::guarded(routes, guard))
 }
 
 /// What `bootstrap` created that the operator must be told once.
@@ -371,26 +378,11 @@ impl Inventory {
             return Err(Error::unauthenticated(BAD_LOGIN));
         };
         store::clear_throttle(&mut tx, &key).await?;
+        tx.enter_tenant(&tenant.id).await?;
+        let tokens = self.open_session(&mut tx, &user).await?;
         tx.commit().await?;
-
-        let now_s = (now / 1000) as u64;
-        let ttl = self.config.token_ttl.as_secs();
-        let claims = Claims {
-            sub: user.id.clone(),
-            tid: tenant.id.clone(),
-            roles: user.roles.split_whitespace().map(str::to_owned).collect(),
-            iat: now_s,
-            exp: now_s + ttl,
-            iss: self.config.policy.issuer.clone(),
-            aud: self.config.policy.audience.clone(),
-            jti: uuid::Uuid::new_v4().to_string(),
-        };
         tracing::info!(tenant = %tenant.slug, user_id = %user.id, "login");
-        Ok(pb::LoginResponse {
-            access_token: self.config.signing_key.sign(&claims)?,
-            token_type: "Bearer".into(),
-            expires_in: ttl.try_into().unwrap_or(u32::MAX),
-        })
+        Ok(tokens)
     }
 
     async fn me(&self, p: &Principal) -> Result<pb::GetMeResponse> {
@@ -467,6 +459,32 @@ impl AuthService for Inventory {
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
         reply(Inventory::login(self, req.into_inner()).await)
+    }
+
+    async fn refresh(
+        &self,
+        req: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        reply(Inventory::refresh(self, req.get_ref().refresh_token.trim()).await)
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        reply(
+            Inventory::logout(self, p)
+                .await
+                .map(|()| pb::LogoutResponse {}),
+        )
+    }
+
+    async fn list_revoked_sessions(
+        &self,
+        req: Request<pb::ListRevokedSessionsRequest>,
+    ) -> Result<Response<pb::ListRevokedSessionsResponse>, Status> {
+        reply(self.revoked_since(req.get_ref().since_ms).await)
     }
 
     async fn get_jwks(
@@ -634,9 +652,11 @@ impl TenantService for Inventory {
                 ));
             }
             let mut tx = self.db().begin_write(Scope::Platform).await?;
+            let revoked = self.revoke_user_sessions(&mut tx, id, "").await?;
             store::delete_tenant(&mut tx, id).await?;
             tx.commit().await?;
-            tracing::info!(tenant_id = %id, "tenant deleted");
+            self.publish(&revoked);
+            tracing::info!(tenant_id = %id, sessions_revoked = revoked.len(), "tenant deleted");
             Ok(pb::DeleteTenantResponse {})
         };
         reply(run.await)
@@ -804,7 +824,18 @@ impl UserService for Inventory {
                 }
             }
             let row = store::update_user(&mut tx, &row).await?;
+            // Anything that takes access away ends the user's sessions.
+            let revoke = paths
+                .iter()
+                .any(|p| p == "password" || p == "roles" || (p == "disabled" && r.disabled));
+            let revoked = if revoke {
+                self.revoke_user_sessions(&mut tx, &row.tenant_id, &row.id)
+                    .await?
+            } else {
+                Vec::new()
+            };
             tx.commit().await?;
+            self.publish(&revoked);
             Ok(pb::UpdateUserResponse {
                 user: Some(user_pb(row)),
             })
@@ -829,7 +860,9 @@ impl UserService for Inventory {
             if !store::delete_user(&mut tx, &p.tenant_id, id).await? {
                 return Err(Error::not_found(format!("user {id} not found")));
             }
+            let revoked = self.revoke_user_sessions(&mut tx, &p.tenant_id, id).await?;
             tx.commit().await?;
+            self.publish(&revoked);
             Ok(pb::DeleteUserResponse {})
         };
         reply(run.await)

@@ -69,6 +69,9 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub jti: String,
+    /// The sign-in session the token belongs to: revoking it ends the token.
+    #[serde(default)]
+    pub sid: String,
 }
 
 /// The verified caller of a request, in the request's extensions.
@@ -77,6 +80,8 @@ pub struct Principal {
     pub user_id: String,
     pub tenant_id: String,
     pub roles: Vec<Role>,
+    /// The sign-in session of the token (logout revokes it).
+    pub session_id: String,
     /// The bearer token as received, forwarded on calls to other services.
     token: Arc<str>,
 }
@@ -292,12 +297,86 @@ impl KeySet {
 /// Seconds a token is still accepted past its `exp` (clock skew between hosts).
 const LEEWAY: u64 = 5;
 
+/// Sessions that were revoked (logout, a user disabled, deleted, demoted or
+/// given a new password, a tenant deleted), each until its last access token
+/// has expired. One set is shared by every verifier of a process: under
+/// `rdm up` the inventory writes to it directly; under `rdm serve` other
+/// processes copy the inventory's list ([`Revocations::follow`]).
+#[derive(Clone, Debug, Default)]
+pub struct Revocations(Arc<std::sync::RwLock<HashMap<String, u64>>>);
+
+impl Revocations {
+    /// Refuses tokens of `session_id` until `until` (Unix seconds).
+    pub fn revoke(&self, session_id: &str, until: u64) {
+        if let Ok(mut set) = self.0.write() {
+            set.insert(session_id.to_owned(), until);
+        }
+    }
+
+    pub fn is_revoked(&self, session_id: &str, now: u64) -> bool {
+        !session_id.is_empty()
+            && self
+                .0
+                .read()
+                .is_ok_and(|set| set.get(session_id).is_some_and(|until| *until >= now))
+    }
+
+    /// Forgets sessions whose tokens have all expired.
+    pub fn prune(&self, now: u64) {
+        if let Ok(mut set) = self.0.write() {
+            set.retain(|_, until| *until >= now);
+        }
+    }
+
+    /// Keeps this set in step with the inventory's list of revoked sessions
+    /// (`AuthService/ListRevokedSessions`), polling every `every`, until the
+    /// process ends. A failed poll is retried at the next tick.
+    pub fn follow(&self, inventory: crate::invoke::Backend, every: std::time::Duration) {
+        let set = self.clone();
+        tokio::spawn(async move {
+            let mut since_ms = 0i64;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match fetch_revoked(inventory.clone(), since_ms).await {
+                    Ok(reply) => {
+                        for session in &reply.sessions {
+                            set.revoke(&session.session_id, session.until);
+                        }
+                        since_ms = reply.as_of_ms;
+                        set.prune(jsonwebtoken::get_current_timestamp());
+                    }
+                    Err(e) => tracing::warn!(error = %e.message(), "cannot fetch revoked sessions"),
+                }
+            }
+        });
+    }
+}
+
+async fn fetch_revoked(
+    inventory: crate::invoke::Backend,
+    since_ms: i64,
+) -> std::result::Result<rdm_proto::inventory::ListRevokedSessionsResponse, tonic::Status> {
+    use prost::Message;
+    let request = rdm_proto::inventory::ListRevokedSessionsRequest { since_ms };
+    let bytes = crate::invoke::unary(
+        inventory,
+        "/rdm.inventory.v1.AuthService/ListRevokedSessions",
+        request.encode_to_vec().into(),
+        Default::default(),
+    )
+    .await?;
+    rdm_proto::inventory::ListRevokedSessionsResponse::decode(bytes)
+        .map_err(|e| tonic::Status::internal(format!("decoding revoked sessions: {e}")))
+}
+
 /// Checks bearer tokens against the published keys.
 #[derive(Clone)]
 pub struct Verifier {
     keys: KeySet,
     verified: Arc<Mutex<VerifiedTokens>>,
     clock: Clock,
+    revocations: Revocations,
 }
 
 /// Tokens remembered as verified (with their expiry, still checked on every
@@ -315,7 +394,13 @@ impl Verifier {
             keys,
             verified: Arc::default(),
             clock: Clock::System,
+            revocations: Revocations::default(),
         })
+    }
+
+    /// The revoked sessions this verifier refuses (shared by its clones).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// The same verifier reading time from `clock`.
@@ -334,7 +419,7 @@ impl Verifier {
         if let Some((principal, exp)) = remembered
             && now <= exp + LEEWAY
         {
-            return Ok(principal);
+            return self.unrevoked(principal, now);
         }
         let claims: Claims = self.keys.decode(token, "bearer token", now)?;
         let roles = claims
@@ -347,6 +432,7 @@ impl Verifier {
             user_id: claims.sub,
             tenant_id: claims.tid,
             roles,
+            session_id: claims.sid,
             token: token.into(),
         };
         if let Ok(mut cache) = self.verified.lock() {
@@ -357,6 +443,15 @@ impl Verifier {
                 }
             }
             cache.insert(principal.token.clone(), (principal.clone(), claims.exp));
+        }
+        self.unrevoked(principal, now)
+    }
+
+    fn unrevoked(&self, principal: Principal, now: u64) -> Result<Principal> {
+        if self.revocations.is_revoked(&principal.session_id, now) {
+            return Err(Error::unauthenticated(
+                "this token was revoked (signed out, or the user changed): sign in again",
+            ));
         }
         Ok(principal)
     }
@@ -588,6 +683,7 @@ mod tests {
             iss: "rdm".into(),
             aud: "rdm".into(),
             jti: "j1".into(),
+            sid: "s1".into(),
         }
     }
 
@@ -667,6 +763,24 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("expired")
+        );
+    }
+
+    #[test]
+    fn a_revoked_session_ends_its_tokens_even_remembered_ones() {
+        let key = key();
+        let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
+        let token = key.sign(&claims(&["admin"], 60)).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().session_id, "s1");
+        let now = jsonwebtoken::get_current_timestamp();
+        // A clone shares the set: what the inventory revokes, services refuse.
+        verifier.clone().revocations().revoke("s1", now + 60);
+        let err = verifier.verify(&token).unwrap_err();
+        assert!(err.message.contains("revoked"), "{err:?}");
+        verifier.revocations().prune(now + 61);
+        assert!(
+            verifier.verify(&token).is_ok(),
+            "forgotten once its tokens expired"
         );
     }
 

@@ -84,6 +84,7 @@ mod tests {
             iss: "rdm".into(),
             aud: "rdm".into(),
             jti: "j".into(),
+            sid: "s".into(),
         };
         let token = key.sign(&claims).unwrap();
         let verifier = Verifier::new(&[key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
