@@ -167,6 +167,14 @@ async fn dispatch(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     }
 }
 
+/// The address of the client's connection (what the server accepted).
+pub(crate) fn client_ip(extensions: &http::Extensions) -> Option<String> {
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|c| c.remote_addr())
+        .map(|a| a.ip().to_canonical().to_string())
+}
+
 /// Forwards a gRPC call to the service that owns it, after the same token
 /// check as REST. Internal RPCs are not reachable from outside.
 async fn proxy(gw: &Gateway, mut req: Request) -> Response {
@@ -192,8 +200,14 @@ async fn proxy(gw: &Gateway, mut req: Request) -> Response {
             format!("unknown method {path}"),
         ));
     }
-    // Actor tokens are minted inside the mesh, never accepted from outside.
+    // Actor tokens are minted inside the mesh, never accepted from outside,
+    // and the client's address is the one this connection comes from.
     req.headers_mut().remove(ACTOR_HEADER);
+    req.headers_mut().remove(rdm_kit::server::CLIENT_IP_HEADER);
+    if let Some(ip) = client_ip(req.extensions()).and_then(|ip| ip.parse().ok()) {
+        req.headers_mut()
+            .insert(rdm_kit::server::CLIENT_IP_HEADER, ip);
+    }
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)

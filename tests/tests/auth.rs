@@ -491,3 +491,141 @@ async fn parallel_guesses_all_count_towards_the_lockout() {
         );
     }
 }
+
+/// Many parallel guesses at one user: each is counted before its password
+/// is checked, so no more than the limit are checked at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_beyond_the_limit_are_refused_unchecked() {
+    let mesh = TestMesh::start_with(Store::Sqlite, |s| s.inventory.login_max_failures = 5).await;
+    let guesses = (0..60).map(|i| {
+        let mesh = &mesh;
+        async move { mesh.login("demo", "demo", &format!("guess-{i}")).await.0 }
+    });
+    let statuses = futures::future::join_all(guesses).await;
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(checked + refused, 60, "{statuses:?}");
+    assert!(
+        checked <= 5,
+        "{checked} passwords checked against a limit of 5"
+    );
+}
+
+/// A client at another loopback address.
+fn client_at(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .build()
+        .unwrap()
+}
+
+async fn login_from(mesh: &TestMesh, ip: [u8; 4], password: &str) -> StatusCode {
+    client_at(ip)
+        .post(mesh.url("/v1/auth/login"))
+        .json(&json!({"tenant": "demo", "username": "demo", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Knowing a user name is not enough to lock its owner out: failures lock
+/// the user from the address they came from; the user from everywhere only
+/// for addresses that failed; a clean address still signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockouts_are_per_address_first() {
+    let mesh = TestMesh::start_with(Store::Sqlite, |s| s.inventory.login_max_failures = 3).await;
+    let attacker = [127, 0, 0, 2];
+    for _ in 0..3 {
+        assert_eq!(
+            login_from(&mesh, attacker, "wrong").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login_from(&mesh, attacker, "demo").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_from(&mesh, [127, 0, 0, 3], "demo").await,
+        StatusCode::OK
+    );
+
+    // Spread over addresses, the failures lock the user everywhere (4 x 3)...
+    for last in 4..8 {
+        for _ in 0..3 {
+            login_from(&mesh, [127, 0, 0, last], "wrong").await;
+        }
+    }
+    let fresh = [127, 0, 0, 20];
+    assert_eq!(
+        login_from(&mesh, fresh, "wrong").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_from(&mesh, fresh, "demo").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "an address that failed for this user is refused"
+    );
+    // ...but not for an address with no failures: the owner gets in.
+    assert_eq!(
+        login_from(&mesh, [127, 0, 0, 21], "demo").await,
+        StatusCode::OK
+    );
+}
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// 200 strangers signing in at once, each from its own address (so no
+/// address lock-out stops them first) and for an unknown tenant (each costs
+/// a hash): they wait for a few hashing turns instead of each holding
+/// argon2's memory; those that cannot get a turn soon are told to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_sign_ins_hash_a_few_at_a_time() {
+    let mesh = TestMesh::start(Store::Sqlite).await;
+    let before = status_kib("VmRSS:");
+    let attempts = (0..200u32).map(|i| {
+        let mesh = &mesh;
+        async move {
+            let resp = client_at([127, 0, 1, i as u8])
+                .post(mesh.url("/v1/auth/login"))
+                .json(&json!({"tenant": format!("nobody-{i}"), "username": "u", "password": "p"}))
+                .send()
+                .await
+                .unwrap();
+            let retry = resp.headers().contains_key("retry-after");
+            (resp.status(), retry)
+        }
+    });
+    let replies = futures::future::join_all(attempts).await;
+    for (status, retry) in &replies {
+        assert!(
+            *status == StatusCode::UNAUTHORIZED
+                || (*status == StatusCode::SERVICE_UNAVAILABLE && *retry),
+            "{replies:?}"
+        );
+    }
+    assert!(replies.iter().any(|(s, _)| *s == StatusCode::UNAUTHORIZED));
+    // argon2 holds 19 MiB per hash: 200 at once would be 3.8 GiB.
+    let peak = status_kib("VmHWM:");
+    let grew_mib = peak.saturating_sub(before) / 1024;
+    println!(
+        "peak RSS grew {grew_mib} MiB over {} sign-ins",
+        replies.len()
+    );
+    assert!(grew_mib < 400, "peak RSS grew {grew_mib} MiB");
+}

@@ -8,6 +8,7 @@ pub use devices::reseal_secrets;
 mod password;
 mod sessions;
 mod store;
+mod throttle;
 
 use futures::Stream;
 use rdm_kit::{
@@ -35,23 +36,7 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: &sqlx::migrate!("./migrations/postgres"),
 };
 
-/// Failed-login throttling per (tenant, user name).
-#[derive(Clone, Debug)]
-pub struct LoginThrottle {
-    pub max_failures: i64,
-    pub window: Duration,
-    pub lockout: Duration,
-}
-
-impl Default for LoginThrottle {
-    fn default() -> Self {
-        Self {
-            max_failures: 5,
-            window: Duration::from_secs(300),
-            lockout: Duration::from_secs(300),
-        }
-    }
-}
+pub use throttle::LoginThrottle;
 
 pub struct Config {
     pub db: Db,
@@ -308,13 +293,17 @@ fn tenant_scope(p: &Principal) -> Scope<'_> {
 
 const BAD_LOGIN: &str = "invalid tenant, username or password";
 
-fn locked_out(remaining_ms: i64) -> Error {
-    let wait = (remaining_ms + 999) / 1000;
-    Error::new(
-        ErrorCode::TooManyRequests,
-        format!("too many failed logins; try again in {wait} s"),
-    )
-    .with_meta("retry_after_s", wait.to_string())
+/// The caller's address: as the gateway saw it (`x-rdm-client-ip`, which it
+/// sets on every call, replacing any a client sent), else the peer of a
+/// direct gRPC call.
+fn client_address<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get(rdm_kit::server::CLIENT_IP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+        .or_else(|| req.remote_addr().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl Inventory {
@@ -322,7 +311,8 @@ impl Inventory {
         &self.config.db
     }
 
-    async fn login(&self, req: pb::LoginRequest) -> Result<pb::LoginResponse> {
+    /// Signs a user in from `client` (the caller's address, for throttling).
+    async fn login(&self, req: pb::LoginRequest, client: &str) -> Result<pb::LoginResponse> {
         let slug = req.tenant.trim().to_ascii_lowercase();
         let username = req.username.trim();
         for (field, value) in [
@@ -337,14 +327,14 @@ impl Inventory {
                 ));
             }
         }
-        let key = format!("{slug}\n{username}");
+        let attempt = self.config.throttle.attempt(&slug, username, client);
         let now = now_millis();
-        // Read, then let go of the connection: the hash check below is slow.
+        // Counted before the password is checked: parallel guesses cannot
+        // outrun the limit, and refused ones cost no hashing.
+        let mut tx = self.db().begin_write(Scope::Login { slug: &slug }).await?;
+        self.config.throttle.admit(&mut tx, &attempt, now).await?;
+        tx.commit().await?;
         let mut tx = self.db().begin(Scope::Login { slug: &slug }).await?;
-        let throttle = store::throttle(&mut tx, &key).await?.unwrap_or_default();
-        if throttle.locked_until > now {
-            return Err(locked_out(throttle.locked_until - now));
-        }
         let user = match store::tenant_by_slug(&mut tx, &slug).await? {
             Some(tenant) => {
                 tx.enter_tenant(&tenant.id).await?;
@@ -354,30 +344,18 @@ impl Inventory {
             }
             None => None,
         };
+        // Let go of the connection: the hash check below is slow.
         drop(tx);
         // Unknown tenants and users cost one hash check too: equal timing.
         let hash = user.as_ref().map(|(_, u)| u.password_hash.clone());
         let matches = password::verify(req.password, hash).await?;
         let user = user.filter(|(_, u)| matches && u.disabled == 0);
-        let mut tx = self.db().begin_write(Scope::Login { slug: &slug }).await?;
         let Some((tenant, user)) = user else {
-            let policy = &self.config.throttle;
-            let t = store::record_failure(
-                &mut tx,
-                &key,
-                now,
-                policy.window.as_millis() as i64,
-                policy.max_failures,
-                policy.lockout.as_millis() as i64,
-            )
-            .await?;
-            tx.commit().await?;
-            if t.locked_until > now {
-                tracing::warn!(tenant = %slug, failures = t.failures, "login locked out");
-            }
+            self.config.throttle.failed(&attempt, &slug);
             return Err(Error::unauthenticated(BAD_LOGIN));
         };
-        store::clear_throttle(&mut tx, &key).await?;
+        let mut tx = self.db().begin_write(Scope::Login { slug: &slug }).await?;
+        self.config.throttle.succeeded(&mut tx, &attempt).await?;
         tx.enter_tenant(&tenant.id).await?;
         let tokens = self.open_session(&mut tx, &user).await?;
         tx.commit().await?;
@@ -458,7 +436,8 @@ impl AuthService for Inventory {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        reply(Inventory::login(self, req.into_inner()).await)
+        let client = client_address(&req);
+        reply(Inventory::login(self, req.into_inner(), &client).await)
     }
 
     async fn refresh(

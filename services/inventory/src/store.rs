@@ -257,15 +257,6 @@ pub struct ThrottleRow {
     pub locked_until: i64,
 }
 
-pub async fn throttle(tx: &mut TenantTx, key: &str) -> Result<Option<ThrottleRow>> {
-    Ok(
-        sqlx::query_as("select failures, locked_until from login_throttle where key = $1")
-            .bind(key)
-            .fetch_optional(tx.conn())
-            .await?,
-    )
-}
-
 /// Counts one failed login for `key`, atomically (parallel guesses each
 /// count): a new window after `window_ms`, a lock-out of `lockout_ms` at
 /// `max_failures`. Returns the row as it is now.
@@ -295,6 +286,18 @@ pub async fn record_failure(
     .bind(lockout_ms)
     .fetch_one(tx.conn())
     .await?)
+}
+
+/// Takes one failure back (a success that was counted as one).
+pub async fn forgive_one(tx: &mut TenantTx, key: &str) -> Result<()> {
+    sqlx::query(
+        "update login_throttle set failures = case when failures > 0 then failures - 1 else 0 end \
+         where key = $1",
+    )
+    .bind(key)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 pub async fn clear_throttle(tx: &mut TenantTx, key: &str) -> Result<()> {

@@ -193,6 +193,11 @@ fn grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// The client's address as the gateway saw it, on calls it forwards (it
+/// replaces any value a client sent). Only the gateway should reach the
+/// services' ports (loopback under `rdm up`, NetworkPolicy on Kubernetes).
+pub const CLIENT_IP_HEADER: &str = "x-rdm-client-ip";
+
 /// Whether a request is gRPC (rather than REST, metrics or a browser).
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
