@@ -8,7 +8,7 @@ mod demo;
 use anyhow::Context;
 use rdm_kit::{
     address::{AddressArgs, AddressPolicy},
-    auth::{AccessTable, ActorVerifier, SigningKey, TokenPolicy, Verifier},
+    auth::{AccessTable, ActorVerifier, ApiKeys, SigningKey, TokenPolicy, Verifier},
     db::Db,
     invoke::{self, Backend},
     mesh::{self, Service},
@@ -389,6 +389,8 @@ fn inventory_guard(verifier: Verifier, service_key: Option<&SigningKey>) -> anyh
         access: AccessTable::from_pool(rdm_proto::descriptor_pool()),
         verifier,
         actors,
+        // API keys are exchanged by the gateway and the protocol services.
+        api_keys: None,
     })
 }
 
@@ -460,11 +462,12 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     }
     let services = services.fallback_service(inventory);
     let demo_agents = if opts.demo == Demo::Devices {
-        demo::start(inventory_backend).await?
+        demo::start(inventory_backend.clone()).await?
     } else {
         Vec::new()
     };
-    let gateway = rdm_gateway::router(&settings.gateway, backends, verifier)?;
+    let api_keys = ApiKeys::new(inventory_backend.clone());
+    let gateway = rdm_gateway::router(&settings.gateway, backends, verifier, api_keys)?;
 
     let mut tasks = JoinSet::new();
     let (args, stop) = (settings.server.clone(), shutdown.clone());
@@ -557,7 +560,8 @@ pub async fn serve_gateway(
             .with_context(|| format!("no URL for the {} service", service.name()))?;
         backends.insert(service.package().to_owned(), invoke::remote(url)?);
     }
-    let router = rdm_gateway::router(config, backends, verifier)?;
+    let api_keys = ApiKeys::new(backends[INVENTORY_PACKAGE].clone());
+    let router = rdm_gateway::router(config, backends, verifier, api_keys)?;
     listening("gateway", &listener)?;
     server::serve(listener, router, &[], server_args, shutdown).await
 }

@@ -18,7 +18,7 @@ use axum::{
 };
 use rdm_kit::{
     Error, ErrorCode,
-    auth::{ACTOR_HEADER, Access, AccessTable, Verifier},
+    auth::{ACTOR_HEADER, Access, AccessTable, ApiKeys, Verifier},
     invoke::Backend,
     server::grpc_error,
 };
@@ -57,6 +57,7 @@ pub(crate) struct Gateway {
     backends: HashMap<String, Backend>,
     access: AccessTable,
     verifier: Verifier,
+    api_keys: ApiKeys,
     body_limit: usize,
     openapi: String,
 }
@@ -78,6 +79,7 @@ pub fn router(
     config: &Config,
     backends: HashMap<String, Backend>,
     verifier: Verifier,
+    api_keys: ApiKeys,
 ) -> anyhow::Result<Router> {
     let pool = rdm_proto::descriptor_pool();
     let access = AccessTable::from_pool(pool);
@@ -92,6 +94,7 @@ pub fn router(
         backends,
         access,
         verifier,
+        api_keys,
         body_limit: config.body_limit,
         openapi,
     });
@@ -159,20 +162,22 @@ async fn serve_openapi(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-async fn dispatch(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    if rdm_kit::server::is_grpc(req.headers()) {
+async fn dispatch(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
+    let grpc = rdm_kit::server::is_grpc(req.headers());
+    // The client's address is the connection's: never one a client claims.
+    req.headers_mut().remove(rdm_kit::server::CLIENT_IP_HEADER);
+    if let Err(err) = rdm_kit::server::exchange_api_key(&gw.api_keys, &mut req).await {
+        return if grpc {
+            grpc_error(err)
+        } else {
+            transcode::problem(&err, transcode::request_id(req.headers()).as_deref())
+        };
+    }
+    if grpc {
         proxy(&gw, req).await
     } else {
         transcode::handle(&gw, req).await
     }
-}
-
-/// The address of the client's connection (what the server accepted).
-pub(crate) fn client_ip(extensions: &http::Extensions) -> Option<String> {
-    extensions
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|c| c.remote_addr())
-        .map(|a| a.ip().to_canonical().to_string())
 }
 
 /// Forwards a gRPC call to the service that owns it, after the same token
@@ -203,8 +208,7 @@ async fn proxy(gw: &Gateway, mut req: Request) -> Response {
     // Actor tokens are minted inside the mesh, never accepted from outside,
     // and the client's address is the one this connection comes from.
     req.headers_mut().remove(ACTOR_HEADER);
-    req.headers_mut().remove(rdm_kit::server::CLIENT_IP_HEADER);
-    if let Some(ip) = client_ip(req.extensions()).and_then(|ip| ip.parse().ok()) {
+    if let Some(ip) = rdm_kit::server::peer_ip(req.extensions()).and_then(|ip| ip.parse().ok()) {
         req.headers_mut()
             .insert(rdm_kit::server::CLIENT_IP_HEADER, ip);
     }

@@ -70,7 +70,7 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
     let message = build_request(binding, &vars, parts.uri.query(), &body, content_type)?;
 
     let mut metadata = tonic::metadata::MetadataMap::new();
-    if let Some(ip) = crate::client_ip(&parts.extensions).and_then(|ip| ip.parse().ok()) {
+    if let Some(ip) = rdm_kit::server::peer_ip(&parts.extensions).and_then(|ip| ip.parse().ok()) {
         metadata.insert(rdm_kit::server::CLIENT_IP_HEADER, ip);
     }
     for name in ["authorization", "traceparent", "x-request-id"] {

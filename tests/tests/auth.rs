@@ -13,6 +13,7 @@ on_both_stores!(
     disabled_and_deleted_users_cannot_sign_in,
     changes_to_a_user_end_their_tokens_at_once,
     logout_and_refresh_tokens,
+    api_keys_work_where_tokens_do_and_stop_when_revoked,
 );
 
 /// A user `name` with `roles` in the demo tenant: (id, access token).
@@ -628,4 +629,129 @@ async fn parallel_sign_ins_hash_a_few_at_a_time() {
         replies.len()
     );
     assert!(grew_mib < 400, "peak RSS grew {grew_mib} MiB");
+}
+
+/// An admin's API key: a role no higher than theirs, shown once, usable as
+/// a bearer token on REST and gRPC (gateway and service ports), limited to
+/// its networks, and refused once revoked.
+async fn api_keys_work_where_tokens_do_and_stop_when_revoked(mesh: TestMesh) {
+    let admin = mesh.token("demo", "demo", "demo").await;
+    let (status, created) = mesh
+        .post(
+            "/v1/api-keys",
+            &admin,
+            json!({"name": "ci", "role": "operator"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let key = created["secret"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("rdm_"), "{key}");
+    let id = created["api_key"]["id"].as_str().unwrap().to_owned();
+    for (body, status) in [
+        (
+            json!({"name": "root", "role": "platform-admin"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "", "role": "viewer"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "old", "role": "viewer", "expire_time": "2020-01-01T00:00:00Z"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        assert_eq!(
+            mesh.post("/v1/api-keys", &admin, body.clone()).await.0,
+            status,
+            "{body}"
+        );
+    }
+    let (_, viewer) = demo_user(&mesh, &admin, "keyless", &["viewer"]).await;
+    let (status, _) = mesh
+        .post(
+            "/v1/api-keys",
+            &viewer,
+            json!({"name": "x", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // REST: what an operator may do, and no more.
+    let (status, me) = mesh.get("/v1/me", &key).await;
+    assert_eq!(
+        (status, &me["roles"]),
+        (StatusCode::OK, &json!(["operator"])),
+        "{me}"
+    );
+    assert_eq!(mesh.get("/v1/devices", &key).await.0, StatusCode::OK);
+    let (status, _) = mesh
+        .post(
+            "/v1/users",
+            &key,
+            json!({"username": "k", "password": "pass-word-1", "roles": ["viewer"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // gRPC, on the gateway port and on the services' own port.
+    for addr in [mesh.gateway, mesh.inventory] {
+        let channel = rdm_tests::wait_for(addr).await;
+        let mut snmp = rdm_proto::snmp::snmp_service_client::SnmpServiceClient::new(channel);
+        let mut req = tonic::Request::new(rdm_proto::snmp::GetRequest {
+            target: Some(rdm_proto::snmp::Target {
+                target: Some(rdm_proto::snmp::target::Target::DeviceId("missing".into())),
+            }),
+            oids: vec!["1.3.6.1.2.1.1.3.0".into()],
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let status = snmp.get(req).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{addr}: {status:?}");
+    }
+    // Listed without its secret, with when it was last used.
+    let (_, list) = mesh.get("/v1/api-keys", &admin).await;
+    assert!(!list.to_string().contains(key.split('.').nth(1).unwrap()));
+    assert_eq!(list["api_keys"][0]["id"], id.as_str());
+    assert!(list["api_keys"][0]["last_used_time"].is_string(), "{list}");
+
+    // Limited to a network: refused from elsewhere, accepted from there.
+    let (_, narrow) = mesh
+        .post(
+            "/v1/api-keys",
+            &admin,
+            json!({"name": "narrow", "role": "viewer", "allowed_cidrs": ["127.0.0.5/32"]}),
+        )
+        .await;
+    let narrow = narrow["secret"].as_str().unwrap();
+    assert_eq!(mesh.get("/v1/me", narrow).await.0, StatusCode::UNAUTHORIZED);
+    let from = |ip: [u8; 4]| {
+        client_at(ip)
+            .get(mesh.url("/v1/me"))
+            .bearer_auth(narrow)
+            .send()
+    };
+    assert_eq!(from([127, 0, 0, 5]).await.unwrap().status(), StatusCode::OK);
+
+    // Revoked: refused at once.
+    assert_eq!(
+        mesh.delete(&format!("/v1/api-keys/{id}"), &admin).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = mesh.get("/v1/devices", &key).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (_, list) = mesh.get("/v1/api-keys", &admin).await;
+    let revoked = list["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
+    assert!(revoked["revoke_time"].is_string(), "{revoked}");
+    // A forged key is one more 401.
+    assert_eq!(
+        mesh.get("/v1/me", &format!("rdm_{}.forged", "0".repeat(32)))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -1,6 +1,7 @@
 //! rdm inventory service: tenants, users, sign-in and token issuing. Devices,
 //! endpoints and credentials join it later; everything here is per tenant
 //! and every query runs in a `TenantTx`.
+mod api_keys;
 mod device_store;
 mod devices;
 mod targets;
@@ -68,6 +69,9 @@ pub async fn service(config: Config, guard: Guard) -> Result<axum::Router> {
     let routes = tonic::service::Routes::new(AuthServiceServer::from_arc(shared.clone()))
         .add_service(TenantServiceServer::from_arc(shared.clone()))
         .add_service(UserServiceServer::from_arc(shared.clone()))
+        .add_service(pb::api_key_service_server::ApiKeyServiceServer::from_arc(
+            shared.clone(),
+        ))
         .add_service(
             rdm_proto::inventory::device_service_server::DeviceServiceServer::from_arc(shared),
         );
@@ -365,6 +369,19 @@ impl Inventory {
 
     async fn me(&self, p: &Principal) -> Result<pb::GetMeResponse> {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
+        if let Some(key) = p.user_id.strip_prefix("key:") {
+            // An API key: its name and role.
+            let tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
+                .await?
+                .ok_or_else(|| Error::unauthenticated("the tenant of this key no longer exists"))?;
+            return Ok(pb::GetMeResponse {
+                user_id: p.user_id.clone(),
+                username: format!("api key {key}"),
+                tenant_id: p.tenant_id.clone(),
+                tenant_slug: tenant.slug,
+                roles: p.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            });
+        }
         let me = store::me(&mut tx, &p.tenant_id, &p.user_id)
             .await?
             .ok_or_else(|| Error::unauthenticated("the user of this token no longer exists"))?;
@@ -456,6 +473,17 @@ impl AuthService for Inventory {
             Inventory::logout(self, p)
                 .await
                 .map(|()| pb::LogoutResponse {}),
+        )
+    }
+
+    async fn exchange_api_key(
+        &self,
+        req: Request<pb::ExchangeApiKeyRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = client_address(&req);
+        reply(
+            self.exchange_key(req.get_ref().api_key.trim(), &client)
+                .await,
         )
     }
 

@@ -208,21 +208,27 @@ impl Inventory {
         .bind(REVOKED_PAGE)
         .fetch_all(tx.conn())
         .await?;
-        let mut as_of_ms = now;
-        let mut sessions = Vec::with_capacity(rows.len());
+        drop(tx);
+        let mut revoked = Vec::with_capacity(rows.len());
         for row in &rows {
-            let (id, at): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-            sessions.push(pb::RevokedSession {
+            revoked.push((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+        }
+        // A full page: the next poll starts where it ended. Otherwise up to a
+        // moment ago: a revocation committing right now carries a time
+        // before `now` and must not be skipped next poll.
+        let as_of_ms = match revoked.last() {
+            Some((_, at)) if revoked.len() as i64 >= REVOKED_PAGE => *at,
+            _ => now - 5_000,
+        };
+        // API keys are sessions too (`key:<id>`).
+        revoked.extend(self.revoked_keys_since(since_ms.max(oldest_alive)).await?);
+        let sessions = revoked
+            .into_iter()
+            .map(|(id, at)| pb::RevokedSession {
                 session_id: id,
                 until: self.revoked_until(at),
-            });
-            as_of_ms = at;
-        }
-        if (rows.len() as i64) < REVOKED_PAGE {
-            // Everything up to a moment ago: a revocation committing right now
-            // carries a time before `now` and must not be skipped next poll.
-            as_of_ms = now - 5_000;
-        }
+            })
+            .collect();
         Ok(pb::ListRevokedSessionsResponse { sessions, as_of_ms })
     }
 

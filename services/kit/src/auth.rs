@@ -370,6 +370,79 @@ async fn fetch_revoked(
         .map_err(|e| tonic::Status::internal(format!("decoding revoked sessions: {e}")))
 }
 
+/// Whether a bearer credential is an API key (`rdm_<id>.<secret>`), not a JWT.
+pub fn is_api_key(token: &str) -> bool {
+    token.starts_with("rdm_") && !token.starts_with("rdm_rt_")
+}
+
+/// Turns API keys into access tokens through the inventory
+/// (`AuthService/ExchangeApiKey`), remembering each until shortly before it
+/// expires (a revoked key's token is then refused by the verifier).
+#[derive(Clone)]
+pub struct ApiKeys {
+    inventory: crate::invoke::Backend,
+    exchanged: Arc<Mutex<ExchangedKeys>>,
+}
+
+/// (SHA-256 of the key, client address) -> (access token, exp).
+type ExchangedKeys = HashMap<(String, String), (String, u64)>;
+
+impl ApiKeys {
+    pub fn new(inventory: crate::invoke::Backend) -> Self {
+        Self {
+            inventory,
+            exchanged: Arc::default(),
+        }
+    }
+
+    /// The access token for `key` used from `client` (the address the key's
+    /// networks are checked against).
+    pub async fn exchange(&self, key: &str, client: Option<&str>) -> Result<String> {
+        use prost::Message;
+        use sha2::Digest;
+        let now = jsonwebtoken::get_current_timestamp();
+        let id = (
+            hex_digest(&sha2::Sha256::digest(key.as_bytes())),
+            client.unwrap_or_default().to_owned(),
+        );
+        let remembered = self.exchanged.lock().ok().and_then(|c| c.get(&id).cloned());
+        if let Some((token, exp)) = remembered
+            && now + 10 < exp
+        {
+            return Ok(token);
+        }
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(ip) = client.and_then(|c| c.parse().ok()) {
+            metadata.insert(crate::server::CLIENT_IP_HEADER, ip);
+        }
+        let request = rdm_proto::inventory::ExchangeApiKeyRequest {
+            api_key: key.to_owned(),
+        };
+        let reply = crate::invoke::unary(
+            self.inventory.clone(),
+            "/rdm.inventory.v1.AuthService/ExchangeApiKey",
+            request.encode_to_vec().into(),
+            metadata,
+        )
+        .await
+        .map_err(|s| Error::from_status(&s))?;
+        let reply = rdm_proto::inventory::LoginResponse::decode(reply)
+            .map_err(|e| Error::internal("decoding an exchanged API key", e))?;
+        let exp = now + u64::from(reply.expires_in);
+        if let Ok(mut cache) = self.exchanged.lock() {
+            if cache.len() >= VERIFIED_CACHE {
+                cache.retain(|_, (_, exp)| now < *exp);
+            }
+            cache.insert(id, (reply.access_token.clone(), exp));
+        }
+        Ok(reply.access_token)
+    }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Checks bearer tokens against the published keys.
 #[derive(Clone)]
 pub struct Verifier {

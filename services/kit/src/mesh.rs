@@ -3,7 +3,7 @@
 //! `rdm up`, `rdm serve <service>`, the gateway's backends, health names and
 //! the in-process gRPC routing are all derived from one list.
 use crate::{
-    auth::{AccessTable, SigningKey, Verifier},
+    auth::{AccessTable, ApiKeys, SigningKey, Verifier},
     invoke::Backend,
     server::Guard,
 };
@@ -32,6 +32,7 @@ impl Context {
             access: AccessTable::from_pool(rdm_proto::descriptor_pool()),
             verifier: self.verifier.clone(),
             actors: None,
+            api_keys: Some(ApiKeys::new(self.inventory.clone())),
         }
     }
 }

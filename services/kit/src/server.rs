@@ -5,7 +5,7 @@
 //! NOT_SERVING, the port keeps serving for `shutdown_delay` so load
 //! balancers notice, then drains in-flight calls until `drain_timeout`.
 use crate::{
-    auth::{ACTOR_HEADER, AccessTable, ActorVerifier, Verifier},
+    auth::{ACTOR_HEADER, AccessTable, ActorVerifier, ApiKeys, Verifier, bearer_token, is_api_key},
     error::Error,
     telemetry,
 };
@@ -110,9 +110,16 @@ pub struct Guard {
     pub verifier: Verifier,
     /// Trusted service keys, on services with internal RPCs (the inventory).
     pub actors: Option<ActorVerifier>,
+    /// Exchanges API keys for access tokens (services other than the inventory).
+    pub api_keys: Option<ApiKeys>,
 }
 
 async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
+    if let Some(api_keys) = &guard.api_keys
+        && let Err(err) = exchange_api_key(api_keys, &mut req).await
+    {
+        return grpc_error(err);
+    }
     // Owned, so no borrow of the (non-Sync) request lives across the await.
     let (authorization, actor) = {
         let header = |name: &str| {
@@ -140,6 +147,40 @@ async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Resp
         Ok(None) => next.run(req).await,
         Err(err) => grpc_error(err),
     }
+}
+
+/// Replaces an API key in the Authorization header by the access token it
+/// is exchanged for, checked against the client's address: the one the
+/// gateway passed on, else this connection's peer.
+pub async fn exchange_api_key(api_keys: &ApiKeys, req: &mut Request) -> Result<(), Error> {
+    let key = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .filter(|t| is_api_key(t))
+        .map(str::to_owned);
+    let Some(key) = key else { return Ok(()) };
+    let client = req
+        .headers()
+        .get(CLIENT_IP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| peer_ip(req.extensions()));
+    let token = api_keys.exchange(&key, client.as_deref()).await?;
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|e| Error::internal("an exchanged token", e))?;
+    req.headers_mut().insert(http::header::AUTHORIZATION, value);
+    Ok(())
+}
+
+/// The address of the connection a request came on (what the server accepted).
+pub fn peer_ip(extensions: &http::Extensions) -> Option<String> {
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|c| c.remote_addr())
+        .map(|a| a.ip().to_canonical().to_string())
 }
 
 /// Ends a call that has not answered by its deadline: the server's request
