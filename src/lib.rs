@@ -147,6 +147,9 @@ pub struct InventoryArgs {
     /// Access token lifetime in seconds (short: a refresh token renews it).
     #[arg(long, env = "RDM_JWT_TTL", default_value_t = 300)]
     pub jwt_ttl: u64,
+    /// How long audit events are kept, in days.
+    #[arg(long, env = "RDM_AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    pub audit_retention_days: u64,
     /// Refresh token (sign-in session) lifetime in seconds.
     #[arg(long, env = "RDM_REFRESH_TTL", default_value_t = 7 * 24 * 3600)]
     pub refresh_ttl: u64,
@@ -172,6 +175,7 @@ impl Default for InventoryArgs {
             service_key_file: None,
             jwt_ttl: 300,
             refresh_ttl: 7 * 24 * 3600,
+            audit_retention_days: 365,
             admin_password: None,
             login_max_failures: 5,
             login_lockout_s: 300,
@@ -321,6 +325,8 @@ struct Inventory {
     router: axum::Router,
     verifier: Verifier,
     bootstrapped: rdm_inventory::Bootstrapped,
+    /// Records the calls that change something, in the inventory's database.
+    audit: rdm_kit::audit::Sink,
 }
 
 async fn start_inventory(
@@ -350,6 +356,7 @@ async fn start_inventory(
     if service_key.is_none() {
         tracing::warn!("no RDM_SERVICE_KEY_FILE: internal calls (target resolution) are refused");
     }
+    let audit: rdm_kit::audit::Sink = Arc::new(rdm_inventory::DbAudit(db.clone()));
     let config = rdm_inventory::Config {
         keyring,
         db,
@@ -366,22 +373,28 @@ async fn start_inventory(
         // Shared with the verifier (and, under `rdm up`, every service's
         // clone of it): a revocation takes effect in this process at once.
         revocations: verifier.revocations().clone(),
+        audit_retention: Duration::from_secs(args.audit_retention_days * 24 * 3600),
     };
     let router = rdm_inventory::service(
         config,
-        inventory_guard(verifier.clone(), service_key.as_ref())?,
+        inventory_guard(verifier.clone(), service_key.as_ref(), audit.clone())?,
     )
     .await?;
     Ok(Inventory {
         router,
         verifier,
         bootstrapped,
+        audit,
     })
 }
 
 /// The inventory's guard: user tokens, and for its internal RPCs the actor
 /// tokens of the services holding `service_key` (none: internal RPCs refused).
-fn inventory_guard(verifier: Verifier, service_key: Option<&SigningKey>) -> anyhow::Result<Guard> {
+fn inventory_guard(
+    verifier: Verifier,
+    service_key: Option<&SigningKey>,
+    audit: rdm_kit::audit::Sink,
+) -> anyhow::Result<Guard> {
     let actors = service_key
         .map(|k| ActorVerifier::new(&[k.public_jwk().clone()]))
         .transpose()?;
@@ -391,6 +404,7 @@ fn inventory_guard(verifier: Verifier, service_key: Option<&SigningKey>) -> anyh
         actors,
         // API keys are exchanged by the gateway and the protocol services.
         api_keys: None,
+        audit: Some(audit),
     })
 }
 
@@ -415,6 +429,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         router: inventory,
         verifier,
         bootstrapped,
+        audit,
     } = start_inventory(
         &settings.inventory,
         &settings.tokens,
@@ -434,6 +449,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         inventory: inventory_backend.clone(),
         verifier: verifier.clone(),
         service_key: Arc::new(service_key),
+        audit,
         all_in_one: true,
     };
     let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory_backend.clone())]);
@@ -529,10 +545,16 @@ pub async fn serve_service(
     let listener = bind(listen, "the service").await?;
     let service_key = Arc::new(SigningKey::load(&key.service_key_file)?);
     let inventory = invoke::remote(&remote.inventory_url)?;
+    let audit = Arc::new(rdm_kit::audit::RemoteAudit {
+        service: service.name(),
+        inventory: inventory.clone(),
+        service_key: service_key.clone(),
+    });
     let context = mesh::Context {
         verifier: fetch_verifier(inventory.clone(), &remote.tokens.policy()).await?,
         inventory,
         service_key,
+        audit,
         all_in_one: false,
     };
     let started = service.start(matches, context).await?;

@@ -1144,6 +1144,37 @@ async fn serve_snmp_as_its_own_process() {
     );
     assert_eq!(results[1]["error"]["code"], "NOT_FOUND", "{results:?}");
 
+    // A write through the SNMP process reaches the audit trail (sent to the
+    // inventory, acting for the caller), with the agent's refusal.
+    let set = http
+        .post(format!("{base}/v1/snmp/set"))
+        .bearer_auth(token)
+        .json(&json!({"target": {"device_id": id}, "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "s", "value": "audited"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let mut audited = Value::Null;
+    for _ in 0..100 {
+        audited = http
+            .get(format!(
+                "{base}/v1/audit?filter.method_prefix=/rdm.snmp.v1.SnmpService/Set"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if audited["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(audited["events"][0]["outcome"], "DEVICE_ERROR", "{audited}");
+    assert_eq!(audited["events"][0]["target"], id, "{audited}");
+
     // A user disabled through the gateway is refused by the SNMP process
     // too, which learns it from the inventory's list of revoked sessions.
     let (status, _) = http

@@ -2,6 +2,8 @@
 //! endpoints and credentials join it later; everything here is per tenant
 //! and every query runs in a `TenantTx`.
 mod api_keys;
+mod audit;
+pub use audit::DbAudit;
 mod device_store;
 mod devices;
 mod targets;
@@ -53,6 +55,8 @@ pub struct Config {
     pub refresh_ttl: Duration,
     /// Revoked sessions, shared with this process's token verifiers.
     pub revocations: rdm_kit::auth::Revocations,
+    /// How long audit events are kept.
+    pub audit_retention: Duration,
 }
 
 struct Inventory {
@@ -64,11 +68,15 @@ type Shared = Arc<Inventory>;
 /// The inventory's gRPC services behind the auth guard, once the sessions
 /// revoked while it was down are loaded into `config.revocations`.
 pub async fn service(config: Config, guard: Guard) -> Result<axum::Router> {
+    audit::prune_every_hour(config.db.clone(), config.audit_retention);
     let shared: Shared = Arc::new(Inventory { config });
     shared.load_revocations().await?;
     let routes = tonic::service::Routes::new(AuthServiceServer::from_arc(shared.clone()))
         .add_service(TenantServiceServer::from_arc(shared.clone()))
         .add_service(UserServiceServer::from_arc(shared.clone()))
+        .add_service(pb::audit_service_server::AuditServiceServer::from_arc(
+            shared.clone(),
+        ))
         .add_service(pb::api_key_service_server::ApiKeyServiceServer::from_arc(
             shared.clone(),
         ))

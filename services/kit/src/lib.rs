@@ -2,6 +2,7 @@
 //! enum, token verification and access rules, telemetry, storage and the
 //! client-side interceptor for calls between services.
 pub mod address;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod db;

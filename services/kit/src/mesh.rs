@@ -20,6 +20,8 @@ pub struct Context {
     pub verifier: Verifier,
     /// Signs this service's actor tokens, for internal RPCs it makes for a caller.
     pub service_key: Arc<SigningKey>,
+    /// Where this service's state-changing calls are recorded.
+    pub audit: crate::audit::Sink,
     /// `rdm up` (every service in one process, on loopback) rather than
     /// `rdm serve`: some defaults differ, such as listeners left off.
     pub all_in_one: bool,
@@ -33,6 +35,7 @@ impl Context {
             verifier: self.verifier.clone(),
             actors: None,
             api_keys: Some(ApiKeys::new(self.inventory.clone())),
+            audit: Some(self.audit.clone()),
         }
     }
 }

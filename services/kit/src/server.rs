@@ -112,6 +112,8 @@ pub struct Guard {
     pub actors: Option<ActorVerifier>,
     /// Exchanges API keys for access tokens (services other than the inventory).
     pub api_keys: Option<ApiKeys>,
+    /// Where the calls that change something are recorded.
+    pub audit: Option<crate::audit::Sink>,
 }
 
 async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
@@ -282,8 +284,12 @@ pub fn grpc_error(err: Error) -> Response {
 /// A service's gRPC routes behind the auth guard and request telemetry: what
 /// its port serves and what the gateway calls in-process under `rdm up`.
 pub fn guarded(routes: Routes, guard_state: Guard) -> axum::Router {
-    routes
-        .into_axum_router()
+    let mut router = routes.into_axum_router();
+    // Inside the guard: the caller is known when a call is recorded.
+    if let Some(sink) = guard_state.audit.clone() {
+        router = router.layer(from_fn_with_state(sink, crate::audit::record));
+    }
+    router
         .layer(from_fn_with_state(guard_state, guard))
         .layer(from_fn(telemetry::observe))
 }
