@@ -286,6 +286,32 @@ impl Mesh {
     }
 }
 
+/// Creates `dir` if needed, readable by its owner only (0700).
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes the files in `dir` whose names start with `prefix` owner-only (0600).
+fn private_files(dir: &Path, prefix: &str) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    for entry in std::fs::read_dir(dir)? {
+        use std::os::unix::fs::PermissionsExt;
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -411,8 +437,7 @@ fn inventory_guard(
 /// `rdm up`: every service and the gateway in this process.
 pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     let settings = &opts.settings;
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data dir {}", opts.data_dir.display()))?;
+    private_dir(&opts.data_dir)?;
     let inventory_listener = bind(opts.inventory_listen, "the services' gRPC").await?;
     let gateway_listener = bind(opts.listen, "the gateway").await?;
     let mesh_addrs = (
@@ -482,6 +507,9 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     } else {
         Vec::new()
     };
+    // The database holds password hashes and sealed secrets: owner only
+    // (SQLite gives its -wal and -shm files the database file's mode).
+    private_files(&opts.data_dir, "inventory.db")?;
     let api_keys = ApiKeys::new(inventory_backend.clone());
     let gateway = rdm_gateway::router(&settings.gateway, backends, verifier, api_keys)?;
 

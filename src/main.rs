@@ -175,8 +175,19 @@ fn command() -> clap::Command {
         .subcommand(serve_command())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(rdm_main());
+    // The servers have drained by now: do not wait on blocking work left
+    // behind (database connections closing), so SIGTERM to exit stays
+    // within RDM_SHUTDOWN_DELAY_MS + RDM_DRAIN_TIMEOUT_MS.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
+}
+
+async fn rdm_main() -> anyhow::Result<()> {
     let matches = command().get_matches();
     if let Some(("serve", serve)) = matches.subcommand() {
         let (role, m) = serve.subcommand().context("a role to serve")?;

@@ -39,10 +39,18 @@ pub fn request_id(headers: &HeaderMap) -> Option<String> {
 
 pub async fn handle(gw: &Gateway, req: Request) -> Response {
     let rid = request_id(req.headers());
-    match transcode(gw, req).await {
+    let route = find(gw, req.method(), req.uri().path())
+        .ok()
+        .map(|(b, _)| format!("{} {}", b.method, b.template.openapi_path()));
+    let mut resp = match transcode(gw, req).await {
         Ok(resp) => resp,
         Err(err) => problem(&err, rid.as_deref()),
+    };
+    if let Some(route) = route {
+        resp.extensions_mut()
+            .insert(rdm_kit::telemetry::Route(route));
     }
+    resp
 }
 
 async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {

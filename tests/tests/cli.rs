@@ -20,6 +20,18 @@ async fn first_start_prints_a_generated_admin_password_once() {
         .await
         .unwrap();
     assert_eq!(login.status(), reqwest::StatusCode::OK);
+    // Password hashes and sealed secrets: readable by the owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700);
+    for file in [
+        "inventory.db",
+        "jwt-ed25519.pem",
+        "secret.key",
+        "service-ed25519.pem",
+    ] {
+        assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+    }
     drop(first);
 
     let again = Process::up(dir.path(), &[], &[]).await;

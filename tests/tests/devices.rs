@@ -330,6 +330,11 @@ async fn bad_endpoints_and_devices_are_400s_that_store_nothing(mesh: TestMesh) {
             "password_scheme",
         ),
         ("telnet", json!({"host": "10.0.0.1"}), "protocol"),
+        (
+            "snmp",
+            json!({"host": "10.0.0.1", "version": "2c", "community": "c".repeat(5000)}),
+            "community",
+        ),
     ];
     for (protocol, body, field) in cases {
         let (status, problem) = mesh
@@ -345,6 +350,12 @@ async fn bad_endpoints_and_devices_are_400s_that_store_nothing(mesh: TestMesh) {
             (StatusCode::BAD_REQUEST, Some(field)),
             "{protocol} {body}: {problem}"
         );
+        if field == "community" {
+            assert!(
+                problem["detail"].as_str().unwrap().contains("too long"),
+                "{problem}"
+            );
+        }
     }
     let (_, device_now) = mesh.get(&format!("/v1/devices/{id}"), &token).await;
     assert_eq!(device_now["protocols"], json!([]), "no endpoint was stored");
@@ -366,6 +377,13 @@ async fn bad_endpoints_and_devices_are_400s_that_store_nothing(mesh: TestMesh) {
             "address",
         ),
         (json!({"name": ""}), "name"),
+        // Names that do not show what they hold.
+        (json!({"name": "cpe\u{202E}1-gnp"}), "name"),
+        (json!({"name": "cpe\u{200B}1"}), "name"),
+        (
+            json!({"name": "x", "labels": {"site": "ams\u{2066}"}}),
+            "labels",
+        ),
     ] {
         let (status, problem) = mesh.post("/v1/devices", &token, body.clone()).await;
         assert_eq!(

@@ -420,3 +420,90 @@ async fn the_request_deadline_is_a_504_problem() {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     drop(silent);
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// What anyone can send without signing in (made-up paths, made-up ids,
+/// huge headers, garbage on the trap port) is answered and forgotten: the
+/// metrics keep one label per route, and memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_make_rdm_grow() {
+    let mesh = TestMesh::start(Store::Sqlite).await;
+    let warm = mesh.http.get(mesh.url("/v1/me")).send().await.unwrap();
+    assert_eq!(warm.status(), StatusCode::UNAUTHORIZED);
+    let before = rss_kib();
+    let ids: Vec<String> = (0..4000)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    for chunk in ids.chunks(100) {
+        let sent = chunk.iter().enumerate().map(|(i, id)| {
+            let url = if i % 2 == 0 {
+                mesh.url(&format!("/v1/devices/{id}"))
+            } else {
+                mesh.url(&format!("/{id}/x"))
+            };
+            let http = mesh.http.clone();
+            async move { http.get(url).send().await.unwrap().status() }
+        });
+        for status in futures::future::join_all(sent).await {
+            assert!(
+                status == StatusCode::UNAUTHORIZED || status == StatusCode::NOT_FOUND,
+                "{status}"
+            );
+        }
+    }
+    // Headers past hyper's limits are refused, not buffered.
+    for _ in 0..50 {
+        let sent = mesh
+            .http
+            .get(mesh.url("/v1/me"))
+            .header("x-big", "a".repeat(512 * 1024))
+            .send()
+            .await;
+        assert!(sent.map_or(true, |r| r.status().is_client_error()));
+    }
+    // Garbage and fake v3 headers on the trap port.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..5000u32 {
+        let datagram: Vec<u8> = if i % 2 == 0 {
+            i.to_be_bytes().repeat(64)
+        } else {
+            // A v3 message header with random bytes after it.
+            [
+                &[0x30u8, 0x82, 0x01, 0x00, 0x02, 0x01, 0x03][..],
+                &[0x55; 250][..],
+            ]
+            .concat()
+        };
+        udp.send_to(&datagram, mesh.traps).await.unwrap();
+    }
+    let metrics = mesh
+        .http
+        .get(mesh.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        ids.iter().all(|id| !metrics.contains(id.as_str())),
+        "a made-up path became a label"
+    );
+    assert!(metrics.contains("path=\"other\""), "{metrics}");
+    assert!(
+        metrics.contains("path=\"GET /v1/devices/{device_id}\""),
+        "{metrics}"
+    );
+    let grew_mib = rss_kib().saturating_sub(before) / 1024;
+    println!("RSS grew {grew_mib} MiB over 4000 made-up requests, 50 huge headers, 5000 datagrams");
+    assert!(grew_mib < 64, "RSS grew {grew_mib} MiB");
+}

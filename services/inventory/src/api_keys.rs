@@ -77,7 +77,7 @@ impl Inventory {
         r: &pb::CreateApiKeyRequest,
     ) -> Result<pb::CreateApiKeyResponse> {
         let name = r.name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        if name.is_empty() || name.chars().count() > 100 || !rdm_kit::text::is_plain(name) {
             return Err(Error::invalid(
                 "name",
                 "name must be 1 to 100 printable characters",

@@ -45,10 +45,10 @@ pub(crate) struct DeviceFields {
 impl DeviceFields {
     fn check(&self) -> Result<()> {
         let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        if name.is_empty() || name.chars().count() > 200 || !rdm_kit::text::is_plain(name) {
             return Err(Error::invalid(
                 "name",
-                "name must be 1 to 200 printable characters",
+                "name must be 1 to 200 printable characters (no invisible or direction-changing ones)",
             ));
         }
         for (field, value, max) in [
@@ -84,7 +84,7 @@ impl DeviceFields {
                     format!("label key {key:?} must be 1-63 characters of A-Z a-z 0-9 . _ / -"),
                 ));
             }
-            if value.chars().count() > 253 || value.chars().any(char::is_control) {
+            if value.chars().count() > 253 || !rdm_kit::text::is_plain(value) {
                 return Err(Error::invalid(
                     "labels",
                     format!("label {key:?}: values are at most 253 printable characters"),
@@ -645,10 +645,31 @@ const CSV_COLUMNS: [&str; 14] = [
     "id",
 ];
 
+/// Characters that make a spreadsheet read a cell as a formula.
+const FORMULA_START: &[char] = &['=', '+', '-', '@', '\t', '\r'];
+
+/// A cell a spreadsheet shows as text: a formula-like value gets a leading
+/// `'` (OWASP's CSV injection advice); import takes it off again.
+fn csv_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.starts_with(FORMULA_START) {
+        format!("'{value}").into()
+    } else {
+        value.into()
+    }
+}
+
+/// The value of a cell `csv_cell` wrote.
+fn csv_value(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(FORMULA_START) => rest,
+        _ => cell,
+    }
+}
+
 fn csv_line(fields: &[String]) -> Vec<u8> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     // Writing to memory cannot fail.
-    let _ = writer.write_record(fields);
+    let _ = writer.write_record(fields.iter().map(|f| csv_cell(f).into_owned()));
     writer.into_inner().unwrap_or_default()
 }
 
@@ -796,7 +817,7 @@ fn parse_csv(data: &[u8]) -> (Vec<ImportRow>, Vec<pb::ImportRowError>) {
             .and_then(|record| {
                 let mut fields = DeviceFields::default();
                 let mut endpoints = Vec::new();
-                for (column, cell) in headers.iter().zip(record.iter()) {
+                for (column, cell) in headers.iter().zip(record.iter().map(csv_value)) {
                     match column {
                         "name" => fields.name = cell.to_owned(),
                         "serial" => fields.serial = cell.to_owned(),
@@ -948,6 +969,28 @@ pub async fn reseal_secrets(
         tx.commit().await?;
     }
     Ok(resealed)
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised_and_read_back() {
+        for value in [
+            "=cmd|' /C calc'!A0",
+            "+1",
+            "-2",
+            "@SUM(A1)",
+            "plain",
+            "'quoted",
+        ] {
+            let line = String::from_utf8(csv_line(&[value.to_owned()])).unwrap();
+            let cell = line.trim_end().trim_matches('"').replace("\"\"", "\"");
+            assert!(!cell.starts_with(FORMULA_START), "{value} -> {line}");
+            assert_eq!(csv_value(&cell), value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -239,10 +239,12 @@ fn valid_username(name: &str) -> Result<()> {
 }
 
 fn valid_display_name(field: &str, name: &str) -> Result<()> {
-    if name.chars().count() > 200 || name.chars().any(char::is_control) {
+    if name.chars().count() > 200 || !rdm_kit::text::is_plain(name) {
         return Err(Error::invalid(
             field,
-            format!("{field} must be at most 200 printable characters"),
+            format!(
+                "{field} must be at most 200 printable characters (no invisible or direction-changing ones)"
+            ),
         ));
     }
     Ok(())

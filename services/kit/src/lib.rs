@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;
+pub mod text;
 
 pub use auth::{Principal, Role};
 pub use error::{Error, ErrorCode, Result};

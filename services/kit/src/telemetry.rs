@@ -120,6 +120,24 @@ impl TraceParent {
     }
 }
 
+/// The route a response answered (`GET /v1/devices/{device_id}`), set by
+/// the gateway's transcoder, for metric labels.
+#[derive(Clone, Debug)]
+pub struct Route(pub String);
+
+/// Whether `path` is an RPC of the descriptor set (or health, reflection).
+fn is_rpc(path: &str) -> bool {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return false;
+    };
+    rdm_proto::descriptor_pool()
+        .get_service_by_name(service)
+        .is_some_and(|s| s.methods().any(|m| m.name() == method))
+        || service.starts_with("grpc.health.v1.")
+        || service.starts_with("grpc.reflection.")
+        || path == "/metrics"
+}
+
 /// Middleware on every service and the gateway: a span per request, the
 /// trace context in the request's extensions, and request metrics.
 pub async fn observe(mut req: Request, next: Next) -> Response {
@@ -150,8 +168,15 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("0")
         .to_owned();
+    // A bounded set of labels: the route the gateway matched, or a known RPC;
+    // any other path a stranger makes up is "other" (never the raw path).
+    let route = match response.extensions().get::<Route>() {
+        Some(Route(route)) => route.clone(),
+        None if is_rpc(&path) => path,
+        None => "other".to_owned(),
+    };
     let labels = [
-        ("path", path),
+        ("path", route),
         ("http_status", response.status().as_u16().to_string()),
         ("grpc_status", grpc_status),
     ];

@@ -5,9 +5,25 @@ use std::{fmt, str::FromStr};
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Oid(Vec<u32>);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a numeric OID like 1.3.6.1.2.1.1.1.0")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadOid(pub String);
+
+impl std::error::Error for BadOid {}
+
+impl fmt::Display for BadOid {
+    /// Names the input, but only its start: errors do not echo a megabyte.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 64;
+        let text = &self.0;
+        if text.chars().count() <= SHOWN {
+            write!(f, "{text:?}")?;
+        } else {
+            let start: String = text.chars().take(SHOWN).collect();
+            write!(f, "{start:?}... ({} characters)", text.chars().count())?;
+        }
+        f.write_str(" is not a numeric OID like 1.3.6.1.2.1.1.1.0")
+    }
+}
 
 impl Oid {
     pub fn arcs(&self) -> &[u32] {
@@ -133,6 +149,14 @@ impl fmt::Debug for Oid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_bad_oid_is_not_echoed_in_full() {
+        let long = format!("1.3.{}x", "6.".repeat(10_000));
+        let message = long.parse::<Oid>().unwrap_err().to_string();
+        assert!(message.len() < 200, "{message}");
+        assert!(message.contains("20005 characters"), "{message}");
+    }
 
     #[test]
     fn parses_and_prints_dotted_oids() {
