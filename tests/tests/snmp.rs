@@ -762,15 +762,13 @@ async fn notifications(lines: &mut Lines, n: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traps_and_informs_reach_the_devices_tenant() {
     let (mesh, token) = demo().await;
-    let (status, body) = mesh
-        .post(
-            "/v1/devices",
-            &token,
-            json!({"name": "sender", "address": "127.0.0.1"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let device_id = body["id"].as_str().unwrap().to_owned();
+    let device_id = device_with_endpoint(
+        &mesh,
+        &token,
+        "sender",
+        json!({"version": "2c", "community": "public"}),
+    )
+    .await;
     let mut lines = watch_traps(&mesh, &token).await;
     let dest = mesh.traps.to_string();
     snmpd::tool(
@@ -852,15 +850,48 @@ async fn traps_and_informs_reach_the_devices_tenant() {
         (Some("inform"), Some("1.3.6.1.6.3.1.1.5.4"))
     );
 
-    // Another tenant with no device at that address sees none of them.
-    let (_, other) = mesh.tenant_with_admin("other").await;
+    // A trap with a community the device does not have is not its device's:
+    // the next one, with the right community, is the next one delivered.
+    // Another tenant with a device at the same address but another community
+    // sees only its own device's traps.
+    let (other_id, other) = mesh.tenant_with_admin("other").await;
+    mesh.allow_targets(&other_id, &["127.0.0.0/8"]).await;
+    let other_device = device_with_endpoint(
+        &mesh,
+        &other,
+        "lookalike",
+        json!({"version": "2c", "community": "other-community"}),
+    )
+    .await;
     let mut other_lines = watch_traps(&mesh, &other).await;
-    snmpd::tool(
-        "snmptrap",
-        &["-v2c", "-c", "public", &dest, "43", "1.3.6.1.6.3.1.1.5.3"],
+    for (community, uptime) in [("guess", "43"), ("public", "44"), ("other-community", "45")] {
+        snmpd::tool(
+            "snmptrap",
+            &[
+                "-v2c",
+                "-c",
+                community,
+                &dest,
+                uptime,
+                "1.3.6.1.6.3.1.1.5.3",
+            ],
+        );
+    }
+    let mine = notifications(&mut lines, 1).await;
+    assert_eq!(
+        (mine[0]["uptime"].as_str(), mine[0]["device_id"].as_str()),
+        (Some("44"), Some(device_id.as_str())),
+        "the wrong community was dropped: {mine:?}"
     );
-    let seen = tokio::time::timeout(Duration::from_millis(700), other_lines.next()).await;
-    assert!(seen.is_err(), "another tenant received {seen:?}");
+    let theirs = notifications(&mut other_lines, 1).await;
+    assert_eq!(
+        (
+            theirs[0]["uptime"].as_str(),
+            theirs[0]["device_id"].as_str()
+        ),
+        (Some("45"), Some(other_device.as_str())),
+        "the other tenant got only its own device's trap: {theirs:?}"
+    );
 }
 
 /// A device at 127.0.0.1 in the tenant of `token`, with `endpoint` as its SNMP endpoint.

@@ -54,10 +54,25 @@ pub struct Trap {
     pub varbinds: Vec<VarBind>,
     /// For a v3 inform: the tenant whose device credentials authenticated it.
     pub tenant_id: Option<String>,
+    /// For v1 and v2c: the community it was sent with (never shown).
+    pub community: Option<Vec<u8>>,
 }
 
-/// Address -> device id, of one tenant's devices.
-type Addresses = Arc<HashMap<IpAddr, String>>;
+/// A device of a watching tenant, as notifications are matched to it.
+#[derive(Clone, Debug)]
+struct Device {
+    id: String,
+    /// SHA-256 of its stored v1/v2c community, if it has one.
+    community: Option<[u8; 32]>,
+}
+
+/// Address -> devices there, of one tenant.
+type Addresses = Arc<HashMap<IpAddr, Vec<Device>>>;
+
+fn community_hash(community: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(community).into()
+}
 
 /// The tenants watching now, with their devices' addresses: the only
 /// places a v3 inform's credentials are looked for.
@@ -76,14 +91,17 @@ impl Watchers {
         self.by_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The devices at `ip`, one per tenant, with a watcher of that tenant.
+    /// Every device at `ip` of a tenant with a watcher, once each.
     fn devices_at(&self, ip: IpAddr) -> Vec<(Principal, String)> {
         let mut found: Vec<(Principal, String)> = Vec::new();
         for (p, devices) in self.lock().values() {
-            if let Some(id) = devices.get(&ip)
-                && !found.iter().any(|(q, _)| q.tenant_id == p.tenant_id)
-            {
-                found.push((p.clone(), id.clone()));
+            for device in devices.get(&ip).into_iter().flatten() {
+                if !found
+                    .iter()
+                    .any(|(q, id)| q.tenant_id == p.tenant_id && *id == device.id)
+                {
+                    found.push((p.clone(), device.id.clone()));
+                }
             }
         }
         found
@@ -296,6 +314,7 @@ impl TrapHub {
             (pdu.message_type == MessageType::InformRequest).then_some(())?;
             trap.version = "3";
             trap.tenant_id = Some(tenant_id);
+            trap.community = None; // authenticated by USM, not a community
             // The response names the inform's context (RFC 3412 7.1.4).
             let ack = response(pdu.req_id, &trap.varbinds);
             let scoped = ber::scoped_pdu(inform.context_engine, inform.context_name, &ack);
@@ -358,21 +377,37 @@ impl TrapHub {
                 if trap.tenant_id.as_ref().is_some_and(|t| *t != p.tenant_id) {
                     continue;
                 }
-                if let Some(device_id) = devices.get(&trap.source.ip()) {
-                    yield to_pb(&trap, device_id);
+                if let Some(device) = sender(&devices, &trap) {
+                    yield to_pb(&trap, &device.id);
                 }
             }
         })
     }
 }
 
-/// The addresses of every device of the caller's tenant that has one.
+/// The device of one tenant that sent `trap`: at its source address, and for
+/// v1/v2c one whose stored community is the one the trap carries (an
+/// address alone would hand any tenant with a device there every trap from
+/// it, other tenants' included). A v3 inform was already authenticated.
+fn sender<'a>(devices: &'a Addresses, trap: &Trap) -> Option<&'a Device> {
+    let at = devices.get(&trap.source.ip())?;
+    match &trap.community {
+        Some(community) => {
+            let hash = community_hash(community);
+            at.iter().find(|d| d.community == Some(hash))
+        }
+        None => at.first(),
+    }
+}
+
+/// The addresses of every device of the caller's tenant that has one, with
+/// the communities of their SNMP endpoints.
 async fn device_addresses(inventory: &Inventory, p: &Principal) -> Result<Addresses> {
     let mut client = DeviceServiceClient::with_interceptor(
         inventory.backend.clone(),
         Forward::new(Some(p), None),
     );
-    let mut out = HashMap::new();
+    let mut found: Vec<(IpAddr, String)> = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = client
@@ -386,14 +421,35 @@ async fn device_addresses(inventory: &Inventory, p: &Principal) -> Result<Addres
             .into_inner();
         for d in page.devices {
             if let Ok(ip) = d.address.parse() {
-                out.insert(ip, d.id);
+                found.push((ip, d.id));
             }
         }
         if page.next_page_token.is_empty() {
-            return Ok(Arc::new(out));
+            break;
         }
         page_token = page.next_page_token;
     }
+    let ids: Vec<String> = found.iter().map(|(_, id)| id.clone()).collect();
+    let resolved = inventory.devices(p, &ids).await?;
+    let mut out: HashMap<IpAddr, Vec<Device>> = HashMap::new();
+    for ((ip, id), target) in found.into_iter().zip(resolved) {
+        // No SNMP endpoint (or not v1/v2c): no community to match.
+        let community = target.ok().and_then(|t| {
+            let config = t.config.as_ref().map(rdm_kit::endpoint::structs::to_json)?;
+            let text = |k: &str| {
+                config
+                    .get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            matches!(text("version").as_deref(), Some("1" | "2c"))
+                .then(|| text("community"))
+                .flatten()
+                .map(|c| community_hash(c.as_bytes()))
+        });
+        out.entry(ip).or_default().push(Device { id, community });
+    }
+    Ok(Arc::new(out))
 }
 
 fn to_pb(t: &Trap, device_id: &str) -> pb::WatchTrapsResponse {
@@ -452,6 +508,7 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
             uptime: info.timestamp.into(),
             varbinds,
             tenant_id: None,
+            community: Some(pdu.community.to_vec()),
         };
         return Some((trap, None));
     }
@@ -485,6 +542,7 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
         uptime,
         varbinds,
         tenant_id: None,
+        community: Some(pdu.community.to_vec()),
     };
     Some((trap, ack))
 }
