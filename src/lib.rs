@@ -670,6 +670,14 @@ pub async fn migrate(database: &DatabaseArgs, data_dir: &Path) -> anyhow::Result
     Ok(())
 }
 
+/// A key rotation in the system tenant's audit trail.
+async fn audit_rotation(db: &Db, resealed: usize, key_id: &str) -> anyhow::Result<()> {
+    let summary = serde_json::json!({"resealed": resealed, "key_id": key_id}).to_string();
+    rdm_inventory::record_platform_event(db, "rdm rotate-secret-key", &summary)
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the rotation in the audit trail: {}", e.message))
+}
+
 /// `rdm rotate-secret-key`: re-seals every endpoint secret under a new key.
 /// With a key file (the `rdm up` way) it writes a new key first in the file
 /// (running services re-read it), re-seals, and with `retire_old` drops the
@@ -688,6 +696,7 @@ pub async fn rotate_secret_key(
     if keys.secret_key.is_some() {
         let keyring = keys.keyring(None)?;
         let n = rdm_inventory::reseal_secrets(&db, &keyring).await?;
+        audit_rotation(&db, n, &keyring.current_id()).await?;
         return Ok(format!(
             "re-sealed {n} secrets under key {}; once every service runs without it, drop RDM_SECRET_KEY_PREVIOUS",
             keyring.current_id()
@@ -708,6 +717,7 @@ pub async fn rotate_secret_key(
     )?;
     let keyring = Keyring::load(&file)?;
     let n = rdm_inventory::reseal_secrets(&db, &keyring).await?;
+    audit_rotation(&db, n, &keyring.current_id()).await?;
     if retire_old {
         write_key_file(&file, &[new])?;
     }

@@ -661,6 +661,22 @@ async fn key_rotation_reseals_every_secret_while_serving(mesh: TestMesh) {
         .await
         .unwrap();
     assert!(report.starts_with("re-sealed 3 secrets"), "{report}");
+    // The rotation is in the platform's audit trail.
+    let admin = mesh.admin_token().await;
+    let (_, trail) = mesh
+        .get("/v1/audit?filter.method_prefix=rdm%20rotate", &admin)
+        .await;
+    assert_eq!(
+        trail["events"][0]["method"], "rdm rotate-secret-key",
+        "{trail}"
+    );
+    assert!(
+        trail["events"][0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("\"resealed\":3"),
+        "{trail}"
+    );
     assert_eq!(
         read_key_file(&key_file).unwrap().len(),
         1,

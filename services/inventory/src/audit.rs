@@ -55,6 +55,27 @@ async fn insert(db: &Db, e: &AuditEvent) -> Result<()> {
     tx.commit().await
 }
 
+/// Records work done on the platform from the command line (a secret key
+/// rotation), in the system tenant's trail.
+pub async fn record_platform_event(db: &Db, method: &str, summary: &str) -> Result<()> {
+    let mut tx = db.begin(Scope::Platform).await?;
+    let system = crate::store::tenant_by_slug(&mut tx, crate::SYSTEM_TENANT)
+        .await?
+        .ok_or_else(|| Error::not_found("no system tenant: run rdm up or serve once"))?;
+    drop(tx);
+    let event = AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        time_ms: now_millis(),
+        tenant_id: system.id,
+        actor: "rdm (command line)".into(),
+        method: method.to_owned(),
+        summary: summary.to_owned(),
+        outcome: "OK".into(),
+        ..AuditEvent::default()
+    };
+    insert(db, &event).await
+}
+
 /// Deletes events older than `retention`, now and then every hour.
 pub fn prune_every_hour(db: Db, retention: Duration) {
     tokio::spawn(async move {

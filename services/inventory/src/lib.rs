@@ -3,7 +3,7 @@
 //! and every query runs in a `TenantTx`.
 mod api_keys;
 mod audit;
-pub use audit::DbAudit;
+pub use audit::{DbAudit, record_platform_event};
 mod device_store;
 mod devices;
 mod targets;

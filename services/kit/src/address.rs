@@ -147,6 +147,43 @@ impl AddressPolicy {
     }
 }
 
+/// An HTTP client for one of a tenant's URLs (a WebPA, ACS, HG630 or
+/// Mellophone base URL): its host is resolved once here and every address
+/// vetted (with the URL's port, so rdm's own listeners are refused too), the
+/// client connects to those addresses only (no second lookup), through no
+/// proxy, and follows no redirect (one could point anywhere).
+pub async fn http_client(
+    policy: &AddressPolicy,
+    allowed: &[IpNet],
+    url: &url::Url,
+    timeout: Duration,
+) -> Result<reqwest::Client> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::invalid("base_url", "the URL names no host"))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| Error::invalid("base_url", "the URL names no port"))?;
+    let mut vetted = Vec::new();
+    for ip in lookup(host).await? {
+        policy.check(ip, port, allowed).map_err(|e| {
+            Error::permission_denied(format!("{host}: {}", e.message))
+                .with_meta("rule", e.metadata.get("rule").cloned().unwrap_or_default())
+        })?;
+        vetted.push(SocketAddr::new(ip, port));
+    }
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout);
+    if host.parse::<IpAddr>().is_err() && !host.starts_with('[') {
+        builder = builder.resolve_to_addrs(host, &vetted);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::internal("building an HTTP client", e))
+}
+
 fn refused(ip: IpAddr, why: &str) -> Error {
     Error::permission_denied(format!("address {ip} is refused: {why}")).with_meta(
         "rule",
@@ -247,6 +284,63 @@ mod tests {
             assert!(policy.check_stored(host, 0, &[]).is_err(), "{host}");
         }
         assert!(policy.check_stored("cpe-1.example.net", 0, &[]).is_ok());
+    }
+
+    /// A local web server answering `/` with 200 and `/away` with a redirect
+    /// to the cloud metadata address.
+    async fn web_server() -> SocketAddr {
+        use axum::{Router, response::Redirect, routing::get};
+        let app = Router::new().route("/", get(|| async { "hello" })).route(
+            "/away",
+            get(|| async { Redirect::temporary("http://169.254.169.254/latest/meta-data") }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_clients_connect_only_to_vetted_addresses_and_follow_no_redirect() {
+        let server = web_server().await;
+        let url = |host: &str, path: &str| {
+            url::Url::parse(&format!("http://{host}:{}{path}", server.port())).unwrap()
+        };
+        let policy = AddressPolicy::default();
+        let t = Duration::from_secs(5);
+        // Not allowed loopback: refused before any connection, by IP or name.
+        for host in ["127.0.0.1", "localhost", "[::1]"] {
+            let err = http_client(&policy, &[], &url(host, "/"), t)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, crate::ErrorCode::PermissionDenied, "{host}");
+        }
+        let loopback = parse_allowed("127.0.0.0/8,::1/128");
+        let client = http_client(&policy, &loopback, &url("localhost", "/"), t)
+            .await
+            .unwrap();
+        let body = client
+            .get(url("localhost", "/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "hello");
+        // A redirect to a denied address is handed back, not followed.
+        let away = client.get(url("localhost", "/away")).send().await.unwrap();
+        assert_eq!(away.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+        // rdm's own ports stay refused, loopback allowed or not.
+        let own = AddressPolicy::default().with_own_listeners([server]);
+        let err = http_client(&own, &loopback, &url("127.0.0.1", "/"), t)
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("rdm's own listeners"),
+            "{}",
+            err.message
+        );
     }
 
     #[tokio::test]
