@@ -127,6 +127,15 @@ async fn changes_to_a_user_end_their_tokens_at_once(mesh: TestMesh) {
     // A deleted tenant's tokens are refused (401, not a 500 on its rows).
     let (tenant_id, gone) = mesh.tenant_with_admin("gone").await;
     assert_eq!(mesh.get("/v1/devices", &gone).await.0, StatusCode::OK);
+    let (_, key) = mesh
+        .post(
+            "/v1/api-keys",
+            &gone,
+            json!({"name": "k", "role": "viewer"}),
+        )
+        .await;
+    let key = key["secret"].as_str().unwrap().to_owned();
+    assert_eq!(mesh.get("/v1/devices", &key).await.0, StatusCode::OK);
     let platform = mesh.admin_token().await;
     assert_eq!(
         mesh.delete(&format!("/v1/tenants/{tenant_id}"), &platform)

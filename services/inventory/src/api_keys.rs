@@ -179,7 +179,11 @@ impl Inventory {
     }
 
     /// An access token for a valid key used from `client`.
-    pub(crate) async fn exchange_key(&self, key: &str, client: &str) -> Result<pb::LoginResponse> {
+    pub(crate) async fn exchange_key(
+        &self,
+        key: &str,
+        client: &str,
+    ) -> Result<pb::ExchangeApiKeyResponse> {
         let (id, secret) = key
             .strip_prefix("rdm_")
             .and_then(|k| k.split_once('.'))
@@ -228,13 +232,27 @@ impl Inventory {
             jti: uuid::Uuid::new_v4().to_string(),
             sid: key_session(&row.id),
         };
-        Ok(pb::LoginResponse {
+        Ok(pb::ExchangeApiKeyResponse {
             access_token: self.config.signing_key.sign(&claims)?,
-            token_type: "Bearer".into(),
             expires_in: exp.saturating_sub(now_s).try_into().unwrap_or(u32::MAX),
-            refresh_token: String::new(),
-            refresh_expires_in: 0,
         })
+    }
+
+    /// Revokes every live key of a tenant being deleted, in `tx`; publish
+    /// the result once `tx` has committed.
+    pub(crate) async fn revoke_tenant_keys(
+        &self,
+        tx: &mut rdm_kit::db::TenantTx,
+        tenant_id: &str,
+    ) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "update api_keys set revoke_time = $2 where tenant_id = $1 and revoke_time = 0 returning id",
+        )
+        .bind(tenant_id)
+        .bind(now_millis())
+        .fetch_all(tx.conn())
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| key_session(&id)).collect())
     }
 
     /// Keys revoked after `since_ms`, as sessions for the verifiers.

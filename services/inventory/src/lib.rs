@@ -470,8 +470,15 @@ impl AuthService for Inventory {
     async fn refresh(
         &self,
         req: Request<pb::RefreshRequest>,
-    ) -> Result<Response<pb::LoginResponse>, Status> {
-        reply(Inventory::refresh(self, req.get_ref().refresh_token.trim()).await)
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let tokens = Inventory::refresh(self, req.get_ref().refresh_token.trim()).await;
+        reply(tokens.map(|t| pb::RefreshResponse {
+            access_token: t.access_token,
+            token_type: t.token_type,
+            expires_in: t.expires_in,
+            refresh_token: t.refresh_token,
+            refresh_expires_in: t.refresh_expires_in,
+        }))
     }
 
     async fn logout(
@@ -489,7 +496,7 @@ impl AuthService for Inventory {
     async fn exchange_api_key(
         &self,
         req: Request<pb::ExchangeApiKeyRequest>,
-    ) -> Result<Response<pb::LoginResponse>, Status> {
+    ) -> Result<Response<pb::ExchangeApiKeyResponse>, Status> {
         let client = client_address(&req);
         reply(
             self.exchange_key(req.get_ref().api_key.trim(), &client)
@@ -669,7 +676,8 @@ impl TenantService for Inventory {
                 ));
             }
             let mut tx = self.db().begin_write(Scope::Platform).await?;
-            let revoked = self.revoke_user_sessions(&mut tx, id, "").await?;
+            let mut revoked = self.revoke_user_sessions(&mut tx, id, "").await?;
+            revoked.extend(self.revoke_tenant_keys(&mut tx, id).await?);
             store::delete_tenant(&mut tx, id).await?;
             tx.commit().await?;
             self.publish(&revoked);

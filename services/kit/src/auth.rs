@@ -426,7 +426,7 @@ impl ApiKeys {
         )
         .await
         .map_err(|s| Error::from_status(&s))?;
-        let reply = rdm_proto::inventory::LoginResponse::decode(reply)
+        let reply = rdm_proto::inventory::ExchangeApiKeyResponse::decode(reply)
             .map_err(|e| Error::internal("decoding an exchanged API key", e))?;
         let exp = now + u64::from(reply.expires_in);
         if let Ok(mut cache) = self.exchanged.lock() {

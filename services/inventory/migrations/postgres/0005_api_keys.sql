@@ -1,8 +1,9 @@
 -- API keys: a SHA-256 of the secret (a high-entropy key needs no slow hash),
--- the role and limits. Revoked keys stay listed.
+-- the role and limits. Revoked keys stay listed; rows outlive their tenant
+-- (revoked with it) so the verifiers learn of them like revoked sessions.
 CREATE TABLE api_keys (
     id             TEXT PRIMARY KEY,
-    tenant_id      TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    tenant_id      TEXT NOT NULL,
     name           TEXT NOT NULL,
     role           TEXT NOT NULL,
     secret_hash    TEXT NOT NULL,
