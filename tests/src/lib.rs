@@ -277,6 +277,19 @@ impl Drop for TestMesh {
     }
 }
 
+/// Sends a request and reads its JSON reply (`Value::Null` when the reply
+/// is not JSON): what most raw-HTTP steps of a test want.
+pub trait SendJson {
+    fn send_json(self) -> impl std::future::Future<Output = Value> + Send;
+}
+
+impl SendJson for reqwest::RequestBuilder {
+    async fn send_json(self) -> Value {
+        let resp = self.send().await.expect("the server answers");
+        resp.json().await.unwrap_or(Value::Null)
+    }
+}
+
 /// The `rdm` binary cargo built beside this test binary.
 pub fn rdm_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");

@@ -155,27 +155,17 @@ async fn logout_and_refresh_tokens(mesh: TestMesh) {
     let (_, first) = mesh.login("demo", "demo", "demo").await;
     let (_, second) = mesh.login("demo", "demo", "demo").await;
     let token = |b: &Value| b["access_token"].as_str().unwrap().to_owned();
-    let refresh = |b: &Value| json!({"refresh_token": b["refresh_token"].as_str().unwrap()});
+    let refresh = |refresh_token: &str| {
+        let body = json!({"refresh_token": refresh_token});
+        mesh.call(reqwest::Method::POST, "/v1/auth/refresh", None, Some(body))
+    };
+    let refresh_of = |b: &Value| b["refresh_token"].as_str().unwrap().to_owned();
 
-    let (status, renewed) = mesh
-        .call(
-            reqwest::Method::POST,
-            "/v1/auth/refresh",
-            None,
-            Some(refresh(&first)),
-        )
-        .await;
+    let (status, renewed) = refresh(&refresh_of(&first)).await;
     assert_eq!(status, StatusCode::OK, "{renewed}");
     assert_eq!(mesh.get("/v1/me", &token(&renewed)).await.0, StatusCode::OK);
     // The spent refresh token does not work twice.
-    let (status, body) = mesh
-        .call(
-            reqwest::Method::POST,
-            "/v1/auth/refresh",
-            None,
-            Some(refresh(&first)),
-        )
-        .await;
+    let (status, body) = refresh(&refresh_of(&first)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
     let (status, _) = mesh
@@ -186,14 +176,7 @@ async fn logout_and_refresh_tokens(mesh: TestMesh) {
         let (status, body) = mesh.get("/v1/me", &access).await;
         assert!(revoked(status, &body), "{status} {body}");
     }
-    let (status, _) = mesh
-        .call(
-            reqwest::Method::POST,
-            "/v1/auth/refresh",
-            None,
-            Some(refresh(&renewed)),
-        )
-        .await;
+    let (status, _) = refresh(&refresh_of(&renewed)).await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
@@ -201,14 +184,7 @@ async fn logout_and_refresh_tokens(mesh: TestMesh) {
     );
     // The other session is untouched.
     assert_eq!(mesh.get("/v1/me", &token(&second)).await.0, StatusCode::OK);
-    let (status, _) = mesh
-        .call(
-            reqwest::Method::POST,
-            "/v1/auth/refresh",
-            None,
-            Some(json!({"refresh_token": "rdm_rt_forged"})),
-        )
-        .await;
+    let (status, _) = refresh("rdm_rt_forged").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 

@@ -1,5 +1,5 @@
 //! The rdm command as an operator runs it.
-use rdm_tests::{PgDatabase, Process, connect_pg, rdm_binary};
+use rdm_tests::{PgDatabase, Process, SendJson, connect_pg, rdm_binary};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,23 +97,15 @@ async fn secrets_never_reach_the_logs() {
     let login: serde_json::Value = http
         .post(format!("{base}/v1/auth/login"))
         .json(&serde_json::json!({"tenant": "demo", "username": "demo", "password": "demo"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let token = login["access_token"].as_str().unwrap().to_owned();
     let device: serde_json::Value = http
         .post(format!("{base}/v1/devices"))
         .bearer_auth(&token)
         .json(&serde_json::json!({"name": "logged"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let id = device["id"].as_str().unwrap();
     let endpoints = [
         (

@@ -4,7 +4,7 @@ use rdm_proto::inventory::{
     GetMeRequest, LoginRequest, auth_service_client::AuthServiceClient,
     user_service_client::UserServiceClient,
 };
-use rdm_tests::{ADMIN_PASSWORD, PgDatabase, Store, TestMesh, spawn_serve, wait_for};
+use rdm_tests::{ADMIN_PASSWORD, PgDatabase, SendJson, Store, TestMesh, spawn_serve, wait_for};
 use std::time::{Duration, Instant};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
@@ -267,12 +267,8 @@ async fn serve_inventory_and_gateway_as_separate_processes() {
     let login: serde_json::Value = http
         .post(format!("{base}/v1/auth/login"))
         .json(&serde_json::json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let token = login["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("{login}"));

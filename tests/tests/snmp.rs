@@ -1,7 +1,7 @@
 //! The SNMP service against a real net-snmp agent, through the gateway (REST)
 //! and gRPC, with the net-snmp tools as the oracle.
 use futures::StreamExt;
-use rdm_tests::{Store, TestMesh, snmpd};
+use rdm_tests::{SendJson, Store, TestMesh, snmpd};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -1105,23 +1105,15 @@ async fn serve_snmp_as_its_own_process() {
     let login: Value = http
         .post(format!("{base}/v1/auth/login"))
         .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let token = login["access_token"].as_str().unwrap();
     // The agent is on loopback, which the platform denies unless allowed.
     let me: Value = http
         .get(format!("{base}/v1/me"))
         .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let allowed = http
         .patch(format!(
             "{base}/v1/tenants/{}",
@@ -1137,12 +1129,8 @@ async fn serve_snmp_as_its_own_process() {
         .post(format!("{base}/v1/devices"))
         .bearer_auth(token)
         .json(&json!({"name": "agent", "address": "127.0.0.1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let id = device["id"].as_str().unwrap_or_else(|| panic!("{device}"));
     let put = http
         .put(format!("{base}/v1/devices/{id}/endpoints/snmp"))
@@ -1192,12 +1180,8 @@ async fn serve_snmp_as_its_own_process() {
                 "{base}/v1/audit?filter.method_prefix=/rdm.snmp.v1.SnmpService/Set"
             ))
             .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .send_json()
+            .await;
         if audited["events"].as_array().is_some_and(|e| !e.is_empty()) {
             break;
         }
@@ -1220,12 +1204,8 @@ async fn serve_snmp_as_its_own_process() {
     let op: Value = http
         .post(format!("{base}/v1/auth/login"))
         .json(&json!({"tenant": "system", "username": "op", "password": "pass-word-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let op = op["access_token"].as_str().unwrap().to_owned();
     let mut snmp_port = rdm_proto::snmp::snmp_service_client::SnmpServiceClient::new(
         rdm_tests::wait_for(snmp.addr).await,
@@ -1257,12 +1237,8 @@ async fn serve_snmp_as_its_own_process() {
     let users: Value = http
         .get(format!("{base}/v1/users?username_prefix=op"))
         .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let op_id = users["users"][0]["id"].as_str().unwrap();
     let disabled = http
         .patch(format!("{base}/v1/users/{op_id}"))

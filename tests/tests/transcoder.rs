@@ -1,6 +1,6 @@
 //! The gateway's REST side: how paths, queries and bodies map onto RPCs,
 //! streaming, errors, limits, CORS and the documents it serves.
-use rdm_tests::{Store, TestMesh};
+use rdm_tests::{SendJson, Store, TestMesh};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -295,15 +295,7 @@ async fn cors_request_ids_docs_and_metrics() {
         StatusCode::OK,
         "Swagger UI is served from the binary"
     );
-    let openapi: Value = mesh
-        .http
-        .get(mesh.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: Value = mesh.http.get(mesh.url("/openapi.json")).send_json().await;
     assert_eq!(openapi["openapi"], "3.1.0");
     assert_eq!(
         openapi["paths"]["/v1/users/{user_id}"]["patch"]["operationId"],
@@ -329,15 +321,7 @@ async fn cors_request_ids_docs_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rdm_openapi_prints_what_the_gateway_serves() {
     let mesh = TestMesh::start(Store::Sqlite).await;
-    let served: Value = mesh
-        .http
-        .get(mesh.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Value = mesh.http.get(mesh.url("/openapi.json")).send_json().await;
     let out = std::process::Command::new(rdm_tests::rdm_binary())
         .arg("openapi")
         .output()
