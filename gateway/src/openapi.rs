@@ -5,28 +5,76 @@
 use crate::routes::{self, Binding};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use prost_types::FileDescriptorProto;
-use rdm_kit::auth::{Access, AccessTable};
+use rdm_kit::{
+    ErrorCode,
+    auth::{Access, AccessTable},
+};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
-const ERRORS: [(u16, &str); 10] = [
+/// Every HTTP status an `ErrorCode` maps to (a unit test keeps them in step).
+const ERRORS: [(u16, &str); 14] = [
     (400, "The request is malformed; `field` names the culprit."),
-    (401, "Missing, expired or invalid bearer token."),
-    (403, "The caller's roles do not allow this call."),
+    (
+        401,
+        "Missing, expired, revoked or invalid bearer token or API key.",
+    ),
+    (
+        403,
+        "The caller's roles do not allow this call, an address policy refused the target (`rule`), or the device rejected rdm's credentials.",
+    ),
     (
         404,
         "No such route or resource (other tenants' resources are not found either).",
     ),
+    (405, "The route exists with other methods (see Allow)."),
     (
         409,
         "Conflicts with the current state (already exists, precondition).",
     ),
     (413, "Request body too large."),
+    (
+        422,
+        "The device answered with an error of its own (protocol code as a member).",
+    ),
     (429, "Throttled; see Retry-After."),
     (500, "Internal error."),
-    (503, "A service is unavailable."),
-    (504, "The device or upstream did not answer in time."),
+    (501, "Not implemented."),
+    (502, "The device could not be reached."),
+    (
+        503,
+        "A service, or an ACS or controller in front of the device, is unavailable; see Retry-After.",
+    ),
+    (
+        504,
+        "The device or upstream did not answer in time, or the call passed its deadline.",
+    ),
 ];
+
+/// A schema with a description beside its type (or beside its `$ref`,
+/// which OpenAPI 3.1 allows), never wrapped in `allOf`: generated clients
+/// turn a wrapped scalar into an object.
+fn described(mut schema: Value, doc: String) -> Value {
+    if let Value::Object(map) = &mut schema {
+        map.insert("description".into(), doc.into());
+    }
+    schema
+}
+
+/// The media types of a `google.api.HttpBody` request or reply.
+const RAW_TYPES: [&str; 3] = [
+    "application/x-ndjson",
+    "text/csv",
+    "application/octet-stream",
+];
+
+fn raw_content() -> Value {
+    let mut content = Map::new();
+    for media in RAW_TYPES {
+        content.insert(media.into(), json!({"schema": {"type": "string"}}));
+    }
+    Value::Object(content)
+}
 
 fn comments(file: &FileDescriptorProto, path: &[i32]) -> Option<String> {
     let info = file.source_code_info.as_ref()?;
@@ -89,6 +137,9 @@ pub fn document() -> Value {
                     continue;
                 }
                 let mut p = json!({"name": name, "in": "query", "schema": field_schema(&field, &mut schemas)});
+                if name == "page_size" {
+                    p["schema"] = json!({"type": "integer", "minimum": 0, "maximum": 1000, "description": "0 means the default"});
+                }
                 if let Some(doc) = comments(input.parent_file_descriptor_proto(), field.path()) {
                     p["description"] = doc.into();
                 }
@@ -106,11 +157,19 @@ pub fn document() -> Value {
             "parameters": parameters,
             "x-grpc-method": grpc_path(b),
         });
-        if let Some(doc) = comments(file, b.rpc.path()) {
-            op["summary"] = doc.lines().next().unwrap_or_default().into();
-            op["description"] = doc.into();
-        }
+        let who = match access.get(&grpc_path(b)) {
+            Some(Access::Public) => "Public: no token needed.".to_owned(),
+            Some(Access::Role(role)) => format!("Needs the {} role (or higher).", role.as_str()),
+            _ => "Denied to everybody.".to_owned(),
+        };
+        let doc = comments(file, b.rpc.path()).unwrap_or_else(|| b.rpc.name().to_owned());
+        op["summary"] = doc.lines().next().unwrap_or_default().into();
+        op["description"] = format!("{doc}\n\n{who}").into();
+        op["x-rdm-access"] = who.into();
         match b.body.as_deref() {
+            Some(_) if b.raw_request => {
+                op["requestBody"] = json!({"required": true, "content": raw_content()});
+            }
             Some("*") => {
                 op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": message_ref(&input, &mut schemas)}}});
             }
@@ -130,7 +189,9 @@ pub fn document() -> Value {
             Some(f) => field_schema(&f, &mut schemas),
             None => message_ref(&output, &mut schemas),
         };
-        let ok = if b.rpc.is_server_streaming() {
+        let ok = if b.raw_response {
+            json!({"description": "The file, streamed.", "content": raw_content()})
+        } else if b.rpc.is_server_streaming() {
             json!({"description": "A stream: one JSON object per line, or Server-Sent Events with Accept: text/event-stream.",
                 "content": {"application/x-ndjson": {"schema": reply}, "text/event-stream": {"schema": {"type": "string"}}}})
         } else {
@@ -168,9 +229,13 @@ pub fn document() -> Value {
             "description": "An error (RFC 9457).",
             "properties": {
                 "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                "detail": {"type": "string"}, "code": {"type": "string", "description": "The stable error reason, e.g. NOT_FOUND, DEVICE_TIMEOUT."},
-                "domain": {"type": "string"}, "field": {"type": "string"}, "request_id": {"type": "string"}
+                "detail": {"type": "string"},
+                "code": {"type": "string", "enum": ErrorCode::ALL.iter().map(|c| c.reason()).collect::<Vec<_>>(),
+                         "description": "The stable error reason."},
+                "domain": {"type": "string"}, "field": {"type": "string"}, "request_id": {"type": "string"},
+                "rule": {"type": "string", "description": "The address policy rule that refused a target."}
             },
+            "additionalProperties": {"type": "string", "description": "Protocol details of the error (snmp_error_status, error_index, ...)."},
             "required": ["type", "title", "status", "detail", "code"]
         }),
     );
@@ -182,10 +247,11 @@ pub fn document() -> Value {
             "description": "Remote device management mesh. Every operation is also a gRPC method (see x-grpc-method) on the same port."
         },
         "tags": tags.into_iter().map(|(name, description)| json!({"name": name, "description": description})).collect::<Vec<_>>(),
+        "servers": [{"url": "/", "description": "The gateway this document was fetched from"}],
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or rdm_ API key"}},
             "schemas": schemas,
             "responses": responses,
         }
@@ -203,7 +269,7 @@ fn message_ref(msg: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -
         for field in msg.fields() {
             let mut schema = field_schema(&field, schemas);
             if let Some(doc) = comments(msg.parent_file_descriptor_proto(), field.path()) {
-                schema = json!({"allOf": [schema], "description": doc});
+                schema = described(schema, doc);
             }
             properties.insert(field.name().to_owned(), schema);
         }
@@ -273,6 +339,35 @@ fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_error_status_is_documented_and_descriptions_sit_beside_types() {
+        let statuses: Vec<u16> = super::ERRORS.iter().map(|(s, _)| *s).collect();
+        for code in super::ErrorCode::ALL {
+            assert!(
+                statuses.contains(&code.http_status()),
+                "{code:?} -> {}",
+                code.http_status()
+            );
+        }
+        let doc = super::document().to_string();
+        assert!(!doc.contains("allOf"), "a description wrapped a schema");
+        let doc = super::document();
+        let import = &doc["paths"]["/v1/devices:import"]["post"]["requestBody"]["content"];
+        assert!(
+            import["text/csv"].is_object() && import["application/x-ndjson"].is_object(),
+            "{import}"
+        );
+        assert!(import.get("application/json").is_none(), "{import}");
+        let login = &doc["paths"]["/v1/auth/login"]["post"];
+        assert!(
+            login["description"]
+                .as_str()
+                .unwrap()
+                .ends_with("Public: no token needed.")
+        );
+        assert_eq!(doc["servers"][0]["url"], "/");
+    }
+
     #[test]
     fn operations_are_named_service_method_and_errors_are_problems() {
         let doc = super::document();
