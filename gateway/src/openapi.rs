@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
 /// Every HTTP status an `ErrorCode` maps to (a unit test keeps them in step).
-const ERRORS: [(u16, &str); 14] = [
+const ERRORS: [(u16, &str); 15] = [
     (400, "The request is malformed; `field` names the culprit."),
     (
         401,
@@ -33,6 +33,7 @@ const ERRORS: [(u16, &str); 14] = [
         "Conflicts with the current state (already exists, precondition).",
     ),
     (413, "Request body too large."),
+    (415, "The body's content type is not one this call takes."),
     (
         422,
         "The device answered with an error of its own (protocol code as a member).",

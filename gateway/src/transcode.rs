@@ -272,6 +272,18 @@ async fn read_body(
 /// Builds the request message as one proto JSON object (body, then path
 /// variables and query parameters) and decodes it once, so every error
 /// names the field it is about.
+/// JSON nesting a request may have: a Struct inside a message costs
+/// protobuf two levels a JSON level, and decoders stop at 100.
+const MAX_DEPTH: usize = 32;
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn build_request(
     binding: &Binding,
     vars: &[(String, String)],
@@ -281,18 +293,23 @@ fn build_request(
 ) -> Result<Bytes, Error> {
     let input = binding.rpc.input();
     let mut object = Map::new();
-    let body_json =
-        if binding.raw_request {
-            use base64::Engine;
-            let data = base64::engine::general_purpose::STANDARD.encode(body);
-            Some(serde_json::json!({"content_type": content_type, "data": data}))
-        } else if body.iter().all(u8::is_ascii_whitespace) {
-            None
-        } else {
-            Some(serde_json::from_slice::<Value>(body).map_err(|e| {
-                Error::invalid("body", format!("request body is not valid JSON: {e}"))
-            })?)
-        };
+    let body_json = if binding.raw_request {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(body);
+        Some(serde_json::json!({"content_type": content_type, "data": data}))
+    } else if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let json = serde_json::from_slice::<Value>(body)
+            .map_err(|e| Error::invalid("body", format!("request body is not valid JSON: {e}")))?;
+        if depth(&json) > MAX_DEPTH {
+            return Err(Error::invalid(
+                "body",
+                format!("request body nests deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        Some(json)
+    };
     match (binding.body.as_deref(), body_json) {
         (Some("*"), Some(Value::Object(map))) => object = map,
         (Some("*"), Some(_)) => {

@@ -491,3 +491,60 @@ async fn strangers_cannot_make_rdm_grow() {
     println!("RSS grew {grew_mib} MiB over 4000 made-up requests, 50 huge headers, 5000 datagrams");
     assert!(grew_mib < 64, "RSS grew {grew_mib} MiB");
 }
+
+/// What a client can send that once became a 500 is now a 4xx naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_a_client_sends_is_a_500() {
+    let (mesh, token) = demo().await;
+    let selector: Vec<String> = (0..1000).map(|i| format!("k{i}=v")).collect();
+    let (status, problem) = mesh
+        .get(
+            &format!("/v1/devices?label_selector={}", selector.join(",")),
+            &token,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("label_selector")),
+        "{problem}"
+    );
+
+    let (_, device) = mesh
+        .post("/v1/devices", &token, json!({"name": "deep"}))
+        .await;
+    let mut deep = json!({"a": 1});
+    for _ in 0..45 {
+        deep = json!({"x": deep});
+    }
+    let (status, problem) = mesh
+        .call(
+            Method::PUT,
+            &format!(
+                "/v1/devices/{}/endpoints/snmp",
+                device["id"].as_str().unwrap()
+            ),
+            Some(&token),
+            Some(json!({"version": "2c", "community": "c", "deep": deep})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("nests deeper"),
+        "{problem}"
+    );
+
+    let import = |content_type: &'static str, body: &'static str| {
+        mesh.http
+            .post(mesh.url("/v1/devices:import"))
+            .bearer_auth(&token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let wrong = import("application/json", "{\"name\": \"x\"}")
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let empty = import("text/csv", "").await.unwrap();
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+}

@@ -128,8 +128,15 @@ pub(crate) fn parse_selector(selector: &str) -> Result<Vec<LabelTerm>> {
             format!("label_selector term {term:?} is not key, !key, key=value or key!=value"),
         )
     };
+    const MAX_TERMS: usize = 32;
     let mut terms = Vec::new();
     for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if terms.len() == MAX_TERMS {
+            return Err(Error::invalid(
+                "label_selector",
+                format!("label_selector has more than {MAX_TERMS} terms"),
+            ));
+        }
         let parsed = if let Some((k, v)) = term.split_once("!=") {
             LabelTerm::NotEquals(k.trim().to_owned(), v.trim().to_owned())
         } else if let Some((k, v)) = term.split_once('=') {
@@ -869,7 +876,25 @@ fn parse_csv(data: &[u8]) -> (Vec<ImportRow>, Vec<pb::ImportRowError>) {
 impl Inventory {
     /// All or nothing: every row is checked first; one bad row stores nothing.
     async fn import(&self, p: &Principal, file: &HttpBody) -> Result<pb::ImportDevicesResponse> {
-        let csv = file.content_type.contains("csv");
+        let media = file
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let csv = match media {
+            "text/csv" => true,
+            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => false,
+            other => {
+                return Err(Error::new(
+                    rdm_kit::ErrorCode::UnsupportedMediaType,
+                    format!("import takes text/csv or application/x-ndjson, not {other:?}"),
+                ));
+            }
+        };
+        if file.data.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::invalid("file", "the file is empty"));
+        }
         let (rows, mut errors) = if csv {
             parse_csv(&file.data)
         } else {

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     FailedPrecondition,
     TooManyRequests,
     PayloadTooLarge,
+    /// The request body's media type is not one the call takes.
+    UnsupportedMediaType,
     /// The device or peer did not answer in time.
     DeviceTimeout,
     /// The device or peer could not be reached at all.
@@ -37,7 +39,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -46,6 +48,7 @@ impl ErrorCode {
         Self::FailedPrecondition,
         Self::TooManyRequests,
         Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
         Self::DeviceTimeout,
         Self::DeviceUnreachable,
         Self::DeviceAuthRejected,
@@ -69,6 +72,7 @@ impl ErrorCode {
             Self::FailedPrecondition => "FAILED_PRECONDITION",
             Self::TooManyRequests => "TOO_MANY_REQUESTS",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::DeviceTimeout => "DEVICE_TIMEOUT",
             Self::DeviceUnreachable => "DEVICE_UNREACHABLE",
             Self::DeviceAuthRejected => "DEVICE_AUTH_REJECTED",
@@ -88,7 +92,7 @@ impl ErrorCode {
 
     pub fn grpc_code(self) -> Code {
         match self {
-            Self::InvalidArgument => Code::InvalidArgument,
+            Self::InvalidArgument | Self::UnsupportedMediaType => Code::InvalidArgument,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::PermissionDenied => Code::PermissionDenied,
             Self::NotFound => Code::NotFound,
@@ -114,6 +118,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::AlreadyExists | Self::FailedPrecondition => 409,
             Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
             Self::DeviceError => 422,
             Self::TooManyRequests => 429,
             Self::Internal => 500,
