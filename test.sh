@@ -60,6 +60,9 @@ cargo nextest run --workspace --no-fail-fast || status=$?
 
 step "REST through a generated client and schemathesis"
 bash scripts/openapi-client.sh || status=$?
+
+step "README examples"
+bash scripts/readme-examples.sh || status=$?
 # The snmpd the SNMP tests started (tests/src/snmpd.rs).
 if [ -f target/snmpd/snmpd.pid ]; then kill "$(cat target/snmpd/snmpd.pid)" 2>/dev/null || true; fi
 exit $status
