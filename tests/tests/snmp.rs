@@ -1188,6 +1188,15 @@ async fn serve_snmp_as_its_own_process() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(audited["events"][0]["outcome"], "DEVICE_ERROR", "{audited}");
+    // Recorded once: the internal call that carried it is not an event.
+    let all = http
+        .get(format!(
+            "{base}/v1/audit?filter.method_prefix=/rdm.inventory.v1.AuditService"
+        ))
+        .bearer_auth(token)
+        .send_json()
+        .await;
+    assert_eq!(all["events"].as_array().map(Vec::len), Some(0), "{all}");
     assert_eq!(audited["events"][0]["target"], id, "{audited}");
 
     // A user disabled through the gateway is refused by the SNMP process

@@ -204,8 +204,16 @@ pub async fn record(State(sink): State<Sink>, req: Request, next: Next) -> Respo
     }
 }
 
-/// The method of a gRPC path when it can change state.
+/// The method of a gRPC path when it can change state and is a caller's
+/// call: internal RPCs (a service recording an event, resolving a target)
+/// are the mesh's plumbing, audited as the call that caused them.
 fn changing_method(path: &str) -> Option<MethodDescriptor> {
+    static ACCESS: std::sync::LazyLock<crate::auth::AccessTable> = std::sync::LazyLock::new(|| {
+        crate::auth::AccessTable::from_pool(rdm_proto::descriptor_pool())
+    });
+    if ACCESS.get(path) == Some(&crate::auth::Access::Internal) {
+        return None;
+    }
     let (service, method) = path.trim_start_matches('/').split_once('/')?;
     let method = rdm_proto::descriptor_pool()
         .get_service_by_name(service)?
@@ -372,5 +380,6 @@ mod tests {
         assert!(changing_method("/rdm.snmp.v1.SnmpService/Get").is_none());
         assert!(changing_method("/rdm.inventory.v1.DeviceService/ListDevices").is_none());
         assert!(changing_method("/grpc.health.v1.Health/Check").is_none());
+        assert!(changing_method("/rdm.inventory.v1.AuditService/RecordAuditEvent").is_none());
     }
 }
