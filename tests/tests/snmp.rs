@@ -330,6 +330,17 @@ async fn set_changes_what_get_reads_and_read_only_access_is_refused() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(snmpget_string(location), "room 1");
+    // snmpset's letters as snmpset means them: x hex digits, d decimal bytes.
+    for (letter, value, stored) in [
+        ("x", "72 6f 6f 6d 20 32", "room 2"),
+        ("d", "114.111.111.109.32.51", "room 3"),
+    ] {
+        let (status, body) = mesh
+            .post("/v1/snmp/set", &token, json!({"target": {"endpoint": community("2c", "private")}, "varbinds": [{"oid": location, "type": letter, "value": value}]}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{letter}: {body}");
+        assert_eq!(snmpget_string(location), stored, "type {letter}");
+    }
     let (status, body) = mesh
         .post("/v1/snmp/set", &token, json!({"target": {"endpoint": community("2c", "private")}, "varbinds": [{"oid": location, "type": "OCTET STRING", "hex": "00ff10"}]}))
         .await;

@@ -170,12 +170,13 @@ fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
             })?;
             let field = if vb.hex.is_empty() { "value" } else { "hex" };
             let value = Value::parse(&vb.r#type, &vb.value, &vb.hex).map_err(|e| {
-                let field = match e {
-                    engine::value::BadValue::Type(_) | engine::value::BadValue::NotSettable(_) => {
-                        "type"
-                    }
-                    engine::value::BadValue::Value { .. } => field,
-                };
+                let field =
+                    match e {
+                        engine::value::BadValue::Type(_)
+                        | engine::value::BadValue::NotSettable(_) => "type",
+                        engine::value::BadValue::Value { .. }
+                        | engine::value::BadValue::Mixed(_) => field,
+                    };
                 Error::invalid(format!("varbinds[{i}].{field}"), e.to_string())
             })?;
             Ok((oid, value))

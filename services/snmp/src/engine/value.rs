@@ -37,6 +37,10 @@ pub enum BadValue {
     Value { kind: &'static str, value: String },
     #[error("{0} takes no value in a SET")]
     NotSettable(&'static str),
+    #[error(
+        "type {0:?} takes `value` only (OCTET STRING and Opaque take `value` or `hex`, not both; x takes hex digits in `value`)"
+    )]
+    Mixed(String),
 }
 
 impl Value {
@@ -87,62 +91,118 @@ impl Value {
         (text, String::new())
     }
 
-    /// A value for a SET from its type name (or net-snmp's one-letter type)
-    /// and its text, or hex for strings.
+    /// A value for a SET from its type name, or one of snmpset's letters
+    /// meaning what they mean to snmpset: `i` INTEGER, `u` Unsigned32, `c`
+    /// Counter32, `C` Counter64, `t` TimeTicks, `a` IpAddress, `o` OID, `s`
+    /// a string of text, `x` a string of hex digits, `d` a string of decimal
+    /// bytes (`1.2.3` or `1 2 3`), `b` BITS (bit numbers, `0 3 5`). OCTET
+    /// STRING and Opaque take `value` (text) or `hex`, not both; every other
+    /// type takes `value` only.
     pub fn parse(type_name: &str, text: &str, hex_text: &str) -> Result<Self, BadValue> {
         let bad = |kind: &'static str, value: &str| BadValue::Value {
             kind,
-            value: value.to_owned(),
+            value: value.chars().take(64).collect(),
         };
         let t = type_name.trim();
+        let lower = t.to_ascii_lowercase();
+        // Letters are case-sensitive (`c` Counter32, `C` Counter64); names are not.
+        let canonical = match t {
+            "i" => "integer",
+            "u" => "gauge32",
+            "c" => "counter32",
+            "C" => "counter64",
+            "t" => "timeticks",
+            "a" => "ipaddress",
+            "o" => "oid",
+            "s" => "text",
+            "x" => "hexstring",
+            "d" => "decimalstring",
+            "b" => "bits",
+            "n" => "null",
+            _ => lower.as_str(),
+        };
+        let takes_hex = matches!(
+            canonical,
+            "octet string" | "octetstring" | "string" | "opaque"
+        );
+        if !hex_text.is_empty() && !takes_hex {
+            return Err(BadValue::Mixed(t.to_owned()));
+        }
+        if !hex_text.is_empty() && !text.is_empty() {
+            return Err(BadValue::Mixed(t.to_owned()));
+        }
         let number = |kind: &'static str| text.trim().parse::<u64>().map_err(|_| bad(kind, text));
         let u32_of = |kind: &'static str| {
             number(kind).and_then(|n| u32::try_from(n).map_err(|_| bad(kind, text)))
+        };
+        let hex_of = |kind: &'static str, digits: &str| {
+            let clean: String = digits
+                .chars()
+                .filter(|c| !matches!(c, ' ' | ':' | '-' | '\t' | '\n'))
+                .collect();
+            hex::decode(clean.trim_start_matches("0x")).map_err(|_| bad(kind, digits))
         };
         let bytes = |kind: &'static str| {
             if hex_text.is_empty() {
                 Ok(text.as_bytes().to_vec())
             } else {
-                let clean: String = hex_text
-                    .chars()
-                    .filter(|c| !matches!(c, ' ' | ':' | '-'))
-                    .collect();
-                hex::decode(clean).map_err(|_| bad(kind, hex_text))
+                hex_of(kind, hex_text)
             }
         };
-        Ok(match t.to_ascii_lowercase().as_str() {
-            "integer" | "integer32" | "int" | "i" => Self::Integer(
+        Ok(match canonical {
+            "integer" | "integer32" | "int" => Self::Integer(
                 text.trim()
                     .parse::<i32>()
                     .map_err(|_| bad("INTEGER (a 32-bit signed number)", text))?
                     .into(),
             ),
-            "octet string" | "octetstring" | "string" | "s" | "x" => {
+            "octet string" | "octetstring" | "string" => {
                 Self::OctetString(bytes("OCTET STRING hex")?)
             }
-            "object identifier" | "objectidentifier" | "oid" | "o" => {
+            "text" => Self::OctetString(text.as_bytes().to_vec()),
+            "hexstring" => Self::OctetString(hex_of("hex string (type x)", text)?),
+            "decimalstring" => Self::OctetString(
+                text.split(['.', ' ', ','])
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.parse::<u8>())
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|_| bad("decimal string (type d: bytes 0-255, like 1.2.3)", text))?,
+            ),
+            "bits" => {
+                let mut octets: Vec<u8> = Vec::new();
+                for bit in text.split([' ', ',']).filter(|p| !p.is_empty()) {
+                    let bit: usize = bit
+                        .parse()
+                        .ok()
+                        .filter(|b| *b < 1024)
+                        .ok_or_else(|| bad("BITS (bit numbers, like 0 3 5)", text))?;
+                    if octets.len() <= bit / 8 {
+                        octets.resize(bit / 8 + 1, 0);
+                    }
+                    // BITS: bit 0 is the first octet's most significant bit.
+                    octets[bit / 8] |= 0x80 >> (bit % 8);
+                }
+                Self::OctetString(octets)
+            }
+            "object identifier" | "objectidentifier" | "oid" => {
                 Self::ObjectIdentifier(text.parse().map_err(|_| bad("OBJECT IDENTIFIER", text))?)
             }
-            "ipaddress" | "ip" | "a" => Self::IpAddress(
+            "ipaddress" | "ip" => Self::IpAddress(
                 text.trim()
                     .parse::<Ipv4Addr>()
                     .map_err(|_| bad("IpAddress (a dotted quad)", text))?
                     .octets(),
             ),
-            "counter32" | "counter" | "c" => Self::Counter32(u32_of("Counter32")?),
-            "gauge32" | "gauge" | "unsigned32" | "unsigned" | "u" => {
-                Self::Gauge32(u32_of("Gauge32")?)
-            }
-            "timeticks" | "t" => Self::TimeTicks(u32_of("TimeTicks")?),
+            "counter32" | "counter" => Self::Counter32(u32_of("Counter32")?),
+            "gauge32" | "gauge" | "unsigned32" | "unsigned" => Self::Gauge32(u32_of("Gauge32")?),
+            "timeticks" => Self::TimeTicks(u32_of("TimeTicks")?),
             "opaque" => Self::Opaque(bytes("Opaque hex")?),
             "counter64" | "c64" => Self::Counter64(number("Counter64")?),
             "null" | "nosuchobject" | "nosuchinstance" | "endofmibview" => {
-                return Err(BadValue::NotSettable(
-                    match t.to_ascii_lowercase().as_str() {
-                        "null" => "NULL",
-                        _ => "an exception",
-                    },
-                ));
+                return Err(BadValue::NotSettable(match canonical {
+                    "null" => "NULL",
+                    _ => "an exception",
+                }));
             }
             _ => return Err(BadValue::Type(t.to_owned())),
         })
@@ -238,5 +298,60 @@ mod tests {
             Value::parse("NULL", "", ""),
             Err(BadValue::NotSettable(_))
         ));
+    }
+
+    /// snmpset's letters, as snmpset means them.
+    #[test]
+    fn snmpset_letters_mean_what_they_mean_to_snmpset() {
+        let os = |b: &[u8]| Value::OctetString(b.to_vec());
+        assert_eq!(
+            Value::parse("x", "001a2bff", "").unwrap(),
+            os(&[0, 0x1a, 0x2b, 0xff])
+        );
+        assert_eq!(
+            Value::parse("x", "00:1a:2b ff", "").unwrap(),
+            os(&[0, 0x1a, 0x2b, 0xff])
+        );
+        assert_eq!(Value::parse("s", "001a2bff", "").unwrap(), os(b"001a2bff"));
+        assert_eq!(Value::parse("d", "1.2.255", "").unwrap(), os(&[1, 2, 255]));
+        assert_eq!(
+            Value::parse("b", "0 3 9", "").unwrap(),
+            os(&[0b1001_0000, 0b0100_0000])
+        );
+        assert_eq!(Value::parse("c", "5", "").unwrap(), Value::Counter32(5));
+        assert_eq!(
+            Value::parse("C", "5000000000", "").unwrap(),
+            Value::Counter64(5_000_000_000)
+        );
+        assert_eq!(Value::parse("u", "7", "").unwrap(), Value::Gauge32(7));
+        assert_eq!(Value::parse("t", "100", "").unwrap(), Value::TimeTicks(100));
+        assert_eq!(
+            Value::parse("a", "10.0.0.1", "").unwrap(),
+            Value::IpAddress([10, 0, 0, 1])
+        );
+        assert_eq!(Value::parse("i", "-3", "").unwrap(), Value::Integer(-3));
+        for (t, v, h) in [
+            ("x", "zz", ""),
+            ("d", "1.256", ""),
+            ("b", "x", ""),
+            ("c", "5000000000", ""),
+        ] {
+            assert!(
+                matches!(Value::parse(t, v, h), Err(BadValue::Value { .. })),
+                "{t} {v}"
+            );
+        }
+        // value and hex must not disagree with the type, or with each other.
+        for (t, v, h) in [
+            ("s", "", "00ff"),
+            ("INTEGER", "", "01"),
+            ("x", "", "00ff"),
+            ("OCTET STRING", "ab", "00ff"),
+        ] {
+            assert!(
+                matches!(Value::parse(t, v, h), Err(BadValue::Mixed(_))),
+                "{t} {v} {h}"
+            );
+        }
     }
 }
