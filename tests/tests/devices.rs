@@ -608,6 +608,56 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
     );
     assert_eq!(reader.records().count(), 5);
     assert!(!csv_out.contains("import-secret-1"));
+
+    // Both exports re-import as they are, into another tenant: the devices
+    // and settings come across; secrets never left, so using an endpoint
+    // that needs one says to PUT it again.
+    let ndjson_out = lines
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (other_id, other) = mesh.tenant_with_admin("reimport-ndjson").await;
+    mesh.allow_targets(&other_id, &["127.0.0.0/8"]).await;
+    let report = import(&mesh, &other, "application/x-ndjson", ndjson_out).await;
+    assert_eq!(
+        (report["imported"].as_i64(), &report["errors"]),
+        (Some(5), &json!([])),
+        "{report}"
+    );
+    let (other_csv_id, other_csv) = mesh.tenant_with_admin("reimport-csv").await;
+    mesh.allow_targets(&other_csv_id, &["127.0.0.0/8"]).await;
+    let report = import(&mesh, &other_csv, "text/csv", csv_out).await;
+    assert_eq!(
+        (report["imported"].as_i64(), &report["errors"]),
+        (Some(5), &json!([])),
+        "{report}"
+    );
+    let (_, list) = mesh.get("/v1/devices?name_prefix=imp-1", &other).await;
+    let id = list["devices"][0]["id"].as_str().unwrap();
+    let (_, endpoint) = mesh
+        .get(&format!("/v1/devices/{id}/endpoints/snmp"), &other)
+        .await;
+    assert_eq!(endpoint["config"]["version"], "2c", "{endpoint}");
+    assert!(
+        endpoint["config"].get("community_set").is_none(),
+        "{endpoint}"
+    );
+    let (status, problem) = mesh
+        .post(
+            "/v1/snmp/get",
+            &other,
+            json!({"target": {"device_id": id}, "oids": ["1.3.6.1.2.1.1.1.0"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PUT them again"),
+        "{problem}"
+    );
 }
 
 /// Every endpoint row: (tenant, device, protocol, secrets JSON).

@@ -238,6 +238,9 @@ impl Inventory {
 
     /// Checks an endpoint against what is stored and seals its new secrets:
     /// the row to store. Secrets left out keep their stored ciphertext.
+    /// With `imported`, secrets marked as set (`<name>_set: true`, as an
+    /// export writes them) but not given count as present: the endpoint is
+    /// stored, and using it says which secret to PUT again.
     fn endpoint_row(
         &self,
         device: &DeviceRow,
@@ -245,6 +248,7 @@ impl Inventory {
         input: Value,
         before: Option<&EndpointRow>,
         allowed: &[IpNet],
+        imported: bool,
     ) -> Result<EndpointRow> {
         let settings = endpoint::parse(protocol, input)?;
         for (field, host, port) in endpoint::addresses(protocol, &settings.config) {
@@ -258,9 +262,11 @@ impl Inventory {
             !settings.cleared.contains(name) && !settings.secrets.contains_key(name)
         });
         let mut config = settings.config;
+        let pending = settings.marked.iter().filter(|_| imported);
         let names: Vec<&str> = sealed
             .keys()
             .chain(settings.secrets.keys())
+            .chain(pending)
             .map(String::as_str)
             .collect();
         endpoint::complete(protocol, &mut config, &names, &device.address)?;
@@ -478,7 +484,8 @@ impl DeviceService for Inventory {
                 .ok_or_else(|| device_not_found(&r.device_id))?;
             let before = ds::endpoint(&mut tx, &p.tenant_id, &device.id, protocol.as_str()).await?;
             let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
-            let row = self.endpoint_row(&device, protocol, input, before.as_ref(), &allowed)?;
+            let row =
+                self.endpoint_row(&device, protocol, input, before.as_ref(), &allowed, false)?;
             ds::put_endpoint(&mut tx, &row).await?;
             tx.commit().await?;
             tracing::info!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "endpoint set");
@@ -924,7 +931,7 @@ impl Inventory {
                     .endpoints
                     .into_iter()
                     .map(|(protocol, config)| {
-                        self.endpoint_row(&device, protocol, config, None, &allowed)
+                        self.endpoint_row(&device, protocol, config, None, &allowed, true)
                             .map_err(|e| within_endpoint(e, protocol))
                     })
                     .collect::<Result<Vec<_>>>()?;

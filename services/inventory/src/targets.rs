@@ -199,6 +199,18 @@ impl Inventory {
             let place = secret_place(&row.tenant_id, &row.device_id, &row.protocol, name);
             opened.insert(name.clone(), self.config.keyring.open(value, &place)?);
         }
+        // An endpoint imported from an export lacks its secrets until they
+        // are PUT again: say which, instead of sending without them.
+        let held: Vec<&str> = opened.keys().map(String::as_str).collect();
+        endpoint::complete(protocol, &mut config.clone(), &held, &device.address).map_err(|e| {
+            Error::new(
+                rdm_kit::ErrorCode::FailedPrecondition,
+                format!(
+                    "device {}'s {protocol} endpoint is incomplete ({}); it was imported without its secrets: PUT them again",
+                    device.id, e.message
+                ),
+            )
+        })?;
         if protocol == Protocol::Snmp && !config.contains_key("host") {
             config.insert("host".into(), Value::from(device.address.clone()));
         }

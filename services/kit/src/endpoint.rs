@@ -198,6 +198,9 @@ pub struct Settings {
     pub secrets: BTreeMap<String, String>,
     /// Secrets sent as `null`: to be forgotten rather than kept.
     pub cleared: Vec<String>,
+    /// Secrets the settings say were set (`<name>_set: true`, as replies and
+    /// exports show them) without giving them.
+    pub marked: Vec<String>,
 }
 
 impl fmt::Debug for Settings {
@@ -221,11 +224,22 @@ pub fn parse(protocol: Protocol, input: Value) -> Result<Settings> {
     adopt_older_format(&mut input)?;
     let mut secrets = BTreeMap::new();
     let mut cleared = Vec::new();
-    let config = check_object(protocol.schema(), input, "", &mut secrets, &mut cleared)?;
+    let mut marked = Vec::new();
+    let config = check_object(
+        protocol.schema(),
+        input,
+        "",
+        &mut Found {
+            secrets: &mut secrets,
+            cleared: &mut cleared,
+            marked: &mut marked,
+        },
+    )?;
     Ok(Settings {
         config,
         secrets,
         cleared,
+        marked,
     })
 }
 
@@ -264,16 +278,35 @@ fn adopt_older_format(input: &mut Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
+/// What checking finds besides the settings: secrets given, cleared, marked.
+struct Found<'a> {
+    secrets: &'a mut BTreeMap<String, String>,
+    cleared: &'a mut Vec<String>,
+    marked: &'a mut Vec<String>,
+}
+
 fn check_object(
     schema: &'static [Field],
     input: Map<String, Value>,
     prefix: &str,
-    secrets: &mut BTreeMap<String, String>,
-    cleared: &mut Vec<String>,
+    found: &mut Found<'_>,
 ) -> Result<Map<String, Value>> {
     let mut out = Map::new();
     for (key, value) in input {
         let path = format!("{prefix}{key}");
+        // `<secret>_set`, as replies and exports show a secret: no value.
+        if let Some(secret) = key.strip_suffix("_set")
+            && schema
+                .iter()
+                .any(|f| f.0 == secret && matches!(f.1, Kind::Secret))
+        {
+            match value {
+                Value::Bool(true) => found.marked.push(format!("{prefix}{secret}")),
+                Value::Bool(false) | Value::Null => {}
+                _ => return Err(Error::invalid(path, format!("{key} is true or false"))),
+            }
+            continue;
+        }
         let Some(Field(_, kind)) = schema.iter().find(|f| f.0 == key) else {
             let known: Vec<&str> = schema.iter().map(|f| f.0).collect();
             return Err(Error::invalid(
@@ -283,7 +316,7 @@ fn check_object(
         };
         if value.is_null() {
             if matches!(kind, Kind::Secret) {
-                cleared.push(path);
+                found.cleared.push(path);
             }
             continue;
         }
@@ -305,7 +338,7 @@ fn check_object(
                 if secret.len() > 4096 {
                     return Err(bad("is too long: at most 4096 bytes"));
                 }
-                secrets.insert(path, secret.to_owned());
+                found.secrets.insert(path, secret.to_owned());
                 continue;
             }
             Kind::Host => {
@@ -365,13 +398,7 @@ fn check_object(
                 let Value::Object(inner) = value else {
                     return Err(bad("must be an object"));
                 };
-                Value::Object(check_object(
-                    fields,
-                    inner,
-                    &format!("{path}."),
-                    secrets,
-                    cleared,
-                )?)
+                Value::Object(check_object(fields, inner, &format!("{path}."), found)?)
             }
         };
         out.insert(key, checked);
@@ -735,6 +762,28 @@ mod tests {
         assert_eq!(ok(Protocol::Usp, usp, "").0["transport"], "controller");
         let tr069 = json!({"base_url": "http://acs:8080", "auth": {"type": "basic", "username": "acs_admin", "password": "p", "timeout": 60.0, "retries": 3}});
         assert_eq!(ok(Protocol::Tr069, tr069, "").1, ["auth.password"]);
+    }
+
+    #[test]
+    fn secrets_marked_set_are_noted_not_taken_as_values() {
+        let s = parse(
+            Protocol::Webpa,
+            json!({"base_url": "http://acs:7557", "auth": {"type": "basic", "username": "u", "password_set": true}}),
+        )
+        .unwrap();
+        assert_eq!(s.marked, ["auth.password"]);
+        assert!(s.secrets.is_empty());
+        let s = parse(
+            Protocol::Snmp,
+            json!({"version": "2c", "community_set": false}),
+        )
+        .unwrap();
+        assert!(s.marked.is_empty());
+        let e = parse(Protocol::Snmp, json!({"community_set": "yes"})).unwrap_err();
+        assert_eq!(e.field(), Some("community_set"));
+        // Only secrets have markers.
+        let e = parse(Protocol::Snmp, json!({"port_set": true})).unwrap_err();
+        assert_eq!(e.field(), Some("port_set"));
     }
 
     #[test]
