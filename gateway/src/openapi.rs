@@ -129,7 +129,13 @@ pub fn document() -> Value {
         let path_vars: Vec<&str> = b.template.variables().collect();
         let mut parameters: Vec<Value> = path_vars
             .iter()
-            .map(|v| json!({"name": v, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|v| {
+                let mut schema = json!({"type": "string"});
+                if let Some(field) = input.get_field_by_name(v) {
+                    constrain(&field, &mut schema);
+                }
+                json!({"name": v, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         if b.body.as_deref() != Some("*") {
             for field in input.fields() {
@@ -267,20 +273,94 @@ fn message_ref(msg: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -
     if !schemas.contains_key(&name) {
         schemas.insert(name.clone(), Value::Null); // placeholder: stops recursion
         let mut properties = Map::new();
+        let mut required = Vec::new();
         for field in msg.fields() {
             let mut schema = field_schema(&field, schemas);
             if let Some(doc) = comments(msg.parent_file_descriptor_proto(), field.path()) {
                 schema = described(schema, doc);
             }
+            if constrain(&field, &mut schema) {
+                required.push(field.name().to_owned());
+            }
             properties.insert(field.name().to_owned(), schema);
         }
         let mut schema = json!({"type": "object", "properties": properties});
+        if !required.is_empty() {
+            schema["required"] = required.into();
+        }
         if let Some(doc) = comments(msg.parent_file_descriptor_proto(), msg.path()) {
             schema["description"] = doc.into();
         }
         schemas.insert(name.clone(), schema);
     }
     json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// Adds a field's `rdm.api.v1.field` rules to its schema; true when the
+/// field is required.
+fn constrain(field: &FieldDescriptor, schema: &mut Value) -> bool {
+    let Some(ext) = rdm_proto::descriptor_pool().get_extension_by_name("rdm.api.v1.field") else {
+        return false;
+    };
+    let options = field.options();
+    if !options.has_extension(&ext) {
+        return false;
+    }
+    let value = options.get_extension(&ext);
+    let Some(rules) = value.as_message() else {
+        return false;
+    };
+    let number = |name: &str| {
+        rules
+            .get_field_by_name(name)
+            .and_then(|v| v.as_u32())
+            .filter(|n| *n > 0)
+    };
+    let required = rules
+        .get_field_by_name("required")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let Value::Object(map) = schema else {
+        return required;
+    };
+    if field.is_list() {
+        if let Some(n) = number("min_items") {
+            map.insert("minItems".into(), n.into());
+        }
+        if let Some(n) = number("max_items") {
+            map.insert("maxItems".into(), n.into());
+        }
+        return required;
+    }
+    match number("min_len") {
+        Some(n) => map.insert("minLength".into(), n.into()),
+        None if required => map.insert("minLength".into(), 1.into()),
+        None => None,
+    };
+    if let Some(n) = number("max_len") {
+        map.insert("maxLength".into(), n.into());
+    }
+    if let Some(pattern) = rules
+        .get_field_by_name("pattern")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|p| !p.is_empty())
+    {
+        map.insert("pattern".into(), pattern.into());
+    }
+    if let Some(values) = rules
+        .get_field_by_name("one_of")
+        .and_then(|v| {
+            v.as_list().map(|l| {
+                l.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .filter(|l| !l.is_empty())
+    {
+        map.insert("enum".into(), values.into());
+    }
+    required
 }
 
 fn well_known(msg: &MessageDescriptor) -> Option<Value> {
@@ -367,6 +447,27 @@ mod tests {
                 .ends_with("Public: no token needed.")
         );
         assert_eq!(doc["servers"][0]["url"], "/");
+        // Constraints the server enforces, carried from the proto.
+        let slug = &doc["components"]["schemas"]["rdm.inventory.v1.CreateTenantRequest"];
+        assert_eq!(slug["required"], serde_json::json!(["slug"]));
+        assert_eq!(
+            slug["properties"]["slug"]["pattern"],
+            "^[a-z][a-z0-9-]{1,62}$"
+        );
+        let get = &doc["components"]["schemas"]["rdm.snmp.v1.GetRequest"]["properties"]["oids"];
+        assert_eq!(
+            (get["minItems"].as_u64(), get["maxItems"].as_u64()),
+            (Some(1), Some(128))
+        );
+        let put =
+            &doc["paths"]["/v1/devices/{device_id}/endpoints/{protocol}"]["put"]["parameters"];
+        let protocol = put
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "protocol")
+            .unwrap();
+        assert_eq!(protocol["schema"]["enum"][0], "snmp", "{protocol}");
     }
 
     #[test]

@@ -161,6 +161,12 @@ fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
             "name at least one variable to set",
         ));
     }
+    if varbinds.len() > MAX_OIDS {
+        return Err(Error::invalid(
+            "varbinds",
+            format!("at most {MAX_OIDS} variables a request"),
+        ));
+    }
     varbinds
         .iter()
         .enumerate()
