@@ -417,6 +417,33 @@ mod tests {
                 );
             }
         }
+        // Every pod runs under the "restricted" Pod Security level, and only
+        // the migration Job gets the database owner's URL.
+        for entry in std::fs::read_dir(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/base"),
+        )
+        .unwrap()
+        {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if name.ends_with("-deployment.yaml") || name == "migrate-job.yaml" {
+                assert!(
+                    text.contains("type: RuntimeDefault"),
+                    "{name}: no seccomp profile"
+                );
+                assert!(
+                    text.contains("automountServiceAccountToken: false"),
+                    "{name}: mounts an API token"
+                );
+            }
+            if name.ends_with("-deployment.yaml") {
+                assert!(
+                    !text.contains("RDM_DATABASE_ADMIN_URL") && !text.contains("secretRef:"),
+                    "{name} gets the owner's URL"
+                );
+            }
+        }
         let readme = repo_file("README.md");
         let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
         for c in all_commands(&command()) {
