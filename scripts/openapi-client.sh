@@ -7,18 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.tools/venv
-work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-RDM_LOG=warn RDM_ADMIN_PASSWORD=client-check-admin target/debug/rdm up --demo \
-  --listen 127.0.0.1:0 --inventory-listen 127.0.0.1:0 --snmp-trap-listen 127.0.0.1:0 \
-  --data-dir "$work/data" > "$work/out" 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do
-  grep -q '^rdm is up' "$work/out" 2>/dev/null && break
-  sleep 0.2
-done
-base=$(sed -n 's/^rdm is up: gateway \(http:\/\/[^ ]*\).*/\1/p' "$work/out")
-[ -n "$base" ] || { cat "$work/out"; echo "rdm up did not start"; exit 1; }
+export RDM_ADMIN_PASSWORD=client-check-admin
+. scripts/demo-up.sh
 curl -sf "$base/openapi.json" > "$work/openapi.json"
 (cd "$work" && "$OLDPWD/$venv/bin/openapi-python-client" generate --path openapi.json --meta none >/dev/null 2>&1) \
   || { echo "openapi-python-client could not generate a client"; exit 1; }

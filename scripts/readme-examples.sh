@@ -6,18 +6,9 @@
 # for this machine: its lines are left out, and said so. Called by ./test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-RDM_LOG=warn RDM_ADMIN_PASSWORD=change-me-admin target/debug/rdm up --demo \
-  --listen 127.0.0.1:0 --inventory-listen 127.0.0.1:0 --snmp-trap-listen 127.0.0.1:0 \
-  --data-dir "$work/data" > "$work/out" 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do
-  grep -q '^rdm is up' "$work/out" 2>/dev/null && break
-  sleep 0.2
-done
-addr=$(sed -n 's/^rdm is up: gateway http:\/\/\([^ ]*\).*/\1/p' "$work/out")
-[ -n "$addr" ] || { cat "$work/out"; echo "rdm up did not start"; exit 1; }
+export RDM_ADMIN_PASSWORD=change-me-admin     # what the README tells rdm up
+. scripts/demo-up.sh
+addr=${base#http://}
 
 python3 - "$addr" > "$work/examples.sh" <<'PY'
 import re, sys

@@ -39,13 +39,15 @@ pub fn request_id(headers: &HeaderMap) -> Option<String> {
 
 pub async fn handle(gw: &Gateway, req: Request) -> Response {
     let rid = request_id(req.headers());
-    let route = find(gw, req.method(), req.uri().path())
-        .ok()
-        .map(|(b, _)| format!("{} {}", b.method, b.template.openapi_path()));
-    let mut resp = match transcode(gw, req).await {
-        Ok(resp) => resp,
-        Err(err) => problem(&err, rid.as_deref()),
+    let (result, route) = match find(gw, req.method(), req.uri().path()) {
+        Ok((binding, vars)) => {
+            // The route template, for metric labels (never the raw path).
+            let route = format!("{} {}", binding.method, binding.template.openapi_path());
+            (transcode(gw, binding, &vars, req).await, Some(route))
+        }
+        Err(err) => (Err(err), None),
     };
+    let mut resp = result.unwrap_or_else(|err| problem(&err, rid.as_deref()));
     if let Some(route) = route {
         resp.extensions_mut()
             .insert(rdm_kit::telemetry::Route(route));
@@ -53,9 +55,13 @@ pub async fn handle(gw: &Gateway, req: Request) -> Response {
     resp
 }
 
-async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
+async fn transcode(
+    gw: &Gateway,
+    binding: &Binding,
+    vars: &Vars,
+    req: Request,
+) -> Result<Response, Error> {
     let (parts, body) = req.into_parts();
-    let (binding, vars) = find(gw, &parts.method, parts.uri.path())?;
     let rpc = &binding.rpc;
     let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
     let authorization = parts
@@ -75,7 +81,7 @@ async fn transcode(gw: &Gateway, req: Request) -> Result<Response, Error> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let message = build_request(binding, &vars, parts.uri.query(), &body, content_type)?;
+    let message = build_request(binding, vars, parts.uri.query(), &body, content_type)?;
 
     let mut metadata = tonic::metadata::MetadataMap::new();
     if let Some(ip) = rdm_kit::server::peer_ip(&parts.extensions).and_then(|ip| ip.parse().ok()) {

@@ -290,6 +290,18 @@ impl SendJson for reqwest::RequestBuilder {
     }
 }
 
+/// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`): what the
+/// memory tests measure this process (and the mesh in it) by.
+pub fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
 /// The `rdm` binary cargo built beside this test binary.
 pub fn rdm_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");

@@ -9,13 +9,14 @@ on_both_stores!(changes_are_recorded_with_secrets_redacted);
 async fn changes_are_recorded_with_secrets_redacted(mesh: TestMesh) {
     let admin = mesh.token("demo", "demo", "demo").await;
     let me = mesh.get("/v1/me", &admin).await.1;
-    let (_, user) = mesh
+    let (status, user) = mesh
         .post(
             "/v1/users",
             &admin,
             json!({"username": "audited", "password": "audit-pass-word", "roles": ["viewer"]}),
         )
         .await;
+    assert_eq!(status, StatusCode::OK, "{user}");
     let (_, device) = mesh
         .post("/v1/devices", &admin, json!({"name": "audited-cpe"}))
         .await;
@@ -92,7 +93,6 @@ async fn changes_are_recorded_with_secrets_redacted(mesh: TestMesh) {
         events[2]
     );
     assert!(events[4]["summary"].as_str().unwrap().contains("audited"));
-    let _ = user;
 
     // Filters and paging.
     let (_, snmp) = mesh
@@ -119,7 +119,7 @@ async fn changes_are_recorded_with_secrets_redacted(mesh: TestMesh) {
     assert_eq!(export.lines().count(), 5, "{export}");
 
     // Admins only; another tenant sees none of it.
-    let (_, viewer) = (user, mesh.token("demo", "audited", "audit-pass-word").await);
+    let viewer = mesh.token("demo", "audited", "audit-pass-word").await;
     assert_eq!(
         mesh.get("/v1/audit", &viewer).await.0,
         StatusCode::FORBIDDEN

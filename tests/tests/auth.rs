@@ -566,16 +566,6 @@ async fn lockouts_are_per_address_first() {
     );
 }
 
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// 200 strangers signing in at once, each from its own address (so no
 /// address lock-out stops them first) and for an unknown tenant (each costs
 /// a hash): they wait for a few hashing turns instead of each holding
@@ -583,7 +573,7 @@ fn status_kib(field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_sign_ins_hash_a_few_at_a_time() {
     let mesh = TestMesh::start(Store::Sqlite).await;
-    let before = status_kib("VmRSS:");
+    let before = rdm_tests::proc_status_kib("VmRSS:");
     let attempts = (0..200u32).map(|i| {
         let mesh = &mesh;
         async move {
@@ -607,7 +597,7 @@ async fn parallel_sign_ins_hash_a_few_at_a_time() {
     }
     assert!(replies.iter().any(|(s, _)| *s == StatusCode::UNAUTHORIZED));
     // argon2 holds 19 MiB per hash: 200 at once would be 3.8 GiB.
-    let peak = status_kib("VmHWM:");
+    let peak = rdm_tests::proc_status_kib("VmHWM:");
     let grew_mib = peak.saturating_sub(before) / 1024;
     println!(
         "peak RSS grew {grew_mib} MiB over {} sign-ins",

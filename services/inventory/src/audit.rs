@@ -138,24 +138,12 @@ fn millis(t: &Option<prost_types::Timestamp>) -> Option<i64> {
         .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
 }
 
-impl Inventory {
-    /// A page of `p`'s tenant's events, newest first, after the id `after`.
-    async fn events(
-        &self,
-        p: &Principal,
-        filter: &pb::AuditFilter,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<EventRow>> {
-        events(self.db(), p, filter, after, limit).await
-    }
-}
-
 enum Bind {
     Text(String),
     Int(i64),
 }
 
+/// A page of `p`'s tenant's events, newest first, after the id `after`.
 async fn events(
     db: &Db,
     p: &Principal,
@@ -231,7 +219,7 @@ impl AuditService for Inventory {
             let size = page::size(r.page_size)?;
             let after = page::decode(&r.page_token)?;
             let filter = r.filter.clone().unwrap_or_default();
-            let rows = self.events(p, &filter, &after, size + 1).await?;
+            let rows = events(self.db(), p, &filter, &after, size + 1).await?;
             let (rows, next_page_token) = page::finish(rows, size, |e| &e.id);
             Ok(pb::ListAuditEventsResponse {
                 events: rows.into_iter().map(event_pb).collect(),

@@ -24,7 +24,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 struct Hashers {
     turns: Semaphore,
-    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl Hashers {
@@ -51,7 +51,7 @@ impl Hashers {
         }
         Self {
             turns: Semaphore::new(threads),
-            jobs: std::sync::Mutex::new(tx),
+            jobs: tx,
         }
     }
 }
@@ -79,8 +79,6 @@ async fn in_turn<T: Send + 'static>(
     });
     hashers
         .jobs
-        .lock()
-        .map_err(|_| Error::internal(what, "hasher queue poisoned"))?
         .send(job)
         .map_err(|e| Error::internal(what, e))?;
     rx.await.map_err(|e| Error::internal(what, e))

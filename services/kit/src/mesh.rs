@@ -67,13 +67,30 @@ pub trait Service: Sync {
 }
 
 /// A [`Service`] from its settings type `A` and a start function: what each
-/// service crate exports as `pub const SERVICE`.
+/// service crate exports as `pub const SERVICE` (made with [`Spec::new`]).
 pub struct Spec<A> {
-    pub name: &'static str,
-    pub package: &'static str,
-    pub port: u16,
-    pub start: fn(A, Context) -> BoxFuture<'static, anyhow::Result<Started>>,
-    pub _args: PhantomData<fn() -> A>,
+    name: &'static str,
+    package: &'static str,
+    port: u16,
+    start: fn(A, Context) -> BoxFuture<'static, anyhow::Result<Started>>,
+    args: PhantomData<fn() -> A>,
+}
+
+impl<A> Spec<A> {
+    pub const fn new(
+        name: &'static str,
+        package: &'static str,
+        port: u16,
+        start: fn(A, Context) -> BoxFuture<'static, anyhow::Result<Started>>,
+    ) -> Self {
+        Self {
+            name,
+            package,
+            port,
+            start,
+            args: PhantomData,
+        }
+    }
 }
 
 impl<A: clap::Args + clap::FromArgMatches> Service for Spec<A> {

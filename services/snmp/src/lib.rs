@@ -22,7 +22,7 @@ use rdm_kit::{
     server::Guard,
 };
 use rdm_proto::snmp::{self as pb, snmp_service_server::SnmpService};
-use std::{marker::PhantomData, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{net::SocketAddr, pin::Pin, sync::Arc};
 use tonic::{Request, Response, Status};
 
 pub const DOMAIN: &str = "snmp";
@@ -47,13 +47,9 @@ pub struct Args {
 }
 
 /// The SNMP service as the mesh's registry lists it.
-pub const SERVICE: Spec<Args> = Spec {
-    name: "snmp",
-    package: "rdm.snmp.v1",
-    port: 50052,
-    start: |args, context| Box::pin(start(args, context)),
-    _args: PhantomData,
-};
+pub const SERVICE: Spec<Args> = Spec::new("snmp", "rdm.snmp.v1", 50052, |args, context| {
+    Box::pin(start(args, context))
+});
 
 async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let inventory = Inventory {
