@@ -461,11 +461,18 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
         _dir,
     } = demo_mesh(Settings::default(), &http).await?;
     let endpoint = serde_json::json!({"host": agent.ip().to_string(), "port": agent.port(), "version": "2c", "community": "public", "timeout_ms": 2000});
+    let fields = rdm_proto::snmp::SnmpEndpoint {
+        host: agent.ip().to_string(),
+        port: agent.port().into(),
+        version: "2c".into(),
+        community: Some("public".into()),
+        timeout_ms: 2000,
+        ..Default::default()
+    };
     let (channel, bearer) = grpc(&mesh, &token).await?;
     let grpc_walk = || {
         let (mut client, bearer) = (SnmpServiceClient::new(channel.clone()), bearer.clone());
-        let fields =
-            rdm_kit::endpoint::structs::from_json(endpoint.as_object().expect("an object"));
+        let fields = fields.clone();
         async move {
             let mut req = tonic::Request::new(WalkRequest {
                 target: Some(rdm_proto::snmp::Target {

@@ -2,11 +2,13 @@
 //! devices pointing at them. Their ports are picked at each start, so the
 //! devices' endpoints are set again each time.
 use anyhow::Context;
-use rdm_kit::{endpoint::structs, invoke::Backend};
+use rdm_kit::invoke::Backend;
 use rdm_proto::inventory::{
     CreateDeviceRequest, ListDevicesRequest, LoginRequest, PutEndpointRequest,
     auth_service_client::AuthServiceClient, device_service_client::DeviceServiceClient,
+    put_endpoint_request,
 };
+use rdm_proto::snmp::SnmpEndpoint;
 use rdm_sims::snmp_agent::{self, SnmpAgent};
 use std::collections::HashMap;
 
@@ -70,15 +72,17 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Vec<SnmpAgent>> {
                 created.device.context("a created device")?.id
             }
         };
-        let endpoint = serde_json::json!({"host": "127.0.0.1", "port": agent.addr.port(),
-            "version": "2c", "community": "private"});
+        let endpoint = SnmpEndpoint {
+            host: "127.0.0.1".into(),
+            port: agent.addr.port().into(),
+            version: "2c".into(),
+            community: Some("private".into()),
+            ..Default::default()
+        };
         devices
             .put_endpoint(PutEndpointRequest {
                 device_id: id,
-                protocol: "snmp".into(),
-                config: Some(structs::from_json(
-                    endpoint.as_object().context("an object")?,
-                )),
+                settings: Some(put_endpoint_request::Settings::Snmp(endpoint)),
             })
             .await?;
         tracing::info!(device = name, agent = %agent.addr, "demo device with a simulated snmp agent");

@@ -8,6 +8,7 @@ use prost_types::FileDescriptorProto;
 use rdm_kit::{
     ErrorCode,
     auth::{Access, AccessTable},
+    rules,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -113,11 +114,13 @@ pub fn document() -> Value {
     for b in &bindings {
         let service = b.rpc.parent_service();
         let base_id = format!("{}_{}", service.name(), b.rpc.name());
+        // An RPC bound once per body field (PutEndpoint) is named by it.
+        let per_body = bindings.iter().filter(|o| o.rpc == b.rpc).count() > 1;
         let n = seen_ids.entry(base_id.clone()).or_default();
-        let operation_id = if *n == 0 {
-            base_id
-        } else {
-            format!("{base_id}_{n}")
+        let operation_id = match b.body.as_deref() {
+            Some(field) if per_body && field != "*" => format!("{base_id}_{field}"),
+            _ if *n == 0 => base_id,
+            _ => format!("{base_id}_{n}"),
         };
         *n += 1;
         let file = b.rpc.parent_file();
@@ -296,71 +299,43 @@ fn message_ref(msg: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-/// Adds a field's `rdm.api.v1.field` rules to its schema; true when the
-/// field is required.
+/// Adds a field's `rdm.api.v1.field` rules (and its secret mark) to its
+/// schema; true when the field is required.
 fn constrain(field: &FieldDescriptor, schema: &mut Value) -> bool {
-    let Some(ext) = rdm_proto::descriptor_pool().get_extension_by_name("rdm.api.v1.field") else {
-        return false;
-    };
-    let options = field.options();
-    if !options.has_extension(&ext) {
-        return false;
-    }
-    let value = options.get_extension(&ext);
-    let Some(rules) = value.as_message() else {
-        return false;
-    };
-    let number = |name: &str| {
-        rules
-            .get_field_by_name(name)
-            .and_then(|v| v.as_u32())
-            .filter(|n| *n > 0)
-    };
-    let required = rules
-        .get_field_by_name("required")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
     let Value::Object(map) = schema else {
-        return required;
+        return false;
+    };
+    if rules::is_secret(field) {
+        map.insert("writeOnly".into(), true.into());
+    }
+    let Some(rules) = rules::of(field) else {
+        return false;
+    };
+    let mut set = |key: &str, n: u64| {
+        if n > 0 {
+            map.insert(key.into(), n.into());
+        }
     };
     if field.is_list() {
-        if let Some(n) = number("min_items") {
-            map.insert("minItems".into(), n.into());
-        }
-        if let Some(n) = number("max_items") {
-            map.insert("maxItems".into(), n.into());
-        }
-        return required;
+        set("minItems", rules.min_items.into());
+        set("maxItems", rules.max_items.into());
+        return rules.required;
     }
-    match number("min_len") {
-        Some(n) => map.insert("minLength".into(), n.into()),
-        None if required => map.insert("minLength".into(), 1.into()),
-        None => None,
-    };
-    if let Some(n) = number("max_len") {
-        map.insert("maxLength".into(), n.into());
+    set("minLength", rules.min_len.max(rules.required.into()).into());
+    set("maxLength", rules.max_len.into());
+    set("minimum", rules.minimum);
+    set("maximum", rules.maximum);
+    if !rules.pattern.is_empty() {
+        map.insert("pattern".into(), rules.pattern.into());
     }
-    if let Some(pattern) = rules
-        .get_field_by_name("pattern")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .filter(|p| !p.is_empty())
-    {
-        map.insert("pattern".into(), pattern.into());
+    if !rules.one_of.is_empty() {
+        map.insert("enum".into(), rules.one_of.into());
     }
-    if let Some(values) = rules
-        .get_field_by_name("one_of")
-        .and_then(|v| {
-            v.as_list().map(|l| {
-                l.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .filter(|l| !l.is_empty())
-    {
-        map.insert("enum".into(), values.into());
+    // "host" has no JSON Schema format: "hostname" would refuse IP addresses.
+    if rules.format == "url" {
+        map.insert("format".into(), "uri".into());
     }
-    required
+    rules.required
 }
 
 fn well_known(msg: &MessageDescriptor) -> Option<Value> {
@@ -459,9 +434,17 @@ mod tests {
             (get["minItems"].as_u64(), get["maxItems"].as_u64()),
             (Some(1), Some(128))
         );
-        let put =
-            &doc["paths"]["/v1/devices/{device_id}/endpoints/{protocol}"]["put"]["parameters"];
-        let protocol = put
+        let put = &doc["paths"]["/v1/devices/{device_id}/endpoints/snmp"]["put"];
+        assert_eq!(put["operationId"], "DeviceService_PutEndpoint_snmp");
+        let body = &put["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(body, "#/components/schemas/rdm.snmp.v1.SnmpEndpoint");
+        let snmp = &doc["components"]["schemas"]["rdm.snmp.v1.SnmpEndpoint"]["properties"];
+        assert_eq!(snmp["port"]["maximum"], 65535);
+        assert_eq!(snmp["version"]["enum"], serde_json::json!(["1", "2c", "3"]));
+        assert_eq!(snmp["community"]["writeOnly"], true);
+        let get =
+            &doc["paths"]["/v1/devices/{device_id}/endpoints/{protocol}"]["get"]["parameters"];
+        let protocol = get
             .as_array()
             .unwrap()
             .iter()

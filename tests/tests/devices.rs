@@ -154,20 +154,19 @@ async fn endpoint_secrets_are_write_only_and_sealed_at_rest(mesh: TestMesh) {
     .await;
     let id = device["id"].as_str().unwrap();
     let snmp = format!("/v1/devices/{id}/endpoints/snmp");
-    // The older backend's format, exactly as it stored it.
-    let seed = json!({"version": "3", "username": "snmpuser", "auth_protocol": "SHA", "auth_password": SECRETS[0],
-        "priv_protocol": "AES", "priv_password": SECRETS[1], "port": 161, "timeout": 5.0, "retries": 3});
+    let v3 = json!({"version": "3", "username": "snmpuser", "auth_protocol": "SHA", "auth_password": SECRETS[0],
+        "priv_protocol": "AES", "priv_password": SECRETS[1], "port": 161, "timeout_ms": 5000, "retries": 3});
     let (status, put) = mesh
-        .call(reqwest::Method::PUT, &snmp, Some(&token), Some(seed))
+        .call(reqwest::Method::PUT, &snmp, Some(&token), Some(v3))
         .await;
     assert_eq!(status, StatusCode::OK, "{put}");
-    assert_eq!(put["config"]["auth_password_set"], true);
-    assert_eq!(put["config"]["priv_password_set"], true);
+    assert_eq!(put["snmp"]["auth_password_set"], true);
+    assert_eq!(put["snmp"]["priv_password_set"], true);
+    assert!(put["snmp"].get("auth_password").is_none(), "{put}");
     assert_eq!(
-        // Whole numbers read as integers, though Struct numbers are doubles.
         (
-            put["config"]["timeout_ms"].as_i64(),
-            put["config"]["security_level"].as_str()
+            put["snmp"]["timeout_ms"].as_i64(),
+            put["snmp"]["security_level"].as_str()
         ),
         (Some(5000), Some("authPriv"))
     );
@@ -181,7 +180,7 @@ async fn endpoint_secrets_are_write_only_and_sealed_at_rest(mesh: TestMesh) {
         )
         .await;
     assert_eq!(
-        (status, &put["config"]["auth"]["token_set"]),
+        (status, &put["webpa"]["auth"]["token_set"]),
         (StatusCode::OK, &json!(true)),
         "{put}"
     );
@@ -193,20 +192,19 @@ async fn endpoint_secrets_are_write_only_and_sealed_at_rest(mesh: TestMesh) {
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(
         (
-            again["config"]["port"].as_i64(),
-            &again["config"]["priv_password_set"]
+            again["snmp"]["port"].as_i64(),
+            &again["snmp"]["priv_password_set"]
         ),
         (Some(1161), &json!(true))
     );
 
     // Moving to v2c: the stored v3 passwords must be forgotten explicitly.
-    let v2c =
-        json!({"version": "2c", "community": "c2", "auth_password": null, "priv_password": null});
+    let v2c = json!({"version": "2c", "community": "c2", "auth_password_set": false, "priv_password_set": false});
     let (status, body) = mesh
         .call(reqwest::Method::PUT, &snmp, Some(&token), Some(v2c))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["config"].get("auth_password_set"), None, "{body}");
+    assert_eq!(body["snmp"].get("auth_password_set"), None, "{body}");
     let (status, body) = mesh
         .call(
             reqwest::Method::PUT,
@@ -220,8 +218,11 @@ async fn endpoint_secrets_are_write_only_and_sealed_at_rest(mesh: TestMesh) {
         (StatusCode::BAD_REQUEST, Some("community")),
         "{body}"
     );
-    assert!(body["detail"].as_str().unwrap().contains("null"), "{body}");
-    let v3 = json!({"version": "3", "username": "snmpuser", "community": null, "auth_protocol": "SHA", "auth_password": SECRETS[0], "priv_protocol": "AES", "priv_password": SECRETS[1]});
+    assert!(
+        body["detail"].as_str().unwrap().contains("community_set"),
+        "{body}"
+    );
+    let v3 = json!({"version": "3", "username": "snmpuser", "community_set": false, "auth_protocol": "SHA", "auth_password": SECRETS[0], "priv_protocol": "AES", "priv_password": SECRETS[1]});
     assert_eq!(
         mesh.call(reqwest::Method::PUT, &snmp, Some(&token), Some(v3))
             .await
@@ -329,7 +330,6 @@ async fn bad_endpoints_and_devices_are_400s_that_store_nothing(mesh: TestMesh) {
             json!({"base_url": "http://192.168.1.1", "password_scheme": "weird", "password": "x"}),
             "password_scheme",
         ),
-        ("telnet", json!({"host": "10.0.0.1"}), "protocol"),
         (
             "snmp",
             json!({"host": "10.0.0.1", "version": "2c", "community": "c".repeat(5000)}),
@@ -352,11 +352,23 @@ async fn bad_endpoints_and_devices_are_400s_that_store_nothing(mesh: TestMesh) {
         );
         if field == "community" {
             assert!(
-                problem["detail"].as_str().unwrap().contains("too long"),
+                problem["detail"].as_str().unwrap().contains("at most 4096"),
                 "{problem}"
             );
         }
     }
+    // A protocol rdm does not speak: no such route to PUT, a 400 to read.
+    let telnet = format!("/v1/devices/{id}/endpoints/telnet");
+    let put = mesh
+        .call(reqwest::Method::PUT, &telnet, Some(&token), Some(json!({})))
+        .await;
+    assert_eq!(put.0, StatusCode::METHOD_NOT_ALLOWED, "{}", put.1);
+    let (status, problem) = mesh.get(&telnet, &token).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("protocol")),
+        "{problem}"
+    );
     let (_, device_now) = mesh.get(&format!("/v1/devices/{id}"), &token).await;
     assert_eq!(device_now["protocols"], json!([]), "no endpoint was stored");
 
@@ -555,15 +567,36 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
         "nothing stored"
     );
 
+    // The older backend's credential JSON, exactly as it stored it, goes
+    // through the import's translation (README: "From the older backend").
+    let seed = json!({"name": "imp-seed", "address": "127.0.0.1", "endpoints": {"snmp": {"version": "3",
+        "username": "snmpuser", "auth_protocol": "SHA", "auth_password": "authpass123", "priv_protocol": "AES",
+        "priv_password": "privpass456", "port": 161, "timeout": 5.0, "retries": 3}}});
     let file = (1..=3)
         .map(|i| good(&format!("imp-{i}")))
+        .chain([seed.to_string()])
         .collect::<Vec<_>>()
         .join("\n");
     let report = import(&mesh, &token, "application/x-ndjson", file).await;
     assert_eq!(
         (report["imported"].as_i64(), &report["errors"]),
-        (Some(3), &json!([])),
+        (Some(4), &json!([])),
         "{report}"
+    );
+    let (_, list) = mesh.get("/v1/devices?name_prefix=imp-seed", &token).await;
+    let seed_id = list["devices"][0]["id"].as_str().unwrap();
+    let (_, endpoint) = mesh
+        .get(&format!("/v1/devices/{seed_id}/endpoints/snmp"), &token)
+        .await;
+    assert_eq!(
+        (
+            endpoint["snmp"]["timeout_ms"].as_i64(),
+            endpoint["snmp"]["retries"].as_i64(),
+            endpoint["snmp"]["security_level"].as_str(),
+            &endpoint["snmp"]["priv_password_set"]
+        ),
+        (Some(5000), Some(3), Some("authPriv"), &json!(true)),
+        "{endpoint}"
     );
     let csv = "name,serial,labels,snmp\ncsv-1,C1,site=ams;rack=r2,\"{\"\"host\"\":\"\"127.0.0.1\"\",\"\"version\"\":\"\"2c\"\",\"\"community\"\":\"\"x\"\"}\"\ncsv-2,C2,,\n";
     let report = import(&mesh, &token, "text/csv", csv.to_owned()).await;
@@ -588,7 +621,7 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 6);
     let imp1 = lines.iter().find(|l| l["name"] == "imp-1").unwrap();
     assert_eq!(imp1["endpoints"]["snmp"]["community_set"], true);
     assert_eq!(imp1["labels"]["batch"], "1");
@@ -606,7 +639,7 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
         reader.headers().unwrap().iter().take(3).collect::<Vec<_>>(),
         ["name", "serial", "manufacturer"]
     );
-    assert_eq!(reader.records().count(), 5);
+    assert_eq!(reader.records().count(), 6);
     assert!(!csv_out.contains("import-secret-1"));
 
     // Both exports re-import as they are, into another tenant: the devices
@@ -622,7 +655,7 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
     let report = import(&mesh, &other, "application/x-ndjson", ndjson_out).await;
     assert_eq!(
         (report["imported"].as_i64(), &report["errors"]),
-        (Some(5), &json!([])),
+        (Some(6), &json!([])),
         "{report}"
     );
     let (other_csv_id, other_csv) = mesh.tenant_with_admin("reimport-csv").await;
@@ -630,7 +663,7 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
     let report = import(&mesh, &other_csv, "text/csv", csv_out).await;
     assert_eq!(
         (report["imported"].as_i64(), &report["errors"]),
-        (Some(5), &json!([])),
+        (Some(6), &json!([])),
         "{report}"
     );
     let (_, list) = mesh.get("/v1/devices?name_prefix=imp-1", &other).await;
@@ -638,9 +671,9 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
     let (_, endpoint) = mesh
         .get(&format!("/v1/devices/{id}/endpoints/snmp"), &other)
         .await;
-    assert_eq!(endpoint["config"]["version"], "2c", "{endpoint}");
+    assert_eq!(endpoint["snmp"]["version"], "2c", "{endpoint}");
     assert!(
-        endpoint["config"].get("community_set").is_none(),
+        endpoint["snmp"].get("community_set").is_none(),
         "{endpoint}"
     );
     let (status, problem) = mesh

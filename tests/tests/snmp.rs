@@ -18,6 +18,14 @@ fn community(version: &str, community: &str) -> Value {
            "timeout_ms": 1000, "retries": 1})
 }
 
+/// Inline settings as the gRPC API takes them.
+fn snmp_settings(json: &Value) -> rdm_proto::snmp::SnmpEndpoint {
+    match rdm_kit::endpoint::typed("snmp", json.as_object().unwrap()).unwrap() {
+        rdm_proto::inventory::endpoint::Settings::Snmp(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn user(index: usize) -> Value {
     let (name, auth, auth_pass, privacy, priv_pass) = snmpd::USERS[index];
     json!({"host": "127.0.0.1", "port": snmpd::PORT, "version": "3", "username": name,
@@ -697,8 +705,7 @@ async fn walks_stream_over_grpc() {
         .await
         .unwrap();
     let mut client = SnmpServiceClient::new(channel);
-    let endpoint =
-        rdm_kit::endpoint::structs::from_json(community("2c", "public").as_object().unwrap());
+    let endpoint = snmp_settings(&community("2c", "public"));
     let mut req = tonic::Request::new(WalkRequest {
         target: Some(Target {
             target: Some(target::Target::Endpoint(endpoint)),

@@ -75,7 +75,7 @@ async fn resolve_many(
         .into_iter()
         .map(|t| match t.result {
             Some(resolved_target::Result::Target(t)) => {
-                let config = rdm_kit::endpoint::structs::to_json(&t.config.unwrap());
+                let (_, config) = rdm_kit::endpoint::settings_json(&t.endpoint.unwrap()).unwrap();
                 config["community"].as_str().unwrap_or_default().to_owned()
             }
             Some(resolved_target::Result::Error(e)) => e.code,
@@ -128,7 +128,7 @@ async fn resolving_needs_a_service_acting_for_the_caller(mesh: TestMesh) {
     let resolved = resolve(inventory.clone(), &token, Some(&actor), device_target())
         .await
         .unwrap();
-    let config = rdm_kit::endpoint::structs::to_json(&resolved.config.unwrap());
+    let (_, config) = rdm_kit::endpoint::settings_json(&resolved.endpoint.unwrap()).unwrap();
     assert_eq!(
         config["community"], "resolve-secret",
         "the service gets the secret"
@@ -232,7 +232,15 @@ async fn resolving_needs_a_service_acting_for_the_caller(mesh: TestMesh) {
 /// stored and again when it is resolved to connect.
 async fn every_target_passes_the_address_policy(mesh: TestMesh) {
     let inventory = channel(mesh.inventory).await;
-    let inline = |address: &str| Target::InlineAddress(address.to_owned());
+    let inline = |address: &str| {
+        let settings = json!({"host": address, "version": "2c", "community": "c"});
+        Target::Inline(rdm_proto::inventory::Endpoint {
+            settings: Some(
+                rdm_kit::endpoint::typed("snmp", settings.as_object().unwrap()).unwrap(),
+            ),
+            ..Default::default()
+        })
+    };
     let actor_for = |token: &str| {
         service_key(&mesh)
             .actor_token("snmp", &principal(&mesh, token))

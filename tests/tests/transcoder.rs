@@ -389,9 +389,15 @@ async fn the_request_deadline_is_a_504_problem() {
     let mut request = tonic::Request::new(rdm_proto::snmp::GetRequest {
         target: Some(rdm_proto::snmp::Target {
             target: Some(rdm_proto::snmp::target::Target::Endpoint(
-                rdm_kit::endpoint::structs::from_json(
+                match rdm_kit::endpoint::typed(
+                    "snmp",
                     body["target"]["endpoint"].as_object().unwrap(),
-                ),
+                )
+                .unwrap()
+                {
+                    rdm_proto::inventory::endpoint::Settings::Snmp(s) => s,
+                    other => panic!("{other:?}"),
+                },
             )),
         }),
         oids: vec!["1.3.6.1.2.1.1.1.0".into()],

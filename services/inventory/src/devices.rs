@@ -4,7 +4,7 @@
 use crate::{
     Inventory,
     device_store::{self as ds, DeviceFilter, DeviceRow, EndpointRow, LabelTerm},
-    err, reply,
+    endpoints, err, reply,
     targets::allowed_nets,
     tenant_scope,
 };
@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use rdm_kit::{
     Error, Principal, Result,
     db::{TenantTx, mask_paths, now_millis, page, timestamp},
-    endpoint::{self, Protocol, structs},
+    endpoint,
 };
 use rdm_proto::{
     google::api::HttpBody,
@@ -65,7 +65,7 @@ impl DeviceFields {
                 ));
             }
         }
-        if !self.address.is_empty() && !endpoint::is_valid_host(&self.address) {
+        if !self.address.is_empty() && !rdm_kit::address::is_valid_host(&self.address) {
             return Err(Error::invalid(
                 "address",
                 "address must be an IP address or a host name",
@@ -210,12 +210,12 @@ fn endpoint_pb(row: &EndpointRow) -> Result<pb::Endpoint> {
     Ok(pb::Endpoint {
         device_id: row.device_id.clone(),
         protocol: row.protocol.clone(),
-        config: Some(structs::from_json(&endpoint_json(row)?)),
+        settings: Some(endpoint::typed(&row.protocol, &endpoint_json(row)?)?),
         update_time: Some(timestamp(row.update_time)),
     })
 }
 
-pub(crate) fn no_endpoint(device_id: &str, protocol: Protocol) -> Error {
+pub(crate) fn no_endpoint(device_id: &str, protocol: &str) -> Error {
     Error::not_found(format!("device {device_id} has no {protocol} endpoint"))
 }
 
@@ -244,14 +244,13 @@ impl Inventory {
     fn endpoint_row(
         &self,
         device: &DeviceRow,
-        protocol: Protocol,
-        input: Value,
+        protocol: &str,
+        settings: endpoint::Settings,
         before: Option<&EndpointRow>,
         allowed: &[IpNet],
         imported: bool,
     ) -> Result<EndpointRow> {
-        let settings = endpoint::parse(protocol, input)?;
-        for (field, host, port) in endpoint::addresses(protocol, &settings.config) {
+        for (field, host, port) in endpoint::addresses(protocol, &settings.config)? {
             self.vet_stored(&field, &host, port, allowed)?;
         }
         let mut sealed = match before {
@@ -269,15 +268,15 @@ impl Inventory {
             .chain(pending)
             .map(String::as_str)
             .collect();
-        endpoint::complete(protocol, &mut config, &names, &device.address)?;
+        endpoints::complete(protocol, &mut config, &names, &device.address)?;
         for (name, secret) in &settings.secrets {
-            let place = secret_place(&device.tenant_id, &device.id, protocol.as_str(), name);
+            let place = secret_place(&device.tenant_id, &device.id, protocol, name);
             sealed.insert(name.clone(), self.config.keyring.seal(secret, &place)?);
         }
         Ok(EndpointRow {
             tenant_id: device.tenant_id.clone(),
             device_id: device.id.clone(),
-            protocol: protocol.as_str().to_owned(),
+            protocol: protocol.to_owned(),
             config: Value::Object(config).to_string(),
             secrets: serde_json::to_string(&sealed)
                 .map_err(|e| Error::internal("storing secrets", e))?,
@@ -352,7 +351,10 @@ impl DeviceService for Inventory {
             let after = page::decode(&r.page_token)?;
             let protocol = match r.protocol.as_str() {
                 "" => None,
-                name => Some(name.parse::<Protocol>()?.as_str().to_owned()),
+                name => {
+                    endpoint::schema(name)?;
+                    Some(name.to_owned())
+                }
             };
             let filter = DeviceFilter {
                 name_prefix: r.name_prefix.clone(),
@@ -472,20 +474,29 @@ impl DeviceService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let run = async {
-            let protocol: Protocol = r.protocol.parse()?;
-            let input = r
-                .config
-                .as_ref()
-                .map(structs::to_json)
-                .unwrap_or_else(|| json!({}));
+            let request = endpoint::dynamic(r, "rdm.inventory.v1.PutEndpointRequest")?;
+            let (protocol, settings) = endpoint::settings_of(&request).ok_or_else(|| {
+                Error::invalid(
+                    "settings",
+                    "give one protocol's settings (snmp, webpa, ...)",
+                )
+            })?;
+            let protocol = protocol.as_str();
+            let settings = endpoint::checked(&settings)?;
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             let device = ds::device(&mut tx, &p.tenant_id, &r.device_id)
                 .await?
                 .ok_or_else(|| device_not_found(&r.device_id))?;
-            let before = ds::endpoint(&mut tx, &p.tenant_id, &device.id, protocol.as_str()).await?;
+            let before = ds::endpoint(&mut tx, &p.tenant_id, &device.id, protocol).await?;
             let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
-            let row =
-                self.endpoint_row(&device, protocol, input, before.as_ref(), &allowed, false)?;
+            let row = self.endpoint_row(
+                &device,
+                protocol,
+                settings,
+                before.as_ref(),
+                &allowed,
+                false,
+            )?;
             ds::put_endpoint(&mut tx, &row).await?;
             tx.commit().await?;
             tracing::info!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "endpoint set");
@@ -503,9 +514,10 @@ impl DeviceService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let run = async {
-            let protocol: Protocol = r.protocol.parse()?;
+            let protocol = r.protocol.as_str();
+            endpoint::schema(protocol)?;
             let mut tx = self.db().begin(tenant_scope(p)).await?;
-            let row = ds::endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol.as_str())
+            let row = ds::endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol)
                 .await?
                 .ok_or_else(|| no_endpoint(&r.device_id, protocol))?;
             Ok(pb::GetEndpointResponse {
@@ -522,9 +534,10 @@ impl DeviceService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let run = async {
-            let protocol: Protocol = r.protocol.parse()?;
+            let protocol = r.protocol.as_str();
+            endpoint::schema(protocol)?;
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
-            if !ds::delete_endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol.as_str()).await? {
+            if !ds::delete_endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol).await? {
                 return Err(no_endpoint(&r.device_id, protocol));
             }
             tx.commit().await?;
@@ -736,11 +749,11 @@ fn csv_record(d: &pb::Device, endpoints: &Map<String, Value>) -> Vec<String> {
 struct ImportRow {
     line: usize,
     fields: DeviceFields,
-    endpoints: Vec<(Protocol, Value)>,
+    endpoints: Vec<(String, Value)>,
 }
 
 /// An endpoint's error as an import reports it: `endpoints.snmp.port`.
-fn within_endpoint(mut e: Error, protocol: Protocol) -> Error {
+fn within_endpoint(mut e: Error, protocol: &str) -> Error {
     if let Some(field) = e.metadata.get_mut("field") {
         *field = format!("endpoints.{protocol}.{field}");
     }
@@ -768,10 +781,7 @@ fn parse_jsonl(data: &[u8]) -> (Vec<ImportRow>, Vec<pb::ImportRowError>) {
                 object.remove("id"); // exports carry ids; imports make new ones
                 let endpoints = match object.remove("endpoints") {
                     None | Some(Value::Null) => Vec::new(),
-                    Some(Value::Object(map)) => map
-                        .into_iter()
-                        .map(|(name, config)| Ok((name.parse::<Protocol>()?, config)))
-                        .collect::<Result<Vec<_>>>()?,
+                    Some(Value::Object(map)) => map.into_iter().collect(),
                     Some(_) => {
                         return Err(Error::invalid(
                             "endpoints",
@@ -861,7 +871,7 @@ fn parse_csv(data: &[u8]) -> (Vec<ImportRow>, Vec<pb::ImportRowError>) {
                                     format!("{protocol}: settings must be a JSON object: {e}"),
                                 )
                             })?;
-                            endpoints.push((protocol.parse::<Protocol>()?, config));
+                            endpoints.push((protocol.to_owned(), config));
                         }
                         _ => {}
                     }
@@ -931,8 +941,14 @@ impl Inventory {
                     .endpoints
                     .into_iter()
                     .map(|(protocol, config)| {
-                        self.endpoint_row(&device, protocol, config, None, &allowed, true)
-                            .map_err(|e| within_endpoint(e, protocol))
+                        endpoints::translate(&protocol, config)
+                            .and_then(|config| endpoint::parse(&protocol, config))
+                            .and_then(|settings| {
+                                self.endpoint_row(
+                                    &device, &protocol, settings, None, &allowed, true,
+                                )
+                            })
+                            .map_err(|e| within_endpoint(e, &protocol))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok((device, device_labels, device_endpoints))

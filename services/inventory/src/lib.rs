@@ -6,6 +6,7 @@ mod audit;
 pub use audit::{DbAudit, record_platform_event};
 mod device_store;
 mod devices;
+mod endpoints;
 mod targets;
 pub use devices::reseal_secrets;
 mod password;

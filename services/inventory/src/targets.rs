@@ -6,14 +6,10 @@ use crate::{
     Inventory,
     device_store::{self as ds},
     devices::{device_not_found, no_endpoint, secret_place},
-    store, tenant_scope,
+    endpoints, store, tenant_scope,
 };
 use ipnet::IpNet;
-use rdm_kit::{
-    Error, Principal, Result, address,
-    db::TenantTx,
-    endpoint::{self, Protocol, structs},
-};
+use rdm_kit::{Error, Principal, Result, address, db::TenantTx, endpoint};
 use rdm_proto::inventory::{self as pb, resolve_target_request::Target};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -76,13 +72,14 @@ impl Inventory {
         p: &Principal,
         req: &pb::ResolveTargetRequest,
     ) -> Result<pb::ResolveTargetResponse> {
-        let protocol: Protocol = req.protocol.parse()?;
+        let protocol = req.protocol.as_str();
+        endpoint::schema(protocol)?;
         match &req.target {
             Some(Target::DeviceId(id)) => self.resolve_device(p, protocol, id).await,
-            Some(Target::InlineAddress(address)) => self.resolve_inline(p, address).await,
+            Some(Target::Inline(inline)) => self.resolve_inline(p, protocol, inline).await,
             None => Err(Error::invalid(
                 "target",
-                "name a device_id or an inline_address",
+                "name a device_id or inline settings",
             )),
         }
     }
@@ -90,14 +87,14 @@ impl Inventory {
     async fn resolve_device(
         &self,
         p: &Principal,
-        protocol: Protocol,
+        protocol: &str,
         id: &str,
     ) -> Result<pb::ResolveTargetResponse> {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
         let device = ds::device(&mut tx, &p.tenant_id, id)
             .await?
             .ok_or_else(|| device_not_found(id))?;
-        let row = ds::endpoint(&mut tx, &p.tenant_id, id, protocol.as_str())
+        let row = ds::endpoint(&mut tx, &p.tenant_id, id, protocol)
             .await?
             .ok_or_else(|| no_endpoint(id, protocol))?;
         let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
@@ -127,7 +124,8 @@ impl Inventory {
         req: &pb::ResolveTargetsRequest,
     ) -> Result<pb::ResolveTargetsResponse> {
         const MAX: usize = 1000;
-        let protocol: Protocol = req.protocol.parse()?;
+        let protocol = req.protocol.as_str();
+        endpoint::schema(protocol)?;
         if req.device_ids.len() > MAX {
             return Err(Error::invalid(
                 "device_ids",
@@ -136,8 +134,7 @@ impl Inventory {
         }
         let mut tx = self.db().begin(tenant_scope(p)).await?;
         let (devices, endpoints) =
-            ds::devices_and_endpoints(&mut tx, &p.tenant_id, &req.device_ids, protocol.as_str())
-                .await?;
+            ds::devices_and_endpoints(&mut tx, &p.tenant_id, &req.device_ids, protocol).await?;
         let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
         drop(tx);
         let mut devices: HashMap<String, ds::DeviceRow> =
@@ -185,12 +182,12 @@ impl Inventory {
     fn opened(
         &self,
         p: &Principal,
-        protocol: Protocol,
+        protocol: &str,
         device: ds::DeviceRow,
         row: &ds::EndpointRow,
         allowed: &[IpNet],
     ) -> Result<pb::ResolveTargetResponse> {
-        let mut config: serde_json::Map<String, Value> = serde_json::from_str(&row.config)
+        let config: serde_json::Map<String, Value> = serde_json::from_str(&row.config)
             .map_err(|e| Error::internal("reading a stored endpoint", e))?;
         let sealed: BTreeMap<String, String> = serde_json::from_str(&row.secrets)
             .map_err(|e| Error::internal("reading stored secrets", e))?;
@@ -202,7 +199,7 @@ impl Inventory {
         // An endpoint imported from an export lacks its secrets until they
         // are PUT again: say which, instead of sending without them.
         let held: Vec<&str> = opened.keys().map(String::as_str).collect();
-        endpoint::complete(protocol, &mut config.clone(), &held, &device.address).map_err(|e| {
+        endpoints::complete(protocol, &mut config.clone(), &held, &device.address).map_err(|e| {
             Error::new(
                 rdm_kit::ErrorCode::FailedPrecondition,
                 format!(
@@ -211,48 +208,86 @@ impl Inventory {
                 ),
             )
         })?;
-        if protocol == Protocol::Snmp && !config.contains_key("host") {
-            config.insert("host".into(), Value::from(device.address.clone()));
-        }
-        // The host to vet and connect to, for protocols that name one.
-        let host = config
-            .get("host")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
         // Debug, not info: a poll resolves every device it names, each time.
         tracing::debug!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "target resolved");
-        Ok(pb::ResolveTargetResponse {
-            device_id: device.id,
-            config: Some(structs::from_json(&endpoint::with_secrets(
-                &config, &opened,
-            ))),
-            address: host,
-            allowed_target_cidrs: allowed.iter().map(ToString::to_string).collect(),
-        })
+        target(
+            protocol,
+            device.id,
+            config,
+            &opened,
+            &device.address,
+            allowed,
+        )
     }
 
-    /// An inline address: the same policy as every stored target.
+    /// Settings given inline: checked as a stored endpoint is (every secret
+    /// given now), their host vetted by the same policy.
     async fn resolve_inline(
         &self,
         p: &Principal,
-        address: &str,
+        protocol: &str,
+        inline: &pb::Endpoint,
     ) -> Result<pb::ResolveTargetResponse> {
+        let given = endpoint::dynamic(inline, "rdm.inventory.v1.Endpoint")?;
+        let settings = match endpoint::settings_of(&given) {
+            Some((name, settings)) if name == protocol => endpoint::checked(&settings)?,
+            _ => {
+                return Err(Error::invalid(
+                    "inline",
+                    format!("give {protocol} settings inline"),
+                ));
+            }
+        };
+        let mut config = settings.config;
+        let held: Vec<&str> = settings.secrets.keys().map(String::as_str).collect();
+        endpoints::complete(protocol, &mut config, &held, "")?;
         let mut tx = self.db().begin(tenant_scope(p)).await?;
         let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
         drop(tx);
-        let address = self
-            .vet(address, &allowed)
-            .await
-            .map_err(|e| match e.field() {
-                Some(_) => e.with_meta("field", "inline_address"),
-                None => e,
-            })?;
-        Ok(pb::ResolveTargetResponse {
-            device_id: String::new(),
-            config: None,
-            address,
-            allowed_target_cidrs: allowed.iter().map(ToString::to_string).collect(),
-        })
+        for (field, host, port) in endpoint::addresses(protocol, &config)? {
+            self.vet_stored(&field, &host, port, &allowed)?;
+        }
+        let mut target = target(
+            protocol,
+            String::new(),
+            config,
+            &settings.secrets,
+            "",
+            &allowed,
+        )?;
+        self.vet_resolved(&mut target, &allowed).await?;
+        Ok(target)
     }
+}
+
+/// A resolved target: the settings with their secrets, and the host to vet
+/// (an SNMP endpoint's own, or the device's address).
+fn target(
+    protocol: &str,
+    device_id: String,
+    mut config: serde_json::Map<String, Value>,
+    secrets: &BTreeMap<String, String>,
+    device_address: &str,
+    allowed: &[IpNet],
+) -> Result<pb::ResolveTargetResponse> {
+    if protocol == "snmp" && !config.contains_key("host") {
+        config.insert("host".into(), Value::from(device_address));
+    }
+    let host = config
+        .get("host")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let settings = endpoint::typed(protocol, &endpoint::with_secrets(&config, secrets))?;
+    Ok(pb::ResolveTargetResponse {
+        endpoint: Some(pb::Endpoint {
+            device_id: device_id.clone(),
+            protocol: protocol.to_owned(),
+            settings: Some(settings),
+            update_time: None,
+        }),
+        device_id,
+        address: host,
+        allowed_target_cidrs: allowed.iter().map(ToString::to_string).collect(),
+    })
 }

@@ -197,7 +197,7 @@ pub async fn lookup(host: &str) -> Result<Vec<IpAddr>> {
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
-    if !crate::endpoint::is_valid_host(bare) {
+    if !is_valid_host(bare) {
         return Err(Error::invalid(
             "host",
             "not an IP address or host name".to_owned(),
@@ -210,6 +210,26 @@ pub async fn lookup(host: &str) -> Result<Vec<IpAddr>> {
     let mut ips: Vec<IpAddr> = found.map(|a| a.ip()).collect();
     ips.dedup();
     Ok(ips)
+}
+
+/// Whether `host` is an IP address (`[::1]` too) or a DNS host name.
+pub fn is_valid_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if let Some(v6) = bare {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Parses stored allowed-network text (`10.0.0.0/8,::1/128`).

@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod error;
 pub mod invoke;
 pub mod mesh;
+pub mod rules;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;

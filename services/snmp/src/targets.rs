@@ -1,21 +1,22 @@
-//! From a request's target to an engine target: a device's endpoint, or an
-//! inline endpoint checked like a stored one, its host vetted against the
-//! tenant's inline-target policy, both by the inventory.
+//! From a request's target to an engine target: a device's endpoint, or
+//! inline settings checked like a stored endpoint, their host vetted by the
+//! address policy, both by the inventory.
 use crate::engine::target::{Target, UsmUser, Version};
 use rdm_kit::{
-    Error, ErrorCode, Principal, Result,
-    auth::SigningKey,
-    client::Forward,
-    endpoint::{self, Protocol, structs},
-    invoke::Backend,
+    Error, ErrorCode, Principal, Result, auth::SigningKey, client::Forward, invoke::Backend,
 };
 use rdm_proto::{
-    inventory::{self as inv, device_service_client::DeviceServiceClient, resolve_target_request},
+    inventory::{
+        self as inv, device_service_client::DeviceServiceClient, endpoint::Settings,
+        resolve_target_request,
+    },
     snmp::{self as pb, target::Target as Which},
 };
-use serde_json::{Map, Value};
 use snmp2::v3::{AuthProtocol, Cipher};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+/// The protocol's name in the inventory.
+const PROTOCOL: &str = "snmp";
 
 pub struct Resolved {
     pub target: Target,
@@ -54,7 +55,7 @@ impl Inventory {
         for chunk in ids.chunks(1000) {
             let reply = client
                 .resolve_targets(inv::ResolveTargetsRequest {
-                    protocol: Protocol::Snmp.as_str().to_owned(),
+                    protocol: PROTOCOL.to_owned(),
                     device_ids: chunk.to_vec(),
                 })
                 .await
@@ -88,65 +89,45 @@ impl Inventory {
         let which = target
             .and_then(|t| t.target.as_ref())
             .ok_or_else(|| Error::invalid("target", "name a device_id or an inline endpoint"))?;
-        let (request, inline) = match which {
-            Which::DeviceId(id) => (resolve_target_request::Target::DeviceId(id.clone()), None),
-            Which::Endpoint(fields) => {
-                let settings =
-                    endpoint::parse(Protocol::Snmp, structs::to_json(fields)).map_err(in_target)?;
-                let mut config = settings.config;
-                let secrets: Vec<&str> = settings.secrets.keys().map(String::as_str).collect();
-                endpoint::complete(Protocol::Snmp, &mut config, &secrets, "").map_err(in_target)?;
-                let host = config
-                    .get("host")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let full = endpoint::with_secrets(&config, &settings.secrets);
-                (
-                    resolve_target_request::Target::InlineAddress(host),
-                    Some(full),
-                )
-            }
+        let request = match which {
+            Which::DeviceId(id) => resolve_target_request::Target::DeviceId(id.clone()),
+            Which::Endpoint(settings) => resolve_target_request::Target::Inline(inv::Endpoint {
+                protocol: PROTOCOL.to_owned(),
+                settings: Some(Settings::Snmp(settings.clone())),
+                ..Default::default()
+            }),
         };
         let forward = Forward::acting("snmp", &self.service_key, p, None)?;
         let mut client = DeviceServiceClient::with_interceptor(self.backend.clone(), forward);
         let reply = client
             .resolve_target(inv::ResolveTargetRequest {
-                protocol: Protocol::Snmp.as_str().to_owned(),
+                protocol: PROTOCOL.to_owned(),
                 target: Some(request),
             })
             .await
-            .map_err(|s| Error::from_status(&s))?
+            .map_err(|s| Error::from_status(&s))
+            .map_err(|e| match which {
+                Which::Endpoint(_) => in_target(e),
+                Which::DeviceId(_) => e,
+            })?
             .into_inner();
-        match inline {
-            // The vetted address, not the name (which could resolve elsewhere now).
-            Some(settings) => Ok(Resolved {
-                target: engine_target(&settings, &reply.address)?,
-                device_id: reply.device_id,
-            }),
-            None => from_device(reply),
-        }
+        from_device(reply)
     }
 }
 
-/// A device's resolved endpoint as an engine target.
+/// A resolved endpoint as an engine target, sent to the vetted IP the
+/// inventory resolved the host to, not the name.
 pub fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
-    let settings = reply
-        .config
-        .as_ref()
-        .map(structs::to_json)
-        .unwrap_or_default();
-    let Value::Object(settings) = settings else {
-        return Err(Error::internal(
+    match reply.endpoint.and_then(|e| e.settings) {
+        Some(Settings::Snmp(settings)) => Ok(Resolved {
+            target: engine_target(&settings, &reply.address)?,
+            device_id: reply.device_id,
+        }),
+        _ => Err(Error::internal(
             "reading a resolved endpoint",
-            "not an object",
-        ));
-    };
-    // The vetted IP the inventory resolved the host to, not the name.
-    Ok(Resolved {
-        target: engine_target(&settings, &reply.address)?,
-        device_id: reply.device_id,
-    })
+            "no SNMP settings",
+        )),
+    }
 }
 
 /// Field names of an inline endpoint are reported under `target.endpoint`.
@@ -158,52 +139,62 @@ fn in_target(mut e: Error) -> Error {
 }
 
 /// An engine target from settings and the vetted IP to send to.
-fn engine_target(s: &Map<String, Value>, ip: &str) -> Result<Target> {
-    let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or_default();
-    let number = |k: &str| s.get(k).and_then(Value::as_u64);
-    let port = number("port").unwrap_or(161) as u16;
+fn engine_target(s: &pb::SnmpEndpoint, ip: &str) -> Result<Target> {
+    let port = match s.port {
+        0 => 161,
+        port => port as u16,
+    };
     let ip: std::net::IpAddr = ip
         .parse()
         .map_err(|_| Error::internal("reading a resolved target", "not a vetted IP"))?;
     let addr = SocketAddr::new(ip, port);
-    let version = match text("version") {
+    let version = match s.version.as_str() {
         "1" => Version::V1,
         "2c" => Version::V2c,
         _ => Version::V3,
     };
     let mut target = if version == Version::V3 {
-        let auth = match text("auth_protocol") {
-            "" => None,
-            name => Some((
-                auth_protocol(name),
-                text("auth_password").as_bytes().to_vec(),
-            )),
-        };
-        let privacy = match text("priv_protocol") {
-            "" => None,
-            name => Some((cipher(name), text("priv_password").as_bytes().to_vec())),
-        };
-        let level = text("security_level");
+        let level = s.security_level.as_str();
+        let auth = (!s.auth_protocol.is_empty() && level != "noAuthNoPriv").then(|| {
+            (
+                auth_protocol(&s.auth_protocol),
+                s.auth_password
+                    .as_deref()
+                    .unwrap_or_default()
+                    .as_bytes()
+                    .to_vec(),
+            )
+        });
+        let privacy = (!s.priv_protocol.is_empty() && level == "authPriv").then(|| {
+            (
+                cipher(&s.priv_protocol),
+                s.priv_password
+                    .as_deref()
+                    .unwrap_or_default()
+                    .as_bytes()
+                    .to_vec(),
+            )
+        });
         Target::usm(
             addr,
             UsmUser {
-                username: text("username").as_bytes().to_vec(),
-                auth: auth.filter(|_| level != "noAuthNoPriv"),
-                privacy: privacy.filter(|_| level == "authPriv"),
-                context_name: text("context_name").as_bytes().to_vec(),
+                username: s.username.as_bytes().to_vec(),
+                auth,
+                privacy,
+                context_name: s.context_name.as_bytes().to_vec(),
             },
         )
     } else {
-        Target::community(addr, version, text("community"))
+        Target::community(addr, version, s.community.as_deref().unwrap_or_default())
     };
-    if let Some(ms) = number("timeout_ms") {
-        target.timeout = Duration::from_millis(ms);
+    if s.timeout_ms > 0 {
+        target.timeout = Duration::from_millis(s.timeout_ms.into());
     }
-    if let Some(n) = number("retries") {
-        target.retries = n as u32;
+    if let Some(n) = s.retries {
+        target.retries = n;
     }
-    if let Some(n) = number("max_repetitions") {
-        target.max_repetitions = n as u32;
+    if s.max_repetitions > 0 {
+        target.max_repetitions = s.max_repetitions;
     }
     Ok(target)
 }

@@ -21,7 +21,7 @@ use futures::Stream;
 use rand::Rng;
 use rdm_kit::{Principal, Result, client::Forward};
 use rdm_proto::{
-    inventory::{self as inv, device_service_client::DeviceServiceClient},
+    inventory::{self as inv, device_service_client::DeviceServiceClient, endpoint::Settings},
     snmp as pb,
 };
 use snmp2::{MessageType, snmp};
@@ -434,18 +434,11 @@ async fn device_addresses(inventory: &Inventory, p: &Principal) -> Result<Addres
     let mut out: HashMap<IpAddr, Vec<Device>> = HashMap::new();
     for ((ip, id), target) in found.into_iter().zip(resolved) {
         // No SNMP endpoint (or not v1/v2c): no community to match.
-        let community = target.ok().and_then(|t| {
-            let config = t.config.as_ref().map(rdm_kit::endpoint::structs::to_json)?;
-            let text = |k: &str| {
-                config
-                    .get(k)
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_owned)
-            };
-            matches!(text("version").as_deref(), Some("1" | "2c"))
-                .then(|| text("community"))
-                .flatten()
-                .map(|c| community_hash(c.as_bytes()))
+        let community = target.ok().and_then(|t| match t.endpoint?.settings? {
+            Settings::Snmp(s) if matches!(s.version.as_str(), "1" | "2c") => {
+                s.community.map(|c| community_hash(c.as_bytes()))
+            }
+            _ => None,
         });
         out.entry(ip).or_default().push(Device { id, community });
     }
