@@ -43,7 +43,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc \
 step "format"
 cargo fmt --all -- --check
 
-step "proto lint (buf STANDARD)"
+step "proto lint (buf STANDARD, COMMENTS)"
 (cd proto && "../$tools/node_modules/.bin/buf" lint)
 
 step "deploy (hadolint, kubernetes-validate)"
