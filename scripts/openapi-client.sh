@@ -3,7 +3,8 @@
 # starts `rdm up --demo` (every port 0), generates a Python client with
 # openapi-python-client and runs scripts/openapi_client_check.py with it,
 # then lets schemathesis send ~1,500 generated requests (signed in as the
-# demo admin) and fails on any 5xx. Called by ./test.sh.
+# demo admin) and fails on any 5xx, undocumented status or content type,
+# or reply that breaks its schema. Called by ./test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.tools/venv
@@ -17,7 +18,13 @@ PYTHONPATH="$work" "$venv/bin/python" scripts/openapi_client_check.py "$base"
 token=$(curl -sf -X POST "$base/v1/auth/login" \
   -d '{"tenant":"demo","username":"demo","password":"demo"}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
 # Streams are left out (they wait for data), and logout (it ends the session).
-"$venv/bin/st" run "$base/openapi.json" --checks not_a_server_error \
+# Every check but the three that still find gaps (README "What the OpenAPI
+# does not say"): schema-valid requests the server refuses for reasons the
+# schema does not state (an SNMPv3 endpoint without a user, an unknown
+# refresh token), proto3 JSON's null accepted for any field, and OPTIONS on
+# /endpoints/snmp, which both /endpoints/{protocol} and /endpoints/snmp name.
+"$venv/bin/st" run "$base/openapi.json" --checks all \
+  --exclude-checks positive_data_acceptance,negative_data_rejection,allow_header_conformance \
   -H "Authorization: Bearer $token" --max-examples 15 \
   --exclude-path-regex 'logout|walk|poll|traps|export' > "$work/st.log" 2>&1 \
   || { cat "$work/st.log"; echo "schemathesis found server errors"; exit 1; }

@@ -462,9 +462,9 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
     } = demo_mesh(Settings::default(), &http).await?;
     let endpoint = serde_json::json!({"host": agent.ip().to_string(), "port": agent.port(), "version": "2c", "community": "public", "timeout_ms": 2000});
     let fields = rdm_proto::snmp::SnmpEndpoint {
-        host: agent.ip().to_string(),
+        host: Some(agent.ip().to_string()),
         port: agent.port().into(),
-        version: "2c".into(),
+        version: Some("2c".into()),
         community: Some("public".into()),
         timeout_ms: 2000,
         ..Default::default()

@@ -73,9 +73,9 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Vec<SnmpAgent>> {
             }
         };
         let endpoint = SnmpEndpoint {
-            host: "127.0.0.1".into(),
+            host: Some("127.0.0.1".into()),
             port: agent.addr.port().into(),
-            version: "2c".into(),
+            version: Some("2c".into()),
             community: Some("private".into()),
             ..Default::default()
         };

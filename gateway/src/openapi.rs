@@ -73,7 +73,10 @@ const RAW_TYPES: [&str; 3] = [
 fn raw_content() -> Value {
     let mut content = Map::new();
     for media in RAW_TYPES {
-        content.insert(media.into(), json!({"schema": {"type": "string"}}));
+        content.insert(
+            media.into(),
+            json!({"schema": {"type": "string", "minLength": 1}}),
+        );
     }
     Value::Object(content)
 }
@@ -141,9 +144,22 @@ pub fn document() -> Value {
             })
             .collect();
         if b.body.as_deref() != Some("*") {
+            let body_oneof = b
+                .body
+                .as_deref()
+                .and_then(|f| input.get_field_by_name(f))
+                .and_then(|f| f.containing_oneof());
             for field in input.fields() {
                 let name = field.name();
-                if path_vars.contains(&name) || b.body.as_deref() == Some(name) {
+                // Query parameters are scalars; the body's oneof siblings
+                // are other bindings' bodies.
+                let message = matches!(field.kind(), Kind::Message(m) if well_known(&m).is_none());
+                let sibling = body_oneof.is_some() && field.containing_oneof() == body_oneof;
+                if path_vars.contains(&name)
+                    || b.body.as_deref() == Some(name)
+                    || message
+                    || sibling
+                {
                     continue;
                 }
                 let mut p = json!({"name": name, "in": "query", "schema": field_schema(&field, &mut schemas)});
@@ -268,6 +284,29 @@ pub fn document() -> Value {
     })
 }
 
+fn is_field_mask(field: &FieldDescriptor) -> bool {
+    matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+}
+
+/// An update mask names the message's other fields, snake_case, comma-separated
+/// (the ids in the path are not among them).
+fn mask_paths(msg: &MessageDescriptor, schema: &mut Value) {
+    let names: Vec<String> = msg
+        .fields()
+        .filter(|f| !is_field_mask(f) && !f.name().ends_with("_id"))
+        .map(|f| f.name().to_owned())
+        .collect();
+    let one = format!("({})", names.join("|"));
+    schema["pattern"] = format!("^({one}(,{one})*)?$").into();
+    schema["example"] = names
+        .iter()
+        .take(2)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",")
+        .into();
+}
+
 fn message_ref(msg: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
     if let Some(wkt) = well_known(msg) {
         return wkt;
@@ -285,9 +324,14 @@ fn message_ref(msg: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -
             if constrain(&field, &mut schema) {
                 required.push(field.name().to_owned());
             }
+            if is_field_mask(&field) {
+                mask_paths(msg, &mut schema);
+            }
             properties.insert(field.name().to_owned(), schema);
         }
-        let mut schema = json!({"type": "object", "properties": properties});
+        // The server refuses fields it does not know.
+        let mut schema =
+            json!({"type": "object", "properties": properties, "additionalProperties": false});
         if !required.is_empty() {
             schema["required"] = required.into();
         }
@@ -319,23 +363,38 @@ fn constrain(field: &FieldDescriptor, schema: &mut Value) -> bool {
     if field.is_list() {
         set("minItems", rules.min_items.into());
         set("maxItems", rules.max_items.into());
+        // The string rules hold for each item.
+        if let Some(Value::Object(items)) = map.get_mut("items")
+            && items.get("type").is_some_and(|t| t == "string")
+        {
+            text_rules(&rules, items, true);
+        }
         return rules.required;
     }
-    set("minLength", rules.min_len.max(rules.required.into()).into());
-    set("maxLength", rules.max_len.into());
     set("minimum", rules.minimum);
     set("maximum", rules.maximum);
+    text_rules(&rules, map, rules.required);
+    rules.required
+}
+
+fn text_rules(rules: &rules::Rules, map: &mut Map<String, Value>, required: bool) {
+    let min_len = rules.min_len.max(required.into());
+    if min_len > 0 {
+        map.insert("minLength".into(), min_len.into());
+    }
+    if rules.max_len > 0 {
+        map.insert("maxLength".into(), rules.max_len.into());
+    }
     if !rules.pattern.is_empty() {
-        map.insert("pattern".into(), rules.pattern.into());
+        map.insert("pattern".into(), rules.pattern.clone().into());
     }
     if !rules.one_of.is_empty() {
-        map.insert("enum".into(), rules.one_of.into());
+        map.insert("enum".into(), rules.one_of.clone().into());
     }
     // "host" has no JSON Schema format: "hostname" would refuse IP addresses.
     if rules.format == "url" {
         map.insert("format".into(), "uri".into());
     }
-    rules.required
 }
 
 fn well_known(msg: &MessageDescriptor) -> Option<Value> {

@@ -88,13 +88,27 @@ pub fn typed(protocol: &str, settings: &Map<String, Value>) -> Result<pb::endpoi
         .ok_or_else(|| Error::internal("building an endpoint", "no settings"))
 }
 
-/// A message as canonical JSON: proto field names, defaults left out.
+/// A message as canonical JSON: proto field names, defaults and empty
+/// strings (given or not, they say nothing) left out.
 fn to_json(msg: &DynamicMessage) -> Map<String, Value> {
+    fn prune(map: &mut Map<String, Value>) {
+        map.retain(|_, v| match v {
+            Value::String(s) => !s.is_empty(),
+            Value::Object(inner) => {
+                prune(inner);
+                true
+            }
+            _ => true,
+        });
+    }
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(true);
     match msg.serialize_with_options(serde_json::value::Serializer, &options) {
-        Ok(Value::Object(map)) => map,
+        Ok(Value::Object(mut map)) => {
+            prune(&mut map);
+            map
+        }
         _ => Map::new(),
     }
 }
@@ -119,7 +133,28 @@ pub fn parse(protocol: &str, input: Value) -> Result<Settings> {
 /// Checks settings given as a message (from a request).
 pub fn checked(msg: &DynamicMessage) -> Result<Settings> {
     rules::check(msg, "")?;
-    split(&msg.descriptor(), to_json(msg))
+    let mut config = to_json(msg);
+    canonical_urls(&msg.descriptor(), &mut config);
+    Ok(split(&msg.descriptor(), config))
+}
+
+/// URLs as the URL standard writes them (IDNA hosts in ASCII, no trailing
+/// slash on an empty path): what is stored, shown and connected to.
+fn canonical_urls(desc: &MessageDescriptor, config: &mut Map<String, Value>) {
+    for field in desc.fields() {
+        let Some(value) = config.get_mut(field.name()) else {
+            continue;
+        };
+        match (field.kind(), value) {
+            (Kind::Message(inner), Value::Object(map)) => canonical_urls(&inner, map),
+            (_, Value::String(text)) if rules::of(&field).is_some_and(|r| r.format == "url") => {
+                if let Ok(url) = url::Url::parse(text) {
+                    *text = url.as_str().trim_end_matches('/').to_owned();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The field of `map` that does not read as `desc` says.
@@ -195,7 +230,7 @@ fn parent<'a>(
 }
 
 /// Takes the secrets and their `_set` markers out of canonical JSON.
-fn split(desc: &MessageDescriptor, mut config: Map<String, Value>) -> Result<Settings> {
+fn split(desc: &MessageDescriptor, mut config: Map<String, Value>) -> Settings {
     let mut settings = Settings {
         config: Map::new(),
         secrets: BTreeMap::new(),
@@ -207,12 +242,6 @@ fn split(desc: &MessageDescriptor, mut config: Map<String, Value>) -> Result<Set
             continue;
         };
         if let Some(Value::String(secret)) = at.remove(leaf) {
-            if secret.is_empty() {
-                return Err(Error::invalid(
-                    &path,
-                    format!("{path} is empty; to forget a stored one, send {leaf}_set: false"),
-                ));
-            }
             settings.secrets.insert(path.clone(), secret);
         }
         match at.remove(&format!("{leaf}_set")) {
@@ -224,7 +253,7 @@ fn split(desc: &MessageDescriptor, mut config: Map<String, Value>) -> Result<Set
     // An object left empty by taking its secrets out says nothing.
     config.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()));
     settings.config = config;
-    Ok(settings)
+    settings
 }
 
 /// An address named in endpoint settings: the field, the host, and the port
@@ -397,6 +426,9 @@ mod tests {
                 ("base_url".to_owned(), "c.example".to_owned(), 443)
             ]
         );
+        // URLs are stored as the URL standard writes them (the host in ASCII).
+        let s = parse("webpa", json!({"base_url": "https://Bücher.example/"})).unwrap();
+        assert_eq!(s.config["base_url"], "https://xn--bcher-kva.example");
         let s = parse("snmp", json!({"host": "10.0.0.1", "port": 1161})).unwrap();
         assert_eq!(
             addresses("snmp", &s.config).unwrap(),

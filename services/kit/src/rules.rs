@@ -98,6 +98,17 @@ pub fn check(msg: &DynamicMessage, prefix: &str) -> Result<()> {
                     ),
                 ));
             }
+            // The string rules hold for each item.
+            let items = value.as_list().unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                if let Value::String(s) = item {
+                    let item_rules = Rules {
+                        required: true,
+                        ..rules.clone()
+                    };
+                    check_text(&format!("{path}[{i}]"), s, &item_rules)?;
+                }
+            }
             continue;
         }
         if field.is_map() {

@@ -140,6 +140,7 @@ fn in_target(mut e: Error) -> Error {
 
 /// An engine target from settings and the vetted IP to send to.
 fn engine_target(s: &pb::SnmpEndpoint, ip: &str) -> Result<Target> {
+    let text = |v: &Option<String>| v.as_deref().unwrap_or_default().to_owned();
     let port = match s.port {
         0 => 161,
         port => port as u16,
@@ -148,44 +149,34 @@ fn engine_target(s: &pb::SnmpEndpoint, ip: &str) -> Result<Target> {
         .parse()
         .map_err(|_| Error::internal("reading a resolved target", "not a vetted IP"))?;
     let addr = SocketAddr::new(ip, port);
-    let version = match s.version.as_str() {
+    let version = match text(&s.version).as_str() {
         "1" => Version::V1,
         "2c" => Version::V2c,
         _ => Version::V3,
     };
     let mut target = if version == Version::V3 {
-        let level = s.security_level.as_str();
-        let auth = (!s.auth_protocol.is_empty() && level != "noAuthNoPriv").then(|| {
-            (
-                auth_protocol(&s.auth_protocol),
-                s.auth_password
-                    .as_deref()
-                    .unwrap_or_default()
-                    .as_bytes()
-                    .to_vec(),
-            )
-        });
-        let privacy = (!s.priv_protocol.is_empty() && level == "authPriv").then(|| {
-            (
-                cipher(&s.priv_protocol),
-                s.priv_password
-                    .as_deref()
-                    .unwrap_or_default()
-                    .as_bytes()
-                    .to_vec(),
-            )
-        });
+        let level = text(&s.security_level);
+        let auth = s
+            .auth_protocol
+            .as_deref()
+            .filter(|_| level != "noAuthNoPriv")
+            .map(|name| (auth_protocol(name), text(&s.auth_password).into_bytes()));
+        let privacy = s
+            .priv_protocol
+            .as_deref()
+            .filter(|_| level == "authPriv")
+            .map(|name| (cipher(name), text(&s.priv_password).into_bytes()));
         Target::usm(
             addr,
             UsmUser {
-                username: s.username.as_bytes().to_vec(),
+                username: text(&s.username).into_bytes(),
                 auth,
                 privacy,
-                context_name: s.context_name.as_bytes().to_vec(),
+                context_name: text(&s.context_name).into_bytes(),
             },
         )
     } else {
-        Target::community(addr, version, s.community.as_deref().unwrap_or_default())
+        Target::community(addr, version, &text(&s.community))
     };
     if s.timeout_ms > 0 {
         target.timeout = Duration::from_millis(s.timeout_ms.into());

@@ -435,7 +435,7 @@ async fn device_addresses(inventory: &Inventory, p: &Principal) -> Result<Addres
     for ((ip, id), target) in found.into_iter().zip(resolved) {
         // No SNMP endpoint (or not v1/v2c): no community to match.
         let community = target.ok().and_then(|t| match t.endpoint?.settings? {
-            Settings::Snmp(s) if matches!(s.version.as_str(), "1" | "2c") => {
+            Settings::Snmp(s) if matches!(s.version.as_deref(), Some("1" | "2c")) => {
                 s.community.map(|c| community_hash(c.as_bytes()))
             }
             _ => None,
