@@ -76,6 +76,14 @@ async fn transcode(
         Some(_) => read_body(body, &parts.headers, gw.body_limit, !binding.raw_request).await?,
         None => Bytes::new(),
     };
+    // A call that takes a body gets one: an empty JSON body is a mistake,
+    // not "change nothing" (`{}` says that).
+    if binding.body.is_some() && !binding.raw_request && body.trim_ascii().is_empty() {
+        return Err(Error::invalid(
+            "body",
+            "this call takes a JSON body (send {} for none)",
+        ));
+    }
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
