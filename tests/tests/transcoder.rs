@@ -67,8 +67,11 @@ async fn path_query_and_body_fill_the_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_400s_that_name_the_field() {
     let (mesh, token) = demo().await;
-    let cases: [(Method, &str, Option<&str>, &str); 7] = [
+    let cases: [(Method, &str, Option<&str>, &str); 9] = [
         (Method::GET, "/v1/users?page_size=abc", None, "page_size"),
+        // A call that takes a body needs one ({} for "nothing").
+        (Method::POST, "/v1/users", None, "body"),
+        (Method::PATCH, "/v1/users/any", Some(" \n"), "body"),
         (
             Method::GET,
             "/v1/users?no_such_param=1",
