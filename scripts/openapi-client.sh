@@ -17,15 +17,16 @@ PYTHONPATH="$work" "$venv/bin/python" scripts/openapi_client_check.py "$base"
 
 token=$(curl -sf -X POST "$base/v1/auth/login" \
   -d '{"tenant":"demo","username":"demo","password":"demo"}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
-# Streams are left out (they wait for data), and logout (it ends the session).
-# Every check but the three that still find gaps (README "What the OpenAPI
-# does not say"): schema-valid requests the server refuses for reasons the
-# schema does not state (an SNMPv3 endpoint without a user, an unknown
-# refresh token), proto3 JSON's null accepted for any field, and OPTIONS on
-# /endpoints/snmp, which both /endpoints/{protocol} and /endpoints/snmp name.
+# Streams are left out (they wait for data), logout (it ends the session),
+# and the SNMP calls: the schema now lets schemathesis build valid inline
+# targets, which point at random loopback ports and wait out timeouts of up
+# to 10 minutes; a device that does not answer is a documented 504. The
+# SNMP REST surface is tested against snmpd by the test suite instead.
+# Every check but the three that depend on stored data or on two paths
+# naming one URL (README, "What the OpenAPI cannot say").
 "$venv/bin/st" run "$base/openapi.json" --checks all \
   --exclude-checks positive_data_acceptance,negative_data_rejection,allow_header_conformance \
   -H "Authorization: Bearer $token" --max-examples 15 \
-  --exclude-path-regex 'logout|walk|poll|traps|export' > "$work/st.log" 2>&1 \
+  --exclude-path-regex 'logout|export|/v1/snmp/' > "$work/st.log" 2>&1 \
   || { cat "$work/st.log"; echo "schemathesis found server errors"; exit 1; }
 grep -E "generated, .* passed|test cases" "$work/st.log" | tail -1

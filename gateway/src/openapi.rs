@@ -63,12 +63,9 @@ fn described(mut schema: Value, doc: String) -> Value {
     schema
 }
 
-/// The media types of a `google.api.HttpBody` request or reply.
-const RAW_TYPES: [&str; 3] = [
-    "application/x-ndjson",
-    "text/csv",
-    "application/octet-stream",
-];
+/// The media types of a `google.api.HttpBody` request or reply (the
+/// device import and export).
+const RAW_TYPES: [&str; 2] = ["application/x-ndjson", "text/csv"];
 
 fn raw_content() -> Value {
     let mut content = Map::new();
@@ -162,7 +159,9 @@ pub fn document() -> Value {
                 {
                     continue;
                 }
-                let mut p = json!({"name": name, "in": "query", "schema": field_schema(&field, &mut schemas)});
+                let mut schema = field_schema(&field, &mut schemas);
+                constrain(&field, &mut schema);
+                let mut p = json!({"name": name, "in": "query", "schema": schema});
                 if name == "page_size" {
                     p["schema"] = json!({"type": "integer", "minimum": 0, "maximum": 1000, "description": "0 means the default"});
                 }
@@ -284,6 +283,33 @@ pub fn document() -> Value {
     })
 }
 
+/// A rule across fields as `if`/`then`: given is non-empty (a string), left
+/// out is absent or empty.
+fn when_schema(msg: &MessageDescriptor, when: &rules::When) -> Value {
+    let is_text = |name: &str| {
+        msg.get_field_by_name(name)
+            .is_some_and(|f| f.kind() == Kind::String)
+    };
+    let mut properties = Map::new();
+    for name in &when.require {
+        if is_text(name) {
+            properties.insert(name.clone(), json!({"minLength": 1}));
+        }
+    }
+    for name in &when.forbid {
+        let schema = if is_text(name) {
+            json!({"maxLength": 0})
+        } else {
+            json!(false)
+        };
+        properties.insert(name.clone(), schema);
+    }
+    json!({
+        "if": {"properties": {&when.field: {"enum": when.values}}, "required": [&when.field]},
+        "then": {"required": when.require, "properties": properties},
+    })
+}
+
 fn is_field_mask(field: &FieldDescriptor) -> bool {
     matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
 }
@@ -335,6 +361,16 @@ fn message_ref(msg: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -
         if !required.is_empty() {
             schema["required"] = required.into();
         }
+        // A oneof: exactly one of its fields.
+        let mut all_of: Vec<Value> = msg
+            .oneofs()
+            .filter(|o| !o.is_synthetic())
+            .map(|o| json!({"oneOf": o.fields().map(|f| json!({"required": [f.name()]})).collect::<Vec<_>>()}))
+            .collect();
+        all_of.extend(rules::whens(msg).iter().map(|w| when_schema(msg, w)));
+        if !all_of.is_empty() {
+            schema["allOf"] = all_of.into();
+        }
         if let Some(doc) = comments(msg.parent_file_descriptor_proto(), msg.path()) {
             schema["description"] = doc.into();
         }
@@ -363,17 +399,20 @@ fn constrain(field: &FieldDescriptor, schema: &mut Value) -> bool {
     if field.is_list() {
         set("minItems", rules.min_items.into());
         set("maxItems", rules.max_items.into());
+        let required = rules.required || rules.min_items > 0;
         // The string rules hold for each item.
         if let Some(Value::Object(items)) = map.get_mut("items")
             && items.get("type").is_some_and(|t| t == "string")
         {
             text_rules(&rules, items, true);
         }
-        return rules.required;
+        return required;
     }
     set("minimum", rules.minimum);
     set("maximum", rules.maximum);
-    text_rules(&rules, map, rules.required);
+    if field.kind() == Kind::String {
+        text_rules(&rules, map, rules.required);
+    }
     rules.required
 }
 
@@ -465,7 +504,12 @@ mod tests {
             );
         }
         let doc = super::document().to_string();
-        assert!(!doc.contains("allOf"), "a description wrapped a schema");
+        // allOf holds only rules across fields (oneofs, `when`), never a
+        // type or a $ref wrapped to carry a description.
+        assert!(
+            !doc.contains(r#""allOf":[{"$ref""#) && !doc.contains(r#""allOf":[{"type""#),
+            "a description wrapped a schema"
+        );
         let doc = super::document();
         let import = &doc["paths"]["/v1/devices:import"]["post"]["requestBody"]["content"];
         assert!(

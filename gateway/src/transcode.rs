@@ -290,6 +290,27 @@ async fn read_body(
 /// protobuf two levels a JSON level, and decoders stop at 100.
 const MAX_DEPTH: usize = 32;
 
+/// The path of the first null in a JSON body (`labels.site`, `oids[2]`).
+fn null_at(value: &Value, path: &str) -> Option<String> {
+    let join = |key: &str| match path {
+        "" => key.to_owned(),
+        _ => format!("{path}.{key}"),
+    };
+    match value {
+        Value::Null => Some(if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path.to_owned()
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| null_at(v, &join(k))),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| null_at(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
 fn depth(value: &Value) -> usize {
     match value {
         Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
@@ -320,6 +341,16 @@ fn build_request(
             return Err(Error::invalid(
                 "body",
                 format!("request body nests deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        // proto3 JSON reads null as "not given"; OpenAPI says no field is
+        // nullable, so a null is refused rather than silently dropped.
+        if !binding.has_struct
+            && let Some(path) = null_at(&json, "")
+        {
+            return Err(Error::invalid(
+                &path,
+                format!("{path} is null: leave a field out instead"),
             ));
         }
         Some(json)

@@ -601,6 +601,19 @@ async fn import_is_all_or_nothing_and_export_round_trips(mesh: TestMesh) {
     let csv = "name,serial,labels,snmp\ncsv-1,C1,site=ams;rack=r2,\"{\"\"host\"\":\"\"127.0.0.1\"\",\"\"version\"\":\"\"2c\"\",\"\"community\"\":\"\"x\"\"}\"\ncsv-2,C2,,\n";
     let report = import(&mesh, &token, "text/csv", csv.to_owned()).await;
     assert_eq!(report["imported"], 2, "{report}");
+    // A header rdm cannot read is the whole file's fault: a 400.
+    let resp = mesh
+        .http
+        .post(mesh.url("/v1/devices:import"))
+        .bearer_auth(&token)
+        .header("content-type", "text/csv")
+        .body("name,colour\ncsv-3,red\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["field"], "file", "{problem}");
     let (_, list) = mesh
         .get("/v1/devices?label_selector=rack%3Dr2&protocol=snmp", &token)
         .await;

@@ -299,7 +299,7 @@ async fn every_target_passes_the_address_policy(mesh: TestMesh) {
         ),
         (
             "usp",
-            json!({"endpoint_id": "os::1", "transport": "mqtt", "mqtt": {"broker_url": "mqtt://localhost:1883"}}),
+            json!({"endpoint_id": "os::1", "transport": "mqtt", "mqtt": {"broker_url": "mqtt://localhost:1883", "agent_topic": "usp/agent"}}),
             "mqtt.broker_url",
         ),
     ] {

@@ -809,30 +809,23 @@ fn parse_jsonl(data: &[u8]) -> (Vec<ImportRow>, Vec<pb::ImportRowError>) {
     (rows, errors)
 }
 
-fn parse_csv(data: &[u8]) -> (Vec<ImportRow>, Vec<pb::ImportRowError>) {
+/// The rows of a CSV file; a header rdm cannot read makes the whole file
+/// a bad request (there are no rows to speak of).
+fn parse_csv(data: &[u8]) -> Result<(Vec<ImportRow>, Vec<pb::ImportRowError>)> {
     let (mut rows, mut errors) = (Vec::new(), Vec::new());
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(data);
-    let headers = match reader.headers() {
-        Ok(h) => h.clone(),
-        Err(e) => {
-            return (
-                rows,
-                vec![row_error(
-                    1,
-                    &Error::invalid("", format!("unreadable CSV header: {e}")),
-                )],
-            );
-        }
-    };
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::invalid("file", format!("unreadable CSV header: {e}")))?
+        .clone();
     if let Some(unknown) = headers.iter().find(|h| !CSV_COLUMNS.contains(h)) {
-        let e = Error::invalid(
-            unknown,
+        return Err(Error::invalid(
+            "file",
             format!(
-                "unknown column {unknown:?}; known: {}",
+                "the CSV header names an unknown column {unknown:?}; known: {}",
                 CSV_COLUMNS.join(", ")
             ),
-        );
-        return (rows, vec![row_error(1, &e)]);
+        ));
     }
     for (i, record) in reader.records().enumerate() {
         let line_no = i + 2;
@@ -887,7 +880,7 @@ fn parse_csv(data: &[u8]) -> (Vec<ImportRow>, Vec<pb::ImportRowError>) {
             Err(e) => errors.push(row_error(line_no, &e)),
         }
     }
-    (rows, errors)
+    Ok((rows, errors))
 }
 
 impl Inventory {
@@ -913,7 +906,7 @@ impl Inventory {
             return Err(Error::invalid("file", "the file is empty"));
         }
         let (rows, mut errors) = if csv {
-            parse_csv(&file.data)
+            parse_csv(&file.data)?
         } else {
             parse_jsonl(&file.data)
         };

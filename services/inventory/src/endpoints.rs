@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 /// from the older backend"):
 /// - `timeout` in seconds (at the top or inside `auth`) becomes `timeout_ms`;
 /// - `retries` inside `auth` moves to the top, and USP's `auth.mode`
-///   becomes `transport` (`http` is `controller`, `ws` is `websocket`);
+///   becomes `transport` (`http` is `controller`, `ws` is `websocket`; with
+///   none, a `base_url` alone means `controller`);
 /// - names it spelled other ways become the canonical ones: SNMP versions
 ///   `v1`, `v2c`, `2`, `v3`; security levels in any case; `SHA1`, `SHA256`,
 ///   `AES128`, `AES-128`, ... ; auth types `token` and `apikey`.
@@ -92,6 +93,10 @@ pub fn translate(protocol: &str, input: Value) -> Result<Value> {
     for (field, choices) in aliases {
         canonical(&mut input, field, choices);
     }
+    // A USP endpoint with only a controller's URL goes through it.
+    if protocol == "usp" && !input.contains_key("transport") && input.contains_key("base_url") {
+        input.insert("transport".into(), Value::from("controller"));
+    }
     if let Some(Value::Object(auth)) = input.get_mut("auth") {
         canonical(
             auth,
@@ -122,16 +127,17 @@ fn canonical(map: &mut Map<String, Value>, field: &str, choices: Choices) {
     }
 }
 
-/// Checks what a complete endpoint needs, given which secrets it holds
-/// (sent now or kept from before) and the device's address. Fills in what
-/// follows from the rest (SNMPv3's security level).
+/// Checks what a complete endpoint needs beyond its .proto's rules (which
+/// `rdm_kit::rules` has checked): the secrets it holds, sent now or kept
+/// from before, and the device's address. Fills in what follows from the
+/// rest (SNMPv3's security level, defaults).
 pub fn complete(
     protocol: &str,
     config: &mut Map<String, Value>,
     secrets: &[&str],
     device_address: &str,
 ) -> Result<()> {
-    let has = |config: &Map<String, Value>, k: &str| config.get(k).is_some_and(|v| !v.is_null());
+    let has = |config: &Map<String, Value>, k: &str| config.contains_key(k);
     let secret = |k: &str| secrets.contains(&k);
     let need = |ok: bool, field: &str, why: &str| {
         if ok {
@@ -147,34 +153,20 @@ pub fn complete(
                 "host",
                 "host is required (or give the device an address)",
             )?;
-            let version = config
-                .get("version")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            need(
-                !version.is_empty(),
-                "version",
-                "version is required: 1, 2c or 3",
-            )?;
-            if version != "3" {
+            if config.get("version").and_then(Value::as_str) != Some("3") {
                 need(
                     secret("community"),
                     "community",
                     "versions 1 and 2c need a community",
                 )?;
-                for v3 in [
-                    "username",
-                    "security_level",
-                    "auth_protocol",
-                    "priv_protocol",
-                    "context_name",
-                    "engine_id",
-                ] {
-                    need(!has(config, v3), v3, &format!("{v3} is for version 3 only"))?;
-                }
                 for v3 in ["auth_password", "priv_password"] {
-                    need(!secret(v3), v3, &format!("{v3} is for version 3 only"))?;
+                    need(
+                        !secret(v3),
+                        v3,
+                        &format!(
+                            "{v3} is for version 3 only (send {v3}_set: false to forget a stored one)"
+                        ),
+                    )?;
                 }
                 return Ok(());
             }
@@ -182,11 +174,6 @@ pub fn complete(
                 !secret("community"),
                 "community",
                 "version 3 uses users, not a community (send \"community_set\": false to forget a stored one)",
-            )?;
-            need(
-                has(config, "username"),
-                "username",
-                "version 3 needs a username",
             )?;
             let level = match config.get("security_level").and_then(Value::as_str) {
                 Some(level) => level.to_owned(),
@@ -201,11 +188,6 @@ pub fn complete(
             let auth = level != "noAuthNoPriv";
             let privacy = level == "authPriv";
             need(
-                auth || !has(config, "auth_protocol"),
-                "auth_protocol",
-                "noAuthNoPriv takes no auth_protocol",
-            )?;
-            need(
                 !auth || has(config, "auth_protocol"),
                 "auth_protocol",
                 &format!("{level} needs auth_protocol"),
@@ -214,11 +196,6 @@ pub fn complete(
                 !auth || secret("auth_password"),
                 "auth_password",
                 &format!("{level} needs auth_password"),
-            )?;
-            need(
-                privacy || !has(config, "priv_protocol"),
-                "priv_protocol",
-                &format!("{level} takes no priv_protocol"),
             )?;
             need(
                 !privacy || has(config, "priv_protocol"),
@@ -233,62 +210,11 @@ pub fn complete(
             config.insert("security_level".into(), Value::from(level));
             Ok(())
         }
-        "webpa" | "tr069" => {
-            need(has(config, "base_url"), "base_url", "base_url is required")?;
+        "webpa" | "tr069" => complete_auth(config, secrets, "auth"),
+        "usp" if config.get("transport").and_then(Value::as_str) == Some("controller") => {
             complete_auth(config, secrets, "auth")
         }
-        "usp" => {
-            if !has(config, "transport") && has(config, "base_url") {
-                config.insert("transport".into(), Value::from("controller"));
-            }
-            match config.get("transport").and_then(Value::as_str) {
-                Some("mqtt") => {
-                    let mqtt = config.get("mqtt").and_then(Value::as_object);
-                    let field = |k: &str| mqtt.is_some_and(|m| m.contains_key(k));
-                    need(
-                        field("broker_url"),
-                        "mqtt.broker_url",
-                        "the mqtt transport needs mqtt.broker_url",
-                    )?;
-                    need(
-                        field("agent_topic"),
-                        "mqtt.agent_topic",
-                        "the mqtt transport needs mqtt.agent_topic",
-                    )?;
-                    need(
-                        has(config, "endpoint_id"),
-                        "endpoint_id",
-                        "the mqtt transport needs the agent's endpoint_id",
-                    )
-                }
-                Some("websocket") => {
-                    need(
-                        has(config, "websocket_url"),
-                        "websocket_url",
-                        "the websocket transport needs websocket_url",
-                    )?;
-                    need(
-                        has(config, "endpoint_id"),
-                        "endpoint_id",
-                        "the websocket transport needs the agent's endpoint_id",
-                    )
-                }
-                Some(_) => {
-                    need(
-                        has(config, "base_url"),
-                        "base_url",
-                        "the controller transport needs the controller's base_url",
-                    )?;
-                    complete_auth(config, secrets, "auth")
-                }
-                None => Err(Error::invalid(
-                    "transport",
-                    "transport is required: mqtt, websocket or controller",
-                )),
-            }
-        }
         "hg630" => {
-            need(has(config, "base_url"), "base_url", "base_url is required")?;
             need(
                 secret("password"),
                 "password",
@@ -307,6 +233,7 @@ pub fn complete(
     }
 }
 
+/// An HTTP back-end's sign-in needs its secret.
 fn complete_auth(config: &mut Map<String, Value>, secrets: &[&str], at: &str) -> Result<()> {
     let Some(Value::Object(auth)) = config.get_mut(at) else {
         return Ok(());
@@ -320,7 +247,6 @@ fn complete_auth(config: &mut Map<String, Value>, secrets: &[&str], at: &str) ->
     let missing =
         |k: &str| Error::invalid(format!("{at}.{k}"), format!("{kind} auth needs {at}.{k}"));
     match kind.as_str() {
-        "basic" if !auth.contains_key("username") => Err(missing("username")),
         "basic" if !secret("password") => Err(missing("password")),
         "bearer" if !secret("token") => Err(missing("token")),
         "api_key" if !secret("key") => Err(missing("key")),

@@ -292,7 +292,7 @@ pub mod page {
         // did not issue just starts somewhere else.
         LENIENT
             .decode(token)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', ""))
             .map_err(|_| Error::invalid("page_token", "page_token is not one this server issued"))
     }
 

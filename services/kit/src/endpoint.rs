@@ -402,7 +402,7 @@ mod tests {
             ("webpa", json!({"auth": {"type": 3}}), "auth.type"),
             (
                 "usp",
-                json!({"mqtt": {"broker_url": "http://b"}}),
+                json!({"transport": "mqtt", "mqtt": {"broker_url": "http://b"}}),
                 "mqtt.broker_url",
             ),
         ];
@@ -416,7 +416,7 @@ mod tests {
     fn addresses_are_the_fields_the_rules_say() {
         let s = parse(
             "usp",
-            json!({"mqtt": {"broker_url": "mqtt://broker:1883"}, "base_url": "https://c.example"}),
+            json!({"transport": "controller", "mqtt": {"broker_url": "mqtt://broker:1883", "agent_topic": "a"}, "base_url": "https://c.example"}),
         )
         .unwrap();
         assert_eq!(
@@ -429,7 +429,11 @@ mod tests {
         // URLs are stored as the URL standard writes them (the host in ASCII).
         let s = parse("webpa", json!({"base_url": "https://Bücher.example/"})).unwrap();
         assert_eq!(s.config["base_url"], "https://xn--bcher-kva.example");
-        let s = parse("snmp", json!({"host": "10.0.0.1", "port": 1161})).unwrap();
+        let s = parse(
+            "snmp",
+            json!({"host": "10.0.0.1", "port": 1161, "version": "2c"}),
+        )
+        .unwrap();
         assert_eq!(
             addresses("snmp", &s.config).unwrap(),
             [("host".to_owned(), "10.0.0.1".to_owned(), 1161)]

@@ -2,7 +2,9 @@
 //! `rdm.api.v1.secret` mark), read from the descriptors and checked on a
 //! message. OpenAPI shows the same rules, so clients and the server agree.
 use crate::error::{Error, Result};
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, ReflectMessage, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+};
 use std::{
     collections::HashMap,
     sync::{LazyLock, RwLock},
@@ -62,6 +64,61 @@ pub fn of(field: &FieldDescriptor) -> Option<Rules> {
         maximum: u64_of("maximum"),
         format: text("format"),
     })
+}
+
+/// A rule across a message's fields (`rdm.api.v1.when`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct When {
+    pub field: String,
+    pub values: Vec<String>,
+    pub require: Vec<String>,
+    pub forbid: Vec<String>,
+}
+
+/// The message's `rdm.api.v1.when` rules.
+pub fn whens(desc: &MessageDescriptor) -> Vec<When> {
+    let Some(ext) = rdm_proto::descriptor_pool().get_extension_by_name("rdm.api.v1.when") else {
+        return Vec::new();
+    };
+    let options = desc.options();
+    if !options.has_extension(&ext) {
+        return Vec::new();
+    }
+    let value = options.get_extension(&ext);
+    let texts = |rule: &DynamicMessage, name: &str| -> Vec<String> {
+        rule.get_field_by_name(name)
+            .and_then(|v| {
+                v.as_list().map(|l| {
+                    l.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    value
+        .as_list()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_message)
+        .map(|rule| When {
+            field: rule
+                .get_field_by_name("field")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            values: texts(rule, "values"),
+            require: texts(rule, "require"),
+            forbid: texts(rule, "forbid"),
+        })
+        .collect()
+}
+
+/// Whether a field of `msg` is given: set, and not an empty string.
+fn given(msg: &DynamicMessage, name: &str) -> bool {
+    let Some(field) = msg.descriptor().get_field_by_name(name) else {
+        return false;
+    };
+    msg.has_field(&field) && !matches!(&*msg.get_field(&field), Value::String(s) if s.is_empty())
 }
 
 /// Whether the field is marked `(rdm.api.v1.secret) = true`.
@@ -146,6 +203,28 @@ pub fn check(msg: &DynamicMessage, prefix: &str) -> Result<()> {
                     return Err(Error::invalid(&path, format!("{path} is required")));
                 }
             }
+        }
+    }
+    for rule in whens(&msg.descriptor()) {
+        let value = msg
+            .get_field_by_name(&rule.field)
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !rule.values.contains(&value) {
+            continue;
+        }
+        let when = format!("{prefix}{} {value}", rule.field);
+        if let Some(missing) = rule.require.iter().find(|f| !given(msg, f)) {
+            return Err(Error::invalid(
+                format!("{prefix}{missing}"),
+                format!("{when} needs {prefix}{missing}"),
+            ));
+        }
+        if let Some(extra) = rule.forbid.iter().find(|f| given(msg, f)) {
+            return Err(Error::invalid(
+                format!("{prefix}{extra}"),
+                format!("{when} takes no {prefix}{extra}"),
+            ));
         }
     }
     Ok(())
@@ -259,11 +338,11 @@ mod tests {
             Some("x.host".into())
         );
         assert_eq!(
-            field(serde_json::json!({"engine_id": "abc"})),
+            field(serde_json::json!({"version": "3", "engine_id": "abc"})),
             Some("x.engine_id".into())
         );
         assert_eq!(
-            field(serde_json::json!({"retries": 11})),
+            field(serde_json::json!({"version": "2c", "retries": 11})),
             Some("x.retries".into())
         );
         assert_eq!(
@@ -288,7 +367,7 @@ mod tests {
             Some("base_url".into())
         );
         assert_eq!(
-            field(serde_json::json!({"auth": {"type": "magic"}})),
+            field(serde_json::json!({"base_url": "http://x", "auth": {"type": "magic"}})),
             Some("auth.type".into())
         );
     }
