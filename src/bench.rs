@@ -101,10 +101,17 @@ impl Load {
         let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
         self.latencies[i]
     }
+    /// The mean latency: with every caller always waiting on one call, it
+    /// is callers / throughput (Little's law).
+    fn mean(&self) -> Duration {
+        let total: Duration = self.latencies.iter().sum();
+        total / self.latencies.len().max(1) as u32
+    }
     fn line(&self, name: &str) -> String {
         format!(
-            "{name:<28} {:>9.0} req/s   p50 {:>7.3} ms   p99 {:>7.3} ms   ({} ok, {} failed)",
+            "{name:<28} {:>9.0} req/s   mean {:>7.3} ms   p50 {:>7.3} ms   p99 {:>7.3} ms   ({} ok, {} failed)",
             self.rps(),
+            self.mean().as_secs_f64() * 1e3,
             self.percentile(0.50).as_secs_f64() * 1e3,
             self.percentile(0.99).as_secs_f64() * 1e3,
             self.ok,
@@ -256,10 +263,12 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
         println!("-- {callers} concurrent caller(s)");
         println!("{}", grpc.line("direct gRPC (inventory)"));
         println!("{}", rest.line("REST via gateway (+JWT)"));
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "gateway/direct: {:.0}% of the throughput (goal >= 75%), {:+.3} ms at p50 (goal < +0.5 ms)",
+            "gateway/direct: {:.0}% of the throughput (goal >= 75%), {:+.3} ms at p50 (goal < +0.5 ms), {:+.3} ms mean",
             100.0 * rest.rps() / grpc.rps().max(1e-9),
-            (rest.percentile(0.5).as_secs_f64() - grpc.percentile(0.5).as_secs_f64()) * 1e3
+            ms(rest.percentile(0.5)) - ms(grpc.percentile(0.5)),
+            ms(rest.mean()) - ms(grpc.mean()),
         );
     }
     trigger.trigger();
