@@ -23,9 +23,12 @@ token=$(curl -sf -X POST "$base/v1/auth/login" \
 # to 10 minutes; a device that does not answer is a documented 504. The
 # SNMP REST surface is tested against snmpd by the test suite instead.
 # Every check but the three that depend on stored data or on two paths
-# naming one URL (README, "What the OpenAPI cannot say").
+# naming one URL (README, "What the OpenAPI cannot say"). The USP settings'
+# rules (URL patterns, if/then on the transport) make hypothesis discard
+# many drafts; its health check would call that an error.
 "$venv/bin/st" run "$base/openapi.json" --checks all \
   --exclude-checks positive_data_acceptance,negative_data_rejection,allow_header_conformance \
+  --suppress-health-check=filter_too_much \
   -H "Authorization: Bearer $token" --max-examples 15 \
   --exclude-path-regex 'logout|export|/v1/snmp/' > "$work/st.log" 2>&1 \
   || { cat "$work/st.log"; echo "schemathesis found server errors"; exit 1; }

@@ -434,6 +434,9 @@ fn text_rules(rules: &rules::Rules, map: &mut Map<String, Value>, required: bool
     if rules.format == "url" {
         map.insert("format".into(), "uri".into());
     }
+    if !rules.example.is_empty() {
+        map.insert("example".into(), rules.example.clone().into());
+    }
 }
 
 fn well_known(msg: &MessageDescriptor) -> Option<Value> {
@@ -545,6 +548,9 @@ mod tests {
         assert_eq!(snmp["port"]["maximum"], 65535);
         assert_eq!(snmp["version"]["enum"], serde_json::json!(["1", "2c", "3"]));
         assert_eq!(snmp["community"]["writeOnly"], true);
+        assert_eq!(snmp["version"]["example"], "2c");
+        let login = &doc["components"]["schemas"]["rdm.inventory.v1.LoginRequest"]["properties"];
+        assert_eq!(login["tenant"]["example"], "demo");
         let get =
             &doc["paths"]["/v1/devices/{device_id}/endpoints/{protocol}"]["get"]["parameters"];
         let protocol = get

@@ -24,6 +24,8 @@ pub struct Rules {
     pub maximum: u64,
     /// "host" or "url" (see field.proto).
     pub format: String,
+    /// A value to show in the documentation.
+    pub example: String,
 }
 
 /// The field's rules, when it states any.
@@ -63,6 +65,7 @@ pub fn of(field: &FieldDescriptor) -> Option<Rules> {
         minimum: u64_of("minimum"),
         maximum: u64_of("maximum"),
         format: text("format"),
+        example: text("example"),
     })
 }
 
