@@ -95,6 +95,12 @@ async fn transcode(
     if let Some(ip) = rdm_kit::server::peer_ip(&parts.extensions).and_then(|ip| ip.parse().ok()) {
         metadata.insert(rdm_kit::server::CLIENT_IP_HEADER, ip);
     }
+    // The backend works to the same deadline.
+    if let Some(deadline) = parts.extensions.get::<rdm_kit::server::CallDeadline>()
+        && let Ok(value) = deadline.header().parse()
+    {
+        metadata.insert("grpc-timeout", value);
+    }
     for name in ["authorization", "traceparent", "x-request-id"] {
         if let Some(v) = parts
             .headers

@@ -351,24 +351,23 @@ async fn rdm_openapi_prints_what_the_gateway_serves() {
 }
 
 /// A call past the request deadline is a 504 problem (REST) or
-/// DEADLINE_EXCEEDED (gRPC), not an empty 200 in gRPC's clothes.
+/// DEADLINE_EXCEEDED (gRPC), not an empty 200 in gRPC's clothes; a device
+/// call whose own patience cannot fit the deadline is a 400 up front.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_deadline_is_a_504_problem() {
     let mesh = TestMesh::start_with(Store::Sqlite, |s| s.server.request_timeout_ms = 300).await;
     let token = mesh.token("demo", "demo", "demo").await;
-    // An agent that never answers: the SNMP get waits far past the deadline.
-    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let body = json!({
-        "target": {"endpoint": {"host": "127.0.0.1", "port": port, "version": "2c", "community": "public", "timeout_ms": 5000}},
-        "oids": ["1.3.6.1.2.1.1.1.0"]
-    });
+    // Importing 20,000 devices takes longer than 300 ms.
+    let file: String = (0..20_000)
+        .map(|i| format!("{{\"name\":\"slow-{i}\",\"labels\":{{\"batch\":\"deadline\"}}}}\n"))
+        .collect();
     let resp = mesh
         .http
-        .post(mesh.url("/v1/snmp/get"))
+        .post(mesh.url("/v1/devices:import"))
         .bearer_auth(&token)
         .header("x-request-id", "deadline-1")
-        .json(&body)
+        .header("content-type", "application/x-ndjson")
+        .body(file.clone())
         .send()
         .await
         .unwrap();
@@ -381,6 +380,10 @@ async fn the_request_deadline_is_a_504_problem() {
         problem["detail"].as_str().unwrap().contains("300 ms"),
         "{problem}"
     );
+    let (_, list) = mesh
+        .get("/v1/devices?label_selector=batch%3Ddeadline", &token)
+        .await;
+    assert_eq!(list["devices"], json!([]), "the cut import stored nothing");
 
     // gRPC through the gateway port: the status (the caller would wait longer).
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", mesh.gateway))
@@ -388,29 +391,38 @@ async fn the_request_deadline_is_a_504_problem() {
         .connect()
         .await
         .unwrap();
-    let mut client = rdm_proto::snmp::snmp_service_client::SnmpServiceClient::new(channel);
-    let mut request = tonic::Request::new(rdm_proto::snmp::GetRequest {
-        target: Some(rdm_proto::snmp::Target {
-            target: Some(rdm_proto::snmp::target::Target::Endpoint(
-                match rdm_kit::endpoint::typed(
-                    "snmp",
-                    body["target"]["endpoint"].as_object().unwrap(),
-                )
-                .unwrap()
-                {
-                    rdm_proto::inventory::endpoint::Settings::Snmp(s) => s,
-                    other => panic!("{other:?}"),
-                },
-            )),
+    let mut client = rdm_proto::inventory::device_service_client::DeviceServiceClient::new(channel);
+    let mut request = tonic::Request::new(rdm_proto::inventory::ImportDevicesRequest {
+        file: Some(rdm_proto::google::api::HttpBody {
+            content_type: "application/x-ndjson".into(),
+            data: file.into_bytes(),
+            extensions: Vec::new(),
         }),
-        oids: vec!["1.3.6.1.2.1.1.1.0".into()],
     });
     request.set_timeout(std::time::Duration::from_secs(5));
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let status = client.get(request).await.unwrap_err();
+    let status = client.import_devices(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+
+    // An SNMP get that could wait 5 s on a silent agent: refused at once,
+    // naming the setting to lower.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (status, problem) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": {"endpoint": {"host": "127.0.0.1", "port": port, "version": "2c", "community": "public", "timeout_ms": 5000}},
+                   "oids": ["1.3.6.1.2.1.1.1.0"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("timeout_ms")),
+        "{problem}"
+    );
     drop(silent);
 }
 

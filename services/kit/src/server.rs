@@ -185,17 +185,60 @@ pub fn peer_ip(extensions: &http::Extensions) -> Option<String> {
         .map(|a| a.ip().to_canonical().to_string())
 }
 
+/// When the call in hand must have answered (in the request's
+/// extensions, for handlers that wait on devices).
+#[derive(Clone, Copy, Debug)]
+pub struct CallDeadline {
+    pub at: tokio::time::Instant,
+    /// The whole allowance, for messages.
+    pub timeout: Duration,
+}
+
+impl CallDeadline {
+    /// The call's deadline: the deadline middleware's, or else the
+    /// caller's `grpc-timeout` (a call made in-process, as the gateway
+    /// makes them under `rdm up`).
+    pub fn of<T>(req: &tonic::Request<T>) -> Option<Self> {
+        req.extensions().get::<Self>().copied().or_else(|| {
+            let timeout = req
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(grpc_timeout)?;
+            Some(Self {
+                at: tokio::time::Instant::now() + timeout,
+                timeout,
+            })
+        })
+    }
+
+    /// The `grpc-timeout` value that passes what is left on.
+    pub fn header(&self) -> String {
+        format!("{}m", self.remaining().as_millis())
+    }
+
+    /// What is left of it.
+    pub fn remaining(&self) -> Duration {
+        self.at
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
 /// Ends a call that has not answered by its deadline: the server's request
 /// timeout, or the caller's `grpc-timeout` when that is sooner. A gRPC
 /// caller gets DEADLINE_EXCEEDED, anyone else problem+json with 504.
 /// (Streams are bounded only until their first reply.)
-async fn deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+async fn deadline(State(timeout): State<Duration>, mut req: Request, next: Next) -> Response {
     let timeout = req
         .headers()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(grpc_timeout)
         .map_or(timeout, |asked| asked.min(timeout));
+    req.extensions_mut().insert(CallDeadline {
+        at: tokio::time::Instant::now() + timeout,
+        timeout,
+    });
     let grpc = is_grpc(req.headers());
     let request_id = req
         .headers()

@@ -195,6 +195,52 @@ fn check_repetitions(requested: u32) -> Result<()> {
     Ok(())
 }
 
+/// Refuses up front a target whose patience (every attempt's timeout, with
+/// backoff and jitter) cannot fit in what is left of the call's deadline:
+/// the caller would get DEADLINE_EXCEEDED instead of the device's answer.
+fn check_patience<T>(req: &Request<T>, target: &Target) -> Result<()> {
+    let Some(deadline) = rdm_kit::server::CallDeadline::of(req) else {
+        return Ok(());
+    };
+    let patience = target.patience();
+    if patience <= deadline.remaining() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "timeout_ms",
+        format!(
+            "timeout_ms {} with {} retries can wait {:.1} s (each retry waits twice as long, +10%), longer than the call's {:.1} s deadline: lower timeout_ms or retries",
+            target.timeout.as_millis(),
+            target.retries,
+            patience.as_secs_f64(),
+            deadline.timeout.as_secs_f64()
+        ),
+    ))
+}
+
+/// Operations SNMPv1 does not have, refused before anything is sent.
+fn check_v1(target: &Target, op: &Op, values: &[(Oid, Value)]) -> Result<()> {
+    if target.version != engine::target::Version::V1 {
+        return Ok(());
+    }
+    if matches!(op, Op::GetBulk { .. }) {
+        return Err(Error::invalid(
+            "target",
+            "GETBULK is not in SNMPv1: use getnext, or version 2c or 3",
+        ));
+    }
+    if let Some(i) = values
+        .iter()
+        .position(|(_, v)| matches!(v, Value::Counter64(_)))
+    {
+        return Err(Error::invalid(
+            format!("varbinds[{i}].type"),
+            "Counter64 is not in SNMPv1: use version 2c or 3",
+        ));
+    }
+    Ok(())
+}
+
 /// The max-repetitions asked for, else the endpoint's.
 fn repetitions(requested: u32, target: &Target) -> u32 {
     if requested == 0 {
@@ -226,6 +272,8 @@ impl Snmp {
             .map_err(err)?
             .target;
         let op = op(repetitions(max_repetitions, &target));
+        check_v1(&target, &op, &[]).map_err(err)?;
+        check_patience(req, &target).map_err(err)?;
         let found = self
             .0
             .engine
@@ -282,6 +330,8 @@ impl SnmpService for Snmp {
             .resolve(p, r.target.as_ref())
             .await
             .map_err(err)?;
+        check_v1(&target.target, &Op::Set, &values).map_err(err)?;
+        check_patience(&req, &target.target).map_err(err)?;
         let done = self
             .0
             .engine
@@ -317,6 +367,7 @@ impl SnmpService for Snmp {
             .resolve(p, r.target.as_ref())
             .await
             .map_err(err)?;
+        check_patience(&req, &target.target).map_err(err)?;
         let reps = repetitions(r.max_repetitions, &target.target);
         let walk =
             engine::walk::walk(self.0.engine.clone(), target.target, root, reps).map(|batch| {

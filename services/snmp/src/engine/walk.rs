@@ -1,7 +1,8 @@
 //! Walking a subtree: GETBULK with adaptive max-repetitions (halved on
-//! tooBig, quartered once after a timeout), GETNEXT on v1 or where GETBULK
-//! fails, stopping at the subtree's end and refusing agents whose OIDs do
-//! not increase.
+//! tooBig), GETNEXT on v1, where GETBULK fails, or where an agent that has
+//! answered stops answering large requests; stopping at the subtree's end
+//! and refusing agents whose OIDs do not increase. An agent that never
+//! answers costs one round of attempts, not more.
 use crate::engine::{
     Engine, Op,
     error::SnmpError,
@@ -21,7 +22,7 @@ pub fn walk(
     async_stream::try_stream! {
         let mut bulk = target.version != Version::V1;
         let mut reps = max_repetitions.clamp(1, 1000);
-        let mut shrunk_for_timeout = false;
+        let mut answered = false;
         let mut last: Option<Oid> = None;
         loop {
             let from = last.clone().unwrap_or_else(|| root.clone());
@@ -31,6 +32,8 @@ pub fn walk(
                 Op::GetNext
             };
             let reply = engine.request(&target, op, &[(from, Value::Null)]).await;
+            // Any reply, an error status too, shows the agent is there.
+            answered |= !matches!(reply, Err(SnmpError::Timeout { .. }));
             let varbinds = match reply {
                 Ok(v) => v,
                 Err(SnmpError::Status { status: "tooBig", .. }) if bulk => {
@@ -40,10 +43,11 @@ pub fn walk(
                     reps = (reps / 2).max(1);
                     continue;
                 }
-                Err(SnmpError::Timeout { .. }) if bulk && reps > 1 && !shrunk_for_timeout => {
-                    // A large reply may be what the agent or path drops.
-                    shrunk_for_timeout = true;
-                    reps = (reps / 4).max(1);
+                Err(SnmpError::Timeout { .. }) if bulk && answered => {
+                    // It answered before: a large reply may be what the
+                    // agent or the path drops. One variable at a time.
+                    tracing::debug!(addr = %target.addr, "getbulk timed out mid-walk; walking with getnext");
+                    bulk = false;
                     continue;
                 }
                 Err(SnmpError::Status { status, .. }) if bulk && status != "noSuchName" => {
