@@ -326,6 +326,67 @@ async fn closed_ports_and_black_holes_time_out() {
     assert_eq!(datagrams(&hole), 3, "one round of attempts: {messages:?}");
 }
 
+/// Walks that net-snmp's snmpwalk answers: a leaf (its value, by a GET), a
+/// subtree with nothing in it (noSuchObject), and the whole tree from `iso`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walks_of_a_leaf_an_empty_subtree_and_the_whole_tree() {
+    let (mesh, token) = demo().await;
+    let walk = |oid: &str| json!({"target": {"endpoint": community("2c", "public")}, "oid": oid});
+    let leaf = "1.3.6.1.2.1.1.1.0";
+    let (status, messages) = stream(&mesh, "/v1/snmp/walk", &token, walk(leaf)).await;
+    assert_eq!(status, StatusCode::OK);
+    let vbs = varbinds_of(&messages);
+    assert_eq!(vbs.len(), 1, "{messages:?}");
+    assert_eq!(
+        (vbs[0]["oid"].as_str(), vbs[0]["value"].as_str()),
+        (Some(leaf), Some(snmpget_string(leaf).as_str())),
+        "{messages:?}"
+    );
+    let (_, messages) = stream(&mesh, "/v1/snmp/walk", &token, walk("1.3.6.1.2.1.1.99")).await;
+    let vbs = varbinds_of(&messages);
+    assert_eq!(
+        (vbs.len(), vbs[0]["type"].as_str()),
+        (1, Some("noSuchObject")),
+        "{messages:?}"
+    );
+    // GETBULK with max-repetitions 0 sends 0: only the non-repeaters come
+    // back (RFC 3416 4.2.3), as snmpbulkget -Cr0 shows.
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/getbulk",
+            &token,
+            json!({"target": {"endpoint": community("2c", "public")}, "non_repeaters": 1, "max_repetitions": 0,
+                   "oids": ["1.3.6.1.2.1.1.1", "1.3.6.1.2.1.2"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let oids: Vec<&str> = body["varbinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["oid"].as_str().unwrap())
+        .collect();
+    assert_eq!(oids, [leaf], "{body}");
+    // From the top arc: the first variable is the one after 1.0, as
+    // snmpgetnext finds it.
+    let first = snmpd::tool(
+        "snmpgetnext",
+        &["-v2c", "-c", "public", "-On", "-Oq", snmpd::ADDR, ".1.0"],
+    );
+    let first = first
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches('.');
+    for root in ["iso", ".1"] {
+        let (status, messages) = stream(&mesh, "/v1/snmp/walk", &token, walk(root)).await;
+        assert_eq!(status, StatusCode::OK, "{root}");
+        let vbs = varbinds_of(&messages);
+        assert_eq!(vbs[0]["oid"], first, "{root}");
+        assert!(vbs.len() > 100, "{root}: {} variables", vbs.len());
+    }
+}
+
 /// What cannot work is refused before anything is sent: patience longer
 /// than the call's deadline, GETBULK or Counter64 on SNMPv1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,8 +188,8 @@ fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn check_repetitions(requested: u32) -> Result<()> {
-    if requested > 1000 {
+fn check_repetitions(requested: Option<u32>) -> Result<()> {
+    if requested.is_some_and(|n| n > 1000) {
         return Err(Error::invalid("max_repetitions", "at most 1000"));
     }
     Ok(())
@@ -242,12 +242,8 @@ fn check_v1(target: &Target, op: &Op, values: &[(Oid, Value)]) -> Result<()> {
 }
 
 /// The max-repetitions asked for, else the endpoint's.
-fn repetitions(requested: u32, target: &Target) -> u32 {
-    if requested == 0 {
-        target.max_repetitions
-    } else {
-        requested
-    }
+fn repetitions(requested: Option<u32>, target: &Target) -> u32 {
+    requested.unwrap_or(target.max_repetitions)
 }
 
 impl Snmp {
@@ -258,7 +254,7 @@ impl Snmp {
         req: &Request<T>,
         target: Option<&pb::Target>,
         oids_text: &[String],
-        max_repetitions: u32,
+        max_repetitions: Option<u32>,
         op: impl FnOnce(u32) -> Op,
     ) -> Result<Vec<pb::VarBind>, Status> {
         let p = Principal::of(req).map_err(err)?;
@@ -289,7 +285,7 @@ impl SnmpService for Snmp {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = req.get_ref();
         let varbinds = self
-            .read(&req, r.target.as_ref(), &r.oids, 0, |_| Op::Get)
+            .read(&req, r.target.as_ref(), &r.oids, None, |_| Op::Get)
             .await?;
         Ok(Response::new(pb::GetResponse { varbinds }))
     }
@@ -300,7 +296,7 @@ impl SnmpService for Snmp {
     ) -> Result<Response<pb::GetNextResponse>, Status> {
         let r = req.get_ref();
         let varbinds = self
-            .read(&req, r.target.as_ref(), &r.oids, 0, |_| Op::GetNext)
+            .read(&req, r.target.as_ref(), &r.oids, None, |_| Op::GetNext)
             .await?;
         Ok(Response::new(pb::GetNextResponse { varbinds }))
     }
@@ -357,10 +353,11 @@ impl SnmpService for Snmp {
         } else {
             r.oid.clone()
         };
-        let root: Oid = root
-            .parse()
+        let root = Oid::walk_root(&root)
             .map_err(|e: engine::oid::BadOid| err(Error::invalid("oid", e.to_string())))?;
-        check_repetitions(r.max_repetitions).map_err(err)?;
+        // 0 asks for the default: a walk needs at least one a request.
+        let max_repetitions = Some(r.max_repetitions).filter(|n| *n > 0);
+        check_repetitions(max_repetitions).map_err(err)?;
         let target = self
             .0
             .inventory
@@ -368,7 +365,7 @@ impl SnmpService for Snmp {
             .await
             .map_err(err)?;
         check_patience(&req, &target.target).map_err(err)?;
-        let reps = repetitions(r.max_repetitions, &target.target);
+        let reps = repetitions(max_repetitions, &target.target);
         let walk =
             engine::walk::walk(self.0.engine.clone(), target.target, root, reps).map(|batch| {
                 batch

@@ -61,8 +61,35 @@ impl Oid {
     }
 
     fn checked(arcs: Vec<u32>) -> Option<Self> {
-        let ok = arcs.len() >= 2 && arcs[0] <= 2 && (arcs[0] == 2 || arcs[1] < 40);
+        // The first two arcs travel as one number, a * 40 + b, in 32 bits.
+        let ok = arcs.len() >= 2
+            && match arcs[0] {
+                0 | 1 => arcs[1] < 40,
+                2 => arcs[1] <= u32::MAX - 80,
+                _ => false,
+            };
         ok.then_some(Self(arcs))
+    }
+
+    /// The root of a walk: an OID, or a top arc alone (`1`, `.1`, `iso`),
+    /// which walks everything under it.
+    pub fn walk_root(text: &str) -> Result<Self, BadOid> {
+        let top = text.trim().trim_start_matches('.');
+        match top {
+            "iso" | "1" => Ok(Self(vec![1])),
+            "0" => Ok(Self(vec![0])),
+            "2" => Ok(Self(vec![2])),
+            _ => text.parse(),
+        }
+    }
+
+    /// Where a walk of this root starts asking: the root itself, or under a
+    /// top arc alone its `.0` (one arc has no encoding of its own).
+    pub fn walk_start(&self) -> Self {
+        match self.0.as_slice() {
+            [top] => Self(vec![*top, 0]),
+            _ => self.clone(),
+        }
     }
 }
 
@@ -162,6 +189,13 @@ mod tests {
     fn parses_and_prints_dotted_oids() {
         let oid: Oid = ".1.3.6.1.2.1.1.1.0".parse().unwrap();
         assert_eq!(oid.to_string(), "1.3.6.1.2.1.1.1.0");
+        // The largest second arc under 2 that a * 40 + b still fits.
+        assert!("2.4294967215".parse::<Oid>().is_ok());
+        assert_eq!(
+            Oid::walk_root("iso").unwrap().walk_start().to_string(),
+            "1.0"
+        );
+        assert_eq!(Oid::walk_root(".1").unwrap().arcs(), [1]);
         for bad in [
             "",
             "1",
@@ -170,6 +204,7 @@ mod tests {
             "3.1",
             "1.40",
             "1.3.4294967296",
+            "2.4294967216",
             "-1.3",
         ] {
             assert!(bad.parse::<Oid>().is_err(), "{bad} must be refused");

@@ -2,7 +2,8 @@
 //! tooBig), GETNEXT on v1, where GETBULK fails, or where an agent that has
 //! answered stops answering large requests; stopping at the subtree's end
 //! and refusing agents whose OIDs do not increase. An agent that never
-//! answers costs one round of attempts, not more.
+//! answers costs one round of attempts, not more. A root with nothing
+//! under it is read with a GET, as snmpwalk does (a leaf walks to itself).
 use crate::engine::{
     Engine, Op,
     error::SnmpError,
@@ -23,9 +24,10 @@ pub fn walk(
         let mut bulk = target.version != Version::V1;
         let mut reps = max_repetitions.clamp(1, 1000);
         let mut answered = false;
+        let mut found = false;
         let mut last: Option<Oid> = None;
         loop {
-            let from = last.clone().unwrap_or_else(|| root.clone());
+            let from = last.clone().unwrap_or_else(|| root.walk_start());
             let op = if bulk {
                 Op::GetBulk { non_repeaters: 0, max_repetitions: reps }
             } else {
@@ -79,10 +81,21 @@ pub fn walk(
                 batch.push(vb);
             }
             if !batch.is_empty() {
+                found = true;
                 yield batch;
             }
             if done {
                 break;
+            }
+        }
+        // Nothing under the root: it may be a leaf itself. As snmpwalk does,
+        // GET it: its value, or the exception that says it is not there.
+        if !found && root.arcs().len() > 1 {
+            match engine.request(&target, Op::Get, &[(root.clone(), Value::Null)]).await {
+                Ok(varbinds) => yield varbinds,
+                // v1 says noSuchName where v2 has exceptions: nothing there.
+                Err(SnmpError::Status { status: "noSuchName", .. }) => {}
+                Err(e) => Err(e)?,
             }
         }
     }
