@@ -74,6 +74,12 @@ impl Value {
     pub fn to_text(&self) -> (String, String) {
         let text = match self {
             Self::Integer(n) => n.to_string(),
+            // A float or double wrapped in Opaque (RFC 6340 style, as
+            // net-snmp writes them): the number, and the bytes as they came.
+            Self::Opaque(b) if opaque_number(b).is_some() => {
+                let number = opaque_number(b).unwrap_or_default();
+                return (number, hex::encode(b));
+            }
             Self::OctetString(b) | Self::Opaque(b) => {
                 return match std::str::from_utf8(b) {
                     Ok(s) if is_printable(s) => (s.to_owned(), String::new()),
@@ -232,9 +238,25 @@ impl Value {
 }
 
 /// Text a person can read: no control characters but tab, CR and LF.
+/// Text shows what it holds: line breaks and tabs are fine, but control,
+/// zero-width and direction-changing characters send the value to `hex`.
 fn is_printable(s: &str) -> bool {
     s.chars()
-        .all(|c| !c.is_control() || matches!(c, '\t' | '\r' | '\n'))
+        .all(|c| matches!(c, '\t' | '\r' | '\n') || !rdm_kit::text::is_hidden(c))
+}
+
+/// The number in an Opaque-wrapped float (`9f 78 04` + 4 bytes) or double
+/// (`9f 79 08` + 8 bytes), big-endian IEEE 754.
+fn opaque_number(b: &[u8]) -> Option<String> {
+    match b {
+        [0x9f, 0x78, 0x04, rest @ ..] => {
+            Some(f32::from_be_bytes(rest.try_into().ok()?).to_string())
+        }
+        [0x9f, 0x79, 0x08, rest @ ..] => {
+            Some(f64::from_be_bytes(rest.try_into().ok()?).to_string())
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +273,26 @@ mod tests {
             Value::OctetString(vec![0, 0x1b, 0xff]).to_text(),
             (String::new(), "001bff".into())
         );
+        // Hidden characters go to hex: what a user sees is what the device holds.
+        for hidden in ["admin\u{200B}", "x\u{202E}y", "bell\u{7}"] {
+            assert_eq!(
+                Value::OctetString(hidden.as_bytes().to_vec()).to_text(),
+                (String::new(), hex::encode(hidden)),
+                "{hidden:?}"
+            );
+        }
+        assert_eq!(
+            Value::OctetString(b"line 1\nline 2".to_vec()).to_text().0,
+            "line 1\nline 2"
+        );
+        // Opaque floats and doubles, as net-snmp encodes 3.14 and -2.5.
+        let float = [0x9f, 0x78, 0x04, 0x40, 0x48, 0xf5, 0xc3];
+        assert_eq!(
+            Value::Opaque(float.to_vec()).to_text(),
+            ("3.14".into(), "9f78044048f5c3".into())
+        );
+        let double = [0x9f, 0x79, 0x08, 0xc0, 0x04, 0, 0, 0, 0, 0, 0];
+        assert_eq!(Value::Opaque(double.to_vec()).to_text().0, "-2.5");
         assert_eq!(Value::IpAddress([10, 0, 0, 1]).to_text().0, "10.0.0.1");
         assert_eq!(Value::Counter64(u64::MAX).to_text().0, u64::MAX.to_string());
     }
