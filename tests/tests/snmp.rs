@@ -388,7 +388,8 @@ async fn walks_of_a_leaf_an_empty_subtree_and_the_whole_tree() {
 }
 
 /// What cannot work is refused before anything is sent: patience longer
-/// than the call's deadline, GETBULK or Counter64 on SNMPv1.
+/// than the call's deadline, GETBULK or Counter64 on SNMPv1, a request
+/// larger than a datagram.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_cannot_work_are_400s_before_sending() {
     let (mesh, token) = demo().await;
@@ -415,6 +416,12 @@ async fn requests_that_cannot_work_are_400s_before_sending() {
             "/v1/snmp/set",
             json!({"target": endpoint("1", 100, 0), "varbinds": [{"oid": "1.3.6.1.2.1.1.4.0", "type": "Counter64", "value": "1"}]}),
             "varbinds[0].type",
+        ),
+        // More than one datagram holds.
+        (
+            "/v1/snmp/set",
+            json!({"target": endpoint("2c", 100, 0), "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "s", "value": "a".repeat(70_000)}]}),
+            "varbinds",
         ),
     ];
     for (path, body, field) in cases {

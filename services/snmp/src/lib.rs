@@ -99,6 +99,10 @@ pub fn device_error(e: SnmpError) -> Error {
         SnmpError::Unreachable { .. } => ErrorCode::DeviceUnreachable,
         SnmpError::Auth { .. } => ErrorCode::DeviceAuthRejected,
         SnmpError::Status { .. } | SnmpError::Protocol { .. } => ErrorCode::DeviceError,
+        SnmpError::TooLarge { op, .. } => {
+            let field = if *op == "set" { "varbinds" } else { "oids" };
+            return Error::invalid(field, e.to_string());
+        }
     };
     let mut out = Error::new(code, e.to_string());
     if let SnmpError::Status {

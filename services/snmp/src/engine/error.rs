@@ -35,6 +35,16 @@ pub enum SnmpError {
         index: u32,
         oid: Option<Oid>,
     },
+    /// The request does not fit in one UDP datagram: nothing was sent.
+    #[error(
+        "snmp {op} to {addr}: the request is {bytes} bytes, more than one UDP datagram holds ({max}); send fewer or shorter variables"
+    )]
+    TooLarge {
+        op: &'static str,
+        addr: SocketAddr,
+        bytes: usize,
+        max: usize,
+    },
     /// The agent answered something we cannot use (non-increasing OIDs in a
     /// walk, undecodable replies, a report we do not know).
     #[error("snmp {op} on {addr}: {reason}")]

@@ -83,6 +83,8 @@ struct SocketPool {
 
 const POOL_MAX: usize = 1024;
 const RECV_BUF: usize = 65_536;
+/// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
+const MAX_DATAGRAM: usize = 65_507;
 
 impl SocketPool {
     async fn take(&self, addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -382,6 +384,15 @@ impl Engine {
             let id = self.next_id();
             ids.push(id);
             let message = encode(id)?;
+            if message.len() > MAX_DATAGRAM {
+                return Err(SnmpError::TooLarge {
+                    op,
+                    addr: t.addr,
+                    bytes: message.len(),
+                    max: MAX_DATAGRAM,
+                }
+                .into());
+            }
             socket
                 .send_to(&message, t.addr)
                 .await
