@@ -949,7 +949,7 @@ async fn traps_and_informs_reach_the_devices_tenant() {
             "public",
             &dest,
             "1.3.6.1.4.1.8072",
-            "127.0.0.1",
+            "10.20.30.40",
             "6",
             "17",
             "99",
@@ -1000,7 +1000,39 @@ async fn traps_and_informs_reach_the_devices_tenant() {
         (got[1]["version"].as_str(), got[1]["trap_oid"].as_str()),
         (Some("1"), Some("1.3.6.1.4.1.8072.0.17"))
     );
-    assert_eq!(got[1]["varbinds"][0]["value"], "v1-trap");
+    // RFC 3584 3.1: the v2 form, and the v1 header's fields kept.
+    assert_eq!(
+        (
+            got[1]["agent_address"].as_str(),
+            got[1]["enterprise"].as_str(),
+            got[1]["generic_trap"].as_i64(),
+            got[1]["specific_trap"].as_i64()
+        ),
+        (
+            Some("10.20.30.40"),
+            Some("1.3.6.1.4.1.8072"),
+            Some(6),
+            Some(17)
+        ),
+        "{}",
+        got[1]
+    );
+    let v1: Vec<(&str, &str)> = got[1]["varbinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vb| (vb["oid"].as_str().unwrap(), vb["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        v1,
+        [
+            ("1.3.6.1.2.1.1.3.0", "99"),
+            ("1.3.6.1.6.3.1.1.4.1.0", "1.3.6.1.4.1.8072.0.17"),
+            ("1.3.6.1.2.1.1.5.0", "v1-trap"),
+            ("1.3.6.1.6.3.18.1.3.0", "10.20.30.40"),
+            ("1.3.6.1.6.3.1.1.4.3.0", "1.3.6.1.4.1.8072")
+        ]
+    );
     assert_eq!(
         (got[2]["kind"].as_str(), got[2]["trap_oid"].as_str()),
         (Some("inform"), Some("1.3.6.1.6.3.1.1.5.4"))

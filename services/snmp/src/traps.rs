@@ -38,6 +38,9 @@ use tokio::{net::UdpSocket, sync::broadcast};
 
 const SYS_UPTIME: [u32; 9] = [1, 3, 6, 1, 2, 1, 1, 3, 0];
 const SNMP_TRAP_OID: [u32; 11] = [1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0];
+/// snmpTrapAddress.0 and snmpTrapEnterprise.0 (RFC 3584).
+const SNMP_TRAP_ADDRESS: [u32; 10] = [1, 3, 6, 1, 6, 3, 18, 1, 3, 0];
+const SNMP_TRAP_ENTERPRISE: [u32; 11] = [1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0];
 /// How often a watcher re-reads its tenant's device addresses.
 const DEVICE_REFRESH: Duration = Duration::from_secs(30);
 /// RFC 3414 3.2.7: how far a sender's idea of our clock may be off.
@@ -56,6 +59,17 @@ pub struct Trap {
     pub tenant_id: Option<String>,
     /// For v1 and v2c: the community it was sent with (never shown).
     pub community: Option<Vec<u8>>,
+    /// For a v1 trap: the fields v2 has no place for.
+    pub v1: Option<V1Fields>,
+}
+
+/// The header fields of a v1 Trap-PDU (RFC 1157).
+#[derive(Clone, Debug, Default)]
+pub struct V1Fields {
+    pub agent_address: String,
+    pub enterprise: String,
+    pub generic_trap: i32,
+    pub specific_trap: i32,
 }
 
 /// A device of a watching tenant, as notifications are matched to it.
@@ -446,6 +460,7 @@ async fn device_addresses(inventory: &Inventory, p: &Principal) -> Result<Addres
 }
 
 fn to_pb(t: &Trap, device_id: &str) -> pb::WatchTrapsResponse {
+    let v1 = t.v1.clone().unwrap_or_default();
     pb::WatchTrapsResponse {
         receive_time: Some(prost_types::Timestamp::from(t.received)),
         source: t.source.to_string(),
@@ -455,6 +470,10 @@ fn to_pb(t: &Trap, device_id: &str) -> pb::WatchTrapsResponse {
         trap_oid: t.trap_oid.clone(),
         uptime: t.uptime,
         varbinds: crate::to_pb(t.varbinds.clone()),
+        agent_address: v1.agent_address,
+        enterprise: v1.enterprise,
+        generic_trap: v1.generic_trap,
+        specific_trap: v1.specific_trap,
     }
 }
 
@@ -492,6 +511,36 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
         } else {
             format!("{enterprise}.0.{}", info.specific_trap)
         };
+        // RFC 3584 3.1: the v2 form, the v1 header's facts as variables.
+        let agent = match info.agent_addr {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(_) => [0; 4],
+        };
+        let mut v2 = vec![
+            VarBind {
+                oid: Oid::try_from_arcs(&SYS_UPTIME)?,
+                value: Value::TimeTicks(info.timestamp),
+            },
+            VarBind {
+                oid: Oid::try_from_arcs(&SNMP_TRAP_OID)?,
+                value: Value::ObjectIdentifier(trap_oid.parse().ok()?),
+            },
+        ];
+        v2.extend(varbinds);
+        for (arcs, value) in [
+            (&SNMP_TRAP_ADDRESS[..], Value::IpAddress(agent)),
+            (
+                &SNMP_TRAP_ENTERPRISE[..],
+                Value::ObjectIdentifier(enterprise.clone()),
+            ),
+        ] {
+            if !v2.iter().any(|vb| vb.oid.arcs() == arcs) {
+                v2.push(VarBind {
+                    oid: Oid::try_from_arcs(arcs)?,
+                    value,
+                });
+            }
+        }
         let trap = Trap {
             received,
             source,
@@ -499,9 +548,15 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
             kind: "trap",
             trap_oid,
             uptime: info.timestamp.into(),
-            varbinds,
+            varbinds: v2,
             tenant_id: None,
             community: Some(pdu.community.to_vec()),
+            v1: Some(V1Fields {
+                agent_address: info.agent_addr.to_string(),
+                enterprise: enterprise.to_string(),
+                generic_trap: info.generic_trap as i32,
+                specific_trap: info.specific_trap as i32,
+            }),
         };
         return Some((trap, None));
     }
@@ -536,6 +591,7 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
         varbinds,
         tenant_id: None,
         community: Some(pdu.community.to_vec()),
+        v1: None,
     };
     Some((trap, ack))
 }

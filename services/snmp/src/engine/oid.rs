@@ -71,6 +71,11 @@ impl Oid {
         ok.then_some(Self(arcs))
     }
 
+    /// An OID from its arcs (None where no OID has them).
+    pub fn try_from_arcs(arcs: &[u32]) -> Option<Self> {
+        Self::checked(arcs.to_vec())
+    }
+
     /// The root of a walk: an OID, or a top arc alone (`1`, `.1`, `iso`),
     /// which walks everything under it.
     pub fn walk_root(text: &str) -> Result<Self, BadOid> {
