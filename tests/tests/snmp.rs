@@ -1178,6 +1178,100 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
         "{got:?}"
     );
 
+    // A v3 trap, sent with the device's own engine id (it is authoritative
+    // for traps), verified with the same credentials localized to it.
+    let trap = snmpd::tool_output(
+        "snmptrap",
+        &[
+            "-v3",
+            "-e",
+            "0x80001f8880aabbccddeeff",
+            "-l",
+            "authPriv",
+            "-u",
+            name,
+            "-a",
+            "SHA-256",
+            "-A",
+            auth_pass,
+            "-x",
+            "AES-256",
+            "-X",
+            priv_pass,
+            &dest,
+            "13",
+            "1.3.6.1.6.3.1.1.5.3",
+            "1.3.6.1.2.1.2.2.1.1.2",
+            "i",
+            "2",
+        ],
+    );
+    assert!(
+        trap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trap.stderr)
+    );
+    let got = notifications(&mut lines, 1).await;
+    assert_eq!(
+        (
+            got[0]["device_id"].as_str(),
+            got[0]["version"].as_str(),
+            got[0]["kind"].as_str(),
+            got[0]["uptime"].as_str(),
+        ),
+        (
+            Some(device_id.as_str()),
+            Some("3"),
+            Some("trap"),
+            Some("13")
+        ),
+        "{got:?}"
+    );
+
+    // A device created after the watcher opened, with other credentials at
+    // the same address: its informs are verified with its own at once.
+    let later = device_with_endpoint(&mesh, &token, "v3-later", user(0)).await;
+    let (name0, auth0, auth_pass0, priv0, priv_pass0) = snmpd::USERS[0];
+    let ok = snmpd::tool_output(
+        "snmpinform",
+        &[
+            "-v3",
+            "-l",
+            "authPriv",
+            "-u",
+            name0,
+            "-a",
+            auth0,
+            "-A",
+            auth_pass0,
+            "-x",
+            priv0,
+            "-X",
+            priv_pass0,
+            "-t",
+            "10",
+            "-r",
+            "0",
+            &dest,
+            "14",
+            "1.3.6.1.6.3.1.1.5.4",
+            "1.3.6.1.2.1.2.2.1.1.2",
+            "i",
+            "2",
+        ],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let got = notifications(&mut lines, 1).await;
+    assert_eq!(
+        (got[0]["device_id"].as_str(), got[0]["uptime"].as_str()),
+        (Some(later.as_str()), Some("14")),
+        "{got:?}"
+    );
+
     // A wrong auth password is refused with a report: snmpinform says so,
     // and nobody is told of the inform.
     let wrong = inform("not-the-password", priv_pass, "12");

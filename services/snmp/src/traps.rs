@@ -55,8 +55,9 @@ pub struct Trap {
     pub trap_oid: String,
     pub uptime: u64,
     pub varbinds: Vec<VarBind>,
-    /// For a v3 inform: the tenant whose device credentials authenticated it.
+    /// For v3: the tenant and device whose credentials authenticated it.
     pub tenant_id: Option<String>,
+    pub device_id: Option<String>,
     /// For v1 and v2c: the community it was sent with (never shown).
     pub community: Option<Vec<u8>>,
     /// For a v1 trap: the fields v2 has no place for.
@@ -90,10 +91,27 @@ fn community_hash(community: &[u8]) -> [u8; 32] {
 
 /// The tenants watching now, with their devices' addresses: the only
 /// places a v3 inform's credentials are looked for.
-#[derive(Default)]
 struct Watchers {
     next: AtomicU64,
     by_id: Mutex<HashMap<u64, (Principal, Addresses)>>,
+    /// When the device lists were last re-read for a v3 sender, in ms
+    /// since `started`.
+    refreshed_ms: AtomicU64,
+    started: std::time::Instant,
+}
+
+/// `refreshed_ms` before the first refresh.
+const NEVER: u64 = u64::MAX;
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            by_id: Mutex::default(),
+            refreshed_ms: AtomicU64::new(NEVER),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Watchers {
@@ -278,8 +296,8 @@ impl TrapHub {
         let Some(ber::Header::V3(m)) = ber::header(bytes) else {
             return;
         };
-        let answer = match self.inform_v3(authority, bytes, &m, from).await {
-            Ok((trap, ack)) => return self.deliver(socket, trap, Some(ack), from).await,
+        let answer = match self.notification_v3(authority, bytes, &m, from).await {
+            Ok((trap, ack)) => return self.deliver(socket, trap, ack, from).await,
             Err(None) => return,
             Err(Some((stat, keys))) => {
                 tracing::debug!(%from, stat = stat as usize, "refused a v3 message with a usm report");
@@ -293,61 +311,101 @@ impl TrapHub {
         }
     }
 
-    /// A v3 inform from a device of a watching tenant, checked with that
-    /// device's credentials, and its acknowledgement; or the report to send.
-    async fn inform_v3(
+    /// A v3 notification from a device of a watching tenant, checked with
+    /// the credentials of each device at the sender's address until one
+    /// verifies: an inform (sent to this listener's engine) with its
+    /// acknowledgement, or a trap (sent with the sender's own engine id,
+    /// RFC 3414 3.1.1, never answered); or the report to send.
+    async fn notification_v3(
         &self,
         authority: &Authority,
         bytes: &[u8],
         m: &V3In<'_>,
         from: SocketAddr,
-    ) -> std::result::Result<(Trap, Vec<u8>), Option<(UsmStat, Keys)>> {
+    ) -> std::result::Result<(Trap, Option<Vec<u8>>), Option<(UsmStat, Keys)>> {
         let refuse = |stat| Err(Some((stat, Keys::default())));
-        if m.usm.engine_id != authority.engine_id {
-            // Discovery, or a sender that still knows an earlier engine of ours.
+        // Sent to our engine: an inform (or discovery). Otherwise the
+        // sender is authoritative: a trap, which gets no report either.
+        let ours = m.usm.engine_id == authority.engine_id;
+        if !ours && m.usm.engine_id.is_empty() {
             return refuse(UsmStat::UnknownEngineIds);
         }
-        let Some((tenant_id, user)) = self.credentials(from.ip(), &m.usm.username).await else {
-            return refuse(UsmStat::UnknownUserNames);
-        };
-        let keys = authority.keys.keys(&user, &authority.engine_id).await;
-        if m.flags & (snmp::V3_MSG_FLAGS_AUTH | snmp::V3_MSG_FLAGS_PRIVACY) != keys.level() {
-            return refuse(UsmStat::UnsupportedSecLevels);
+        let mut candidates = self.candidates(from.ip(), &m.usm.username).await;
+        if candidates.is_empty() && self.refresh_watchers().await {
+            // A device created since the watchers last looked.
+            candidates = self.candidates(from.ip(), &m.usm.username).await;
         }
-        let scoped = match usm::open(&keys, bytes, m) {
-            Ok(scoped) => scoped,
-            Err(Unopened::Decryption) => return refuse(UsmStat::DecryptionErrors),
-            Err(Unopened::WrongDigest | Unopened::Level) => return refuse(UsmStat::WrongDigests),
-        };
-        if keys.auth.is_some() && !authority.in_time_window(&m.usm) {
-            return Err(Some((UsmStat::NotInTimeWindows, keys.without_privacy())));
+        let mut refusal = UsmStat::UnknownUserNames;
+        for (tenant_id, device_id, user) in candidates {
+            let keys = authority.keys.keys(&user, &m.usm.engine_id).await;
+            if m.flags & (snmp::V3_MSG_FLAGS_AUTH | snmp::V3_MSG_FLAGS_PRIVACY) != keys.level() {
+                refusal = UsmStat::UnsupportedSecLevels;
+                continue;
+            }
+            let scoped = match usm::open(&keys, bytes, m) {
+                Ok(scoped) => scoped,
+                Err(Unopened::Decryption) => {
+                    refusal = UsmStat::DecryptionErrors;
+                    continue;
+                }
+                Err(Unopened::WrongDigest | Unopened::Level) => {
+                    refusal = UsmStat::WrongDigests;
+                    continue;
+                }
+            };
+            if ours && keys.auth.is_some() && !authority.in_time_window(&m.usm) {
+                return Err(Some((UsmStat::NotInTimeWindows, keys.without_privacy())));
+            }
+            let is_inform = ber::scoped(&scoped).and_then(|p| {
+                snmp2::Pdu::from_bytes(&p.message)
+                    .ok()
+                    .map(|p| p.message_type)
+            }) == Some(MessageType::InformRequest);
+            if !ours && is_inform {
+                // An inform to an engine of ours from before a restart: the
+                // report makes the sender discover the one we have now.
+                return refuse(UsmStat::UnknownEngineIds);
+            }
+            let decoded = ber::scoped(&scoped).and_then(|pdu_bytes| {
+                let (mut trap, _) = decode(&pdu_bytes.message, from)?;
+                let pdu = snmp2::Pdu::from_bytes(&pdu_bytes.message).ok()?;
+                trap.version = "3";
+                trap.tenant_id = Some(tenant_id);
+                trap.device_id = Some(device_id);
+                trap.community = None; // authenticated by USM, not a community
+                match (ours, pdu.message_type) {
+                    (true, MessageType::InformRequest) => {
+                        // The response names the inform's context (RFC 3412 7.1.4).
+                        let ack = response(pdu.req_id, &trap.varbinds);
+                        let scoped =
+                            ber::scoped_pdu(pdu_bytes.context_engine, pdu_bytes.context_name, &ack);
+                        let header = authority.header(&m.usm.username);
+                        Some((
+                            trap,
+                            Some(usm::seal(&keys, m.msg_id, false, &header, &scoped)),
+                        ))
+                    }
+                    (false, MessageType::Trap) => Some((trap, None)),
+                    // Authenticated, but nothing to deliver or answer.
+                    _ => None,
+                }
+            });
+            return decoded.ok_or(None);
         }
-        let decoded = ber::scoped(&scoped).and_then(|inform| {
-            let (mut trap, _) = decode(&inform.message, from)?;
-            let pdu = snmp2::Pdu::from_bytes(&inform.message).ok()?;
-            (pdu.message_type == MessageType::InformRequest).then_some(())?;
-            trap.version = "3";
-            trap.tenant_id = Some(tenant_id);
-            trap.community = None; // authenticated by USM, not a community
-            // The response names the inform's context (RFC 3412 7.1.4).
-            let ack = response(pdu.req_id, &trap.varbinds);
-            let scoped = ber::scoped_pdu(inform.context_engine, inform.context_name, &ack);
-            let header = authority.header(&m.usm.username);
-            Some((trap, usm::seal(&keys, m.msg_id, false, &header, &scoped)))
-        });
-        // Authenticated but no inform (a v3 trap or a request): nothing to answer.
-        decoded.ok_or(None)
+        if ours { refuse(refusal) } else { Err(None) }
     }
 
-    /// The v3 user `username` of a device at `ip` of a watching tenant.
-    async fn credentials(&self, ip: IpAddr, username: &[u8]) -> Option<(String, UsmUser)> {
+    /// The v3 users named `username` of the devices at `ip` of every
+    /// watching tenant: (tenant, device, user).
+    async fn candidates(&self, ip: IpAddr, username: &[u8]) -> Vec<(String, String, UsmUser)> {
+        let mut found = Vec::new();
         for (p, device_id) in self.watchers.devices_at(ip) {
             match self.inventory.device(&p, &device_id).await {
                 Ok(resolved) => {
                     if let Credentials::Usm(user) = resolved.target.credentials
                         && user.username == username
                     {
-                        return Some((p.tenant_id, user));
+                        found.push((p.tenant_id, device_id, user));
                     }
                 }
                 Err(e) => {
@@ -355,7 +413,37 @@ impl TrapHub {
                 }
             }
         }
-        None
+        found
+    }
+
+    /// Re-reads every watcher's devices, at most once a second (a sender
+    /// cannot make it do more); whether it did.
+    async fn refresh_watchers(&self) -> bool {
+        let now = self.watchers.started.elapsed().as_millis() as u64;
+        let last = self.watchers.refreshed_ms.load(Ordering::Relaxed);
+        if (last != NEVER && now.saturating_sub(last) < 1000)
+            || self
+                .watchers
+                .refreshed_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let watching: Vec<(u64, Principal)> = self
+            .watchers
+            .lock()
+            .iter()
+            .map(|(id, (p, _))| (*id, p.clone()))
+            .collect();
+        for (id, p) in watching {
+            if let Ok(devices) = device_addresses(&self.inventory, &p).await
+                && let Some(entry) = self.watchers.lock().get_mut(&id)
+            {
+                entry.1 = devices;
+            }
+        }
+        true
     }
 
     /// Traps from the caller's tenant's devices, from now on.
@@ -383,10 +471,13 @@ impl TrapHub {
                 };
                 if refreshed.elapsed() > DEVICE_REFRESH {
                     if let Ok(fresh) = device_addresses(&inventory, &p).await {
-                        devices = fresh;
-                        _registration.0.set(id, &p, devices.clone());
+                        _registration.0.set(id, &p, fresh);
                     }
                     refreshed = tokio::time::Instant::now();
+                }
+                // The list a v3 sender may have had re-read since.
+                if let Some((_, current)) = _registration.0.lock().get(&id) {
+                    devices = current.clone();
                 }
                 if trap.tenant_id.as_ref().is_some_and(|t| *t != p.tenant_id) {
                     continue;
@@ -405,12 +496,14 @@ impl TrapHub {
 /// it, other tenants' included). A v3 inform was already authenticated.
 fn sender<'a>(devices: &'a Addresses, trap: &Trap) -> Option<&'a Device> {
     let at = devices.get(&trap.source.ip())?;
-    match &trap.community {
-        Some(community) => {
+    match (&trap.community, &trap.device_id) {
+        (Some(community), _) => {
             let hash = community_hash(community);
             at.iter().find(|d| d.community == Some(hash))
         }
-        None => at.first(),
+        // v3: the device whose credentials verified it.
+        (None, Some(id)) => at.iter().find(|d| d.id == *id),
+        (None, None) => None,
     }
 }
 
@@ -550,6 +643,7 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
             uptime: info.timestamp.into(),
             varbinds: v2,
             tenant_id: None,
+            device_id: None,
             community: Some(pdu.community.to_vec()),
             v1: Some(V1Fields {
                 agent_address: info.agent_addr.to_string(),
@@ -590,6 +684,7 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
         uptime,
         varbinds,
         tenant_id: None,
+        device_id: None,
         community: Some(pdu.community.to_vec()),
         v1: None,
     };
