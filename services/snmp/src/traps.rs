@@ -100,6 +100,32 @@ struct Watchers {
     started: std::time::Instant,
 }
 
+/// v3 notifications being checked at once; more are dropped.
+const V3_AT_ONCE: usize = 64;
+/// v3 datagrams one source address may have checked a second.
+const V3_PER_SOURCE: u32 = 50;
+
+/// How many v3 datagrams each source sent this second (a fixed window).
+#[derive(Default)]
+struct SourceBudget {
+    second: u64,
+    counts: HashMap<IpAddr, u32>,
+}
+
+impl SourceBudget {
+    /// Whether `source` may have one more checked in `second` (Unix time).
+    fn allow(&mut self, source: IpAddr, second: u64) -> bool {
+        // A new second, or too many sources to remember: start again.
+        if second != self.second || self.counts.len() >= 10_000 {
+            self.second = second;
+            self.counts.clear();
+        }
+        let count = self.counts.entry(source).or_default();
+        *count += 1;
+        *count <= V3_PER_SOURCE
+    }
+}
+
 /// `refreshed_ms` before the first refresh.
 const NEVER: u64 = u64::MAX;
 
@@ -255,6 +281,8 @@ impl TrapHub {
         };
         let authority = Arc::new(Authority::new());
         let listener = hub.clone();
+        let v3_work = Arc::new(tokio::sync::Semaphore::new(V3_AT_ONCE));
+        let mut budget = SourceBudget::default();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             loop {
@@ -263,10 +291,27 @@ impl TrapHub {
                 };
                 let bytes = buf[..n].to_vec();
                 if matches!(ber::header(&bytes), Some(ber::Header::V3(_))) {
-                    // Finding the sender's credentials takes a round trip to the inventory.
+                    // Finding the sender's credentials takes a round trip to
+                    // the inventory: bounded, as a flood of spoofed
+                    // datagrams would otherwise take the service with it.
+                    let second = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if !budget.allow(from.ip(), second) {
+                        metrics::counter!("rdm_snmp_traps_dropped_total", "reason" => "source_budget").increment(1);
+                        continue;
+                    }
+                    let Ok(permit) = v3_work.clone().try_acquire_owned() else {
+                        metrics::counter!("rdm_snmp_traps_dropped_total", "reason" => "busy")
+                            .increment(1);
+                        continue;
+                    };
                     let (hub, socket, authority) =
                         (listener.clone(), socket.clone(), authority.clone());
-                    tokio::spawn(async move { hub.v3(&authority, &socket, &bytes, from).await });
+                    tokio::spawn(async move {
+                        hub.v3(&authority, &socket, &bytes, from).await;
+                        drop(permit);
+                    });
                     continue;
                 }
                 match decode(&bytes, from) {
@@ -689,4 +734,22 @@ fn decode(bytes: &[u8], source: SocketAddr) -> Option<(Trap, Option<Vec<u8>>)> {
         v1: None,
     };
     Some((trap, ack))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_gets_its_budget_a_second() {
+        let mut budget = SourceBudget::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let allowed = (0..V3_PER_SOURCE + 10)
+            .filter(|_| budget.allow(a, 100))
+            .count() as u32;
+        assert_eq!(allowed, V3_PER_SOURCE, "ten over the budget refused");
+        assert!(budget.allow(b, 100), "another source has its own budget");
+        assert!(budget.allow(a, 101), "the next second starts again");
+    }
 }

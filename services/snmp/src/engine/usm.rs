@@ -65,9 +65,16 @@ pub struct EngineCache {
     passwords: Cache<[u8; 32], Arc<Vec<u8>>>,
 }
 
+/// Entries a cache holds before it starts again (what it holds is
+/// recomputed on demand: a discovery, a password hash).
+const CACHE_CAP: usize = 50_000;
+
 fn slot<K: std::hash::Hash + Eq, T>(map: &Cache<K, T>, key: K) -> Slot<T> {
     // A poisoned lock only means another request panicked mid-insert; the map is still whole.
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= CACHE_CAP && !map.contains_key(&key) {
+        map.clear();
+    }
     map.entry(key).or_default().clone()
 }
 
