@@ -324,6 +324,22 @@ async fn closed_ports_and_black_holes_time_out() {
         "{messages:?}"
     );
     assert_eq!(datagrams(&hole), 3, "one round of attempts: {messages:?}");
+
+    // An IPv6 host may be written in brackets, as in a URL.
+    let hole6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    for host in ["[::1]", "::1"] {
+        let endpoint = json!({"endpoint": {"host": host, "port": hole6.local_addr().unwrap().port(), "version": "2c",
+            "community": "public", "timeout_ms": 100, "retries": 0}});
+        let (status, body) = mesh
+            .post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": endpoint, "oids": ["1.3.6.1.2.1.1.1.0"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{host}: {body}");
+        assert_eq!(datagrams(&hole6), 1, "{host}: sent to ::1");
+    }
 }
 
 /// Walks that net-snmp's snmpwalk answers: a leaf (its value, by a GET), a
