@@ -365,6 +365,28 @@ async fn walks_of_a_leaf_an_empty_subtree_and_the_whole_tree() {
         (1, Some("noSuchObject")),
         "{messages:?}"
     );
+    // UCD-SNMP-MIB's laLoadFloat.1 is an Opaque-wrapped float: its number.
+    let load = "1.3.6.1.4.1.2021.10.1.6.1";
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": {"endpoint": community("2c", "public")}, "oids": [load]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let vb = &body["varbinds"][0];
+    assert_eq!(vb["type"], "Opaque", "{body}");
+    assert!(
+        vb["value"].as_str().unwrap().parse::<f32>().is_ok(),
+        "{body}"
+    );
+    assert!(vb["hex"].as_str().unwrap().starts_with("9f7804"), "{body}");
+    let net_snmp = snmpd::tool(
+        "snmpget",
+        &["-v2c", "-c", "public", "-On", snmpd::ADDR, load],
+    );
+    assert!(net_snmp.contains("Opaque: Float:"), "{net_snmp}");
     // GETBULK with max-repetitions 0 sends 0: only the non-repeaters come
     // back (RFC 3416 4.2.3), as snmpbulkget -Cr0 shows.
     let (status, body) = mesh
@@ -1352,6 +1374,27 @@ async fn the_demo_devices_answer_through_rdm() {
             )
             .await;
         assert_eq!(body["varbinds"][0]["value"], "moved");
+        // A zero-width space is held, so it is shown as hex, not as text
+        // that looks like "rack4" (net-snmp's sysLocation refuses it).
+        let hidden = "rack\u{200B}4";
+        let set = json!({"target": target, "varbinds": [{"oid": "1.3.6.1.2.1.1.6.0", "type": "s", "value": hidden}]});
+        let (status, body) = mesh.post("/v1/snmp/set", &token, set).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, body) = mesh
+            .post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": target, "oids": ["1.3.6.1.2.1.1.6.0"]}),
+            )
+            .await;
+        assert_eq!(
+            (
+                body["varbinds"][0]["value"].as_str(),
+                body["varbinds"][0]["hex"].as_str()
+            ),
+            (Some(""), Some(hex::encode(hidden).as_str())),
+            "{body}"
+        );
     }
 }
 
