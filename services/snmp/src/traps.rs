@@ -90,7 +90,7 @@ fn community_hash(community: &[u8]) -> [u8; 32] {
 }
 
 /// The tenants watching now, with their devices' addresses: the only
-/// places a v3 inform's credentials are looked for.
+/// places a v3 notification's credentials are looked for.
 struct Watchers {
     next: AtomicU64,
     by_id: Mutex<HashMap<u64, (Principal, Addresses)>>,
@@ -98,32 +98,6 @@ struct Watchers {
     /// since `started`.
     refreshed_ms: AtomicU64,
     started: std::time::Instant,
-}
-
-/// v3 notifications being checked at once; more are dropped.
-const V3_AT_ONCE: usize = 64;
-/// v3 datagrams one source address may have checked a second.
-const V3_PER_SOURCE: u32 = 50;
-
-/// How many v3 datagrams each source sent this second (a fixed window).
-#[derive(Default)]
-struct SourceBudget {
-    second: u64,
-    counts: HashMap<IpAddr, u32>,
-}
-
-impl SourceBudget {
-    /// Whether `source` may have one more checked in `second` (Unix time).
-    fn allow(&mut self, source: IpAddr, second: u64) -> bool {
-        // A new second, or too many sources to remember: start again.
-        if second != self.second || self.counts.len() >= 10_000 {
-            self.second = second;
-            self.counts.clear();
-        }
-        let count = self.counts.entry(source).or_default();
-        *count += 1;
-        *count <= V3_PER_SOURCE
-    }
 }
 
 /// `refreshed_ms` before the first refresh.
@@ -163,6 +137,32 @@ impl Watchers {
             }
         }
         found
+    }
+}
+
+/// v3 notifications being checked at once; more are dropped.
+const V3_AT_ONCE: usize = 64;
+/// v3 datagrams one source address may have checked a second.
+const V3_PER_SOURCE: u32 = 50;
+
+/// How many v3 datagrams each source sent this second (a fixed window).
+#[derive(Default)]
+struct SourceBudget {
+    second: u64,
+    counts: HashMap<IpAddr, u32>,
+}
+
+impl SourceBudget {
+    /// Whether `source` may have one more checked in `second` (Unix time).
+    fn allow(&mut self, source: IpAddr, second: u64) -> bool {
+        // A new second, or too many sources to remember: start again.
+        if second != self.second || self.counts.len() >= 10_000 {
+            self.second = second;
+            self.counts.clear();
+        }
+        let count = self.counts.entry(source).or_default();
+        *count += 1;
+        *count <= V3_PER_SOURCE
     }
 }
 
