@@ -511,6 +511,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     // (SQLite gives its -wal and -shm files the database file's mode).
     private_files(&opts.data_dir, "inventory.db")?;
     let api_keys = ApiKeys::new(inventory_backend.clone());
+    let routed = routed_names(&backends);
     let gateway = rdm_gateway::router(&settings.gateway, backends, verifier, api_keys)?;
 
     let mut tasks = JoinSet::new();
@@ -519,8 +520,9 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         async move { server::serve(inventory_listener, services, &names, &args, stop).await },
     );
     let args = settings.server.clone();
-    tasks
-        .spawn(async move { server::serve(gateway_listener, gateway, &[], &args, shutdown).await });
+    tasks.spawn(
+        async move { server::serve(gateway_listener, gateway, &routed, &args, shutdown).await },
+    );
     Ok(Mesh {
         gateway_addr: mesh_addrs.0,
         inventory_addr: mesh_addrs.1,
@@ -611,9 +613,20 @@ pub async fn serve_gateway(
         backends.insert(service.package().to_owned(), invoke::remote(url)?);
     }
     let api_keys = ApiKeys::new(backends[INVENTORY_PACKAGE].clone());
+    let routed = routed_names(&backends);
     let router = rdm_gateway::router(config, backends, verifier, api_keys)?;
     listening("gateway", &listener)?;
-    server::serve(listener, router, &[], server_args, shutdown).await
+    server::serve(listener, router, &routed, server_args, shutdown).await
+}
+
+/// The gRPC services the gateway routes, which its health reports on.
+fn routed_names<B>(backends: &HashMap<String, B>) -> Vec<String> {
+    let mut names: Vec<String> = backends
+        .keys()
+        .flat_map(|package| server::service_names(package))
+        .collect();
+    names.sort();
+    names
 }
 
 /// How often a process apart from the inventory asks it for revoked sessions.

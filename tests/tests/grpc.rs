@@ -66,6 +66,14 @@ async fn reflection_lists_every_service_on_gateway_and_service_ports() {
             );
         }
     }
+    // The gateway answers health for every service it routes.
+    for service in ["rdm.inventory.v1.DeviceService", "rdm.snmp.v1.SnmpService"] {
+        assert_eq!(
+            health(channel(mesh.gateway).await, service).await.unwrap(),
+            ServingStatus::Serving,
+            "{service}"
+        );
+    }
     // v1alpha, which older grpcurl versions use, answers too, with file descriptors.
     use v1alpha::{
         ServerReflectionRequest, server_reflection_request::MessageRequest,
