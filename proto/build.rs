@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let mut files = Vec::new();
     proto_files(&root.join("rdm"), &mut files);
+    // The error details rdm sends (ErrorInfo, ...): in the descriptor set,
+    // so reflection lets grpcurl and buf curl decode them.
+    proto_files(&root.join("google/rpc"), &mut files);
     files.sort();
     println!("cargo:rerun-if-changed=rdm");
     println!("cargo:rerun-if-changed=google");

@@ -97,6 +97,26 @@ async fn reflection_lists_every_service_on_gateway_and_service_ports() {
         panic!("{reply:?}")
     };
     assert!(!files.file_descriptor_proto.is_empty());
+    // The error details a failed call carries decode through reflection.
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "google.rpc.ErrorInfo".into(),
+        )),
+    };
+    let mut replies = client
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            reply.message_response,
+            Some(MessageResponse::FileDescriptorResponse(_))
+        ),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
