@@ -101,7 +101,13 @@ async fn transcode(
     {
         metadata.insert("grpc-timeout", value);
     }
-    for name in ["authorization", "traceparent", "x-request-id"] {
+    // The trace goes on: the caller's, or the one this request started.
+    if let Some(trace) = parts.extensions.get::<rdm_kit::telemetry::TraceParent>()
+        && let Ok(value) = trace.0.parse()
+    {
+        metadata.insert("traceparent", value);
+    }
+    for name in ["authorization", "x-request-id"] {
         if let Some(v) = parts
             .headers
             .get(name)

@@ -18,7 +18,9 @@ pub struct Forward {
 }
 
 impl Forward {
+    /// `trace` left out: the trace of the request being served, if any.
     pub fn new(principal: Option<&Principal>, trace: Option<&TraceParent>) -> Self {
+        let trace = trace.cloned().or_else(TraceParent::current);
         Self {
             authorization: principal.and_then(|p| format!("Bearer {}", p.bearer()).parse().ok()),
             traceparent: trace.and_then(|t| t.0.parse().ok()),
@@ -102,5 +104,22 @@ mod tests {
             .call(tonic::Request::new(()))
             .unwrap();
         assert!(bare.metadata().is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_made_while_serving_a_request_carry_its_trace() {
+        let trace = TraceParent::new_root();
+        let sent = trace
+            .clone()
+            .serving(async {
+                Forward::new(None, None)
+                    .call(tonic::Request::new(()))
+                    .unwrap()
+            })
+            .await;
+        assert_eq!(
+            sent.metadata().get("traceparent").unwrap(),
+            trace.0.as_str()
+        );
     }
 }

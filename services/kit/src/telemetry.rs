@@ -112,7 +112,23 @@ pub async fn render_metrics() -> String {
 #[derive(Clone, Debug)]
 pub struct TraceParent(pub String);
 
+tokio::task_local! {
+    /// The trace context of the request this task is serving (set by
+    /// [`observe`]): calls to other services carry it on.
+    static CURRENT: TraceParent;
+}
+
 impl TraceParent {
+    /// The trace context of the request being served, if any.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `work` as serving a request of this trace.
+    pub async fn serving<F: Future>(self, work: F) -> F::Output {
+        CURRENT.scope(self, work).await
+    }
+
     pub fn new_root() -> Self {
         let trace = uuid::Uuid::new_v4().simple().to_string();
         let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
@@ -157,10 +173,10 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         });
         let _ = span.set_parent(parent);
     }
-    req.extensions_mut().insert(traceparent);
+    req.extensions_mut().insert(traceparent.clone());
     let response = {
         use tracing::Instrument;
-        next.run(req).instrument(span).await
+        traceparent.serving(next.run(req).instrument(span)).await
     };
     let grpc_status = response
         .headers()
