@@ -1143,6 +1143,31 @@ async fn device_with_endpoint(mesh: &TestMesh, token: &str, name: &str, endpoint
     id
 }
 
+/// A v3 notification as net-snmp sends it: `snmpinform` (which waits for
+/// the acknowledgement, without retrying) or `snmptrap`, as
+/// `snmpd::USERS[user]` with these passwords, `extra` options first.
+fn send_v3(
+    tool: &str,
+    user: usize,
+    (auth_pass, priv_pass): (&str, &str),
+    extra: &[&str],
+    dest: &str,
+    uptime: &str,
+    trap_oid: &str,
+) -> std::process::Output {
+    let (name, auth, _, privacy, _) = snmpd::USERS[user];
+    let mut args = vec![
+        "-v3", "-l", "authPriv", "-u", name, "-a", auth, "-A", auth_pass, "-x", privacy, "-X",
+        priv_pass,
+    ];
+    if tool == "snmpinform" {
+        args.extend(["-t", "10", "-r", "0"]);
+    }
+    args.extend(extra);
+    args.extend([dest, uptime, trap_oid, "1.3.6.1.2.1.2.2.1.1.2", "i", "2"]);
+    snmpd::tool_output(tool, &args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
     let (mesh, token) = demo().await;
@@ -1155,37 +1180,17 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
     let mut other_lines = watch_traps(&mesh, &other).await;
 
     let dest = mesh.traps.to_string();
-    let (name, _, auth_pass, _, priv_pass) = snmpd::USERS[2];
+    let (_, _, auth_pass, _, priv_pass) = snmpd::USERS[2];
     let inform = |auth_pass: &str, priv_pass: &str, uptime: &str| {
-        let args = [
-            "-v3",
-            "-l",
-            "authPriv",
-            "-u",
-            name,
-            "-a",
-            "SHA-256",
-            "-A",
-            auth_pass,
-            "-x",
-            "AES-256",
-            "-X",
-            priv_pass,
-            "-t",
-            "10",
-            "-r",
-            "0",
+        let passwords = (auth_pass, priv_pass);
+        send_v3(
+            "snmpinform",
+            2,
+            passwords,
+            &[],
             &dest,
             uptime,
             "1.3.6.1.6.3.1.1.5.4",
-            "1.3.6.1.2.1.2.2.1.1.2",
-            "i",
-            "2",
-        ]
-        .map(String::from);
-        snmpd::tool_output(
-            "snmpinform",
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
         )
     };
     // snmpinform exits 0 only once our acknowledgement decrypted and
@@ -1218,31 +1223,16 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
 
     // A v3 trap, sent with the device's own engine id (it is authoritative
     // for traps), verified with the same credentials localized to it.
-    let trap = snmpd::tool_output(
+    let own_engine = ["-e", "0x80001f8880aabbccddeeff"];
+    let passwords = (auth_pass, priv_pass);
+    let trap = send_v3(
         "snmptrap",
-        &[
-            "-v3",
-            "-e",
-            "0x80001f8880aabbccddeeff",
-            "-l",
-            "authPriv",
-            "-u",
-            name,
-            "-a",
-            "SHA-256",
-            "-A",
-            auth_pass,
-            "-x",
-            "AES-256",
-            "-X",
-            priv_pass,
-            &dest,
-            "13",
-            "1.3.6.1.6.3.1.1.5.3",
-            "1.3.6.1.2.1.2.2.1.1.2",
-            "i",
-            "2",
-        ],
+        2,
+        passwords,
+        &own_engine,
+        &dest,
+        "13",
+        "1.3.6.1.6.3.1.1.5.3",
     );
     assert!(
         trap.status.success(),
@@ -1269,34 +1259,16 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
     // A device created after the watcher opened, with other credentials at
     // the same address: its informs are verified with its own at once.
     let later = device_with_endpoint(&mesh, &token, "v3-later", user(0)).await;
-    let (name0, auth0, auth_pass0, priv0, priv_pass0) = snmpd::USERS[0];
-    let ok = snmpd::tool_output(
+    let (_, _, auth_pass0, _, priv_pass0) = snmpd::USERS[0];
+    let passwords = (auth_pass0, priv_pass0);
+    let ok = send_v3(
         "snmpinform",
-        &[
-            "-v3",
-            "-l",
-            "authPriv",
-            "-u",
-            name0,
-            "-a",
-            auth0,
-            "-A",
-            auth_pass0,
-            "-x",
-            priv0,
-            "-X",
-            priv_pass0,
-            "-t",
-            "10",
-            "-r",
-            "0",
-            &dest,
-            "14",
-            "1.3.6.1.6.3.1.1.5.4",
-            "1.3.6.1.2.1.2.2.1.1.2",
-            "i",
-            "2",
-        ],
+        0,
+        passwords,
+        &[],
+        &dest,
+        "14",
+        "1.3.6.1.6.3.1.1.5.4",
     );
     assert!(
         ok.status.success(),
