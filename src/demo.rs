@@ -1,6 +1,9 @@
 //! `rdm up --demo`: simulated devices to manage, and the demo tenant's
 //! devices pointing at them. Their ports are picked at each start, so the
 //! devices' endpoints are set again each time.
+//!
+//! Each demo device has a simulated SNMP agent and is reachable through a
+//! simulated XMiDT server (WebPA) under its XMiDT id.
 use anyhow::Context;
 use rdm_kit::invoke::Backend;
 use rdm_proto::inventory::{
@@ -8,19 +11,29 @@ use rdm_proto::inventory::{
     auth_service_client::AuthServiceClient, device_service_client::DeviceServiceClient,
     put_endpoint_request,
 };
-use rdm_proto::snmp::SnmpEndpoint;
-use rdm_sims::snmp_agent::{self, SnmpAgent};
+use rdm_proto::{rdm::api::v1::HttpAuth, snmp::SnmpEndpoint, webpa::WebpaEndpoint};
+use rdm_sims::{
+    snmp_agent::{self, SnmpAgent},
+    webpa::{self, WebpaSim},
+};
 use std::collections::HashMap;
 
-/// The demo's devices: name, site label, and where they are said to be.
-const DEVICES: [(&str, &str, &str); 2] = [
-    ("demo-cpe-1", "ams", "Amsterdam, rack 1"),
-    ("demo-cpe-2", "lon", "London, cabinet 7"),
+/// The demo's devices: name, site label, where they are said to be, and
+/// their XMiDT id.
+const DEVICES: [(&str, &str, &str, &str); 2] = [
+    ("demo-cpe-1", "ams", "Amsterdam, rack 1", "mac:112233445566"),
+    ("demo-cpe-2", "lon", "London, cabinet 7", "mac:112233445567"),
 ];
 
-/// Starts a simulated SNMP agent per demo device and points each device's
-/// `snmp` endpoint at its agent. The agents stop when dropped.
-pub async fn start(inventory: Backend) -> anyhow::Result<Vec<SnmpAgent>> {
+/// The simulators the demo devices point at; they stop when dropped.
+pub struct Sims {
+    _agents: Vec<SnmpAgent>,
+    _webpa: WebpaSim,
+}
+
+/// Starts a simulated SNMP agent per demo device and one XMiDT server for
+/// all, and points each device's `snmp` and `webpa` endpoints at them.
+pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     let login = AuthServiceClient::new(inventory.clone())
         .login(LoginRequest {
             tenant: "demo".into(),
@@ -49,8 +62,14 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Vec<SnmpAgent>> {
         .into_iter()
         .map(|d| (d.name, d.id))
         .collect();
+    let xmidt = webpa::Credentials::default();
+    let sim_devices: Vec<(&str, &str, &str)> = DEVICES
+        .iter()
+        .map(|(name, _, _, id)| (*id, *name, "simulated home gateway"))
+        .collect();
+    let webpa_sim = webpa::start(([127, 0, 0, 1], 0).into(), xmidt.clone(), &sim_devices).await?;
     let mut agents = Vec::with_capacity(DEVICES.len());
-    for (name, site, location) in DEVICES {
+    for (name, site, location, xmidt_id) in DEVICES {
         let agent = snmp_agent::start(([127, 0, 0, 1], 0).into(), name, location).await?;
         let id = match existing.get(name) {
             Some(id) => id.clone(),
@@ -79,14 +98,34 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Vec<SnmpAgent>> {
             community: Some("private".into()),
             ..Default::default()
         };
-        devices
-            .put_endpoint(PutEndpointRequest {
-                device_id: id,
-                settings: Some(put_endpoint_request::Settings::Snmp(endpoint)),
-            })
-            .await?;
-        tracing::info!(device = name, agent = %agent.addr, "demo device with a simulated snmp agent");
+        let webpa = WebpaEndpoint {
+            base_url: Some(webpa_sim.base_url()),
+            device_id: Some(xmidt_id.into()),
+            auth: Some(HttpAuth {
+                r#type: Some("basic".into()),
+                username: Some(xmidt.basic.0.clone()),
+                password: Some(xmidt.basic.1.clone()),
+                ..Default::default()
+            }),
+            timeout_ms: 5000,
+            ..Default::default()
+        };
+        for settings in [
+            put_endpoint_request::Settings::Snmp(endpoint),
+            put_endpoint_request::Settings::Webpa(webpa),
+        ] {
+            devices
+                .put_endpoint(PutEndpointRequest {
+                    device_id: id.clone(),
+                    settings: Some(settings),
+                })
+                .await?;
+        }
+        tracing::info!(device = name, agent = %agent.addr, xmidt = %webpa_sim.addr, "demo device with a simulated snmp agent and XMiDT server");
         agents.push(agent);
     }
-    Ok(agents)
+    Ok(Sims {
+        _agents: agents,
+        _webpa: webpa_sim,
+    })
 }

@@ -26,7 +26,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 /// The services behind the gateway, one line each. `rdm up`, `rdm serve`,
 /// the gateway's backends and health names all come from this list.
-pub static SERVICES: &[&dyn Service] = &[&rdm_snmp::SERVICE];
+pub static SERVICES: &[&dyn Service] = &[&rdm_snmp::SERVICE, &rdm_webpa::SERVICE];
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";
 /// The inventory's port under `rdm serve` (and `RDM_INVENTORY_URL`'s default).
@@ -197,13 +197,16 @@ pub struct RemoteArgs {
     pub tokens: TokenArgs,
 }
 
-/// A protocol service's own key for actor tokens (`rdm serve <service>`).
+/// What a protocol service apart from the inventory takes (`rdm serve
+/// <service>`): its own key for actor tokens, and the address policy.
 #[derive(clap::Args, Clone, Debug)]
-pub struct ServiceKeyArgs {
+pub struct ServiceArgs {
     /// Ed25519 PKCS#8 PEM key this service signs actor tokens with; the
     /// inventory trusts its public half.
     #[arg(long, env = "RDM_SERVICE_KEY_FILE")]
     pub service_key_file: PathBuf,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
 }
 
 /// Everything `rdm up` runs with.
@@ -272,8 +275,8 @@ pub struct Mesh {
     /// What the first start created (a generated admin password).
     pub bootstrapped: rdm_inventory::Bootstrapped,
     tasks: JoinSet<anyhow::Result<()>>,
-    /// `--demo`: the simulated agents its devices point at.
-    _demo_agents: Vec<rdm_sims::snmp_agent::SnmpAgent>,
+    /// `--demo`: the simulators its devices point at.
+    _demo: Option<demo::Sims>,
 }
 
 impl Mesh {
@@ -460,7 +463,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         &settings.tokens,
         Some(&opts.data_dir),
         opts.demo != Demo::Off,
-        addresses,
+        addresses.clone(),
     )
     .await?;
     let inventory_backend = invoke::local(inventory.clone());
@@ -475,6 +478,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         verifier: verifier.clone(),
         service_key: Arc::new(service_key),
         audit,
+        addresses: addresses.clone(),
         all_in_one: true,
     };
     let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory_backend.clone())]);
@@ -502,10 +506,10 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         }
     }
     let services = services.fallback_service(inventory);
-    let demo_agents = if opts.demo == Demo::Devices {
-        demo::start(inventory_backend.clone()).await?
+    let demo_sims = if opts.demo == Demo::Devices {
+        Some(demo::start(inventory_backend.clone()).await?)
     } else {
-        Vec::new()
+        None
     };
     // The database holds password hashes and sealed secrets: owner only
     // (SQLite gives its -wal and -shm files the database file's mode).
@@ -529,7 +533,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         listeners,
         bootstrapped,
         tasks,
-        _demo_agents: demo_agents,
+        _demo: demo_sims,
     })
 }
 
@@ -567,13 +571,17 @@ pub async fn serve_service(
     service: &dyn Service,
     listen: SocketAddr,
     remote: &RemoteArgs,
-    key: &ServiceKeyArgs,
+    args: &ServiceArgs,
     matches: &clap::ArgMatches,
     server_args: &ServerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = bind(listen, "the service").await?;
-    let service_key = Arc::new(SigningKey::load(&key.service_key_file)?);
+    let service_key = Arc::new(SigningKey::load(&args.service_key_file)?);
+    let addresses = args
+        .addresses
+        .policy()?
+        .with_own_listeners([listener.local_addr()?]);
     let inventory = invoke::remote(&remote.inventory_url)?;
     let audit = Arc::new(rdm_kit::audit::RemoteAudit {
         service: service.name(),
@@ -585,6 +593,7 @@ pub async fn serve_service(
         inventory,
         service_key,
         audit,
+        addresses,
         all_in_one: false,
     };
     let started = service.start(matches, context).await?;

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use rdm::{
     DatabaseArgs, GATEWAY_PORT, INVENTORY_PORT, InventoryArgs, RemoteArgs, SERVICES, SecretKeyArgs,
-    ServiceKeyArgs, Settings, TokenArgs, UpOptions,
+    ServiceArgs, Settings, TokenArgs, UpOptions,
 };
 use rdm_kit::{server::ServerArgs, server::Shutdown, telemetry::TelemetryArgs};
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf};
@@ -151,7 +151,7 @@ fn serve_command() -> clap::Command {
             s.name(),
             format!("The {} service ({})", s.name(), s.package()),
             s.port(),
-            |c| ServiceKeyArgs::augment_args(RemoteArgs::augment_args(c)),
+            |c| ServiceArgs::augment_args(RemoteArgs::augment_args(c)),
         );
         let about = command.get_about().cloned().unwrap_or_default();
         s.args(command).about(about)
@@ -234,8 +234,8 @@ async fn run_serve(role: &str, m: &clap::ArgMatches, server: ServerArgs) -> anyh
                 .find(|s| s.name() == name)
                 .with_context(|| format!("no service named {name}"))?;
             let remote = RemoteArgs::from_arg_matches(m)?;
-            let key = ServiceKeyArgs::from_arg_matches(m)?;
-            rdm::serve_service(*service, listen, &remote, &key, m, &server, shutdown).await
+            let args = ServiceArgs::from_arg_matches(m)?;
+            rdm::serve_service(*service, listen, &remote, &args, m, &server, shutdown).await
         }
     }
 }

@@ -31,7 +31,7 @@ const ERRORS: [(u16, &str); 15] = [
     (405, "The route exists with other methods (see Allow)."),
     (
         409,
-        "Conflicts with the current state (already exists, precondition).",
+        "Conflicts with the current state (already exists, precondition, a test-and-set whose configuration id changed).",
     ),
     (413, "Request body too large."),
     (415, "The body's content type is not one this call takes."),
@@ -42,10 +42,13 @@ const ERRORS: [(u16, &str); 15] = [
     (429, "Throttled; see Retry-After."),
     (500, "Internal error."),
     (501, "Not implemented."),
-    (502, "The device could not be reached."),
+    (
+        502,
+        "The device could not be reached, or the server in front of it (XMiDT, an ACS) refused rdm's credentials.",
+    ),
     (
         503,
-        "A service, or an ACS or controller in front of the device, is unavailable; see Retry-After.",
+        "A service, or an ACS or controller in front of the device, is unavailable, or the device is offline or busy; see Retry-After.",
     ),
     (
         504,

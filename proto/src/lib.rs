@@ -22,3 +22,4 @@ include!(concat!(env!("OUT_DIR"), "/rdm_modules.rs"));
 
 pub use rdm::inventory::v1 as inventory;
 pub use rdm::snmp::v1 as snmp;
+pub use rdm::webpa::v1 as webpa;

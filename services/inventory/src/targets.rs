@@ -187,7 +187,7 @@ impl Inventory {
         row: &ds::EndpointRow,
         allowed: &[IpNet],
     ) -> Result<pb::ResolveTargetResponse> {
-        let config: serde_json::Map<String, Value> = serde_json::from_str(&row.config)
+        let mut config: serde_json::Map<String, Value> = serde_json::from_str(&row.config)
             .map_err(|e| Error::internal("reading a stored endpoint", e))?;
         let sealed: BTreeMap<String, String> = serde_json::from_str(&row.secrets)
             .map_err(|e| Error::internal("reading stored secrets", e))?;
@@ -210,6 +210,12 @@ impl Inventory {
         })?;
         // Debug, not info: a poll resolves every device it names, each time.
         tracing::debug!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "target resolved");
+        // XMiDT knows a device by its serial unless the endpoint says otherwise.
+        if protocol == "webpa" && !device.serial.is_empty() {
+            config
+                .entry("device_id")
+                .or_insert_with(|| Value::from(device.serial.clone()));
+        }
         target(
             protocol,
             device.id,

@@ -8,9 +8,10 @@
 use crate::error::{Error, Result};
 use ipnet::IpNet;
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Networks refused by default, with the reason a refusal names.
@@ -182,6 +183,57 @@ pub async fn http_client(
     builder
         .build()
         .map_err(|e| Error::internal("building an HTTP client", e))
+}
+
+/// Vetted HTTP clients kept for reuse (their connections with them), by
+/// origin and the tenant's allowed networks. A client is built again after
+/// [`HttpClients::TTL`], so a name is looked up and vetted again that often.
+#[derive(Clone)]
+pub struct HttpClients {
+    policy: AddressPolicy,
+    cache: Arc<std::sync::Mutex<HashMap<(String, Vec<IpNet>), (Instant, reqwest::Client)>>>,
+}
+
+impl HttpClients {
+    pub const TTL: Duration = Duration::from_secs(60);
+    /// Clients kept at most; past that, the expired ones go, or all.
+    const MAX: usize = 10_000;
+    /// The longest any request may take; each request sets its own.
+    const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+    pub fn new(policy: AddressPolicy) -> Self {
+        Self {
+            policy,
+            cache: Arc::default(),
+        }
+    }
+
+    /// A client for `url`'s origin, vetted for a tenant allowed `allowed`.
+    pub async fn get(&self, url: &url::Url, allowed: &[IpNet]) -> Result<reqwest::Client> {
+        let key = (url.origin().ascii_serialization(), allowed.to_vec());
+        let now = Instant::now();
+        if let Some((made, client)) = self.lock().get(&key)
+            && now.duration_since(*made) < Self::TTL
+        {
+            return Ok(client.clone());
+        }
+        let client = http_client(&self.policy, allowed, url, Self::MAX_TIMEOUT).await?;
+        let mut cache = self.lock();
+        if cache.len() >= Self::MAX {
+            cache.retain(|_, (made, _)| now.duration_since(*made) < Self::TTL);
+            if cache.len() >= Self::MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (now, client.clone()));
+        Ok(client)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, Vec<IpNet>), (Instant, reqwest::Client)>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn refused(ip: IpAddr, why: &str) -> Error {

@@ -26,8 +26,19 @@ pub enum ErrorCode {
     DeviceAuthRejected,
     /// The device answered with an error of its own (protocol code in metadata).
     DeviceError,
+    /// The device is busy with another request; try again shortly.
+    DeviceBusy,
+    /// The device is not connected to the server in front of it (XMiDT, a
+    /// controller): nothing was sent to it.
+    DeviceOffline,
     /// An ACS, XMiDT or controller in front of the device is down.
     UpstreamUnavailable,
+    /// The server in front of the device refused rdm's own credentials (the
+    /// caller's token was fine).
+    UpstreamAuth,
+    /// The device's state is not what the request expected (a test-and-set
+    /// whose configuration id no longer matches).
+    Conflict,
     Unimplemented,
     /// The route exists with other HTTP methods (REST only).
     MethodNotAllowed,
@@ -39,7 +50,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -53,7 +64,11 @@ impl ErrorCode {
         Self::DeviceUnreachable,
         Self::DeviceAuthRejected,
         Self::DeviceError,
+        Self::DeviceBusy,
+        Self::DeviceOffline,
         Self::UpstreamUnavailable,
+        Self::UpstreamAuth,
+        Self::Conflict,
         Self::Unimplemented,
         Self::MethodNotAllowed,
         Self::Unavailable,
@@ -77,7 +92,11 @@ impl ErrorCode {
             Self::DeviceUnreachable => "DEVICE_UNREACHABLE",
             Self::DeviceAuthRejected => "DEVICE_AUTH_REJECTED",
             Self::DeviceError => "DEVICE_ERROR",
+            Self::DeviceBusy => "DEVICE_BUSY",
+            Self::DeviceOffline => "DEVICE_OFFLINE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Self::UpstreamAuth => "UPSTREAM_AUTH",
+            Self::Conflict => "CONFLICT",
             Self::Unimplemented => "UNIMPLEMENTED",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Unavailable => "UNAVAILABLE",
@@ -100,11 +119,15 @@ impl ErrorCode {
             Self::FailedPrecondition => Code::FailedPrecondition,
             Self::TooManyRequests | Self::PayloadTooLarge => Code::ResourceExhausted,
             Self::DeviceTimeout | Self::DeadlineExceeded => Code::DeadlineExceeded,
-            Self::DeviceUnreachable | Self::UpstreamUnavailable | Self::Unavailable => {
-                Code::Unavailable
-            }
+            Self::DeviceUnreachable
+            | Self::DeviceBusy
+            | Self::DeviceOffline
+            | Self::UpstreamUnavailable
+            | Self::Unavailable => Code::Unavailable,
             Self::DeviceAuthRejected => Code::PermissionDenied,
             Self::DeviceError => Code::FailedPrecondition,
+            Self::UpstreamAuth => Code::FailedPrecondition,
+            Self::Conflict => Code::Aborted,
             Self::Unimplemented | Self::MethodNotAllowed => Code::Unimplemented,
             Self::Internal => Code::Internal,
         }
@@ -116,7 +139,7 @@ impl ErrorCode {
             Self::Unauthenticated => 401,
             Self::PermissionDenied | Self::DeviceAuthRejected => 403,
             Self::NotFound => 404,
-            Self::AlreadyExists | Self::FailedPrecondition => 409,
+            Self::AlreadyExists | Self::FailedPrecondition | Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::DeviceError => 422,
@@ -124,8 +147,11 @@ impl ErrorCode {
             Self::Internal => 500,
             Self::Unimplemented => 501,
             Self::MethodNotAllowed => 405,
-            Self::DeviceUnreachable => 502,
-            Self::UpstreamUnavailable | Self::Unavailable => 503,
+            Self::DeviceUnreachable | Self::UpstreamAuth => 502,
+            Self::DeviceBusy
+            | Self::DeviceOffline
+            | Self::UpstreamUnavailable
+            | Self::Unavailable => 503,
             Self::DeviceTimeout | Self::DeadlineExceeded => 504,
         }
     }
@@ -138,7 +164,8 @@ impl ErrorCode {
             Code::Unauthenticated => Self::Unauthenticated,
             Code::PermissionDenied => Self::PermissionDenied,
             Code::NotFound => Self::NotFound,
-            Code::AlreadyExists | Code::Aborted => Self::AlreadyExists,
+            Code::AlreadyExists => Self::AlreadyExists,
+            Code::Aborted => Self::Conflict,
             Code::FailedPrecondition => Self::FailedPrecondition,
             Code::ResourceExhausted => Self::TooManyRequests,
             Code::DeadlineExceeded => Self::DeadlineExceeded,

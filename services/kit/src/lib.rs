@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod rules;
 pub mod secrets;
 pub mod server;
+pub mod targets;
 pub mod telemetry;
 pub mod text;
 

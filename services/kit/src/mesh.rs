@@ -3,6 +3,7 @@
 //! `rdm up`, `rdm serve <service>`, the gateway's backends, health names and
 //! the in-process gRPC routing are all derived from one list.
 use crate::{
+    address::AddressPolicy,
     auth::{AccessTable, ApiKeys, SigningKey, Verifier},
     invoke::Backend,
     server::Guard,
@@ -22,12 +23,24 @@ pub struct Context {
     pub service_key: Arc<SigningKey>,
     /// Where this service's state-changing calls are recorded.
     pub audit: crate::audit::Sink,
+    /// The platform's address policy (rdm's own listeners included): every
+    /// address a service connects to on a tenant's behalf passes it.
+    pub addresses: AddressPolicy,
     /// `rdm up` (every service in one process, on loopback) rather than
     /// `rdm serve`: some defaults differ, such as listeners left off.
     pub all_in_one: bool,
 }
 
 impl Context {
+    /// Target resolution through the inventory, for the `protocol` service.
+    pub fn resolver(&self, protocol: &'static str) -> crate::targets::Inventory {
+        crate::targets::Inventory {
+            backend: self.inventory.clone(),
+            service_key: self.service_key.clone(),
+            protocol,
+        }
+    }
+
     /// The auth guard for a service without internal RPCs of its own.
     pub fn guard(&self) -> Guard {
         Guard {

@@ -158,15 +158,19 @@ pub fn check(msg: &DynamicMessage, prefix: &str) -> Result<()> {
                     ),
                 ));
             }
-            // The string rules hold for each item.
+            // The string rules hold for each item; a message item has its own.
             let items = value.as_list().unwrap_or_default();
             for (i, item) in items.iter().enumerate() {
-                if let Value::String(s) = item {
-                    let item_rules = Rules {
-                        required: true,
-                        ..rules.clone()
-                    };
-                    check_text(&format!("{path}[{i}]"), s, &item_rules)?;
+                match item {
+                    Value::String(s) => {
+                        let item_rules = Rules {
+                            required: true,
+                            ..rules.clone()
+                        };
+                        check_text(&format!("{path}[{i}]"), s, &item_rules)?;
+                    }
+                    Value::Message(inner) => check(inner, &format!("{path}[{i}]."))?,
+                    _ => {}
                 }
             }
             continue;

@@ -52,10 +52,7 @@ pub const SERVICE: Spec<Args> = Spec::new("snmp", "rdm.snmp.v1", 50052, |args, c
 });
 
 async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
-    let inventory = Inventory {
-        backend: context.inventory.clone(),
-        service_key: context.service_key.clone(),
-    };
+    let inventory = Inventory(context.resolver(DOMAIN));
     let listen = args.snmp_trap_listen.or(context
         .all_in_one
         .then(|| SocketAddr::from(([127, 0, 0, 1], 10162))));

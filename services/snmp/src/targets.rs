@@ -3,115 +3,60 @@
 //! address policy, both by the inventory.
 use crate::engine::target::{Target, UsmUser, Version};
 use rdm_kit::{
-    Error, ErrorCode, Principal, Result, auth::SigningKey, client::Forward, invoke::Backend,
+    Error, Principal, Result,
+    targets::{self, TargetRef},
 };
 use rdm_proto::{
-    inventory::{
-        self as inv, device_service_client::DeviceServiceClient, endpoint::Settings,
-        resolve_target_request,
-    },
+    inventory::{self as inv, endpoint::Settings},
     snmp::{self as pb, target::Target as Which},
 };
 use snmp2::v3::{AuthProtocol, Cipher};
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
-/// The protocol's name in the inventory.
-const PROTOCOL: &str = "snmp";
+use std::{net::SocketAddr, time::Duration};
 
 pub struct Resolved {
     pub target: Target,
     pub device_id: String,
 }
 
-/// The inventory as this service reaches it: to resolve targets (with an
-/// actor token it signs) and to list a tenant's devices.
+/// The inventory as this service reaches it: to resolve targets and to list
+/// a tenant's devices.
 #[derive(Clone)]
-pub struct Inventory {
-    pub backend: Backend,
-    /// Signs this service's actor tokens for the inventory's internal RPCs.
-    pub service_key: Arc<SigningKey>,
-}
+pub struct Inventory(pub targets::Inventory);
 
 impl Inventory {
+    pub fn backend(&self) -> &rdm_kit::invoke::Backend {
+        &self.0.backend
+    }
+
     /// A device of `p`'s tenant as an engine target.
     pub async fn device(&self, p: &Principal, device_id: &str) -> Result<Resolved> {
-        let target = pb::Target {
-            target: Some(Which::DeviceId(device_id.to_owned())),
-        };
-        self.resolve(p, Some(&target)).await
+        from_device(
+            self.0
+                .resolve(p, TargetRef::Device(device_id.to_owned()))
+                .await?,
+        )
     }
 
     /// Many devices of `p`'s tenant, the inventory's answer for each, in
-    /// order: one call per thousand (the inventory resolves and vets their
-    /// hosts). [`from_device`] makes each an engine target.
+    /// order (the inventory resolves and vets their hosts). [`from_device`]
+    /// makes each an engine target.
     pub async fn devices(
         &self,
         p: &Principal,
         ids: &[String],
     ) -> Result<Vec<Result<inv::ResolveTargetResponse>>> {
-        let forward = Forward::acting("snmp", &self.service_key, p, None)?;
-        let mut client = DeviceServiceClient::with_interceptor(self.backend.clone(), forward);
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(1000) {
-            let reply = client
-                .resolve_targets(inv::ResolveTargetsRequest {
-                    protocol: PROTOCOL.to_owned(),
-                    device_ids: chunk.to_vec(),
-                })
-                .await
-                .map_err(|s| Error::from_status(&s))?
-                .into_inner();
-            if reply.targets.len() != chunk.len() {
-                return Err(Error::internal(
-                    "resolving devices",
-                    format!(
-                        "{} results for {} devices",
-                        reply.targets.len(),
-                        chunk.len()
-                    ),
-                ));
-            }
-            for resolved in reply.targets {
-                out.push(match resolved.result {
-                    Some(inv::resolved_target::Result::Target(t)) => Ok(t),
-                    Some(inv::resolved_target::Result::Error(e)) => {
-                        let code = ErrorCode::ALL.into_iter().find(|c| c.reason() == e.code);
-                        Err(Error::new(code.unwrap_or(ErrorCode::Internal), e.message))
-                    }
-                    None => Err(Error::internal("resolving devices", "an empty result")),
-                });
-            }
-        }
-        Ok(out)
+        self.0.resolve_devices(p, ids).await
     }
 
     pub async fn resolve(&self, p: &Principal, target: Option<&pb::Target>) -> Result<Resolved> {
         let which = target
             .and_then(|t| t.target.as_ref())
             .ok_or_else(|| Error::invalid("target", "name a device_id or an inline endpoint"))?;
-        let request = match which {
-            Which::DeviceId(id) => resolve_target_request::Target::DeviceId(id.clone()),
-            Which::Endpoint(settings) => resolve_target_request::Target::Inline(inv::Endpoint {
-                protocol: PROTOCOL.to_owned(),
-                settings: Some(Settings::Snmp(settings.clone())),
-                ..Default::default()
-            }),
+        let target = match which {
+            Which::DeviceId(id) => TargetRef::Device(id.clone()),
+            Which::Endpoint(settings) => TargetRef::Inline(Settings::Snmp(settings.clone())),
         };
-        let forward = Forward::acting("snmp", &self.service_key, p, None)?;
-        let mut client = DeviceServiceClient::with_interceptor(self.backend.clone(), forward);
-        let reply = client
-            .resolve_target(inv::ResolveTargetRequest {
-                protocol: PROTOCOL.to_owned(),
-                target: Some(request),
-            })
-            .await
-            .map_err(|s| Error::from_status(&s))
-            .map_err(|e| match which {
-                Which::Endpoint(_) => in_target(e),
-                Which::DeviceId(_) => e,
-            })?
-            .into_inner();
-        from_device(reply)
+        from_device(self.0.resolve(p, target).await?)
     }
 }
 
@@ -128,14 +73,6 @@ pub fn from_device(reply: inv::ResolveTargetResponse) -> Result<Resolved> {
             "no SNMP settings",
         )),
     }
-}
-
-/// Field names of an inline endpoint are reported under `target.endpoint`.
-fn in_target(mut e: Error) -> Error {
-    if let Some(field) = e.metadata.get_mut("field") {
-        *field = format!("target.endpoint.{field}");
-    }
-    e
 }
 
 /// An engine target from settings and the vetted IP to send to.

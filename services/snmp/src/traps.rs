@@ -556,7 +556,7 @@ fn sender<'a>(devices: &'a Addresses, trap: &Trap) -> Option<&'a Device> {
 /// the communities of their SNMP endpoints.
 async fn device_addresses(inventory: &Inventory, p: &Principal) -> Result<Addresses> {
     let mut client = DeviceServiceClient::with_interceptor(
-        inventory.backend.clone(),
+        inventory.backend().clone(),
         Forward::new(Some(p), None),
     );
     let mut found: Vec<(IpAddr, String)> = Vec::new();

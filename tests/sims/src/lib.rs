@@ -2,3 +2,4 @@
 //! descriptions (see PEERS.md), never from rdm's own clients: for tests
 //! where no real peer can run here, and for `rdm up --demo`.
 pub mod snmp_agent;
+pub mod webpa;
