@@ -191,8 +191,11 @@ pub async fn http_client(
 #[derive(Clone)]
 pub struct HttpClients {
     policy: AddressPolicy,
-    cache: Arc<std::sync::Mutex<HashMap<(String, Vec<IpNet>), (Instant, reqwest::Client)>>>,
+    cache: Arc<std::sync::Mutex<ClientCache>>,
 }
+
+/// Clients by origin and allowed networks, with when each was made.
+type ClientCache = HashMap<(String, Vec<IpNet>), (Instant, reqwest::Client)>;
 
 impl HttpClients {
     pub const TTL: Duration = Duration::from_secs(60);
@@ -229,9 +232,7 @@ impl HttpClients {
         Ok(client)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, Vec<IpNet>), (Instant, reqwest::Client)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClientCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// What a request names: one of the tenant's devices, or settings inline.
 pub enum TargetRef {
     Device(String),
-    Inline(Settings),
+    Inline(Box<Settings>),
 }
 
 /// The inventory as a protocol service reaches it.
@@ -53,7 +53,7 @@ impl Inventory {
             TargetRef::Device(id) => resolve_target_request::Target::DeviceId(id),
             TargetRef::Inline(settings) => resolve_target_request::Target::Inline(inv::Endpoint {
                 protocol: self.protocol.to_owned(),
-                settings: Some(settings),
+                settings: Some(*settings),
                 ..Default::default()
             }),
         };

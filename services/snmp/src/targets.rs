@@ -54,7 +54,9 @@ impl Inventory {
             .ok_or_else(|| Error::invalid("target", "name a device_id or an inline endpoint"))?;
         let target = match which {
             Which::DeviceId(id) => TargetRef::Device(id.clone()),
-            Which::Endpoint(settings) => TargetRef::Inline(Settings::Snmp(settings.clone())),
+            Which::Endpoint(settings) => {
+                TargetRef::Inline(Box::new(Settings::Snmp(settings.clone())))
+            }
         };
         from_device(self.0.resolve(p, target).await?)
     }

@@ -77,7 +77,7 @@ impl Webpa {
         let p = Principal::of(req)?;
         let target = match target.and_then(|t| t.target.as_ref()) {
             Some(Which::DeviceId(id)) => TargetRef::Device(id.clone()),
-            Some(Which::Endpoint(e)) => TargetRef::Inline(Settings::Webpa(e.clone())),
+            Some(Which::Endpoint(e)) => TargetRef::Inline(Box::new(Settings::Webpa(e.clone()))),
             None => {
                 return Err(Error::invalid(
                     "target",

@@ -259,49 +259,29 @@ async fn gate(sim: &Sim, headers: &HeaderMap, id: &str, write: bool) -> Option<R
     if !signed_in(&sim.credentials, headers) {
         return Some(own_error(sim, StatusCode::UNAUTHORIZED, "Unauthorized"));
     }
-    match id {
-        BUSY => return Some(failure(sim, 530, "WiFi is busy, try again")),
-        IN_PROGRESS => {
-            return Some(failure(sim, 202, "Previous request is in progress"));
-        }
-        TIMING_OUT => {
-            return Some(own_error(
-                sim,
-                StatusCode::GATEWAY_TIMEOUT,
-                "device did not respond in time",
-            ));
-        }
-        UNAVAILABLE => {
-            return Some(own_error(
-                sim,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "XMiDT is unreachable",
-            ));
-        }
-        SLOW => {
-            if write {
-                count_write(sim, id);
-            }
-            tokio::time::sleep(SLOW_DELAY).await;
-            return None;
-        }
-        _ => {}
+    match sim.devices.lock().unwrap().get_mut(id) {
+        None => return Some(own_error(sim, StatusCode::NOT_FOUND, "device not found")),
+        Some(device) if write => device.writes += 1,
+        Some(_) => {}
     }
-    let mut devices = sim.devices.lock().unwrap();
-    match devices.get_mut(id) {
-        None => Some(own_error(sim, StatusCode::NOT_FOUND, "device not found")),
-        Some(device) => {
-            if write {
-                device.writes += 1;
-            }
+    match id {
+        BUSY => Some(failure(sim, 530, "WiFi is busy, try again")),
+        IN_PROGRESS => Some(failure(sim, 202, "Previous request is in progress")),
+        TIMING_OUT => Some(own_error(
+            sim,
+            StatusCode::GATEWAY_TIMEOUT,
+            "device did not respond in time",
+        )),
+        UNAVAILABLE => Some(own_error(
+            sim,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "XMiDT is unreachable",
+        )),
+        SLOW => {
+            tokio::time::sleep(SLOW_DELAY).await;
             None
         }
-    }
-}
-
-fn count_write(sim: &Sim, id: &str) {
-    if let Some(d) = sim.devices.lock().unwrap().get_mut(id) {
-        d.writes += 1;
+        _ => None,
     }
 }
 
@@ -372,6 +352,19 @@ async fn get_config(
 async fn patch_config(
     State(sim): State<Arc<Sim>>,
     Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    // A device applies a request it received even when the caller has hung
+    // up by the time it is done: the work runs on a task of its own.
+    tokio::spawn(apply_patch(sim, id, headers, body))
+        .await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn apply_patch(
+    sim: Arc<Sim>,
+    id: String,
     headers: HeaderMap,
     body: Option<Json<Value>>,
 ) -> Response {
