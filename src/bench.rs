@@ -61,6 +61,17 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// GetParameters of 5 names on a device behind the simulated XMiDT
+    /// server: through the gateway (REST, device target) and the same
+    /// requests sent straight to the simulator with reqwest.
+    Webpa {
+        /// Calls per path.
+        #[arg(long, default_value_t = 10_000)]
+        calls: usize,
+        /// Callers at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -80,6 +91,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             first_port,
             rounds,
         } => snmp_poll(agents, first_port, rounds.max(2)).await,
+        Which::Webpa { calls, concurrency } => webpa(calls, concurrency.max(1)).await,
     }
 }
 
@@ -158,6 +170,58 @@ where
         ok: latencies.len(),
         failed,
         elapsed: duration,
+        latencies,
+    }
+}
+
+/// Makes `total` calls from `concurrency` tasks (after a warm-up of a
+/// tenth as many); each call says whether it succeeded.
+async fn load_calls<F, Fut>(total: usize, concurrency: usize, call: F) -> Load
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let run = |n: usize| {
+        let left = Arc::new(AtomicUsize::new(n));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (call, left) = (call.clone(), left.clone());
+            tasks.spawn(async move {
+                let (mut lat, mut failed) = (Vec::new(), 0);
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let t = Instant::now();
+                    if call().await {
+                        lat.push(t.elapsed());
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (lat, failed)
+            });
+        }
+        tasks
+    };
+    let mut warm = run(total / 10);
+    while warm.join_next().await.is_some() {}
+    let started = Instant::now();
+    let mut tasks = run(total);
+    let (mut latencies, mut failed) = (Vec::new(), 0);
+    while let Some(Ok((lat, f))) = tasks.join_next().await {
+        latencies.extend(lat);
+        failed += f;
+    }
+    latencies.sort();
+    Load {
+        ok: latencies.len(),
+        failed,
+        elapsed: started.elapsed(),
         latencies,
     }
 }
@@ -802,5 +866,108 @@ async fn import_devices(
         .json()
         .await?;
     anyhow::ensure!(report["imported"] == count, "import failed: {report}");
+    Ok(())
+}
+
+async fn webpa(calls: usize, concurrency: usize) -> anyhow::Result<()> {
+    use rdm_sims::webpa::{self, Credentials};
+    use serde_json::json;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    let DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir,
+    } = demo_mesh(Settings::default(), &http).await?;
+    let xmidt = Credentials::default();
+    let gw = "mac:112233445566";
+    let sim = webpa::start(
+        ([127, 0, 0, 1], 0).into(),
+        xmidt.clone(),
+        &[(gw, "SN-1", "bench gateway")],
+    )
+    .await?;
+    let device: serde_json::Value = http
+        .post(format!("{base}/v1/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "bench-webpa"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = device["id"].as_str().unwrap_or_default().to_owned();
+    http.put(format!("{base}/v1/devices/{id}/endpoints/webpa"))
+        .bearer_auth(&token)
+        .json(&json!({"base_url": sim.base_url(), "device_id": gw,
+                      "auth": {"type": "basic", "username": xmidt.basic.0, "password": xmidt.basic.1}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let names = [
+        "Device.DeviceInfo.SerialNumber",
+        "Device.DeviceInfo.SoftwareVersion",
+        "Device.DeviceInfo.UpTime",
+        "Device.WiFi.SSID.1.SSID",
+        "Device.WiFi.SSID.1.Enable",
+    ];
+    println!(
+        "rdm bench webpa: {calls} GetParameters of {} names, {concurrency} callers, client, mesh and simulator in one process on {} cores",
+        names.len(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let direct_url = format!("{}/api/v3/device/{gw}/config", sim.base_url());
+    let query = names.join(",");
+    let (user, password) = xmidt.basic.clone();
+    let direct_http = http.clone();
+    let direct_call = move || {
+        let req = direct_http
+            .get(&direct_url)
+            .query(&[("names", &query)])
+            .basic_auth(&user, Some(&password));
+        async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    };
+    let url = format!("{base}/v1/webpa/get");
+    let body = json!({"target": {"device_id": id}, "names": names}).to_string();
+    let rest_call = move || {
+        let req = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    };
+    // As asked (many callers), then one caller: the latency rdm adds
+    // when nothing queues.
+    for (calls, callers) in [(calls, concurrency), (calls / 10, 1)] {
+        let direct = load_calls(calls, callers, direct_call.clone()).await;
+        let rest = load_calls(calls, callers, rest_call.clone()).await;
+        println!("-- {calls} calls, {callers} concurrent caller(s)");
+        println!("{}", direct.line("direct to the simulator"));
+        println!("{}", rest.line("REST via gateway (+JWT)"));
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "gateway/direct: {:.0}% of the throughput (goal >= 70%), {:+.3} ms at p50 (goal < +1 ms)",
+            100.0 * rest.rps() / direct.rps().max(1e-9),
+            ms(rest.percentile(0.5)) - ms(direct.percentile(0.5)),
+        );
+    }
+    trigger.trigger();
+    drop(mesh);
     Ok(())
 }

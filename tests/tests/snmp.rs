@@ -1308,7 +1308,7 @@ async fn the_demo_devices_answer_through_rdm() {
             device["id"].as_str().unwrap(),
             device["name"].as_str().unwrap(),
         );
-        assert_eq!(device["protocols"], json!(["snmp"]));
+        assert_eq!(device["protocols"], json!(["snmp", "webpa"]));
         let target = json!({"device_id": id});
         let (status, body) = mesh
             .post(

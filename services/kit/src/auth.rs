@@ -135,6 +135,9 @@ impl Default for TokenPolicy {
 pub struct SigningKey {
     encoding: EncodingKey,
     jwk: Jwk,
+    /// Actor tokens signed, by (service, tenant, user), reused while they
+    /// have more than half their minute left.
+    actors: Remembered<(String, String, String), String>,
 }
 
 impl SigningKey {
@@ -171,7 +174,11 @@ impl SigningKey {
         let kid = jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)?;
         jwk.common.key_id = Some(kid);
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-        Ok(Self { encoding, jwk })
+        Ok(Self {
+            encoding,
+            jwk,
+            actors: Remembered::default(),
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -381,17 +388,15 @@ pub fn is_api_key(token: &str) -> bool {
 #[derive(Clone)]
 pub struct ApiKeys {
     inventory: crate::invoke::Backend,
-    exchanged: Arc<Mutex<ExchangedKeys>>,
+    /// (SHA-256 of the key, client address) -> access token.
+    exchanged: Remembered<(String, String), String>,
 }
-
-/// (SHA-256 of the key, client address) -> (access token, exp).
-type ExchangedKeys = HashMap<(String, String), (String, u64)>;
 
 impl ApiKeys {
     pub fn new(inventory: crate::invoke::Backend) -> Self {
         Self {
             inventory,
-            exchanged: Arc::default(),
+            exchanged: Remembered::default(),
         }
     }
 
@@ -405,10 +410,7 @@ impl ApiKeys {
             hex_digest(&sha2::Sha256::digest(key.as_bytes())),
             client.unwrap_or_default().to_owned(),
         );
-        let remembered = self.exchanged.lock().ok().and_then(|c| c.get(&id).cloned());
-        if let Some((token, exp)) = remembered
-            && now + 10 < exp
-        {
+        if let Some(token) = self.exchanged.get(&id, now + 10) {
             return Ok(token);
         }
         let mut metadata = tonic::metadata::MetadataMap::new();
@@ -429,12 +431,8 @@ impl ApiKeys {
         let reply = rdm_proto::inventory::ExchangeApiKeyResponse::decode(reply)
             .map_err(|e| Error::internal("decoding an exchanged API key", e))?;
         let exp = now + u64::from(reply.expires_in);
-        if let Ok(mut cache) = self.exchanged.lock() {
-            if cache.len() >= VERIFIED_CACHE {
-                cache.retain(|_, (_, exp)| now < *exp);
-            }
-            cache.insert(id, (reply.access_token.clone(), exp));
-        }
+        self.exchanged
+            .insert(id, reply.access_token.clone(), exp, now);
         Ok(reply.access_token)
     }
 }
@@ -447,25 +445,64 @@ fn hex_digest(bytes: &[u8]) -> String {
 #[derive(Clone)]
 pub struct Verifier {
     keys: KeySet,
-    verified: Arc<Mutex<VerifiedTokens>>,
+    /// Tokens verified: a signature check costs more than the rest of a
+    /// small call, and through the gateway each call is checked twice.
+    /// Expiry and revocation are still checked on every use.
+    verified: Remembered<Arc<str>, Principal>,
     clock: Clock,
     revocations: Revocations,
 }
 
-/// Tokens remembered as verified (with their expiry, still checked on every
-/// use): a signature check costs more than the rest of a small call, and
-/// through the gateway each call is checked twice.
-const VERIFIED_CACHE: usize = 10_000;
+/// Values remembered until their expiry (Unix seconds, plus [`LEEWAY`]),
+/// shared by clones: verified tokens, signed actor tokens, exchanged API
+/// keys. At most [`Remembered::MAX`]: past that the expired ones go, or all.
+struct Remembered<K, V>(Arc<Mutex<HashMap<K, (V, u64)>>>);
 
-/// Token -> (principal, exp).
-type VerifiedTokens = HashMap<Arc<str>, (Principal, u64)>;
+impl<K, V> Clone for Remembered<K, V> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<K, V> Default for Remembered<K, V> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
+    const MAX: usize = 10_000;
+
+    /// The value for `key` if it is still valid at `at`.
+    fn get<Q>(&self, key: &Q, at: u64) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let cache = self.0.lock().ok()?;
+        let (value, exp) = cache.get(key)?;
+        (at <= *exp).then(|| value.clone())
+    }
+
+    fn insert(&self, key: K, value: V, exp: u64, now: u64) {
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= Self::MAX {
+                cache.retain(|_, (_, exp)| now <= *exp);
+                if cache.len() >= Self::MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (value, exp));
+        }
+    }
+}
 
 impl Verifier {
     pub fn new(jwks: &[Jwk], policy: &TokenPolicy) -> anyhow::Result<Self> {
         let keys = KeySet::new(jwks, policy, &["exp", "iat", "iss", "aud", "sub"])?;
         Ok(Self {
             keys,
-            verified: Arc::default(),
+            verified: Remembered::default(),
             clock: Clock::System,
             revocations: Revocations::default(),
         })
@@ -484,14 +521,7 @@ impl Verifier {
 
     pub fn verify(&self, token: &str) -> Result<Principal> {
         let now = self.clock.now();
-        let remembered = self
-            .verified
-            .lock()
-            .ok()
-            .and_then(|c| c.get(token).cloned());
-        if let Some((principal, exp)) = remembered
-            && now <= exp + LEEWAY
-        {
+        if let Some(principal) = self.verified.get(token, now.saturating_sub(LEEWAY)) {
             return self.unrevoked(principal, now);
         }
         let claims: Claims = self.keys.decode(token, "bearer token", now)?;
@@ -508,15 +538,8 @@ impl Verifier {
             session_id: claims.sid,
             token: token.into(),
         };
-        if let Ok(mut cache) = self.verified.lock() {
-            if cache.len() >= VERIFIED_CACHE {
-                cache.retain(|_, (_, exp)| now < *exp);
-                if cache.len() >= VERIFIED_CACHE {
-                    cache.clear();
-                }
-            }
-            cache.insert(principal.token.clone(), (principal.clone(), claims.exp));
-        }
+        self.verified
+            .insert(principal.token.clone(), principal.clone(), claims.exp, now);
         self.unrevoked(principal, now)
     }
 
@@ -529,6 +552,9 @@ impl Verifier {
         Ok(principal)
     }
 }
+
+/// How long an actor token is valid, in seconds.
+const ACTOR_TTL: u64 = 60;
 
 /// The header carrying an actor token on calls between services.
 pub const ACTOR_HEADER: &str = "x-rdm-actor";
@@ -557,20 +583,30 @@ impl SigningKey {
     /// An actor token: this service (`service`) acting for `caller`.
     pub fn actor_token(&self, service: &str, caller: &Principal) -> Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
+        let who = (
+            service.to_owned(),
+            caller.tenant_id.clone(),
+            caller.user_id.clone(),
+        );
+        if let Some(token) = self.actors.get(&who, now + ACTOR_TTL / 2) {
+            return Ok(token);
+        }
         let policy = actor_policy();
         let claims = ActorClaims {
             sub: service.to_owned(),
             tid: caller.tenant_id.clone(),
             act: caller.user_id.clone(),
             iat: now,
-            exp: now + 60,
+            exp: now + ACTOR_TTL,
             iss: policy.issuer,
             aud: policy.audience,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid().to_owned());
-        jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| Error::internal("signing an actor token", e))
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| Error::internal("signing an actor token", e))?;
+        self.actors.insert(who, token.clone(), claims.exp, now);
+        Ok(token)
     }
 }
 
@@ -580,22 +616,35 @@ impl Expiring for ActorClaims {
     }
 }
 
-/// Checks actor tokens against the keys of the services the inventory trusts.
+/// Checks actor tokens against the keys of the services the inventory
+/// trusts, remembering the ones verified until they expire.
 #[derive(Clone)]
-pub struct ActorVerifier(KeySet);
+pub struct ActorVerifier {
+    keys: KeySet,
+    verified: Remembered<String, ActorClaims>,
+}
 
 impl ActorVerifier {
     pub fn new(service_keys: &[Jwk]) -> anyhow::Result<Self> {
-        Ok(Self(KeySet::new(
-            service_keys,
-            &actor_policy(),
-            &["exp", "iat", "iss", "aud", "sub"],
-        )?))
+        Ok(Self {
+            keys: KeySet::new(
+                service_keys,
+                &actor_policy(),
+                &["exp", "iat", "iss", "aud", "sub"],
+            )?,
+            verified: Remembered::default(),
+        })
     }
 
     pub fn verify(&self, token: &str) -> Result<ActorClaims> {
-        self.0
-            .decode(token, "actor token", jsonwebtoken::get_current_timestamp())
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(claims) = self.verified.get(token, now.saturating_sub(LEEWAY)) {
+            return Ok(claims);
+        }
+        let claims: ActorClaims = self.keys.decode(token, "actor token", now)?;
+        self.verified
+            .insert(token.to_owned(), claims.clone(), claims.exp, now);
+        Ok(claims)
     }
 }
 
@@ -813,11 +862,7 @@ mod tests {
         let token = key.sign(&claims(&["viewer"], 60)).unwrap();
         assert!(verifier.verify(&token).is_ok());
         assert!(
-            verifier
-                .verified
-                .lock()
-                .unwrap()
-                .contains_key(token.as_str()),
+            verifier.verified.get(token.as_str(), t0).is_some(),
             "remembered"
         );
         // Within the leeway past exp, then one second beyond it.
