@@ -72,6 +72,25 @@ pub enum Which {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// GetDslInfo on a simulated HG630 router, one caller: through the
+    /// gateway on the service's shared session, and the seed client's way
+    /// (fetch the CSRF page, sign in, read, sign out, for every read) with
+    /// rdm's own router client. First with an instant router, then with
+    /// one that takes `latency_ms` a request and `login_ms` more a sign-in.
+    Hg630 {
+        /// Reads through the shared session.
+        #[arg(long, default_value_t = 1000)]
+        calls: usize,
+        /// Reads the seed client's way (each signs in and out).
+        #[arg(long, default_value_t = 100)]
+        seed_calls: usize,
+        /// The modelled router's time per request, ms.
+        #[arg(long, default_value_t = 2)]
+        latency_ms: u64,
+        /// The modelled router's extra time per sign-in (hashing on its CPU), ms.
+        #[arg(long, default_value_t = 100)]
+        login_ms: u64,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -92,6 +111,20 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             rounds,
         } => snmp_poll(agents, first_port, rounds.max(2)).await,
         Which::Webpa { calls, concurrency } => webpa(calls, concurrency.max(1)).await,
+        Which::Hg630 {
+            calls,
+            seed_calls,
+            latency_ms,
+            login_ms,
+        } => {
+            hg630(
+                calls.max(1),
+                seed_calls.max(1),
+                Duration::from_millis(latency_ms),
+                Duration::from_millis(login_ms),
+            )
+            .await
+        }
     }
 }
 
@@ -965,6 +998,108 @@ async fn webpa(calls: usize, concurrency: usize) -> anyhow::Result<()> {
             "gateway/direct: {:.0}% of the throughput (goal >= 70%), {:+.3} ms at p50 (goal < +1 ms)",
             100.0 * rest.rps() / direct.rps().max(1e-9),
             ms(rest.percentile(0.5)) - ms(direct.percentile(0.5)),
+        );
+    }
+    trigger.trigger();
+    drop(mesh);
+    Ok(())
+}
+
+async fn hg630(
+    calls: usize,
+    seed_calls: usize,
+    latency: Duration,
+    login_latency: Duration,
+) -> anyhow::Result<()> {
+    use rdm_router_hg630::router::{Router, Scheme};
+    use rdm_sims::hg630;
+    use serde_json::json;
+    let http = reqwest::Client::new();
+    let DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir,
+    } = demo_mesh(Settings::default(), &http).await?;
+    println!(
+        "rdm bench hg630: GetDslInfo, one caller; {calls} reads on rdm's shared session (REST via the gateway), {seed_calls} the seed client's way (page, sign in, read, sign out)"
+    );
+    for (what, latency, login_latency) in [
+        ("an instant router", Duration::ZERO, Duration::ZERO),
+        ("a modelled router", latency, login_latency),
+    ] {
+        let config = hg630::Config {
+            latency,
+            login_latency,
+            ..Default::default()
+        };
+        let sim = hg630::start(([127, 0, 0, 1], 0).into(), config.clone()).await?;
+        let endpoint =
+            json!({"endpoint": {"base_url": sim.base_url(), "password": config.password}});
+        let body = json!({"target": endpoint}).to_string();
+        let logout = (format!("{base}/v1/hg630/logout"), body.clone());
+        let url = format!("{base}/v1/hg630/dsl-info");
+        let (client, bearer) = (http.clone(), token.clone());
+        let shared_call = move || {
+            let req = client
+                .post(&url)
+                .bearer_auth(&bearer)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                }
+            }
+        };
+        let router = Router {
+            http: http.clone(),
+            base: sim.base_url(),
+            timeout: Duration::from_secs(10),
+        };
+        let password = config.password.clone();
+        let seed_call = move || {
+            let (router, password) = (router.clone(), password.clone());
+            async move {
+                let Ok(Ok(login)) = router.login(Scheme::Current, "admin", &password).await else {
+                    return false;
+                };
+                let read = router.read("/api/ntwk/dslinfo", &login.cookie).await;
+                let out = router
+                    .write("/api/system/user_logout", &login.cookie, &login.csrf, None)
+                    .await;
+                matches!(read, Ok(Some(_))) && out.is_ok()
+            }
+        };
+        let shared = load_calls(calls, 1, shared_call).await;
+        // The router takes one session of a user at a time: rdm's goes first.
+        http.post(&logout.0)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(logout.1)
+            .send()
+            .await?
+            .error_for_status()?;
+        let seed = load_calls(seed_calls, 1, seed_call).await;
+        anyhow::ensure!(
+            shared.failed == 0 && seed.failed == 0,
+            "calls failed: {} shared, {} seed",
+            shared.failed,
+            seed.failed
+        );
+        println!(
+            "-- {what} ({} ms a request, {} ms more a sign-in)",
+            latency.as_millis(),
+            login_latency.as_millis()
+        );
+        println!("{}", shared.line("rdm, shared session"));
+        println!("{}", seed.line("seed pattern, rdm's client"));
+        println!(
+            "shared / seed: {:.1}x the calls a second (goal >= 20x); the router saw {} sign-ins",
+            shared.rps() / seed.rps().max(1e-9),
+            sim.seen().logins
         );
     }
     trigger.trigger();

@@ -3,7 +3,8 @@
 //! devices' endpoints are set again each time.
 //!
 //! Each demo device has a simulated SNMP agent and is reachable through a
-//! simulated XMiDT server (WebPA) under its XMiDT id.
+//! simulated XMiDT server (WebPA) under its XMiDT id; `demo-hg630` is a
+//! simulated Huawei HG630 router.
 use anyhow::Context;
 use rdm_kit::invoke::Backend;
 use rdm_proto::inventory::{
@@ -11,8 +12,11 @@ use rdm_proto::inventory::{
     auth_service_client::AuthServiceClient, device_service_client::DeviceServiceClient,
     put_endpoint_request,
 };
-use rdm_proto::{rdm::api::v1::HttpAuth, snmp::SnmpEndpoint, webpa::WebpaEndpoint};
+use rdm_proto::{
+    hg630::Hg630Endpoint, rdm::api::v1::HttpAuth, snmp::SnmpEndpoint, webpa::WebpaEndpoint,
+};
 use rdm_sims::{
+    hg630::{self, Hg630Sim},
     snmp_agent::{self, SnmpAgent},
     webpa::{self, WebpaSim},
 };
@@ -29,6 +33,7 @@ const DEVICES: [(&str, &str, &str, &str); 2] = [
 pub struct Sims {
     _agents: Vec<SnmpAgent>,
     _webpa: WebpaSim,
+    _router: Hg630Sim,
 }
 
 /// Starts a simulated SNMP agent per demo device and one XMiDT server for
@@ -53,7 +58,7 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     let existing: HashMap<String, String> = devices
         .list_devices(ListDevicesRequest {
             page_size: 100,
-            name_prefix: "demo-cpe-".into(),
+            name_prefix: "demo-".into(),
             ..Default::default()
         })
         .await?
@@ -124,8 +129,48 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
         tracing::info!(device = name, agent = %agent.addr, xmidt = %webpa_sim.addr, "demo device with a simulated snmp agent and XMiDT server");
         agents.push(agent);
     }
+    // The demo's HG630 router.
+    let config = hg630::Config::default();
+    let sim = hg630::start(([127, 0, 0, 1], 0).into(), config.clone()).await?;
+    let name = "demo-hg630";
+    let id = match existing.get(name) {
+        Some(id) => id.clone(),
+        None => {
+            devices
+                .create_device(CreateDeviceRequest {
+                    name: name.into(),
+                    manufacturer: "Huawei".into(),
+                    model: "HG630 V2 (simulated)".into(),
+                    serial: config.serial.clone(),
+                    labels: HashMap::from([
+                        ("site".into(), "ams".into()),
+                        ("demo".into(), "true".into()),
+                    ]),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .device
+                .context("a created device")?
+                .id
+        }
+    };
+    let endpoint = Hg630Endpoint {
+        base_url: Some(sim.base_url()),
+        username: Some(config.username.clone()),
+        password: Some(config.password.clone()),
+        ..Default::default()
+    };
+    devices
+        .put_endpoint(PutEndpointRequest {
+            device_id: id,
+            settings: Some(put_endpoint_request::Settings::Hg630(endpoint)),
+        })
+        .await?;
+    tracing::info!(device = name, router = %sim.addr, "demo device with a simulated HG630 router");
     Ok(Sims {
         _agents: agents,
         _webpa: webpa_sim,
+        _router: sim,
     })
 }

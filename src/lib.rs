@@ -26,7 +26,11 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 /// The services behind the gateway, one line each. `rdm up`, `rdm serve`,
 /// the gateway's backends and health names all come from this list.
-pub static SERVICES: &[&dyn Service] = &[&rdm_snmp::SERVICE, &rdm_webpa::SERVICE];
+pub static SERVICES: &[&dyn Service] = &[
+    &rdm_snmp::SERVICE,
+    &rdm_webpa::SERVICE,
+    &rdm_router_hg630::SERVICE,
+];
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";
 /// The inventory's port under `rdm serve` (and `RDM_INVENTORY_URL`'s default).
@@ -479,6 +483,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         service_key: Arc::new(service_key),
         audit,
         addresses: addresses.clone(),
+        shutdown: shutdown.clone(),
         all_in_one: true,
     };
     let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory_backend.clone())]);
@@ -594,6 +599,7 @@ pub async fn serve_service(
         service_key,
         audit,
         addresses,
+        shutdown: shutdown.clone(),
         all_in_one: false,
     };
     let started = service.start(matches, context).await?;

@@ -264,6 +264,11 @@ impl TestMesh {
         assert_eq!(status, StatusCode::OK, "allow {cidrs:?}: {tenant}");
     }
 
+    /// Asks the mesh to stop, as SIGTERM does.
+    pub fn stop(&self) {
+        self.trigger.trigger();
+    }
+
     /// The key file `rdm up` created, to forge tokens in tests.
     pub fn signing_key(&self) -> rdm_kit::auth::SigningKey {
         rdm_kit::auth::SigningKey::load_or_create(&self.data_dir.join("jwt-ed25519.pem"))

@@ -552,7 +552,8 @@ impl DeviceService for Inventory {
     ) -> Result<Response<pb::ImportDevicesResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
         let file = req.get_ref().file.clone().unwrap_or_default();
-        reply(self.import(p, &file).await)
+        let deadline = rdm_kit::server::CallDeadline::of(&req);
+        reply(self.import(p, &file, deadline).await)
     }
 
     async fn resolve_target(
@@ -885,7 +886,12 @@ fn parse_csv(data: &[u8]) -> Result<(Vec<ImportRow>, Vec<pb::ImportRowError>)> {
 
 impl Inventory {
     /// All or nothing: every row is checked first; one bad row stores nothing.
-    async fn import(&self, p: &Principal, file: &HttpBody) -> Result<pb::ImportDevicesResponse> {
+    async fn import(
+        &self,
+        p: &Principal,
+        file: &HttpBody,
+        deadline: Option<rdm_kit::server::CallDeadline>,
+    ) -> Result<pb::ImportDevicesResponse> {
         let media = file
             .content_type
             .split(';')
@@ -967,6 +973,7 @@ impl Inventory {
             });
         }
         ds::insert_many(&mut tx, &p.tenant_id, &devices, &labels, &endpoints).await?;
+        rdm_kit::server::CallDeadline::check_room(deadline, "committing the import")?;
         tx.commit().await?;
         tracing::info!(tenant_id = %p.tenant_id, devices = devices.len(), "devices imported");
         Ok(pb::ImportDevicesResponse {

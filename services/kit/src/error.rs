@@ -28,6 +28,8 @@ pub enum ErrorCode {
     DeviceError,
     /// The device is busy with another request; try again shortly.
     DeviceBusy,
+    /// The device locked rdm's user out after failed sign-ins; see the wait.
+    DeviceLocked,
     /// The device is not connected to the server in front of it (XMiDT, a
     /// controller): nothing was sent to it.
     DeviceOffline,
@@ -50,7 +52,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
@@ -65,6 +67,7 @@ impl ErrorCode {
         Self::DeviceAuthRejected,
         Self::DeviceError,
         Self::DeviceBusy,
+        Self::DeviceLocked,
         Self::DeviceOffline,
         Self::UpstreamUnavailable,
         Self::UpstreamAuth,
@@ -93,6 +96,7 @@ impl ErrorCode {
             Self::DeviceAuthRejected => "DEVICE_AUTH_REJECTED",
             Self::DeviceError => "DEVICE_ERROR",
             Self::DeviceBusy => "DEVICE_BUSY",
+            Self::DeviceLocked => "DEVICE_LOCKED",
             Self::DeviceOffline => "DEVICE_OFFLINE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamAuth => "UPSTREAM_AUTH",
@@ -124,6 +128,8 @@ impl ErrorCode {
             | Self::DeviceOffline
             | Self::UpstreamUnavailable
             | Self::Unavailable => Code::Unavailable,
+            // Retrying before the wait is over cannot help.
+            Self::DeviceLocked => Code::ResourceExhausted,
             Self::DeviceAuthRejected => Code::PermissionDenied,
             Self::DeviceError => Code::FailedPrecondition,
             Self::UpstreamAuth => Code::FailedPrecondition,
@@ -149,6 +155,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::DeviceUnreachable | Self::UpstreamAuth => 502,
             Self::DeviceBusy
+            | Self::DeviceLocked
             | Self::DeviceOffline
             | Self::UpstreamUnavailable
             | Self::Unavailable => 503,

@@ -26,6 +26,9 @@ pub struct Context {
     /// The platform's address policy (rdm's own listeners included): every
     /// address a service connects to on a tenant's behalf passes it.
     pub addresses: AddressPolicy,
+    /// Resolves when the process is asked to stop (SIGTERM): services sign
+    /// out of what they hold open.
+    pub shutdown: crate::server::Shutdown,
     /// `rdm up` (every service in one process, on loopback) rather than
     /// `rdm serve`: some defaults differ, such as listeners left off.
     pub all_in_one: bool,

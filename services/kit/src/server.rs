@@ -195,6 +195,25 @@ pub struct CallDeadline {
 }
 
 impl CallDeadline {
+    /// Refuses to start what cannot be cut once started (a commit: its
+    /// result would land after the caller was told the call failed) when
+    /// less than a quarter of the allowance, or 50 ms, is left.
+    pub fn check_room(deadline: Option<Self>, what: &str) -> crate::Result<()> {
+        let Some(d) = deadline else {
+            return Ok(());
+        };
+        if d.remaining() >= (d.timeout / 4).max(Duration::from_millis(50)) {
+            return Ok(());
+        }
+        Err(crate::Error::new(
+            crate::ErrorCode::DeadlineExceeded,
+            format!(
+                "the call's {} ms deadline was nearly over before {what}: nothing was stored",
+                d.timeout.as_millis()
+            ),
+        ))
+    }
+
     /// The call's deadline: the deadline middleware's, or else the
     /// caller's `grpc-timeout` (a call made in-process, as the gateway
     /// makes them under `rdm up`).
