@@ -382,7 +382,10 @@ mod tests {
     fn every_annotated_rpc_has_a_binding() {
         let pool = rdm_proto::descriptor_pool();
         let all = bindings(pool, |_| true).unwrap();
-        let login = all.iter().find(|b| b.rpc.name() == "Login").unwrap();
+        let login = all
+            .iter()
+            .find(|b| b.rpc.full_name() == "rdm.inventory.v1.AuthService.Login")
+            .unwrap();
         assert_eq!(
             (login.method.clone(), login.template.openapi_path()),
             (Method::POST, "/v1/auth/login".to_owned())

@@ -113,8 +113,20 @@ impl Device {
                 Err(e) => attempt < self.retries && resends(e, resend),
             };
             if !again {
-                metrics::counter!("rdm_webpa_requests_total", "outcome" => outcome_label(&outcome))
-                    .increment(1);
+                let label = outcome_label(&outcome);
+                metrics::counter!("rdm_webpa_requests_total", "outcome" => label).increment(1);
+                match &outcome {
+                    Ok(reply) => {
+                        tracing::debug!(%method, transaction_id = %reply.transaction_id, "webpa request")
+                    }
+                    Err(e) => tracing::info!(
+                        %method,
+                        outcome = label,
+                        transaction_id = e.metadata.get("transaction_id").map_or("", String::as_str),
+                        error = %e.message,
+                        "webpa request failed"
+                    ),
+                }
                 return outcome;
             }
             attempt += 1;
