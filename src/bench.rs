@@ -404,6 +404,8 @@ async fn start_to_ready(
             "127.0.0.1:0",
             "--snmp-trap-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -274,7 +274,7 @@ pub struct Mesh {
     pub gateway_addr: SocketAddr,
     /// Where the inventory's and every service's gRPC listen.
     pub inventory_addr: SocketAddr,
-    /// The services' other listeners, by name (`snmp-traps`).
+    /// The other listeners, by name (`snmp-traps`, `metrics`).
     pub listeners: HashMap<&'static str, SocketAddr>,
     /// What the first start created (a generated admin password).
     pub bootstrapped: rdm_inventory::Bootstrapped,
@@ -447,6 +447,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     private_dir(&opts.data_dir)?;
     let inventory_listener = bind(opts.inventory_listen, "the services' gRPC").await?;
     let gateway_listener = bind(opts.listen, "the gateway").await?;
+    let metrics = Metrics::bind(&settings.server).await?;
     let mesh_addrs = (
         gateway_listener.local_addr()?,
         inventory_listener.local_addr()?,
@@ -456,7 +457,8 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         .inventory
         .addresses
         .policy()?
-        .with_own_listeners([mesh_addrs.0, mesh_addrs.1]);
+        .with_own_listeners([mesh_addrs.0, mesh_addrs.1])
+        .with_own_listeners(metrics.addr());
     let Inventory {
         router: inventory,
         verifier,
@@ -511,6 +513,9 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         }
     }
     let services = services.fallback_service(inventory);
+    if let Some(addr) = metrics.start(&shutdown) {
+        listeners.insert("metrics", addr);
+    }
     let demo_sims = if opts.demo == Demo::Devices {
         Some(demo::start(inventory_backend.clone()).await?)
     } else {
@@ -542,6 +547,32 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
     })
 }
 
+/// The internal metrics port, when one is set: bound first, so that it is
+/// one of rdm's own listeners no tenant may target.
+struct Metrics(Option<TcpListener>);
+
+impl Metrics {
+    async fn bind(args: &ServerArgs) -> anyhow::Result<Self> {
+        Ok(Self(match args.metrics_listen {
+            Some(addr) => Some(bind(addr, "metrics").await?),
+            None => None,
+        }))
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        self.0.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves `/metrics` until `shutdown`; its address.
+    fn start(self, shutdown: &Shutdown) -> Option<SocketAddr> {
+        let listener = self.0?;
+        let addr = listener.local_addr().ok()?;
+        tracing::info!(%addr, "metrics at /metrics");
+        tokio::spawn(server::serve_metrics(listener, shutdown.clone()));
+        Some(addr)
+    }
+}
+
 /// Says where `rdm serve <role>` listens (the port may have been 0).
 fn listening(role: &str, listener: &TcpListener) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -559,12 +590,15 @@ pub async fn serve_inventory(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = bind(listen, "the inventory").await?;
+    let metrics = Metrics::bind(server_args).await?;
     let addresses = args
         .addresses
         .policy()?
-        .with_own_listeners([listener.local_addr()?]);
+        .with_own_listeners([listener.local_addr()?])
+        .with_own_listeners(metrics.addr());
     let inventory = start_inventory(args, tokens, None, false, addresses).await?;
     inventory.bootstrapped.report();
+    metrics.start(&shutdown);
     listening("inventory", &listener)?;
     let names = server::service_names(INVENTORY_PACKAGE);
     server::serve(listener, inventory.router, &names, server_args, shutdown).await
@@ -582,11 +616,13 @@ pub async fn serve_service(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = bind(listen, "the service").await?;
+    let metrics = Metrics::bind(server_args).await?;
     let service_key = Arc::new(SigningKey::load(&args.service_key_file)?);
     let addresses = args
         .addresses
         .policy()?
-        .with_own_listeners([listener.local_addr()?]);
+        .with_own_listeners([listener.local_addr()?])
+        .with_own_listeners(metrics.addr());
     let inventory = invoke::remote(&remote.inventory_url)?;
     let audit = Arc::new(rdm_kit::audit::RemoteAudit {
         service: service.name(),
@@ -603,6 +639,7 @@ pub async fn serve_service(
         all_in_one: false,
     };
     let started = service.start(matches, context).await?;
+    metrics.start(&shutdown);
     listening(service.name(), &listener)?;
     let names = server::service_names(service.package());
     server::serve(listener, started.router, &names, server_args, shutdown).await
@@ -630,6 +667,7 @@ pub async fn serve_gateway(
     let api_keys = ApiKeys::new(backends[INVENTORY_PACKAGE].clone());
     let routed = routed_names(&backends);
     let router = rdm_gateway::router(config, backends, verifier, api_keys)?;
+    Metrics::bind(server_args).await?.start(&shutdown);
     listening("gateway", &listener)?;
     server::serve(listener, router, &routed, server_args, shutdown).await
 }

@@ -110,6 +110,9 @@ struct ServeCommon {
     telemetry: TelemetryArgs,
 }
 
+/// The internal metrics port's default.
+const METRICS_PORT: u16 = 9464;
+
 fn url_flag(service: &str) -> String {
     format!("{service}-url")
 }
@@ -212,8 +215,12 @@ async fn rdm_main() -> anyhow::Result<()> {
     result
 }
 
-async fn run_serve(role: &str, m: &clap::ArgMatches, server: ServerArgs) -> anyhow::Result<()> {
+async fn run_serve(role: &str, m: &clap::ArgMatches, mut server: ServerArgs) -> anyhow::Result<()> {
     let listen = *m.get_one::<SocketAddr>("listen").context("--listen")?;
+    // Prometheus scrapes each pod on its own address.
+    server
+        .metrics_listen
+        .get_or_insert(SocketAddr::from(([0, 0, 0, 0], METRICS_PORT)));
     let shutdown = Shutdown::on_signals();
     match role {
         "inventory" => {
@@ -251,9 +258,12 @@ async fn run(command: Command, up_matches: Option<clap::ArgMatches>) -> anyhow::
                 inventory,
                 tokens,
                 gateway,
-                server,
+                mut server,
                 telemetry: _,
             } = *up;
+            server
+                .metrics_listen
+                .get_or_insert(SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)));
             let opts = UpOptions {
                 data_dir: data_dir.clone(),
                 listen,
@@ -274,9 +284,12 @@ async fn run(command: Command, up_matches: Option<clap::ArgMatches>) -> anyhow::
             let mesh = rdm::up(opts, Shutdown::on_signals()).await?;
             mesh.bootstrapped.report();
             println!(
-                "rdm is up: gateway http://{} (REST, gRPC, /docs), services gRPC {}, data in {}{}",
+                "rdm is up: gateway http://{} (REST, gRPC, /docs), services gRPC {}, metrics http://{}/metrics, data in {}{}",
                 mesh.gateway_addr,
                 mesh.inventory_addr,
+                mesh.listeners
+                    .get("metrics")
+                    .map_or("(off)".to_owned(), ToString::to_string),
                 data_dir.display(),
                 if demo {
                     "; demo login: tenant demo, user demo, password demo"

@@ -91,6 +91,8 @@ pub struct TestMesh {
     pub inventory: SocketAddr,
     /// Where the SNMP service receives traps.
     pub traps: SocketAddr,
+    /// The internal port that serves `/metrics`.
+    pub metrics: SocketAddr,
     pub http: reqwest::Client,
     pub data_dir: PathBuf,
     pub pg: Option<PgDatabase>,
@@ -129,6 +131,7 @@ impl TestMesh {
         settings.inventory.database.database_url = pg.as_ref().map(|p| p.app_url.clone());
         settings.inventory.database.database_admin_url = pg.as_ref().map(|p| p.admin_url.clone());
         settings.server.shutdown_delay_ms = 0;
+        settings.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
         settings.server.drain_timeout_ms = 2000;
         tune(&mut settings);
         let (trigger, shutdown) = rdm_kit::server::Shutdown::new();
@@ -146,11 +149,13 @@ impl TestMesh {
         .expect("the mesh starts");
         let (gateway, inventory) = (mesh.gateway_addr, mesh.inventory_addr);
         let traps = mesh.listeners.get("snmp-traps").copied();
+        let metrics = mesh.listeners.get("metrics").copied();
         tokio::spawn(mesh.wait());
         Self {
             gateway,
             inventory,
             traps: traps.expect("the test mesh listens for traps"),
+            metrics: metrics.expect("the test mesh serves metrics"),
             http: reqwest::Client::new(),
             data_dir: dir.path().to_owned(),
             pg,
@@ -417,6 +422,8 @@ impl Process {
             "127.0.0.1:0",
             "--snmp-trap-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--data-dir",
             dir,
         ];
@@ -462,6 +469,7 @@ pub async fn spawn_serve(role: &str, env: &[(&str, String)]) -> Process {
         env.push(("RDM_SECRET_KEY", rdm_kit::secrets::generate_key()));
     }
     env.push(("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD.into()));
+    env.push(("RDM_METRICS_LISTEN", "127.0.0.1:0".into()));
     Process::start(&["serve", role, "--listen", "127.0.0.1:0"], &env).await
 }
 

@@ -916,6 +916,67 @@ async fn walks_stream_over_grpc() {
     assert_eq!(oids, expected);
 }
 
+/// A walk whose agent never answers fails after its headers went out (in
+/// the trailers): the metrics count it as failed, and the access log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_part_way_counts_as_failed() {
+    use rdm_proto::snmp::{Target, WalkRequest, snmp_service_client::SnmpServiceClient, target};
+    let (mesh, token) = demo().await;
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut endpoint = community("2c", "public");
+    endpoint["port"] = json!(silent.local_addr().unwrap().port());
+    endpoint["timeout_ms"] = json!(100);
+    endpoint["retries"] = json!(0);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.inventory))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(WalkRequest {
+        target: Some(Target {
+            target: Some(target::Target::Endpoint(snmp_settings(&endpoint))),
+        }),
+        oid: "1.3.6.1.2.1.1".into(),
+        max_repetitions: 4,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut stream = SnmpServiceClient::new(channel)
+        .walk(req)
+        .await
+        .expect("the stream starts")
+        .into_inner();
+    let failed = loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("the walk of a silent agent ended without an error"),
+        }
+    };
+    assert_eq!(failed.code(), tonic::Code::DeadlineExceeded, "{failed:?}");
+    let metrics = mesh
+        .http
+        .get(format!("http://{}/metrics", mesh.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let walks: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("rdm_requests_total{") && l.contains("SnmpService/Walk"))
+        .collect();
+    assert!(
+        walks.iter().any(|l| l.contains("grpc_status=\"4\"")),
+        "{walks:?}"
+    );
+    assert!(
+        !walks.iter().any(|l| l.contains("grpc_status=\"0\"")),
+        "{walks:?}"
+    );
+}
+
 type Lines = futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
 
 /// A `GET /v1/snmp/traps` stream, registered by the time this returns.

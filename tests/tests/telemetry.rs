@@ -85,3 +85,77 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
         "spans carry service.name rdm"
     );
 }
+
+/// One access-log line per request at its level (route template, status,
+/// duration, tenant, user, never a secret), and the request id the client
+/// got in every line of the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_has_an_access_line_with_its_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let rdm = Process::up(
+        dir.path(),
+        &["--demo"],
+        &[
+            ("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("RDM_SHUTDOWN_DELAY_MS", "0".into()),
+            ("RDM_LOG", "info".into()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(rdm.url("/v1/auth/login"))
+        .json(&serde_json::json!({"tenant": "demo", "username": "demo", "password": "demo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let missing = http
+        .get(rdm.url("/v1/devices/01234567-no-such-device"))
+        .bearer_auth(token)
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers()["x-request-id"], "trace-me-123");
+    let (_, printed) = rdm.terminate(Duration::from_secs(10)).await;
+    let lines: Vec<serde_json::Value> = printed
+        .lines()
+        .filter(|l| l.contains("trace-me-123"))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "rdm::access")
+        .collect();
+    // The gateway's line, and the inventory's (the call went on in-process).
+    let gateway = access
+        .iter()
+        .find(|l| l["fields"]["route"] == "GET /v1/devices/{device_id}")
+        .unwrap_or_else(|| panic!("no gateway access line in {lines:#?}"));
+    assert_eq!(gateway["level"], "WARN", "{gateway}");
+    assert_eq!(gateway["fields"]["http_status"], 404, "{gateway}");
+    assert_eq!(gateway["fields"]["request_id"], "trace-me-123");
+    assert!(gateway["fields"]["duration_ms"].as_f64().is_some());
+    let service = access
+        .iter()
+        .find(|l| l["fields"]["route"] == "/rdm.inventory.v1.DeviceService/GetDevice")
+        .unwrap_or_else(|| panic!("no inventory access line in {lines:#?}"));
+    assert_eq!(service["fields"]["grpc_status"], "5", "{service}");
+    assert!(
+        !service["fields"]["tenant_id"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+            && !service["fields"]["user_id"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+        "{service}"
+    );
+    assert!(!printed.contains(token), "the token is never logged");
+}

@@ -309,9 +309,12 @@ async fn cors_request_ids_docs_and_metrics() {
         "bearer"
     );
 
+    // Metrics are on the internal port only: histograms, process figures.
+    let public = mesh.http.get(mesh.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
     let metrics = mesh
         .http
-        .get(mesh.url("/metrics"))
+        .get(format!("http://{}/metrics", mesh.metrics))
         .send()
         .await
         .unwrap()
@@ -319,6 +322,17 @@ async fn cors_request_ids_docs_and_metrics() {
         .await
         .unwrap();
     assert!(metrics.contains("rdm_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("rdm_request_duration_seconds_bucket{"),
+        "durations are histograms: {metrics}"
+    );
+    for figure in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(metrics.contains(figure), "{figure}: {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,7 +499,7 @@ async fn strangers_cannot_make_rdm_grow() {
     }
     let metrics = mesh
         .http
-        .get(mesh.url("/metrics"))
+        .get(format!("http://{}/metrics", mesh.metrics))
         .send()
         .await
         .unwrap()

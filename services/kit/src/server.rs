@@ -1,5 +1,5 @@
 //! Server bootstrap shared by every service and the gateway: health
-//! (`grpc.health.v1`), reflection (v1 and v1alpha) and `/metrics` on every
+//! (`grpc.health.v1`), reflection (v1 and v1alpha) on every
 //! port, per-connection concurrency limits with load shedding, timeouts,
 //! connection age, and graceful shutdown: on SIGTERM health turns
 //! NOT_SERVING, the port keeps serving for `shutdown_delay` so load
@@ -39,6 +39,10 @@ pub struct ServerArgs {
     /// clients re-balance across replicas.
     #[arg(long, env = "RDM_MAX_CONNECTION_AGE_S", default_value_t = 900)]
     pub max_connection_age_s: u64,
+    /// Where Prometheus scrapes `/metrics`: an internal port, never the
+    /// public one (`rdm up`: 127.0.0.1:9464; `rdm serve`: 0.0.0.0:9464).
+    #[arg(long, env = "RDM_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerArgs {
@@ -49,6 +53,7 @@ impl Default for ServerArgs {
             request_timeout_ms: 60_000,
             concurrency_limit: 512,
             max_connection_age_s: 900,
+            metrics_listen: None,
         }
     }
 }
@@ -143,8 +148,14 @@ async fn guard(State(guard): State<Guard>, mut req: Request, next: Next) -> Resp
         guard.actors.as_ref().map(|a| (a, actor)),
     ) {
         Ok(Some(principal)) => {
+            let caller = telemetry::Caller {
+                tenant_id: principal.tenant_id.clone(),
+                user_id: principal.user_id.clone(),
+            };
             req.extensions_mut().insert(principal);
-            next.run(req).await
+            let mut response = next.run(req).await;
+            response.extensions_mut().insert(caller);
+            response
         }
         Ok(None) => next.run(req).await,
         Err(err) => grpc_error(err),
@@ -356,8 +367,18 @@ pub fn guarded(routes: Routes, guard_state: Guard) -> axum::Router {
         .layer(from_fn(telemetry::observe))
 }
 
-/// Serves `router` on `listener` with health, reflection and `/metrics`
-/// added, until `shutdown`. `services` are the gRPC service names health
+/// Serves `/metrics` (the whole process's) on `listener` until `shutdown`.
+pub async fn serve_metrics(listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    telemetry::metrics_handle();
+    let app = axum::Router::new().route("/metrics", get(telemetry::render_metrics));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.requested())
+        .await?;
+    Ok(())
+}
+
+/// Serves `router` on `listener` with health and reflection added, until
+/// `shutdown`. `services` are the gRPC service names health
 /// reports on (the empty name, the whole server, is always reported).
 pub async fn serve(
     listener: TcpListener,
@@ -383,7 +404,7 @@ pub async fn serve(
     };
     let timeout = Duration::from_millis(args.request_timeout_ms);
     let router = router.layer(from_fn_with_state(timeout, deadline));
-    let routes = Routes::from(router.route("/metrics", get(telemetry::render_metrics)))
+    let routes = Routes::from(router)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);

@@ -1,6 +1,7 @@
 //! Logs, traces and metrics. JSON logs to stderr (text when `RDM_LOG_FORMAT=text`),
 //! OpenTelemetry OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and a
-//! Prometheus recorder rendered at `/metrics` on every port.
+//! Prometheus recorder rendered at `/metrics` on the process's internal
+//! metrics port ([`crate::server::serve_metrics`]).
 use axum::{extract::Request, middleware::Next, response::Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
@@ -90,21 +91,44 @@ pub fn init(
     otel
 }
 
-/// The process's Prometheus recorder, installed on first use.
+/// Bucket bounds of every `*_seconds` histogram: from a millisecond (a
+/// cached read) to a minute (the default deadline).
+const SECONDS_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The process's Prometheus recorder, installed on first use. Durations are
+/// histograms (buckets sum across replicas; summaries do not).
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &SECONDS_BUCKETS,
+            )
+            .expect("the bucket list is not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder is installed; ours still renders.
         let _ = metrics::set_global_recorder(recorder);
+        process_metrics().describe();
         handle
     })
 }
 
-/// `GET /metrics`.
+/// CPU seconds, resident memory, open file descriptors and the like
+/// (`process_*`, as every Prometheus client library names them).
+fn process_metrics() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// `GET /metrics`: the process's figures read now, then everything recorded.
 pub async fn render_metrics() -> String {
-    metrics_handle().render()
+    let handle = metrics_handle();
+    process_metrics().collect();
+    handle.render()
 }
 
 /// A W3C trace context header as received, or a new one, forwarded to every
@@ -151,21 +175,39 @@ fn is_rpc(path: &str) -> bool {
         .is_some_and(|s| s.methods().any(|m| m.name() == method))
         || service.starts_with("grpc.health.v1.")
         || service.starts_with("grpc.reflection.")
-        || path == "/metrics"
 }
 
-/// Middleware on every service and the gateway: a span per request, the
-/// trace context in the request's extensions, and request metrics.
+/// Who made a request, as the guard found (for the access log).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub tenant_id: String,
+    pub user_id: String,
+}
+
+/// Middleware on every service and the gateway: a span per request (with
+/// the request id, so every log line of the request carries it), the trace
+/// context in the request's extensions, request metrics, and one access-log
+/// line when the response is over: a stream's outcome is the `grpc-status`
+/// of its trailers, so one that fails part-way counts as failed.
 pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let request_id: String = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(128)
+        .collect();
     let traceparent = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(|v| TraceParent(v.to_owned()))
         .unwrap_or_else(TraceParent::new_root);
-    let span = tracing::info_span!("request", method = %req.method(), path = %path, traceparent = %traceparent.0);
+    let span = tracing::info_span!("request", %method, path = %path, request_id = %request_id, traceparent = %traceparent.0);
     if OTEL_ON.get().is_some() {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -176,14 +218,10 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(traceparent.clone());
     let response = {
         use tracing::Instrument;
-        traceparent.serving(next.run(req).instrument(span)).await
+        traceparent
+            .serving(next.run(req).instrument(span.clone()))
+            .await
     };
-    let grpc_status = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_owned();
     // A bounded set of labels: the route the gateway matched, or a known RPC;
     // any other path a stranger makes up is "other" (never the raw path).
     let route = match response.extensions().get::<Route>() {
@@ -191,13 +229,156 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         None if is_rpc(&path) => path,
         None => "other".to_owned(),
     };
-    let labels = [
-        ("path", route),
-        ("http_status", response.status().as_u16().to_string()),
-        ("grpc_status", grpc_status),
-    ];
-    metrics::counter!("rdm_requests_total", &labels).increment(1);
-    metrics::histogram!("rdm_request_duration_seconds", &labels[..1])
-        .record(started.elapsed().as_secs_f64());
-    response
+    let outcome = Outcome {
+        route,
+        method: method.to_string(),
+        http_status: response.status().as_u16(),
+        request_id,
+        caller: response.extensions().get::<Caller>().cloned(),
+        started,
+        span,
+    };
+    let grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let is_grpc = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"));
+    match grpc_status {
+        Some(status) => {
+            outcome.record(&status);
+            response
+        }
+        // The status comes in the trailers, after the stream.
+        None if is_grpc => response.map(|body| {
+            axum::body::Body::new(Observed {
+                body,
+                outcome: Some(outcome),
+            })
+        }),
+        None => {
+            outcome.record("0");
+            response
+        }
+    }
+}
+
+/// What the metrics and the access log say of a finished request.
+struct Outcome {
+    route: String,
+    method: String,
+    http_status: u16,
+    request_id: String,
+    caller: Option<Caller>,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl Outcome {
+    fn record(self, grpc_status: &str) {
+        let elapsed = self.started.elapsed();
+        let labels = [
+            ("path", self.route.clone()),
+            ("http_status", self.http_status.to_string()),
+            ("grpc_status", grpc_status.to_owned()),
+        ];
+        metrics::counter!("rdm_requests_total", &labels).increment(1);
+        metrics::histogram!("rdm_request_duration_seconds", &labels[..1])
+            .record(elapsed.as_secs_f64());
+        let (tenant_id, user_id) = self
+            .caller
+            .as_ref()
+            .map_or(("", ""), |c| (c.tenant_id.as_str(), c.user_id.as_str()));
+        let _in = self.span.enter();
+        // Server failures are errors; refusals and device failures warnings.
+        let failed_server = self.http_status >= 500 && !matches!(self.http_status, 502..=504)
+            || matches!(grpc_status, "2" | "13" | "15");
+        let refused = self.http_status >= 400 || grpc_status != "0";
+        macro_rules! access {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "rdm::access",
+                    method = %self.method,
+                    route = %self.route,
+                    http_status = self.http_status,
+                    grpc_status,
+                    duration_ms = elapsed.as_secs_f64() * 1e3,
+                    request_id = %self.request_id,
+                    tenant_id,
+                    user_id,
+                    "request"
+                )
+            };
+        }
+        if failed_server {
+            access!(error);
+        } else if refused {
+            access!(warn);
+        } else {
+            access!(info);
+        }
+    }
+}
+
+/// A gRPC response body whose trailers say how the call ended.
+struct Observed {
+    body: axum::body::Body,
+    outcome: Option<Outcome>,
+}
+
+impl http_body::Body for Observed {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(status) = frame
+                    .trailers_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                    && let Some(outcome) = self.outcome.take()
+                {
+                    outcome.record(status);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => {
+                if let Some(outcome) = self.outcome.take() {
+                    outcome.record("2");
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(outcome) = self.outcome.take() {
+                    outcome.record("0");
+                }
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    /// A stream the client dropped before its end: cancelled.
+    fn drop(&mut self) {
+        if let Some(outcome) = self.outcome.take() {
+            outcome.record("1");
+        }
+    }
 }
