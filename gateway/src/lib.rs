@@ -23,7 +23,7 @@ use rdm_kit::{
     server::grpc_error,
 };
 use std::{collections::HashMap, sync::Arc};
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -103,13 +103,35 @@ pub fn router(
         api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
         title: Some("rdm API"),
     });
-    let mut router = Router::new()
+    let inner = Router::new()
         .route("/openapi.json", get(serve_openapi))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(dispatch)
         .with_state(gateway)
         .merge(docs)
-        .layer(from_fn(rdm_kit::telemetry::observe))
+        .layer(from_fn(rdm_kit::telemetry::observe));
+    // Browsers' gRPC (gRPC-Web, binary or base64 text) becomes gRPC first;
+    // everything else goes on as it came (tonic-web refuses HTTP/1.1 that
+    // is not gRPC-Web).
+    let web = tonic_web::GrpcWebLayer::new().layer(inner.clone());
+    let steer = tower::service_fn(move |req: Request| {
+        let (inner, web) = (inner.clone(), web.clone());
+        async move {
+            let grpc_web = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/grpc-web"));
+            let response = if grpc_web {
+                web.oneshot(req).await.into_response()
+            } else {
+                inner.oneshot(req).await.into_response()
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut router = Router::new()
+        .fallback_service(steer)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     if let Some(cors) = cors(&config.cors_origins)? {
@@ -149,8 +171,17 @@ fn cors(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 header::ACCEPT,
                 "traceparent".parse()?,
                 "x-request-id".parse()?,
+                // gRPC-Web clients send these.
+                "x-grpc-web".parse()?,
+                "x-user-agent".parse()?,
+                "grpc-timeout".parse()?,
             ])
-            .expose_headers(["x-request-id".parse()?]),
+            .expose_headers([
+                "x-request-id".parse()?,
+                "grpc-status".parse()?,
+                "grpc-message".parse()?,
+                "grpc-status-details-bin".parse()?,
+            ]),
     ))
 }
 

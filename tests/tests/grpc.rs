@@ -354,3 +354,67 @@ async fn serve_refuses_to_invent_a_missing_key() {
         assert!(!missing.exists(), "no key was created");
     }
 }
+
+/// A gRPC-Web frame: flag, big-endian length, message.
+fn grpc_web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Browsers call gRPC through the gateway port as gRPC-Web (HTTP/1.1, the
+/// status in a trailer frame of the body), with the same token check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_through_the_gateway() {
+    use prost::Message;
+    let mesh = TestMesh::start(Store::Sqlite).await;
+    let token = mesh.token("demo", "demo", "demo").await;
+    let call = |token: Option<&str>| {
+        let mut req = mesh
+            .http
+            .post(mesh.url("/rdm.inventory.v1.AuthService/GetMe"))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(grpc_web_frame(
+                0,
+                &rdm_proto::inventory::GetMeRequest {}.encode_to_vec(),
+            ));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    let resp = call(Some(&token)).await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web"),
+        "{:?}",
+        resp.headers()
+    );
+    let body = resp.bytes().await.unwrap();
+    // A message frame, then the trailers frame (flag 0x80).
+    assert_eq!(body[0], 0, "a message first");
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    let me = rdm_proto::inventory::GetMeResponse::decode(&body[5..5 + len]).unwrap();
+    assert_eq!(me.username, "demo");
+    let trailers = String::from_utf8_lossy(&body[5 + len + 5..]).to_lowercase();
+    assert_eq!(body[5 + len], 0x80, "then the trailers");
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+
+    // No token: UNAUTHENTICATED, as over gRPC.
+    let resp = call(None).await.unwrap();
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.bytes().await.unwrap();
+    let in_body = String::from_utf8_lossy(&body).to_lowercase();
+    assert!(
+        status.as_deref() == Some("16") || in_body.contains("grpc-status:16"),
+        "{status:?} {in_body}"
+    );
+}

@@ -69,7 +69,16 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
                     .map(|v| format!("{v:?}"));
                 for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
                     let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                    if id == trace_id {
+                    if id == trace_id && span.name == "GET /v1/me" {
+                        // Semantic conventions: kind SERVER, the route.
+                        assert_eq!(span.kind, 2, "SERVER: {span:?}");
+                        let route = span
+                            .attributes
+                            .iter()
+                            .find(|a| a.key == "http.route")
+                            .and_then(|a| a.value.clone())
+                            .map(|v| format!("{v:?}"));
+                        assert!(route.is_some_and(|r| r.contains("GET /v1/me")), "{span:?}");
                         return service;
                     }
                 }
@@ -78,12 +87,48 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
         None
     })
     .await;
-    drop(rdm);
     let service = found.expect("no span of our trace reached the collector within 20 s");
     assert!(
         service.is_some_and(|s| s.contains("rdm")),
         "spans carry service.name rdm"
     );
+
+    // A caller that sent no traceparent: the trace its log lines name is
+    // the one exported.
+    let answered = reqwest::Client::new()
+        .get(rdm.url("/v1/me"))
+        .header("x-request-id", "no-parent-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let (_, printed) = rdm.terminate(Duration::from_secs(10)).await;
+    let logged: String = printed
+        .lines()
+        .filter(|l| l.contains("no-parent-1") && l.contains("rdm::access"))
+        .find_map(|l| {
+            let traceparent = l.split("\"traceparent\":\"").nth(1)?;
+            Some(traceparent.split('-').nth(1)?.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no access line with a traceparent: {printed}"));
+    let exported = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(export) = rx.recv().await {
+            for span in export
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+            {
+                let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                if id == logged {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(exported, Ok(true), "trace {logged} was logged, not exported");
 }
 
 /// One access-log line per request at its level (route template, status,

@@ -205,9 +205,35 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .map(|v| TraceParent(v.to_owned()))
-        .unwrap_or_else(TraceParent::new_root);
-    let span = tracing::info_span!("request", %method, path = %path, request_id = %request_id, traceparent = %traceparent.0);
+        .map(|v| TraceParent(v.to_owned()));
+    let traceparent = match traceparent {
+        Some(t) => t,
+        None => {
+            // A new trace: the one the logs name is the one exported.
+            let root = TraceParent::new_root();
+            if let Ok(value) = root.0.parse() {
+                req.headers_mut().insert("traceparent", value);
+            }
+            root
+        }
+    };
+    // OpenTelemetry's semantic conventions: named by route or RPC, kind
+    // SERVER, status set on errors (filled in when the response is known).
+    let span = tracing::info_span!(
+        "request",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        rpc.system = tracing::field::Empty,
+        rpc.service = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
+        url.path = %path,
+        request_id = %request_id,
+        traceparent = %traceparent.0,
+    );
     if OTEL_ON.get().is_some() {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -229,6 +255,24 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         None if is_rpc(&path) => path,
         None => "other".to_owned(),
     };
+    span.record("otel.name", route.as_str());
+    if OTEL_ON.get().is_some() {
+        // The exported span exists by now: rename it there too.
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.context().span().update_name(route.clone());
+    }
+    span.record("http.response.status_code", response.status().as_u16());
+    match route.trim_start_matches('/').split_once('/') {
+        Some((service, rpc)) if route.starts_with('/') => {
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", service);
+            span.record("rpc.method", rpc);
+        }
+        _ => {
+            span.record("http.route", route.as_str());
+        }
+    }
     let outcome = Outcome {
         route,
         method: method.to_string(),
@@ -293,6 +337,11 @@ impl Outcome {
             .caller
             .as_ref()
             .map_or(("", ""), |c| (c.tenant_id.as_str(), c.user_id.as_str()));
+        // A server span's status is an error for HTTP 5xx and for the gRPC
+        // codes the server is to blame for (semantic conventions).
+        if self.http_status >= 500 || matches!(grpc_status, "2" | "4" | "12" | "13" | "14" | "15") {
+            self.span.record("otel.status_code", "ERROR");
+        }
         let _in = self.span.enter();
         // Server failures are errors; refusals and device failures warnings.
         let failed_server = self.http_status >= 500 && !matches!(self.http_status, 502..=504)
