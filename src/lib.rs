@@ -640,6 +640,9 @@ pub async fn serve_service(
     };
     let started = service.start(matches, context).await?;
     metrics.start(&shutdown);
+    for (name, addr) in &started.listeners {
+        println!("rdm serve {}: {name} on {addr}", service.name());
+    }
     listening(service.name(), &listener)?;
     let names = server::service_names(service.package());
     server::serve(listener, started.router, &names, server_args, shutdown).await

@@ -916,6 +916,130 @@ async fn walks_stream_over_grpc() {
     assert_eq!(oids, expected);
 }
 
+/// SNMP scaled out: one replica listens for traps (the snmp-traps
+/// Deployment); another, with no listener, relays its watchers there, so a
+/// watcher reaches the trap whichever replica the gateway picked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_on_any_replica_get_the_trap_roles_traps() {
+    use rdm_tests::{ADMIN_PASSWORD, spawn_serve};
+    snmpd::ensure();
+    let pg = rdm_tests::PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str| {
+        let path = dir.path().join(name);
+        rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
+        path.display().to_string()
+    };
+    let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
+    let inventory = spawn_serve(
+        "inventory",
+        &[
+            ("RDM_DATABASE_URL", pg.app_url.clone()),
+            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
+            ("RDM_JWT_KEY_FILE", jwt_key),
+            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
+        ],
+    )
+    .await;
+    let inventory_url = format!("http://{}", inventory.addr);
+    let trap_role = spawn_serve(
+        "snmp",
+        &[
+            ("RDM_INVENTORY_URL", inventory_url.clone()),
+            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
+            ("RDM_SNMP_TRAP_LISTEN", "127.0.0.1:0".into()),
+        ],
+    )
+    .await;
+    let trap_port = trap_role
+        .printed
+        .iter()
+        .find_map(|l| l.split("snmp-traps on ").nth(1))
+        .unwrap_or_else(|| panic!("no trap address in {:?}", trap_role.printed))
+        .trim()
+        .to_owned();
+    let replica = spawn_serve(
+        "snmp",
+        &[
+            ("RDM_INVENTORY_URL", inventory_url.clone()),
+            ("RDM_SERVICE_KEY_FILE", service_key),
+            ("RDM_SNMP_TRAPS_URL", format!("http://{}", trap_role.addr)),
+        ],
+    )
+    .await;
+    let gateway = spawn_serve(
+        "gateway",
+        &[
+            ("RDM_INVENTORY_URL", inventory_url),
+            ("RDM_SNMP_URL", format!("http://{}", replica.addr)),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = gateway.url("");
+    let login = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
+        .send_json()
+        .await;
+    let token = login["access_token"].as_str().unwrap();
+    // Devices on loopback need the network allowed.
+    let me = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(token)
+        .send_json()
+        .await;
+    http.patch(format!(
+        "{base}/v1/tenants/{}",
+        me["tenant_id"].as_str().unwrap()
+    ))
+    .bearer_auth(token)
+    .json(&json!({"allowed_target_cidrs": ["127.0.0.0/8"]}))
+    .send()
+    .await
+    .unwrap();
+    let device = http
+        .post(format!("{base}/v1/devices"))
+        .bearer_auth(token)
+        .json(&json!({"name": "trapper", "address": "127.0.0.1"}))
+        .send_json()
+        .await;
+    let id = device["id"].as_str().unwrap_or_else(|| panic!("{device}"));
+    let put = http
+        .put(format!("{base}/v1/devices/{id}/endpoints/snmp"))
+        .bearer_auth(token)
+        .json(&json!({"version": "2c", "community": "public", "port": snmpd::PORT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let watch = http
+        .get(format!("{base}/v1/snmp/traps"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), StatusCode::OK);
+    let mut lines: Lines = watch.bytes_stream().boxed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    snmpd::tool(
+        "snmptrap",
+        &[
+            "-v2c",
+            "-c",
+            "public",
+            &trap_port,
+            "42",
+            "1.3.6.1.6.3.1.1.5.3",
+            "1.3.6.1.2.1.2.2.1.1.2",
+            "i",
+            "2",
+        ],
+    );
+    let got = notifications(&mut lines, 1).await;
+    assert_eq!(got[0]["device_id"], id, "{got:?}");
+}
+
 /// A walk whose agent never answers fails after its headers went out (in
 /// the trailers): the metrics count it as failed, and the access log says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,7 +128,11 @@ async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
         false
     })
     .await;
-    assert_eq!(exported, Ok(true), "trace {logged} was logged, not exported");
+    assert_eq!(
+        exported,
+        Ok(true),
+        "trace {logged} was logged, not exported"
+    );
 }
 
 /// One access-log line per request at its level (route template, status,

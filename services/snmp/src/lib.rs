@@ -33,8 +33,18 @@ const MAX_OIDS: usize = 128;
 pub struct Config {
     pub engine: Arc<Engine>,
     pub inventory: Inventory,
-    /// Received traps, when a trap listener runs.
-    pub traps: Option<traps::TrapHub>,
+    /// Where watchers get traps: this process's listener, or the trap role's.
+    pub traps: Traps,
+}
+
+/// Where WatchTraps is answered.
+pub enum Traps {
+    /// Traps received by this process.
+    Here(traps::TrapHub),
+    /// The replica that runs the trap listener (`RDM_SNMP_TRAPS_URL`):
+    /// watchers of every other replica are relayed to it, as the caller.
+    There(rdm_kit::invoke::Backend),
+    None,
 }
 
 /// The SNMP service's own settings.
@@ -44,6 +54,10 @@ pub struct Args {
     /// 127.0.0.1:10162; under `rdm serve` none is opened unless set).
     #[arg(long, env = "RDM_SNMP_TRAP_LISTEN")]
     pub snmp_trap_listen: Option<SocketAddr>,
+    /// A replica without a trap listener relays WatchTraps to this one (the
+    /// snmp-traps Deployment), so any number of replicas serve watchers.
+    #[arg(long, env = "RDM_SNMP_TRAPS_URL")]
+    pub snmp_traps_url: Option<String>,
 }
 
 /// The SNMP service as the mesh's registry lists it.
@@ -56,15 +70,21 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let listen = args.snmp_trap_listen.or(context
         .all_in_one
         .then(|| SocketAddr::from(([127, 0, 0, 1], 10162))));
-    let traps = match listen {
-        Some(addr) => Some(
+    let traps = match (listen, args.snmp_traps_url) {
+        (Some(addr), _) => Traps::Here(
             traps::TrapHub::listen(addr, inventory.clone())
                 .await
                 .with_context(|| format!("cannot listen for SNMP traps on {addr}"))?,
         ),
-        None => None,
+        (None, Some(url)) => Traps::There(
+            rdm_kit::invoke::remote(&url).with_context(|| format!("RDM_SNMP_TRAPS_URL {url}"))?,
+        ),
+        (None, None) => Traps::None,
     };
-    let listeners = traps.iter().map(|t| ("snmp-traps", t.addr)).collect();
+    let listeners = match &traps {
+        Traps::Here(hub) => vec![("snmp-traps", hub.addr)],
+        _ => Vec::new(),
+    };
     let config = Config {
         engine: Default::default(),
         inventory,
@@ -481,13 +501,28 @@ impl SnmpService for Snmp {
         req: Request<pb::WatchTrapsRequest>,
     ) -> Result<Response<Self::WatchTrapsStream>, Status> {
         let p = Principal::of(&req).map_err(err)?.clone();
-        let Some(hub) = self.0.traps.clone() else {
-            return Err(err(Error::new(
+        match &self.0.traps {
+            Traps::Here(hub) => {
+                let stream = hub.watch(p).await.map_err(err)?;
+                Ok(Response::new(Box::pin(stream.map(Ok))))
+            }
+            Traps::There(backend) => {
+                // The caller's own token and trace go on: the trap role
+                // checks them as this replica did.
+                let mut client = pb::snmp_service_client::SnmpServiceClient::with_interceptor(
+                    backend.clone(),
+                    rdm_kit::client::Forward::of(&req),
+                );
+                let stream = client
+                    .watch_traps(pb::WatchTrapsRequest {})
+                    .await?
+                    .into_inner();
+                Ok(Response::new(Box::pin(stream)))
+            }
+            Traps::None => Err(err(Error::new(
                 ErrorCode::FailedPrecondition,
-                "no trap listener is configured (set RDM_SNMP_TRAP_LISTEN)",
-            )));
-        };
-        let stream = hub.watch(p).await.map_err(err)?;
-        Ok(Response::new(Box::pin(stream.map(Ok))))
+                "no trap listener is configured (set RDM_SNMP_TRAP_LISTEN, or RDM_SNMP_TRAPS_URL to the replica that has one)",
+            ))),
+        }
     }
 }
