@@ -23,16 +23,25 @@ impl TraceService for Collector {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+/// An OTLP receiver on a port of its own: its address and what it receives.
+async fn collector() -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(Collector(tx)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_otlp_collector_in_the_callers_trace() {
+    let (collector, mut rx) = collector().await;
 
     let dir = tempfile::tempdir().unwrap();
     let rdm = Process::up(
@@ -207,4 +216,107 @@ async fn every_request_has_an_access_line_with_its_request_id() {
         "{service}"
     );
     assert!(!printed.contains(token), "the token is never logged");
+}
+
+/// In the Kubernetes shape (gateway, snmp and inventory each their own
+/// process), one trace runs from the gateway through snmp to the
+/// inventory: every hop exports its span under the caller's trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_from_the_gateway_through_snmp_to_the_inventory() {
+    use rdm_tests::{PgDatabase, SendJson, spawn_serve};
+    let (collector, mut rx) = collector().await;
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str| {
+        let path = dir.path().join(name);
+        rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
+        path.display().to_string()
+    };
+    let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
+    let otel = |mut env: Vec<(&'static str, String)>| {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")));
+        env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
+        env.push(("RDM_LOG", "info".into()));
+        env.push(("RDM_SHUTDOWN_DELAY_MS", "0".into()));
+        env
+    };
+    let inventory = spawn_serve(
+        "inventory",
+        &otel(vec![
+            ("RDM_DATABASE_URL", pg.app_url.clone()),
+            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
+            ("RDM_JWT_KEY_FILE", jwt_key),
+            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
+        ]),
+    )
+    .await;
+    let inventory_url = format!("http://{}", inventory.addr);
+    let snmp = spawn_serve(
+        "snmp",
+        &otel(vec![
+            ("RDM_INVENTORY_URL", inventory_url.clone()),
+            ("RDM_SERVICE_KEY_FILE", service_key),
+        ]),
+    )
+    .await;
+    let gateway = spawn_serve(
+        "gateway",
+        &otel(vec![
+            ("RDM_INVENTORY_URL", inventory_url),
+            ("RDM_SNMP_URL", format!("http://{}", snmp.addr)),
+        ]),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let login = http
+        .post(gateway.url("/v1/auth/login"))
+        .json(&serde_json::json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
+        .send_json()
+        .await;
+    let token = login["access_token"].as_str().unwrap();
+    // A device target: snmp resolves it at the inventory (it does not
+    // exist, which is a 404 after the whole round).
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let resp = http
+        .post(gateway.url("/v1/snmp/get"))
+        .bearer_auth(token)
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&serde_json::json!({"target": {"device_id": "no-such-device"}, "oids": ["1.3.6.1.2.1.1.5.0"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
+    let mut seen = std::collections::BTreeSet::new();
+    let wanted = ["rdm-gateway", "rdm-snmp", "rdm-inventory"];
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(export) = rx.recv().await {
+            for resource in &export.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| a.value.clone())
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default();
+                for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                    let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    if id == trace_id
+                        && let Some(name) = wanted.iter().find(|w| service.contains(*w))
+                    {
+                        seen.insert(*name);
+                    }
+                }
+            }
+            if seen.len() == wanted.len() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["rdm-gateway", "rdm-inventory", "rdm-snmp"],
+        "each hop exports a span of the caller's trace"
+    );
 }
