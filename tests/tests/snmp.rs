@@ -1099,6 +1099,12 @@ async fn a_stream_that_fails_part_way_counts_as_failed() {
         !walks.iter().any(|l| l.contains("grpc_status=\"0\"")),
         "{walks:?}"
     );
+    // The protocol's own count says why.
+    assert!(
+        metrics.lines().any(|l| l.starts_with("rdm_snmp_requests_total{")
+            && l.contains("outcome=\"timeout\"")),
+        "{metrics}"
+    );
 }
 
 type Lines = futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;

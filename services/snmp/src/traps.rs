@@ -290,6 +290,7 @@ impl TrapHub {
                     continue;
                 };
                 let bytes = buf[..n].to_vec();
+                metrics::counter!("rdm_snmp_traps_received_total").increment(1);
                 if matches!(ber::header(&bytes), Some(ber::Header::V3(_))) {
                     // Finding the sender's credentials takes a round trip to
                     // the inventory: bounded, as a flood of spoofed

@@ -160,8 +160,29 @@ impl Engine {
     }
 
     /// One request and its reply, with v3 discovery (once more if the agent
-    /// says our view of its engine is stale).
+    /// says our view of its engine is stale); its outcome is counted in
+    /// `rdm_snmp_requests_total{op, outcome}`.
     pub async fn request(
+        &self,
+        t: &Target,
+        op: Op,
+        varbinds: &[(Oid, Value)],
+    ) -> Result<Vec<VarBind>, SnmpError> {
+        let result = self.request_once(t, op, varbinds).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(SnmpError::Timeout { .. }) => "timeout",
+            Err(SnmpError::Unreachable { .. }) => "unreachable",
+            Err(SnmpError::Auth { .. }) => "auth_failure",
+            Err(SnmpError::Status { .. } | SnmpError::Protocol { .. }) => "device_error",
+            Err(SnmpError::TooLarge { .. }) => "too_large",
+        };
+        metrics::counter!("rdm_snmp_requests_total", "op" => op.name(), "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn request_once(
         &self,
         t: &Target,
         op: Op,
