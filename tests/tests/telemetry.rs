@@ -287,6 +287,7 @@ async fn one_trace_from_the_gateway_through_snmp_to_the_inventory() {
         .unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
     let mut seen = std::collections::BTreeSet::new();
+    let mut clients = std::collections::BTreeSet::new();
     let wanted = ["rdm-gateway", "rdm-snmp", "rdm-inventory"];
     let _ = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(export) = rx.recv().await {
@@ -305,10 +306,14 @@ async fn one_trace_from_the_gateway_through_snmp_to_the_inventory() {
                         && let Some(name) = wanted.iter().find(|w| service.contains(*w))
                     {
                         seen.insert(*name);
+                        // CLIENT spans: the calls each hop made.
+                        if span.kind == 3 {
+                            clients.insert(span.name.clone());
+                        }
                     }
                 }
             }
-            if seen.len() == wanted.len() {
+            if seen.len() == wanted.len() && clients.len() >= 2 {
                 return;
             }
         }
@@ -318,5 +323,10 @@ async fn one_trace_from_the_gateway_through_snmp_to_the_inventory() {
         seen.into_iter().collect::<Vec<_>>(),
         ["rdm-gateway", "rdm-inventory", "rdm-snmp"],
         "each hop exports a span of the caller's trace"
+    );
+    assert!(
+        clients.contains("rdm.snmp.v1.SnmpService/Get")
+            && clients.contains("rdm.inventory.v1.DeviceService/ResolveTarget"),
+        "the gateway's call to snmp and snmp's to the inventory are CLIENT spans: {clients:?}"
     );
 }

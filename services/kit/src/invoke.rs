@@ -29,10 +29,10 @@ pub struct BackendError(BoxError);
 pub fn local(router: axum::Router) -> Backend {
     type Req = http::Request<tonic::body::Body>;
     let service = ServiceExt::<Req>::map_response(router, |r| r.map(tonic::body::Body::new));
-    BoxCloneSyncService::new(ServiceExt::<Req>::map_err(
+    traced(BoxCloneSyncService::new(ServiceExt::<Req>::map_err(
         service,
         |e: Infallible| -> BackendError { match e {} },
-    ))
+    )))
 }
 
 /// A backend reached over gRPC (connects lazily, reconnects on its own).
@@ -41,8 +41,50 @@ pub fn remote(url: &str) -> anyhow::Result<Backend> {
         .tcp_nodelay(true)
         .http2_adaptive_window(true)
         .connect_lazy();
-    Ok(BoxCloneSyncService::new(
+    Ok(traced(BoxCloneSyncService::new(
         channel.map_err(|e| BackendError(e.into())),
+    )))
+}
+
+/// Every call through `backend` in a CLIENT span (OpenTelemetry's
+/// conventions: named by RPC, `rpc.*` attributes, error status), whose
+/// context the call carries on as its `traceparent` when traces are
+/// exported, so the callee's span is its child.
+fn traced(backend: Backend) -> Backend {
+    BoxCloneSyncService::new(tower::service_fn(
+        move |mut req: http::Request<tonic::body::Body>| {
+            let path = req.uri().path().to_owned();
+            let (service, method) = path
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or_default();
+            let span = tracing::info_span!(
+                "call",
+                otel.name = %path.trim_start_matches('/'),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+            );
+            crate::telemetry::inject(&span, req.headers_mut());
+            let call = backend.clone().oneshot(req);
+            async move {
+                use tracing::Instrument;
+                let reply = call.instrument(span.clone()).await;
+                let failed = match &reply {
+                    Ok(resp) => resp
+                        .headers()
+                        .get("grpc-status")
+                        .is_some_and(|s| s.as_bytes() != b"0"),
+                    Err(_) => true,
+                };
+                if failed {
+                    span.record("otel.status_code", "ERROR");
+                }
+                reply
+            }
+        },
     ))
 }
 

@@ -131,6 +131,19 @@ pub async fn render_metrics() -> String {
     handle.render()
 }
 
+/// Puts `span`'s context into `headers` as `traceparent` (when traces are
+/// exported; otherwise the header the caller set stays as it is).
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    if OTEL_ON.get().is_none() {
+        return;
+    }
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers))
+    });
+}
+
 /// A W3C trace context header as received, or a new one, forwarded to every
 /// service a request reaches.
 #[derive(Clone, Debug)]

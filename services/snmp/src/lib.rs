@@ -455,10 +455,14 @@ impl SnmpService for Snmp {
             })
             .collect();
         let config = self.0.clone();
+        // The stream runs after this handler returned: the targets it
+        // resolves carry this request's trace all the same.
+        let trace = rdm_kit::telemetry::TraceParent::current()
+            .unwrap_or_else(rdm_kit::telemetry::TraceParent::new_root);
         let polls = futures::stream::iter(jobs)
             .map(move |(index, target, device)| {
                 let (config, p, oids) = (config.clone(), p.clone(), oids.clone());
-                async move {
+                trace.clone().serving(async move {
                     let (device_id, resolved) = match device {
                         Some((id, Ok(reply))) => (id, targets::from_device(reply)),
                         Some((id, Err(e))) => (id, Err(e)),
@@ -488,7 +492,7 @@ impl SnmpService for Snmp {
                             }),
                         }),
                     })
-                }
+                })
             })
             .buffer_unordered(concurrency);
         Ok(Response::new(Box::pin(polls)))
