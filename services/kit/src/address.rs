@@ -232,6 +232,24 @@ impl HttpClients {
         Ok(client)
     }
 
+    /// A client for a resolved endpoint's `base_url`, vetted against the
+    /// tenant's allowed networks the inventory returned with it.
+    pub async fn for_target(
+        &self,
+        base_url: &str,
+        allowed_cidrs: &[String],
+    ) -> Result<(url::Url, reqwest::Client)> {
+        let url: url::Url = base_url
+            .parse()
+            .map_err(|_| Error::invalid("base_url", "not a URL"))?;
+        let allowed: Vec<IpNet> = allowed_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let client = self.get(&url, &allowed).await?;
+        Ok((url, client))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ClientCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }

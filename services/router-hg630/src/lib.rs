@@ -94,16 +94,10 @@ impl Hg630 {
                 "no HG630 settings",
             ));
         };
-        let url: url::Url = endpoint
-            .base_url()
-            .parse()
-            .map_err(|_| Error::invalid("base_url", "not a URL"))?;
-        let allowed: Vec<ipnet::IpNet> = resolved
-            .allowed_target_cidrs
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        let http = self.clients.get(&url, &allowed).await?;
+        let (url, http) = self
+            .clients
+            .for_target(endpoint.base_url(), &resolved.allowed_target_cidrs)
+            .await?;
         let scheme = match endpoint.password_scheme() {
             "legacy" => Scheme::Legacy,
             _ => Scheme::Current,

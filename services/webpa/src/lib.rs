@@ -98,16 +98,10 @@ impl Webpa {
                 "the webpa endpoint names no device_id (like mac:112233445566) and the device has no serial to use",
             ));
         }
-        let url: url::Url = endpoint
-            .base_url()
-            .parse()
-            .map_err(|_| Error::invalid("base_url", "not a URL"))?;
-        let allowed: Vec<ipnet::IpNet> = resolved
-            .allowed_target_cidrs
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        let http = self.clients.get(&url, &allowed).await?;
+        let (_, http) = self
+            .clients
+            .for_target(endpoint.base_url(), &resolved.allowed_target_cidrs)
+            .await?;
         let deadline = CallDeadline::of(req).map(|d| d.remaining());
         Ok(Device::new(http, &endpoint, endpoint.device_id(), deadline))
     }
