@@ -48,7 +48,26 @@ with tempfile.TemporaryDirectory() as out:
         rendered = pathlib.Path(out) / overlay.name / "rendered.yaml"
         rendered.parent.mkdir()
         rendered.write_text(built.stdout)
-        for doc in yaml.safe_load_all(built.stdout):
+        docs = [d for d in yaml.safe_load_all(built.stdout) if d]
+        # A ServiceMonitor (a CRD, no schema here): its selector must pick
+        # Services that have the port it scrapes (the traps' UDP
+        # LoadBalancer has none; the operator skips it).
+        for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+            wanted = monitor["spec"]["selector"]["matchLabels"]
+            ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+            services = [
+                d for d in docs
+                if d["kind"] == "Service"
+                and wanted.items() <= d["metadata"].get("labels", {}).items()
+                and d["spec"].get("type") != "LoadBalancer"
+            ]
+            if not services:
+                problems.append(f"{overlay.name}: ServiceMonitor {monitor['metadata']['name']} selects no Service")
+            for svc in services:
+                names = {p.get("name") for p in svc["spec"]["ports"]}
+                if not ports <= names:
+                    problems.append(f"{overlay.name}: Service {svc['metadata']['name']} lacks port {ports - names}")
+        for doc in docs:
             if doc.get("kind") not in ("Deployment", "Job"):
                 continue
             where = f"{overlay.name}: {doc['kind']} {doc['metadata']['name']}"
