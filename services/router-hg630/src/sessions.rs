@@ -64,6 +64,9 @@ struct State {
 }
 
 impl Sessions {
+    /// Sessions held before idle ones are swept out.
+    const SWEEP_AT: usize = 1024;
+
     pub fn new(idle: Duration) -> Self {
         Self(Arc::new(Pool {
             map: Mutex::default(),
@@ -76,6 +79,17 @@ impl Sessions {
     /// vetted just now) serves its next requests.
     pub fn get(&self, key: Key, password: &str, router: Router) -> Arc<Session> {
         let mut map = self.0.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Sessions that never signed in (a wrong address, a refused
+        // password) have no keep-alive to drop them: the idle ones go here.
+        if map.len() >= Self::SWEEP_AT {
+            map.retain(|_, s| {
+                let signed_out = s
+                    .state
+                    .try_lock()
+                    .is_ok_and(|st| st.login.is_none() && !st.keeping_alive);
+                !(signed_out && s.idle_for() >= self.0.idle)
+            });
+        }
         let session = map
             .entry(key.clone())
             .or_insert_with(|| {
