@@ -259,6 +259,34 @@ where
     }
 }
 
+/// Sends `req` and reads the whole reply: whether it succeeded.
+fn succeeds(req: reqwest::RequestBuilder) -> futures::future::BoxFuture<'static, bool> {
+    Box::pin(async move {
+        match req.send().await {
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+            _ => false,
+        }
+    })
+}
+
+/// A REST POST of `body` with `token`, as [`load_calls`] makes it.
+fn rest_post(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: serde_json::Value,
+) -> impl Fn() -> futures::future::BoxFuture<'static, bool> + Clone + Send + 'static {
+    let (http, token, body) = (http.clone(), token.to_owned(), body.to_string());
+    move || {
+        succeeds(
+            http.post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body.clone()),
+        )
+    }
+}
+
 /// A demo mesh in this process, signed in as the demo admin.
 struct DemoMesh {
     mesh: crate::Mesh,
@@ -961,32 +989,19 @@ async fn webpa(calls: usize, concurrency: usize) -> anyhow::Result<()> {
     let (user, password) = xmidt.basic.clone();
     let direct_http = http.clone();
     let direct_call = move || {
-        let req = direct_http
-            .get(&direct_url)
-            .query(&[("names", &query)])
-            .basic_auth(&user, Some(&password));
-        async move {
-            match req.send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                _ => false,
-            }
-        }
+        succeeds(
+            direct_http
+                .get(&direct_url)
+                .query(&[("names", &query)])
+                .basic_auth(&user, Some(&password)),
+        )
     };
-    let url = format!("{base}/v1/webpa/get");
-    let body = json!({"target": {"device_id": id}, "names": names}).to_string();
-    let rest_call = move || {
-        let req = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(body.clone());
-        async move {
-            match req.send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                _ => false,
-            }
-        }
-    };
+    let rest_call = rest_post(
+        &http,
+        format!("{base}/v1/webpa/get"),
+        &token,
+        json!({"target": {"device_id": id}, "names": names}),
+    );
     // As asked (many callers), then one caller: the latency rdm adds
     // when nothing queues.
     for (calls, callers) in [(calls, concurrency), (calls / 10, 1)] {
@@ -1039,23 +1054,12 @@ async fn hg630(
         let sim = hg630::start(([127, 0, 0, 1], 0).into(), config.clone()).await?;
         let endpoint =
             json!({"endpoint": {"base_url": sim.base_url(), "password": config.password}});
-        let body = json!({"target": endpoint}).to_string();
-        let logout = (format!("{base}/v1/hg630/logout"), body.clone());
-        let url = format!("{base}/v1/hg630/dsl-info");
-        let (client, bearer) = (http.clone(), token.clone());
-        let shared_call = move || {
-            let req = client
-                .post(&url)
-                .bearer_auth(&bearer)
-                .header("content-type", "application/json")
-                .body(body.clone());
-            async move {
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                    _ => false,
-                }
-            }
-        };
+        let shared_call = rest_post(
+            &http,
+            format!("{base}/v1/hg630/dsl-info"),
+            &token,
+            json!({"target": endpoint}),
+        );
         let router = Router {
             http: http.clone(),
             base: sim.base_url(),
@@ -1077,13 +1081,13 @@ async fn hg630(
         };
         let shared = load_calls(calls, 1, shared_call).await;
         // The router takes one session of a user at a time: rdm's goes first.
-        http.post(&logout.0)
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(logout.1)
-            .send()
-            .await?
-            .error_for_status()?;
+        let logout = rest_post(
+            &http,
+            format!("{base}/v1/hg630/logout"),
+            &token,
+            json!({"target": endpoint}),
+        );
+        anyhow::ensure!(logout().await, "signing rdm out of the router");
         let seed = load_calls(seed_calls, 1, seed_call).await;
         anyhow::ensure!(
             shared.failed == 0 && seed.failed == 0,

@@ -269,6 +269,18 @@ impl TestMesh {
         assert_eq!(status, StatusCode::OK, "allow {cidrs:?}: {tenant}");
     }
 
+    /// What the internal metrics port serves now.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .await
+            .expect("the metrics port answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Asks the mesh to stop, as SIGTERM does.
     pub fn stop(&self) {
         self.trigger.trigger();
@@ -471,6 +483,87 @@ pub async fn spawn_serve(role: &str, env: &[(&str, String)]) -> Process {
     env.push(("RDM_ADMIN_PASSWORD", ADMIN_PASSWORD.into()));
     env.push(("RDM_METRICS_LISTEN", "127.0.0.1:0".into()));
     Process::start(&["serve", role, "--listen", "127.0.0.1:0"], &env).await
+}
+
+/// The Kubernetes shape: `rdm serve inventory` on a fresh PostgreSQL
+/// database, with its token and service keys, for tests that start the
+/// other roles as processes of their own ([`Split::serve`]).
+pub struct Split {
+    pub inventory: Process,
+    service_key: String,
+    _pg: PgDatabase,
+    _dir: tempfile::TempDir,
+}
+
+impl Split {
+    /// The inventory, `env` on top of what it needs.
+    pub async fn start(env: &[(&str, String)]) -> Self {
+        let pg = PgDatabase::create().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = |name: &str| {
+            let path = dir.path().join(name);
+            rdm_kit::auth::SigningKey::load_or_create(&path).expect("key");
+            path.display().to_string()
+        };
+        let service_key = key_file("service.pem");
+        let mut all = vec![
+            ("RDM_DATABASE_URL", pg.app_url.clone()),
+            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
+            ("RDM_JWT_KEY_FILE", key_file("jwt.pem")),
+            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
+        ];
+        all.extend_from_slice(env);
+        Self {
+            inventory: spawn_serve("inventory", &all).await,
+            service_key,
+            _pg: pg,
+            _dir: dir,
+        }
+    }
+
+    /// `rdm serve <role>` reaching this inventory, `env` on top.
+    pub async fn serve(&self, role: &str, env: &[(&str, String)]) -> Process {
+        let mut all = vec![
+            (
+                "RDM_INVENTORY_URL",
+                format!("http://{}", self.inventory.addr),
+            ),
+            ("RDM_SERVICE_KEY_FILE", self.service_key.clone()),
+        ];
+        all.extend_from_slice(env);
+        spawn_serve(role, &all).await
+    }
+}
+
+/// The platform admin's token, signed in through the gateway at `base`,
+/// and its tenant allowed loopback (where the tests' peers are).
+pub async fn admin_on_loopback(http: &reqwest::Client, base: &str) -> String {
+    let login = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
+        .send_json()
+        .await;
+    let token = login["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("admin login: {login}"))
+        .to_owned();
+    let me = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&token)
+        .send_json()
+        .await;
+    let allowed = http
+        .patch(format!(
+            "{base}/v1/tenants/{}",
+            me["tenant_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"allowed_target_cidrs": ["127.0.0.0/8"]}))
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(allowed.status(), StatusCode::OK, "allow loopback");
+    token
 }
 
 /// A gRPC channel to `addr` once something accepts there (at most 20 s).

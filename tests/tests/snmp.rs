@@ -921,36 +921,12 @@ async fn walks_stream_over_grpc() {
 /// watcher reaches the trap whichever replica the gateway picked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_on_any_replica_get_the_trap_roles_traps() {
-    use rdm_tests::{ADMIN_PASSWORD, spawn_serve};
+    use rdm_tests::{Split, admin_on_loopback};
     snmpd::ensure();
-    let pg = rdm_tests::PgDatabase::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = |name: &str| {
-        let path = dir.path().join(name);
-        rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
-        path.display().to_string()
-    };
-    let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
-    let inventory = spawn_serve(
-        "inventory",
-        &[
-            ("RDM_DATABASE_URL", pg.app_url.clone()),
-            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
-            ("RDM_JWT_KEY_FILE", jwt_key),
-            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
-        ],
-    )
-    .await;
-    let inventory_url = format!("http://{}", inventory.addr);
-    let trap_role = spawn_serve(
-        "snmp",
-        &[
-            ("RDM_INVENTORY_URL", inventory_url.clone()),
-            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
-            ("RDM_SNMP_TRAP_LISTEN", "127.0.0.1:0".into()),
-        ],
-    )
-    .await;
+    let split = Split::start(&[]).await;
+    let trap_role = split
+        .serve("snmp", &[("RDM_SNMP_TRAP_LISTEN", "127.0.0.1:0".into())])
+        .await;
     let trap_port = trap_role
         .printed
         .iter()
@@ -958,46 +934,21 @@ async fn watchers_on_any_replica_get_the_trap_roles_traps() {
         .unwrap_or_else(|| panic!("no trap address in {:?}", trap_role.printed))
         .trim()
         .to_owned();
-    let replica = spawn_serve(
-        "snmp",
-        &[
-            ("RDM_INVENTORY_URL", inventory_url.clone()),
-            ("RDM_SERVICE_KEY_FILE", service_key),
-            ("RDM_SNMP_TRAPS_URL", format!("http://{}", trap_role.addr)),
-        ],
-    )
-    .await;
-    let gateway = spawn_serve(
-        "gateway",
-        &[
-            ("RDM_INVENTORY_URL", inventory_url),
-            ("RDM_SNMP_URL", format!("http://{}", replica.addr)),
-        ],
-    )
-    .await;
+    let replica = split
+        .serve(
+            "snmp",
+            &[("RDM_SNMP_TRAPS_URL", format!("http://{}", trap_role.addr))],
+        )
+        .await;
+    let gateway = split
+        .serve(
+            "gateway",
+            &[("RDM_SNMP_URL", format!("http://{}", replica.addr))],
+        )
+        .await;
     let http = reqwest::Client::new();
     let base = gateway.url("");
-    let login = http
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
-        .send_json()
-        .await;
-    let token = login["access_token"].as_str().unwrap();
-    // Devices on loopback need the network allowed.
-    let me = http
-        .get(format!("{base}/v1/me"))
-        .bearer_auth(token)
-        .send_json()
-        .await;
-    http.patch(format!(
-        "{base}/v1/tenants/{}",
-        me["tenant_id"].as_str().unwrap()
-    ))
-    .bearer_auth(token)
-    .json(&json!({"allowed_target_cidrs": ["127.0.0.0/8"]}))
-    .send()
-    .await
-    .unwrap();
+    let token = &admin_on_loopback(&http, &base).await;
     let device = http
         .post(format!("{base}/v1/devices"))
         .bearer_auth(token)
@@ -1078,15 +1029,7 @@ async fn a_stream_that_fails_part_way_counts_as_failed() {
         }
     };
     assert_eq!(failed.code(), tonic::Code::DeadlineExceeded, "{failed:?}");
-    let metrics = mesh
-        .http
-        .get(format!("http://{}/metrics", mesh.metrics))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mesh.metrics_text().await;
     let walks: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("rdm_requests_total{") && l.contains("SnmpService/Walk"))
@@ -1566,69 +1509,21 @@ async fn the_demo_devices_answer_through_rdm() {
 /// (ResolveTargets, with an actor token the inventory trusts) -> the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_snmp_as_its_own_process() {
-    use rdm_tests::{ADMIN_PASSWORD, PgDatabase, spawn_serve};
+    use rdm_tests::{Split, admin_on_loopback};
     snmpd::ensure();
-    let pg = PgDatabase::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = |name: &str| {
-        let path = dir.path().join(name);
-        rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
-        path.display().to_string()
-    };
-    let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
-    let inventory = spawn_serve(
-        "inventory",
-        &[
-            ("RDM_DATABASE_URL", pg.app_url.clone()),
-            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
-            ("RDM_JWT_KEY_FILE", jwt_key),
-            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
-        ],
-    )
-    .await;
-    let inventory_url = format!("http://{}", inventory.addr);
-    let snmp = spawn_serve(
-        "snmp",
-        &[
-            ("RDM_INVENTORY_URL", inventory_url.clone()),
-            ("RDM_SERVICE_KEY_FILE", service_key),
-        ],
-    )
-    .await;
-    let gateway = spawn_serve(
-        "gateway",
-        &[
-            ("RDM_INVENTORY_URL", inventory_url),
-            ("RDM_SNMP_URL", format!("http://{}", snmp.addr)),
-        ],
-    )
-    .await;
+    let split = Split::start(&[]).await;
+    let snmp = split.serve("snmp", &[]).await;
+    let gateway = split
+        .serve(
+            "gateway",
+            &[("RDM_SNMP_URL", format!("http://{}", snmp.addr))],
+        )
+        .await;
 
     let http = reqwest::Client::new();
     let base = gateway.url("");
-    let login: Value = http
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
-        .send_json()
-        .await;
-    let token = login["access_token"].as_str().unwrap();
     // The agent is on loopback, which the platform denies unless allowed.
-    let me: Value = http
-        .get(format!("{base}/v1/me"))
-        .bearer_auth(token)
-        .send_json()
-        .await;
-    let allowed = http
-        .patch(format!(
-            "{base}/v1/tenants/{}",
-            me["tenant_id"].as_str().unwrap()
-        ))
-        .bearer_auth(token)
-        .json(&json!({"allowed_target_cidrs": ["127.0.0.0/8"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(allowed.status(), StatusCode::OK);
+    let token = &admin_on_loopback(&http, &base).await;
     let device: Value = http
         .post(format!("{base}/v1/devices"))
         .bearer_auth(token)
@@ -1738,7 +1633,7 @@ async fn serve_snmp_as_its_own_process() {
     // What every process apart from the inventory runs: a copy of its list.
     let copy = rdm_kit::auth::Revocations::default();
     copy.follow(
-        rdm_kit::invoke::remote(&format!("http://{}", inventory.addr)).unwrap(),
+        rdm_kit::invoke::remote(&format!("http://{}", split.inventory.addr)).unwrap(),
         Duration::from_millis(200),
     );
     let claims = op.split('.').nth(1).unwrap();

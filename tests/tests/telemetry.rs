@@ -223,57 +223,21 @@ async fn every_request_has_an_access_line_with_its_request_id() {
 /// inventory: every hop exports its span under the caller's trace id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_the_gateway_through_snmp_to_the_inventory() {
-    use rdm_tests::{PgDatabase, SendJson, spawn_serve};
+    use rdm_tests::{Split, admin_on_loopback};
     let (collector, mut rx) = collector().await;
-    let pg = PgDatabase::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = |name: &str| {
-        let path = dir.path().join(name);
-        rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
-        path.display().to_string()
-    };
-    let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
-    let otel = |mut env: Vec<(&'static str, String)>| {
-        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")));
-        env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
-        env.push(("RDM_LOG", "info".into()));
-        env.push(("RDM_SHUTDOWN_DELAY_MS", "0".into()));
-        env
-    };
-    let inventory = spawn_serve(
-        "inventory",
-        &otel(vec![
-            ("RDM_DATABASE_URL", pg.app_url.clone()),
-            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
-            ("RDM_JWT_KEY_FILE", jwt_key),
-            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
-        ]),
-    )
-    .await;
-    let inventory_url = format!("http://{}", inventory.addr);
-    let snmp = spawn_serve(
-        "snmp",
-        &otel(vec![
-            ("RDM_INVENTORY_URL", inventory_url.clone()),
-            ("RDM_SERVICE_KEY_FILE", service_key),
-        ]),
-    )
-    .await;
-    let gateway = spawn_serve(
-        "gateway",
-        &otel(vec![
-            ("RDM_INVENTORY_URL", inventory_url),
-            ("RDM_SNMP_URL", format!("http://{}", snmp.addr)),
-        ]),
-    )
-    .await;
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("RDM_LOG", "info".into()),
+        ("RDM_SHUTDOWN_DELAY_MS", "0".into()),
+    ];
+    let split = Split::start(&otel).await;
+    let snmp = split.serve("snmp", &otel).await;
+    let mut gateway_env = otel.to_vec();
+    gateway_env.push(("RDM_SNMP_URL", format!("http://{}", snmp.addr)));
+    let gateway = split.serve("gateway", &gateway_env).await;
     let http = reqwest::Client::new();
-    let login = http
-        .post(gateway.url("/v1/auth/login"))
-        .json(&serde_json::json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
-        .send_json()
-        .await;
-    let token = login["access_token"].as_str().unwrap();
+    let token = &admin_on_loopback(&http, &gateway.url("")).await;
     // A device target: snmp resolves it at the inventory (it does not
     // exist, which is a 404 after the whole round).
     let trace_id = "0af7651916cd43dd8448eb211c80319c";

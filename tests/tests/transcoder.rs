@@ -312,15 +312,7 @@ async fn cors_request_ids_docs_and_metrics() {
     // Metrics are on the internal port only: histograms, process figures.
     let public = mesh.http.get(mesh.url("/metrics")).send().await.unwrap();
     assert_eq!(public.status(), StatusCode::NOT_FOUND);
-    let metrics = mesh
-        .http
-        .get(format!("http://{}/metrics", mesh.metrics))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mesh.metrics_text().await;
     assert!(metrics.contains("rdm_requests_total"), "{metrics}");
     assert!(
         metrics.contains("rdm_request_duration_seconds_bucket{"),
@@ -497,15 +489,7 @@ async fn strangers_cannot_make_rdm_grow() {
         };
         udp.send_to(&datagram, mesh.traps).await.unwrap();
     }
-    let metrics = mesh
-        .http
-        .get(format!("http://{}/metrics", mesh.metrics))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mesh.metrics_text().await;
     assert!(
         ids.iter().all(|id| !metrics.contains(id.as_str())),
         "a made-up path became a label"

@@ -690,67 +690,19 @@ async fn the_demo_devices_answer_through_webpa() {
 /// process refuses its own port as a target, loopback allowed or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_webpa_as_its_own_process() {
-    use rdm_tests::{ADMIN_PASSWORD, PgDatabase, SendJson, spawn_serve};
-    let pg = PgDatabase::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = |name: &str| {
-        let path = dir.path().join(name);
-        rdm_kit::auth::SigningKey::load_or_create(&path).unwrap();
-        path.display().to_string()
-    };
-    let (jwt_key, service_key) = (key_file("jwt.pem"), key_file("service.pem"));
-    let inventory = spawn_serve(
-        "inventory",
-        &[
-            ("RDM_DATABASE_URL", pg.app_url.clone()),
-            ("RDM_DATABASE_ADMIN_URL", pg.admin_url.clone()),
-            ("RDM_JWT_KEY_FILE", jwt_key),
-            ("RDM_SERVICE_KEY_FILE", service_key.clone()),
-        ],
-    )
-    .await;
-    let inventory_url = format!("http://{}", inventory.addr);
-    let webpa = spawn_serve(
-        "webpa",
-        &[
-            ("RDM_INVENTORY_URL", inventory_url.clone()),
-            ("RDM_SERVICE_KEY_FILE", service_key),
-        ],
-    )
-    .await;
-    let gateway = spawn_serve(
-        "gateway",
-        &[
-            ("RDM_INVENTORY_URL", inventory_url),
-            ("RDM_WEBPA_URL", format!("http://{}", webpa.addr)),
-        ],
-    )
-    .await;
+    use rdm_tests::{SendJson, Split, admin_on_loopback};
+    let split = Split::start(&[]).await;
+    let webpa = split.serve("webpa", &[]).await;
+    let gateway = split
+        .serve(
+            "gateway",
+            &[("RDM_WEBPA_URL", format!("http://{}", webpa.addr))],
+        )
+        .await;
     let sim = sim().await;
     let http = reqwest::Client::new();
     let base = gateway.url("");
-    let login = http
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"tenant": "system", "username": "admin", "password": ADMIN_PASSWORD}))
-        .send_json()
-        .await;
-    let token = login["access_token"].as_str().unwrap();
-    let me = http
-        .get(format!("{base}/v1/me"))
-        .bearer_auth(token)
-        .send_json()
-        .await;
-    let allowed = http
-        .patch(format!(
-            "{base}/v1/tenants/{}",
-            me["tenant_id"].as_str().unwrap()
-        ))
-        .bearer_auth(token)
-        .json(&json!({"allowed_target_cidrs": ["127.0.0.0/8"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(allowed.status(), StatusCode::OK);
+    let token = &admin_on_loopback(&http, &base).await;
     let device = http
         .post(format!("{base}/v1/devices"))
         .bearer_auth(token)

@@ -198,7 +198,7 @@ pub struct HttpClients {
 type ClientCache = HashMap<(String, Vec<IpNet>), (Instant, reqwest::Client)>;
 
 impl HttpClients {
-    pub const TTL: Duration = Duration::from_secs(60);
+    const TTL: Duration = Duration::from_secs(60);
     /// Clients kept at most; past that, the expired ones go, or all.
     const MAX: usize = 10_000;
     /// The longest any request may take; each request sets its own.
@@ -212,7 +212,7 @@ impl HttpClients {
     }
 
     /// A client for `url`'s origin, vetted for a tenant allowed `allowed`.
-    pub async fn get(&self, url: &url::Url, allowed: &[IpNet]) -> Result<reqwest::Client> {
+    async fn get(&self, url: &url::Url, allowed: &[IpNet]) -> Result<reqwest::Client> {
         let key = (url.origin().ascii_serialization(), allowed.to_vec());
         let now = Instant::now();
         if let Some((made, client)) = self.lock().get(&key)

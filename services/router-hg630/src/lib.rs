@@ -76,7 +76,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Hg630 {
     /// The shared session of the router a request names.
-    async fn session(&self, p: &Principal, target: Option<&pb::Target>) -> Result<Arc<Session>> {
+    async fn session<T>(
+        &self,
+        req: &Request<T>,
+        target: Option<&pb::Target>,
+    ) -> Result<Arc<Session>> {
+        let p = Principal::of(req)?;
         let target = match target.and_then(|t| t.target.as_ref()) {
             Some(Which::DeviceId(id)) => TargetRef::Device(id.clone()),
             Some(Which::Endpoint(e)) => TargetRef::Inline(Box::new(Settings::Hg630(e.clone()))),
@@ -129,8 +134,7 @@ impl Hg630 {
         target: Option<&pb::Target>,
         path: &str,
     ) -> Result<Value> {
-        let p = Principal::of(req)?;
-        self.session(p, target).await?.read(path).await
+        self.session(req, target).await?.read(path).await
     }
 }
 
@@ -208,9 +212,8 @@ impl Hg630Service for Hg630 {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let session = self
-            .session(p, req.get_ref().target.as_ref())
+            .session(&req, req.get_ref().target.as_ref())
             .await
             .map_err(err)?;
         let (login, now) = session.login().await.map_err(err)?;
@@ -226,9 +229,8 @@ impl Hg630Service for Hg630 {
         &self,
         req: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let session = self
-            .session(p, req.get_ref().target.as_ref())
+            .session(&req, req.get_ref().target.as_ref())
             .await
             .map_err(err)?;
         Ok(Response::new(pb::LogoutResponse {
@@ -240,9 +242,8 @@ impl Hg630Service for Hg630 {
         &self,
         req: Request<pb::IsLoggedInRequest>,
     ) -> Result<Response<pb::IsLoggedInResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let session = self
-            .session(p, req.get_ref().target.as_ref())
+            .session(&req, req.get_ref().target.as_ref())
             .await
             .map_err(err)?;
         Ok(Response::new(pb::IsLoggedInResponse {
@@ -254,9 +255,8 @@ impl Hg630Service for Hg630 {
         &self,
         req: Request<pb::GetUserLevelRequest>,
     ) -> Result<Response<pb::GetUserLevelResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let session = self
-            .session(p, req.get_ref().target.as_ref())
+            .session(&req, req.get_ref().target.as_ref())
             .await
             .map_err(err)?;
         let reply = session
@@ -273,9 +273,8 @@ impl Hg630Service for Hg630 {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let session = self
-            .session(p, req.get_ref().target.as_ref())
+            .session(&req, req.get_ref().target.as_ref())
             .await
             .map_err(err)?;
         let interval = session.heartbeat().await.map_err(err)?;
@@ -533,9 +532,8 @@ impl Hg630Service for Hg630 {
         &self,
         req: Request<pb::RebootRequest>,
     ) -> Result<Response<pb::RebootResponse>, Status> {
-        let p = Principal::of(&req).map_err(err)?;
         let session = self
-            .session(p, req.get_ref().target.as_ref())
+            .session(&req, req.get_ref().target.as_ref())
             .await
             .map_err(err)?;
         session
@@ -544,7 +542,7 @@ impl Hg630Service for Hg630 {
             .map_err(err)?;
         // The router forgets every session as it goes down.
         session.forget_all().await;
-        tracing::info!(tenant_id = %p.tenant_id, "hg630 reboot");
+        tracing::info!("hg630 reboot");
         Ok(Response::new(pb::RebootResponse {}))
     }
 }

@@ -397,52 +397,63 @@ fn exchange(r: &mut Router630, id: &str, body: &Value) -> Result<Csrf, Response>
     Ok(next)
 }
 
+/// Answers a request on a live session (after the router's latency and
+/// its reboot; 401 without one): `work` gets the router and the session.
+async fn on_session(
+    state: &Shared,
+    headers: &HeaderMap,
+    work: impl FnOnce(&mut Router630, String) -> Response,
+) -> Response {
+    if let Some(resp) = arrive(state).await {
+        return resp;
+    }
+    let mut r = state.lock().unwrap();
+    match live(&mut r, headers) {
+        Ok(id) => work(&mut r, id),
+        Err(resp) => resp,
+    }
+}
+
+/// The same for a write: its CSRF pair checked, and the next one issued.
+async fn on_write(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: &Value,
+    work: impl FnOnce(&mut Router630, String, Csrf) -> Response,
+) -> Response {
+    on_session(state, headers, |r, id| match exchange(r, &id, body) {
+        Ok(next) => work(r, id, next),
+        Err(resp) => resp,
+    })
+    .await
+}
+
 async fn logout(
     State(state): State<Shared>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Some(resp) = arrive(&state).await {
-        return resp;
-    }
-    let mut r = state.lock().unwrap();
-    let id = match live(&mut r, &headers) {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
-    if let Err(resp) = exchange(&mut r, &id, &body) {
-        return resp;
-    }
-    r.sessions.remove(&id);
-    r.counters.logouts += 1;
-    ok(json!({"errcode": 0}))
+    on_write(&state, &headers, &body, |r, id, _| {
+        r.sessions.remove(&id);
+        r.counters.logouts += 1;
+        ok(json!({"errcode": 0}))
+    })
+    .await
 }
 
 async fn heartbeat(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if let Some(resp) = arrive(&state).await {
-        return resp;
-    }
-    let mut r = state.lock().unwrap();
-    let id = match live(&mut r, &headers) {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
-    let (ttl, interval) = (r.config.session_ttl, r.config.heartbeat_interval);
-    if let Some(s) = r.sessions.get_mut(&id) {
-        s.expires = Instant::now() + ttl;
-    }
-    ok(json!({"interval": interval.as_millis().to_string()}))
+    on_session(&state, &headers, |r, id| {
+        let (ttl, interval) = (r.config.session_ttl, r.config.heartbeat_interval);
+        if let Some(s) = r.sessions.get_mut(&id) {
+            s.expires = Instant::now() + ttl;
+        }
+        ok(json!({"interval": interval.as_millis().to_string()}))
+    })
+    .await
 }
 
 async fn user_level(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if let Some(resp) = arrive(&state).await {
-        return resp;
-    }
-    let mut r = state.lock().unwrap();
-    match live(&mut r, &headers) {
-        Ok(_) => ok(json!({"isadmin": true})),
-        Err(resp) => resp,
-    }
+    on_session(&state, &headers, |_, _| ok(json!({"isadmin": true}))).await
 }
 
 async fn reboot(
@@ -450,26 +461,17 @@ async fn reboot(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Some(resp) = arrive(&state).await {
-        return resp;
-    }
-    let mut r = state.lock().unwrap();
-    let id = match live(&mut r, &headers) {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
-    let next = match exchange(&mut r, &id, &body) {
-        Ok(next) => next,
-        Err(resp) => return resp,
-    };
-    if let Some(code) = r.failing_writes {
-        return ok(json!({"errcode": code, "csrf_param": next.0, "csrf_token": next.1}));
-    }
-    r.counters.reboots += 1;
-    r.sessions.clear();
-    r.down_until = Some(Instant::now() + r.config.reboot_time);
-    r.started = Instant::now() + r.config.reboot_time;
-    ok(json!({"errcode": 0, "csrf_param": next.0, "csrf_token": next.1}))
+    on_write(&state, &headers, &body, |r, _, next| {
+        if let Some(code) = r.failing_writes {
+            return ok(json!({"errcode": code, "csrf_param": next.0, "csrf_token": next.1}));
+        }
+        r.counters.reboots += 1;
+        r.sessions.clear();
+        r.down_until = Some(Instant::now() + r.config.reboot_time);
+        r.started = Instant::now() + r.config.reboot_time;
+        ok(json!({"errcode": 0, "csrf_param": next.0, "csrf_token": next.1}))
+    })
+    .await
 }
 
 /// Values that drift a little with time, as a live line's do.
@@ -482,18 +484,16 @@ async fn read(
     axum::extract::Path((area, name)): axum::extract::Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(resp) = arrive(&state).await {
-        return resp;
-    }
-    let mut r = state.lock().unwrap();
-    if let Err(resp) = live(&mut r, &headers) {
-        return resp;
-    }
+    on_session(&state, &headers, |r, _| data(r, &area, &name)).await
+}
+
+/// The read endpoints' replies.
+fn data(r: &Router630, area: &str, name: &str) -> Response {
     let up = Instant::now()
         .checked_duration_since(r.started)
         .unwrap_or_default()
         .as_secs();
-    let body = match (area.as_str(), name.as_str()) {
+    let body = match (area, name) {
         ("system", "deviceinfo") => json!({
             "DeviceName": "HG630 V2", "SerialNumber": r.config.serial, "ManufacturerOUI": "00E0FC",
             "SoftwareVersion": "V100R001C55B025", "HardwareVersion": "VER.B", "UpTime": up,
