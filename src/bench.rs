@@ -72,6 +72,19 @@ pub enum Which {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// GetParameterValues of 5 names on an online CPE of the simulated ACS
+    /// (wait mode: the CPE runs the task at once): through the gateway
+    /// (REST, device target), and a GenieACS client's way straight to the
+    /// simulator (the task with a connection request, then the device's
+    /// values read back).
+    Tr069 {
+        /// Calls per path.
+        #[arg(long, default_value_t = 1000)]
+        calls: usize,
+        /// Callers at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
     /// GetDslInfo on a simulated HG630 router, one caller: through the
     /// gateway on the service's shared session, and the seed client's way
     /// (fetch the CSRF page, sign in, read, sign out, for every read) with
@@ -111,6 +124,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             rounds,
         } => snmp_poll(agents, first_port, rounds.max(2)).await,
         Which::Webpa { calls, concurrency } => webpa(calls, concurrency.max(1)).await,
+        Which::Tr069 { calls, concurrency } => tr069(calls, concurrency.max(1)).await,
         Which::Hg630 {
             calls,
             seed_calls,
@@ -953,23 +967,9 @@ async fn webpa(calls: usize, concurrency: usize) -> anyhow::Result<()> {
         &[(gw, "SN-1", "bench gateway")],
     )
     .await?;
-    let device: serde_json::Value = http
-        .post(format!("{base}/v1/devices"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "bench-webpa"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let id = device["id"].as_str().unwrap_or_default().to_owned();
-    http.put(format!("{base}/v1/devices/{id}/endpoints/webpa"))
-        .bearer_auth(&token)
-        .json(&json!({"base_url": sim.base_url(), "device_id": gw,
-                      "auth": {"type": "basic", "username": xmidt.basic.0, "password": xmidt.basic.1}}))
-        .send()
-        .await?
-        .error_for_status()?;
+    let endpoint = json!({"base_url": sim.base_url(), "device_id": gw,
+        "auth": {"type": "basic", "username": xmidt.basic.0, "password": xmidt.basic.1}});
+    let id = device_with(&http, &base, &token, "bench-webpa", "webpa", endpoint).await?;
     let names = [
         "Device.DeviceInfo.SerialNumber",
         "Device.DeviceInfo.SoftwareVersion",
@@ -1002,8 +1002,26 @@ async fn webpa(calls: usize, concurrency: usize) -> anyhow::Result<()> {
         &token,
         json!({"target": {"device_id": id}, "names": names}),
     );
-    // As asked (many callers), then one caller: the latency rdm adds
-    // when nothing queues.
+    gateway_vs_direct(calls, concurrency, direct_call, rest_call).await;
+    trigger.trigger();
+    drop(mesh);
+    Ok(())
+}
+
+/// The same calls straight to a simulator and through the gateway, as
+/// asked (many callers), then with one caller: the latency rdm adds when
+/// nothing queues.
+async fn gateway_vs_direct<D, DF, R, RF>(
+    calls: usize,
+    concurrency: usize,
+    direct_call: D,
+    rest_call: R,
+) where
+    D: Fn() -> DF + Clone + Send + 'static,
+    DF: Future<Output = bool> + Send,
+    R: Fn() -> RF + Clone + Send + 'static,
+    RF: Future<Output = bool> + Send,
+{
     for (calls, callers) in [(calls, concurrency), (calls / 10, 1)] {
         let direct = load_calls(calls, callers, direct_call.clone()).await;
         let rest = load_calls(calls, callers, rest_call.clone()).await;
@@ -1012,11 +1030,115 @@ async fn webpa(calls: usize, concurrency: usize) -> anyhow::Result<()> {
         println!("{}", rest.line("REST via gateway (+JWT)"));
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "gateway/direct: {:.0}% of the throughput (goal >= 70%), {:+.3} ms at p50 (goal < +1 ms)",
+            "gateway/direct: {:.0}% of the throughput (goal >= 70%), {:+.3} ms at p50",
             100.0 * rest.rps() / direct.rps().max(1e-9),
             ms(rest.percentile(0.5)) - ms(direct.percentile(0.5)),
         );
     }
+}
+
+/// A device of the demo tenant with `endpoint` as its `protocol` endpoint.
+async fn device_with(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: &str,
+    protocol: &str,
+    endpoint: serde_json::Value,
+) -> anyhow::Result<String> {
+    let device: serde_json::Value = http
+        .post(format!("{base}/v1/devices"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"name": name}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = device["id"].as_str().unwrap_or_default().to_owned();
+    http.put(format!("{base}/v1/devices/{id}/endpoints/{protocol}"))
+        .bearer_auth(token)
+        .json(&endpoint)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(id)
+}
+
+async fn tr069(calls: usize, concurrency: usize) -> anyhow::Result<()> {
+    use rdm_sims::acs::{self, CpeSpec, Model};
+    use serde_json::json;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    let DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir,
+    } = demo_mesh(Settings::default(), &http).await?;
+    let cpe = CpeSpec::new("BM632w", "BENCH0001", Model::Tr181, true);
+    let sim = acs::start(([127, 0, 0, 1], 0).into(), std::slice::from_ref(&cpe)).await?;
+    let (user, password) = acs::credentials();
+    let endpoint = json!({"base_url": sim.base_url(), "device_id": cpe.id(),
+        "auth": {"type": "basic", "username": user, "password": password}});
+    let id = device_with(&http, &base, &token, "bench-tr069", "tr069", endpoint).await?;
+    let names = [
+        "Device.DeviceInfo.SerialNumber",
+        "Device.DeviceInfo.SoftwareVersion",
+        "Device.DeviceInfo.UpTime",
+        "Device.WiFi.SSID.1.SSID",
+        "Device.WiFi.SSID.1.Enable",
+    ];
+    println!(
+        "rdm bench tr069: {calls} GetParameterValues of {} names (wait mode), {concurrency} callers, client, mesh and ACS simulator in one process on {} cores",
+        names.len(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    // A GenieACS client's GetParameterValues: the task, run at once by
+    // the online CPE, then its values read from the device.
+    let tasks_url = format!("{}/devices/{}/tasks", sim.base_url(), cpe.id());
+    let devices_url = format!("{}/devices", sim.base_url());
+    let task = json!({"name": "getParameterValues", "parameterNames": names});
+    let query = json!({"_id": cpe.id()}).to_string();
+    let projection = names.join(",");
+    let direct_http = http.clone();
+    let direct_call = move || {
+        let (http, tasks_url, devices_url) =
+            (direct_http.clone(), tasks_url.clone(), devices_url.clone());
+        let (task, query, projection) = (task.clone(), query.clone(), projection.clone());
+        let (user, password) = (user.clone(), password.clone());
+        async move {
+            let sent = http
+                .post(&tasks_url)
+                .query(&[("connection_request", ""), ("timeout", "3000")])
+                .basic_auth(&user, Some(&password))
+                .json(&task)
+                .send()
+                .await;
+            // 200: the CPE ran it (202 would be queued or faulted).
+            let ran = match sent {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => r.bytes().await.is_ok(),
+                _ => false,
+            };
+            ran && succeeds(
+                http.get(&devices_url)
+                    .query(&[("query", &query), ("projection", &projection)])
+                    .basic_auth(&user, Some(&password)),
+            )
+            .await
+        }
+    };
+    let rest_call = rest_post(
+        &http,
+        format!("{base}/v1/tr069/get-parameter-values"),
+        &token,
+        json!({"target": {"device_id": id}, "names": names}),
+    );
+    gateway_vs_direct(calls, concurrency, direct_call, rest_call).await;
     trigger.trigger();
     drop(mesh);
     Ok(())

@@ -4,7 +4,8 @@
 //!
 //! Each demo device has a simulated SNMP agent and is reachable through a
 //! simulated XMiDT server (WebPA) under its XMiDT id; `demo-hg630` is a
-//! simulated Huawei HG630 router.
+//! simulated Huawei HG630 router; `demo-cpe-tr069-1` to `-3` are CPEs of a
+//! simulated ACS (GenieACS NBI), the third offline.
 use anyhow::Context;
 use rdm_kit::invoke::Backend;
 use rdm_proto::inventory::{
@@ -13,9 +14,11 @@ use rdm_proto::inventory::{
     put_endpoint_request,
 };
 use rdm_proto::{
-    hg630::Hg630Endpoint, rdm::api::v1::HttpAuth, snmp::SnmpEndpoint, webpa::WebpaEndpoint,
+    hg630::Hg630Endpoint, rdm::api::v1::HttpAuth, snmp::SnmpEndpoint, tr069::Tr069Endpoint,
+    webpa::WebpaEndpoint,
 };
 use rdm_sims::{
+    acs::{self, AcsSim, CpeSpec, Model},
     hg630::{self, Hg630Sim},
     snmp_agent::{self, SnmpAgent},
     webpa::{self, WebpaSim},
@@ -34,6 +37,7 @@ pub struct Sims {
     _agents: Vec<SnmpAgent>,
     _webpa: WebpaSim,
     _router: Hg630Sim,
+    _acs: AcsSim,
 }
 
 /// Starts a simulated SNMP agent per demo device and one XMiDT server for
@@ -168,9 +172,58 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
         })
         .await?;
     tracing::info!(device = name, router = %sim.addr, "demo device with a simulated HG630 router");
+    // Three CPEs of one simulated ACS, the third offline.
+    let cpes = [
+        CpeSpec::new("BM632w", "DEMO0001", Model::Tr181, true).tagged("ams"),
+        CpeSpec::new("IGD-HG8245", "DEMO0002", Model::Tr098, true).tagged("lon"),
+        CpeSpec::new("BM632w", "DEMO0003", Model::Tr181, false).tagged("ams"),
+    ];
+    let acs_sim = acs::start(([127, 0, 0, 1], 0).into(), &cpes).await?;
+    let (user, password) = acs::credentials();
+    for (i, cpe) in cpes.iter().enumerate() {
+        let name = format!("demo-cpe-tr069-{}", i + 1);
+        let id = match existing.get(&name) {
+            Some(id) => id.clone(),
+            None => {
+                devices
+                    .create_device(CreateDeviceRequest {
+                        name: name.clone(),
+                        manufacturer: "rdm".into(),
+                        model: format!("{} (simulated, TR-069)", cpe.product_class),
+                        serial: cpe.serial.clone(),
+                        labels: HashMap::from([("demo".into(), "true".into())]),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .device
+                    .context("a created device")?
+                    .id
+            }
+        };
+        let endpoint = Tr069Endpoint {
+            base_url: Some(acs_sim.base_url()),
+            device_id: Some(cpe.id()),
+            auth: Some(HttpAuth {
+                r#type: Some("basic".into()),
+                username: Some(user.clone()),
+                password: Some(password.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        devices
+            .put_endpoint(PutEndpointRequest {
+                device_id: id,
+                settings: Some(put_endpoint_request::Settings::Tr069(endpoint)),
+            })
+            .await?;
+    }
+    tracing::info!(acs = %acs_sim.addr, "demo CPEs on a simulated ACS");
     Ok(Sims {
         _agents: agents,
         _webpa: webpa_sim,
         _router: sim,
+        _acs: acs_sim,
     })
 }

@@ -30,6 +30,7 @@ pub static SERVICES: &[&dyn Service] = &[
     &rdm_snmp::SERVICE,
     &rdm_webpa::SERVICE,
     &rdm_router_hg630::SERVICE,
+    &rdm_tr069::SERVICE,
 ];
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";

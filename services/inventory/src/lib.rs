@@ -11,6 +11,7 @@ mod targets;
 pub use devices::reseal_secrets;
 mod password;
 mod sessions;
+mod settings;
 mod store;
 mod throttle;
 
@@ -81,6 +82,7 @@ pub async fn service(config: Config, guard: Guard) -> Result<axum::Router> {
         .add_service(pb::api_key_service_server::ApiKeyServiceServer::from_arc(
             shared.clone(),
         ))
+        .add_service(pb::settings_service_server::SettingsServiceServer::from_arc(shared.clone()))
         .add_service(
             rdm_proto::inventory::device_service_server::DeviceServiceServer::from_arc(shared),
         );

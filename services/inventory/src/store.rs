@@ -16,6 +16,8 @@ pub struct TenantRow {
     pub update_time: i64,
     /// Comma-separated CIDRs inline targets may be in ("" = off).
     pub inline_cidrs: String,
+    /// The tenant's own settings: an encoded `TenantSettings`, base64.
+    pub settings: String,
 }
 
 #[derive(Clone, FromRow)]
@@ -34,7 +36,7 @@ pub struct UserRow {
 // Macros, not consts: sqlx takes only literal SQL, and concat! makes one.
 macro_rules! tenant_columns {
     () => {
-        "id, slug, display_name, create_time, update_time, inline_cidrs"
+        "id, slug, display_name, create_time, update_time, inline_cidrs, settings"
     };
 }
 macro_rules! user_columns {
@@ -107,12 +109,14 @@ pub async fn list_tenants(
 /// Writes back a tenant's mutable columns.
 pub async fn update_tenant(tx: &mut TenantTx, tenant: &TenantRow) -> Result<Option<TenantRow>> {
     Ok(sqlx::query_as(concat!(
-        "update tenants set display_name = $2, inline_cidrs = $3, update_time = $4 where id = $1 returning ",
+        "update tenants set display_name = $2, inline_cidrs = $3, settings = $4, update_time = $5 \
+         where id = $1 returning ",
         tenant_columns!()
     ))
     .bind(&tenant.id)
     .bind(&tenant.display_name)
     .bind(&tenant.inline_cidrs)
+    .bind(&tenant.settings)
     .bind(now_millis())
     .fetch_optional(tx.conn())
     .await?)

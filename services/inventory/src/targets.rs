@@ -6,7 +6,7 @@ use crate::{
     Inventory,
     device_store::{self as ds},
     devices::{device_not_found, no_endpoint, secret_place},
-    endpoints, store, tenant_scope,
+    endpoints, settings, store, tenant_scope,
 };
 use ipnet::IpNet;
 use rdm_kit::{Error, Principal, Result, address, db::TenantTx, endpoint};
@@ -35,10 +35,22 @@ pub(crate) fn normalize_cidrs(cidrs: &[String]) -> Result<String> {
 
 /// The tenant's allowed networks: its half of the address policy.
 pub(crate) async fn allowed_nets(tx: &mut TenantTx, tenant_id: &str) -> Result<Vec<IpNet>> {
+    Ok(tenant_policy(tx, tenant_id).await?.0)
+}
+
+/// The tenant's allowed networks and its own settings, which every
+/// resolved target carries.
+async fn tenant_policy(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+) -> Result<(Vec<IpNet>, pb::TenantSettings)> {
     let tenant = store::tenant_by_id(tx, tenant_id)
         .await?
         .ok_or_else(|| Error::unauthenticated("the tenant of this token no longer exists"))?;
-    Ok(address::parse_allowed(&tenant.inline_cidrs))
+    Ok((
+        address::parse_allowed(&tenant.inline_cidrs),
+        settings::decode(&tenant.settings)?,
+    ))
 }
 
 impl Inventory {
@@ -97,10 +109,11 @@ impl Inventory {
         let row = ds::endpoint(&mut tx, &p.tenant_id, id, protocol)
             .await?
             .ok_or_else(|| no_endpoint(id, protocol))?;
-        let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
+        let (allowed, settings) = tenant_policy(&mut tx, &p.tenant_id).await?;
         drop(tx);
         let mut target = self.opened(p, protocol, device, &row, &allowed)?;
         self.vet_resolved(&mut target, &allowed).await?;
+        target.tenant_settings = Some(settings);
         Ok(target)
     }
 
@@ -135,7 +148,7 @@ impl Inventory {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
         let (devices, endpoints) =
             ds::devices_and_endpoints(&mut tx, &p.tenant_id, &req.device_ids, protocol).await?;
-        let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
+        let (allowed, settings) = tenant_policy(&mut tx, &p.tenant_id).await?;
         drop(tx);
         let mut devices: HashMap<String, ds::DeviceRow> =
             devices.into_iter().map(|d| (d.id.clone(), d)).collect();
@@ -158,6 +171,7 @@ impl Inventory {
         let vetted = futures::future::join_all(opened.into_iter().map(|found| async {
             let mut target = found?;
             self.vet_resolved(&mut target, &allowed).await?;
+            target.tenant_settings = Some(settings.clone());
             Ok(target)
         }))
         .await;
@@ -210,8 +224,9 @@ impl Inventory {
         })?;
         // Debug, not info: a poll resolves every device it names, each time.
         tracing::debug!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "target resolved");
-        // XMiDT knows a device by its serial unless the endpoint says otherwise.
-        if protocol == "webpa" && !device.serial.is_empty() {
+        // XMiDT and an ACS know a device by its serial unless the endpoint
+        // says otherwise.
+        if matches!(protocol, "webpa" | "tr069") && !device.serial.is_empty() {
             config
                 .entry("device_id")
                 .or_insert_with(|| Value::from(device.serial.clone()));
@@ -248,7 +263,7 @@ impl Inventory {
         let held: Vec<&str> = settings.secrets.keys().map(String::as_str).collect();
         endpoints::complete(protocol, &mut config, &held, "")?;
         let mut tx = self.db().begin(tenant_scope(p)).await?;
-        let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
+        let (allowed, tenant_settings) = tenant_policy(&mut tx, &p.tenant_id).await?;
         drop(tx);
         for (field, host, port) in endpoint::addresses(protocol, &config)? {
             self.vet_stored(&field, &host, port, &allowed)?;
@@ -262,6 +277,7 @@ impl Inventory {
             &allowed,
         )?;
         self.vet_resolved(&mut target, &allowed).await?;
+        target.tenant_settings = Some(tenant_settings);
         Ok(target)
     }
 }
@@ -295,5 +311,6 @@ fn target(
         device_id,
         address: host,
         allowed_target_cidrs: allowed.iter().map(ToString::to_string).collect(),
+        tenant_settings: None,
     })
 }

@@ -138,6 +138,9 @@ pub struct SigningKey {
     /// Actor tokens signed, by (service, tenant, user), reused while they
     /// have more than half their minute left.
     actors: Remembered<(String, String, String), String>,
+    /// A MAC key derived from the private key: what the services that share
+    /// this key use to sign the ids they hand out (a TR-069 task's).
+    mac_key: [u8; 32],
 }
 
 impl SigningKey {
@@ -174,11 +177,28 @@ impl SigningKey {
         let kid = jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)?;
         jwk.common.key_id = Some(kid);
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        use sha2::Digest;
+        let mac_key = sha2::Sha256::new()
+            .chain_update(b"rdm id mac key\0")
+            .chain_update(pem)
+            .finalize()
+            .into();
         Ok(Self {
             encoding,
             jwk,
             actors: Remembered::default(),
+            mac_key,
         })
+    }
+
+    /// An HMAC-SHA256 of `data` under a key only the holders of this
+    /// signing key have.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.mac_key)
+            .expect("HMAC takes a key of any length");
+        mac.update(data);
+        mac.finalize().into_bytes().into()
     }
 
     pub fn kid(&self) -> &str {

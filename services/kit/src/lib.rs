@@ -8,6 +8,7 @@ pub mod client;
 pub mod db;
 pub mod endpoint;
 pub mod error;
+pub mod http;
 pub mod invoke;
 pub mod mesh;
 pub mod rules;

@@ -22,20 +22,12 @@ pub enum Resend {
     Write,
 }
 
-/// How rdm signs in to XMiDT.
-enum Auth {
-    None,
-    Basic(String, String),
-    Bearer(String),
-    Header(String, String),
-}
-
 /// One device behind one XMiDT server.
 pub struct Device {
     http: reqwest::Client,
     /// `{base}/api/v3/device/{id}/config`.
     config_url: String,
-    auth: Auth,
+    auth: Option<HttpAuth>,
     timeout: Duration,
     retries: u32,
 }
@@ -67,7 +59,7 @@ impl Device {
         Self {
             http,
             config_url: format!("{api}/device/{}/config", path_segment(device_id)),
-            auth: auth(endpoint.auth.as_ref()),
+            auth: endpoint.auth.clone(),
             timeout: deadline.map_or(timeout, |d| d.min(timeout)),
             retries: endpoint.retries.unwrap_or(DEFAULT_RETRIES),
         }
@@ -95,12 +87,7 @@ impl Device {
             for (name, value) in headers {
                 req = req.header(*name, value);
             }
-            req = match &self.auth {
-                Auth::None => req,
-                Auth::Basic(user, password) => req.basic_auth(user, Some(password)),
-                Auth::Bearer(token) => req.bearer_auth(token),
-                Auth::Header(name, key) => req.header(name.as_str(), key),
-            };
+            req = rdm_kit::http::authorize(req, self.auth.as_ref());
             if let Some(body) = body {
                 req = req.json(body);
             }
@@ -142,24 +129,6 @@ fn path_segment(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes())
         .collect::<String>()
         .replace("%3A", ":")
-}
-
-fn auth(auth: Option<&HttpAuth>) -> Auth {
-    let Some(a) = auth else {
-        return Auth::None;
-    };
-    match a.r#type() {
-        "basic" => Auth::Basic(a.username().to_owned(), a.password().to_owned()),
-        "bearer" => Auth::Bearer(a.token().to_owned()),
-        "api_key" => Auth::Header(
-            Some(a.header())
-                .filter(|h| !h.is_empty())
-                .unwrap_or("X-API-Key")
-                .to_owned(),
-            a.key().to_owned(),
-        ),
-        _ => Auth::None,
-    }
 }
 
 /// Whether a failed request may go again.
@@ -315,21 +284,14 @@ fn device_status(code: u16, message: &str, body: &Value) -> Error {
     e
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if out.len() + chunk.len() > MAX_REPLY {
-                    return Err(Error::new(
-                        ErrorCode::DeviceError,
-                        format!("XMiDT's reply is larger than {} MiB", MAX_REPLY >> 20),
-                    ));
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(out),
-            Err(e) => return Err(transport(e)),
-        }
-    }
+async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>> {
+    rdm_kit::http::body_limited(resp, MAX_REPLY)
+        .await
+        .map_err(transport)?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::DeviceError,
+                format!("XMiDT's reply is larger than {} MiB", MAX_REPLY >> 20),
+            )
+        })
 }

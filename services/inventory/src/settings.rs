@@ -1,0 +1,124 @@
+//! A tenant's own settings, which its admins change and every resolved
+//! target carries to the protocol services (the TR-069 ACS device query).
+use crate::{Inventory, reply, store, tenant_scope};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use prost::Message;
+use rdm_kit::{Error, Principal, Result};
+use rdm_proto::inventory::{self as pb, settings_service_server::SettingsService};
+use tonic::{Request, Response, Status};
+
+/// The largest ACS device query a tenant may set.
+const MAX_QUERY: usize = 4096;
+
+/// Settings as stored: an encoded `TenantSettings`, base64 ("" = defaults).
+pub(crate) fn decode(stored: &str) -> Result<pb::TenantSettings> {
+    let bytes = STANDARD
+        .decode(stored)
+        .map_err(|e| Error::internal("reading tenant settings", e))?;
+    pb::TenantSettings::decode(bytes.as_slice())
+        .map_err(|e| Error::internal("reading tenant settings", e))
+}
+
+fn encode(settings: &pb::TenantSettings) -> String {
+    STANDARD.encode(settings.encode_to_vec())
+}
+
+/// Refuses settings a protocol service could not use: an ACS device query
+/// must be a JSON object.
+fn check(settings: &pb::TenantSettings) -> Result<()> {
+    let query = settings
+        .tr069
+        .as_ref()
+        .map_or("", |t| t.acs_device_query.as_str());
+    if query.is_empty() {
+        return Ok(());
+    }
+    let field = "tr069.acs_device_query";
+    if query.len() > MAX_QUERY {
+        return Err(Error::invalid(field, format!("at most {MAX_QUERY} bytes")));
+    }
+    match serde_json::from_str::<serde_json::Value>(query) {
+        Ok(serde_json::Value::Object(o)) if !o.is_empty() => Ok(()),
+        _ => Err(Error::invalid(
+            field,
+            "an ACS query is a non-empty JSON object, such as {\"_tags\":\"acme\"}",
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl SettingsService for Inventory {
+    async fn get_settings(
+        &self,
+        req: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::GetSettingsResponse>, Status> {
+        let run = async {
+            let p = Principal::of(&req)?;
+            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
+                .await?
+                .ok_or_else(|| {
+                    Error::unauthenticated("the tenant of this token no longer exists")
+                })?;
+            Ok(pb::GetSettingsResponse {
+                settings: Some(decode(&tenant.settings)?),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn update_settings(
+        &self,
+        req: Request<pb::UpdateSettingsRequest>,
+    ) -> Result<Response<pb::UpdateSettingsResponse>, Status> {
+        let run = async {
+            let p = Principal::of(&req)?;
+            let settings = req.get_ref().settings.clone().unwrap_or_default();
+            check(&settings)?;
+            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
+                .await?
+                .ok_or_else(|| {
+                    Error::unauthenticated("the tenant of this token no longer exists")
+                })?;
+            tenant.settings = encode(&settings);
+            store::update_tenant(&mut tx, &tenant).await?;
+            tx.commit().await?;
+            tracing::info!(tenant_id = %p.tenant_id, user_id = %p.user_id, "tenant settings changed");
+            Ok(pb::UpdateSettingsResponse {
+                settings: Some(settings),
+            })
+        };
+        reply(run.await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdm_proto::tr069::Tr069Policy;
+
+    fn with_query(q: &str) -> pb::TenantSettings {
+        pb::TenantSettings {
+            tr069: Some(Tr069Policy {
+                acs_device_query: q.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn settings_round_trip_and_empty_is_the_default() {
+        assert_eq!(decode("").unwrap(), pb::TenantSettings::default());
+        let s = with_query(r#"{"_tags":"acme"}"#);
+        assert_eq!(decode(&encode(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn an_acs_query_must_be_a_json_object() {
+        assert!(check(&with_query(r#"{"_tags":"acme"}"#)).is_ok());
+        for bad in ["[1]", "acme", "{}", "{\"a\":"] {
+            let e = check(&with_query(bad)).unwrap_err();
+            assert_eq!(e.field(), Some("tr069.acs_device_query"), "{bad}");
+        }
+    }
+}
