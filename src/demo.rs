@@ -4,7 +4,7 @@
 //!
 //! Each demo device has a simulated SNMP agent and is reachable through a
 //! simulated XMiDT server (WebPA) under its XMiDT id; `demo-hg630` is a
-//! simulated Huawei HG630 router; `demo-cpe-tr069-1` to `-3` are CPEs of a
+//! simulated Huawei HG630 router; `demo-tr069-1` to `-3` are CPEs of a
 //! simulated ACS (GenieACS NBI), the third offline.
 use anyhow::Context;
 use rdm_kit::invoke::Backend;
@@ -181,7 +181,7 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     let acs_sim = acs::start(([127, 0, 0, 1], 0).into(), &cpes).await?;
     let (user, password) = acs::credentials();
     for (i, cpe) in cpes.iter().enumerate() {
-        let name = format!("demo-cpe-tr069-{}", i + 1);
+        let name = format!("demo-tr069-{}", i + 1);
         let id = match existing.get(&name) {
             Some(id) => id.clone(),
             None => {

@@ -716,7 +716,7 @@ async fn the_demo_cpes_answer_through_tr069() {
         .post(
             "/v1/tr069/get-parameter-values",
             &token,
-            json!({"target": {"device_id": id("demo-cpe-tr069-1")}, "names": ["Device.DeviceInfo.SoftwareVersion"]}),
+            json!({"target": {"device_id": id("demo-tr069-1")}, "names": ["Device.DeviceInfo.SoftwareVersion"]}),
         )
         .await;
     assert_eq!(
@@ -728,7 +728,7 @@ async fn the_demo_cpes_answer_through_tr069() {
         .post(
             "/v1/tr069/reboot",
             &token,
-            json!({"target": {"device_id": id("demo-cpe-tr069-3")}, "timeout_ms": 300}),
+            json!({"target": {"device_id": id("demo-tr069-3")}, "timeout_ms": 300}),
         )
         .await;
     assert_eq!(

@@ -221,6 +221,7 @@ impl Tr069 {
             Outcome::Done(_) => "DONE",
             Outcome::Queued(_) => "QUEUED",
             Outcome::Faulted(_) => {
+                metrics::counter!("rdm_tr069_tasks_total", "status" => "FAULTED").increment(1);
                 let fault = cpe
                     .acs
                     .get("faults", &format!("{}:task_{command_id}", cpe.acs_id), "")
@@ -581,7 +582,10 @@ impl Tr069Service for Tr069 {
             let doc = self.cached(&cpe, &[&r.path]).await.map_err(err)?;
             names = tree::names(&doc)
                 .into_iter()
-                .filter(|(name, _)| tree::under(name, &r.path) && name != &r.path)
+                // A partial path's names under it; a parameter's itself.
+                .filter(|(name, _)| {
+                    tree::under(name, &r.path) && (name != &r.path || !r.path.ends_with('.'))
+                })
                 .filter(|(name, _)| !r.next_level || tree::is_child(name, &r.path))
                 .map(|(name, writable)| pb::ParameterName { name, writable })
                 .collect();
