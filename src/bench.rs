@@ -599,9 +599,83 @@ async fn command_lines(program: &str, args: &[String]) -> anyhow::Result<usize> 
     Ok(out.stdout.iter().filter(|b| **b == b'\n').count())
 }
 
+/// The CPU time (user and system) a local process has used so far, from
+/// `/proc/<pid>/schedstat` (nanoseconds), else `/proc/<pid>/stat` (ticks).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/schedstat")) {
+        let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+        return Some(Duration::from_nanos(ns));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The process with a UDP socket bound to `addr`'s port on this host, if
+/// it runs here and this user may see its sockets.
+fn local_udp_owner(addr: std::net::SocketAddr) -> Option<u32> {
+    let table = std::fs::read_to_string(if addr.is_ipv6() {
+        "/proc/net/udp6"
+    } else {
+        "/proc/net/udp"
+    })
+    .ok()?;
+    let port = format!(":{:04X}", addr.port());
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields
+            .get(1)?
+            .ends_with(&port)
+            .then(|| fields.get(9).map(|i| i.to_string()))?
+    })?;
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            std::fs::read_dir(entry.path().join("fd"))
+                .ok()?
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str())
+                })
+                .then_some(pid)
+        })
+}
+
+/// A walker's median wall time over `runs`, the OIDs it saw, and the
+/// agent's CPU time per walk over those runs (when the agent runs here).
+struct Walked {
+    wall: Duration,
+    oids: usize,
+    agent_cpu: Option<Duration>,
+}
+
+async fn walked<F, Fut>(runs: usize, agent: Option<u32>, f: F) -> anyhow::Result<Walked>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<usize>>,
+{
+    let before = agent.and_then(process_cpu);
+    let (wall, oids) = median_of(runs, f).await?;
+    let after = agent.and_then(process_cpu);
+    let agent_cpu = before
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(b) / runs as u32);
+    Ok(Walked {
+        wall,
+        oids,
+        agent_cpu,
+    })
+}
+
 async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyhow::Result<()> {
     use futures::StreamExt;
     use rdm_proto::snmp::{WalkRequest, snmp_service_client::SnmpServiceClient, target};
+    use rdm_snmp::engine::target::Target;
     let http = reqwest::Client::new();
     let DemoMesh {
         mesh,
@@ -610,19 +684,22 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
         token,
         _dir,
     } = demo_mesh(Settings::default(), &http).await?;
-    let endpoint = serde_json::json!({"host": agent.ip().to_string(), "port": agent.port(), "version": "2c", "community": "public", "timeout_ms": 2000});
-    let fields = rdm_proto::snmp::SnmpEndpoint {
-        host: Some(agent.ip().to_string()),
-        port: agent.port().into(),
-        version: Some("2c".into()),
-        community: Some("public".into()),
-        timeout_ms: 2000,
-        ..Default::default()
+    let endpoint = |max_in_flight: u32| {
+        serde_json::json!({"host": agent.ip().to_string(), "port": agent.port(), "version": "2c",
+                           "community": "public", "timeout_ms": 2000, "max_in_flight": max_in_flight})
     };
     let (channel, bearer) = grpc(&mesh, &token).await?;
-    let grpc_walk = || {
+    let grpc_walk = |max_in_flight: u32| {
         let (mut client, bearer) = (SnmpServiceClient::new(channel.clone()), bearer.clone());
-        let fields = fields.clone();
+        let fields = rdm_proto::snmp::SnmpEndpoint {
+            host: Some(agent.ip().to_string()),
+            port: agent.port().into(),
+            version: Some("2c".into()),
+            community: Some("public".into()),
+            timeout_ms: 2000,
+            max_in_flight: Some(max_in_flight),
+            ..Default::default()
+        };
         async move {
             let mut req = tonic::Request::new(WalkRequest {
                 target: Some(rdm_proto::snmp::Target {
@@ -640,9 +717,9 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
             anyhow::Ok(n)
         }
     };
-    let rest_walk = || {
+    let rest_walk = |max_in_flight: u32| {
         let (http, url, token) = (http.clone(), format!("{base}/v1/snmp/walk"), token.clone());
-        let body = serde_json::json!({"target": {"endpoint": endpoint}, "oid": "1.3.6.1", "max_repetitions": reps});
+        let body = serde_json::json!({"target": {"endpoint": endpoint(max_in_flight)}, "oid": "1.3.6.1", "max_repetitions": reps});
         async move {
             let text = http
                 .post(url)
@@ -661,12 +738,35 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
             anyhow::Ok(n)
         }
     };
+    let pid = local_udp_owner(agent);
     println!(
-        "rdm bench snmp: full-tree walk of {agent} (v2c, max-repetitions {reps}), median of {runs} runs"
+        "rdm bench snmp: full-tree walk of {agent} (v2c, max-repetitions {reps}), median of {runs} runs; \
+         the agent's CPU per walk {}",
+        match pid {
+            Some(pid) => format!("from /proc/{pid}"),
+            None => "unknown (the agent is not a process here)".into(),
+        }
     );
-    grpc_walk().await?;
-    let (grpc, n_grpc) = median_of(runs, grpc_walk).await?;
-    let (rest, n_rest) = median_of(runs, rest_walk).await?;
+    grpc_walk(Target::DEFAULT_MAX_IN_FLIGHT).await?;
+    let in_flight = Target::DEFAULT_MAX_IN_FLIGHT;
+    let mut rows = vec![
+        (
+            format!("rdm, direct gRPC ({in_flight} in flight)"),
+            walked(runs, pid, || grpc_walk(in_flight)).await?,
+        ),
+        (
+            format!("rdm, REST via gateway ({in_flight})"),
+            walked(runs, pid, || rest_walk(in_flight)).await?,
+        ),
+        (
+            "rdm, direct gRPC, serial".to_owned(),
+            walked(runs, pid, || grpc_walk(1)).await?,
+        ),
+        (
+            "rdm, REST via gateway, serial".to_owned(),
+            walked(runs, pid, || rest_walk(1)).await?,
+        ),
+    ];
     let args: Vec<String> = [
         "-v2c",
         "-c",
@@ -678,20 +778,10 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
     ]
     .map(String::from)
     .to_vec();
-    let (net_snmp, n_net) = median_of(runs, || command_lines("snmpbulkwalk", &args)).await?;
-    let per = |d: Duration, n: usize| {
-        format!(
-            "{:>8.1} ms  {n:>6} OIDs  {:>8.0} OIDs/s",
-            d.as_secs_f64() * 1e3,
-            n as f64 / d.as_secs_f64()
-        )
-    };
-    println!("  rdm, direct gRPC          {}", per(grpc, n_grpc));
-    println!("  rdm, REST via gateway     {}", per(rest, n_rest));
-    println!(
-        "  net-snmp snmpbulkwalk     {}   (lines; a string value may span several)",
-        per(net_snmp, n_net)
-    );
+    rows.push((
+        "net-snmp snmpbulkwalk (lines)".to_owned(),
+        walked(runs, pid, || command_lines("snmpbulkwalk", &args)).await?,
+    ));
     match std::env::var("PYSNMP_PYTHON") {
         Ok(python) => {
             let args = vec![
@@ -700,19 +790,38 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
                 agent.port().to_string(),
                 reps.to_string(),
             ];
-            let (py, n_py) = median_of(runs.min(3), || command_lines(&python, &args)).await?;
-            println!("  pysnmp bulk_walk_cmd      {}", per(py, n_py));
-            println!(
-                "  rdm gRPC vs pysnmp: {:.1}x faster",
-                py.as_secs_f64() / grpc.as_secs_f64()
-            );
+            rows.push((
+                "pysnmp bulk_walk_cmd".to_owned(),
+                walked(runs.min(3), pid, || command_lines(&python, &args)).await?,
+            ));
         }
         Err(_) => println!("  pysnmp: skipped (set PYSNMP_PYTHON; scripts/bench-snmp.sh does)"),
     }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (name, w) in &rows {
+        let agent = match w.agent_cpu {
+            Some(cpu) => format!(
+                "agent CPU {:>6.1} ms   wall/agent CPU {:.2}x",
+                ms(cpu),
+                w.wall.as_secs_f64() / cpu.as_secs_f64().max(1e-9)
+            ),
+            None => String::new(),
+        };
+        println!(
+            "  {name:<34} {:>7.1} ms  {:>6} OIDs  {:>7.0} OIDs/s   {agent}",
+            ms(w.wall),
+            w.oids,
+            w.oids as f64 / w.wall.as_secs_f64()
+        );
+    }
+    let wall = |i: usize| rows[i].1.wall.as_secs_f64();
+    let bulkwalk = wall(4);
     println!(
-        "  rdm gRPC vs snmpbulkwalk: {:.2}x faster; REST via gateway / direct gRPC: {:.2}x",
-        net_snmp.as_secs_f64() / grpc.as_secs_f64(),
-        rest.as_secs_f64() / grpc.as_secs_f64()
+        "  snmpbulkwalk / rdm: {:.2}x gRPC, {:.2}x REST (goal >= 1.25x); serial rdm: {:.2}x gRPC, {:.2}x REST",
+        bulkwalk / wall(0),
+        bulkwalk / wall(1),
+        bulkwalk / wall(2),
+        bulkwalk / wall(3),
     );
     trigger.trigger();
     mesh.wait().await

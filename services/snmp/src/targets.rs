@@ -126,6 +126,9 @@ fn engine_target(s: &pb::SnmpEndpoint, ip: &str) -> Result<Target> {
     if s.max_repetitions > 0 {
         target.max_repetitions = s.max_repetitions;
     }
+    if let Some(n) = s.max_in_flight {
+        target.max_in_flight = n.clamp(1, Target::MAX_IN_FLIGHT);
+    }
     Ok(target)
 }
 

@@ -16,15 +16,19 @@ use oid::Oid;
 use rand::Rng;
 use snmp2::{MessageType, snmp};
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
     time::Instant,
 };
 use target::{Credentials, Target, UsmUser, Version};
-use tokio::net::UdpSocket;
+use tokio::{
+    net::UdpSocket,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use usm::{Discovered, EngineCache, Report};
 use value::{Value, VarBind};
 
@@ -134,6 +138,7 @@ pub struct Engine {
     sockets: SocketPool,
     usm: EngineCache,
     next_id: AtomicU32,
+    agents: AgentLimits,
 }
 
 impl Default for Engine {
@@ -142,6 +147,65 @@ impl Default for Engine {
             sockets: SocketPool::default(),
             usm: EngineCache::default(),
             next_id: AtomicU32::new(rand::thread_rng().gen_range(1..1 << 30)),
+            agents: AgentLimits::default(),
+        }
+    }
+}
+
+/// What bounds the requests in flight to each agent, across every call: a
+/// semaphore of [`AgentLimits::PERMITS`] per agent address, of which a
+/// request takes `PERMITS / max_in_flight`. So a request of a call that
+/// allows 3 in flight takes a third, one of a serial call all of them, and
+/// however calls with different limits mix, no more requests are in flight
+/// than the largest limit among them allows. An agent's entry lives while
+/// a request to it does.
+#[derive(Default)]
+struct AgentLimits {
+    agents: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
+}
+
+/// A request's share of its agent, given back when dropped.
+struct AgentSlot<'a> {
+    limits: &'a AgentLimits,
+    addr: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AgentLimits {
+    /// 1..=8 all divide it.
+    const PERMITS: u32 = 840;
+
+    async fn take(&self, addr: SocketAddr, max_in_flight: u32) -> AgentSlot<'_> {
+        let semaphore = {
+            let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+            agents
+                .entry(addr)
+                .or_insert_with(|| Arc::new(Semaphore::new(Self::PERMITS as usize)))
+                .clone()
+        };
+        let share = Self::PERMITS / max_in_flight.clamp(1, Target::MAX_IN_FLIGHT);
+        let permit = semaphore
+            .acquire_many_owned(share)
+            .await
+            .expect("an agent's semaphore is never closed");
+        AgentSlot {
+            limits: self,
+            addr,
+            permit: Some(permit),
+        }
+    }
+}
+
+impl Drop for AgentSlot<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut agents = self.limits.agents.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it now: no request to this agent is waiting.
+        if agents
+            .get(&self.addr)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            agents.remove(&self.addr);
         }
     }
 }
@@ -168,7 +232,9 @@ impl Engine {
         op: Op,
         varbinds: &[(Oid, Value)],
     ) -> Result<Vec<VarBind>, SnmpError> {
+        let slot = self.agents.take(t.addr, t.max_in_flight).await;
         let result = self.request_once(t, op, varbinds).await;
+        drop(slot);
         let outcome = match &result {
             Ok(_) => "ok",
             Err(SnmpError::Timeout { .. }) => "timeout",
@@ -514,4 +580,49 @@ fn response(
             addr: t.addr,
             reason: "the reply holds a varbind that is not an SNMP value".into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{sync::atomic::AtomicUsize, time::Duration};
+
+    /// Calls with limits 3 and 1 on one agent, many at once: never more than
+    /// three requests hold the agent, and a serial call's request holds it
+    /// alone; the agent's entry goes once nothing holds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_in_flight_to_an_agent_stay_under_its_limit() {
+        let limits = Arc::new(AgentLimits::default());
+        let addr: SocketAddr = ([127, 0, 0, 1], 161).into();
+        let (held, most, serial_with_others) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..40u32 {
+            let (limits, held, most, shared) = (
+                limits.clone(),
+                held.clone(),
+                most.clone(),
+                serial_with_others.clone(),
+            );
+            let cap = if i % 5 == 0 { 1 } else { 3 };
+            tasks.spawn(async move {
+                let _slot = limits.take(addr, cap).await;
+                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if cap == 1 && held.load(Ordering::SeqCst) > 1 {
+                    shared.fetch_add(1, Ordering::SeqCst);
+                }
+                held.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let most = most.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&most), "{most} at once");
+        assert_eq!(serial_with_others.load(Ordering::SeqCst), 0);
+        assert!(limits.agents.lock().unwrap().is_empty());
+    }
 }

@@ -54,12 +54,16 @@ pub struct Target {
     pub timeout: Duration,
     pub retries: u32,
     pub max_repetitions: u32,
+    /// Requests in flight to this agent at once, across every call.
+    pub max_in_flight: u32,
 }
 
 impl Target {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
     pub const DEFAULT_RETRIES: u32 = 1;
     pub const DEFAULT_MAX_REPETITIONS: u32 = 25;
+    pub const DEFAULT_MAX_IN_FLIGHT: u32 = 3;
+    pub const MAX_IN_FLIGHT: u32 = 8;
 
     pub fn community(addr: SocketAddr, version: Version, community: &str) -> Self {
         Self {
@@ -69,6 +73,7 @@ impl Target {
             timeout: Self::DEFAULT_TIMEOUT,
             retries: Self::DEFAULT_RETRIES,
             max_repetitions: Self::DEFAULT_MAX_REPETITIONS,
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
