@@ -43,6 +43,10 @@ pub enum Which {
         /// GETBULK max-repetitions of every walker.
         #[arg(long, default_value_t = 25)]
         max_repetitions: u32,
+        /// Requests rdm keeps in flight to the agent (the endpoint's
+        /// max_in_flight; rdm's serial walk is measured too).
+        #[arg(long, default_value_t = 3)]
+        max_in_flight: u32,
     },
     /// Poll of sysUpTime.0 over `agents` devices of the demo tenant: first
     /// on as many agents simulated in this process (rdm's own cost), then on
@@ -117,7 +121,8 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             agent,
             runs,
             max_repetitions,
-        } => snmp_walk(agent, runs.max(1), max_repetitions).await,
+            max_in_flight,
+        } => snmp_walk(agent, runs.max(1), max_repetitions, max_in_flight).await,
         Which::SnmpPoll {
             agents,
             first_port,
@@ -599,18 +604,22 @@ async fn command_lines(program: &str, args: &[String]) -> anyhow::Result<usize> 
     Ok(out.stdout.iter().filter(|b| **b == b'\n').count())
 }
 
-/// The CPU time (user and system) a local process has used so far, from
-/// `/proc/<pid>/schedstat` (nanoseconds), else `/proc/<pid>/stat` (ticks).
+/// The CPU time a local process has used so far: the sum of its threads'
+/// `/proc/<pid>/task/<tid>/schedstat` (nanoseconds).
 fn process_cpu(pid: u32) -> Option<Duration> {
-    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/schedstat")) {
-        let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
-        return Some(Duration::from_nanos(ns));
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
     }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    Some(Duration::from_nanos(ns))
 }
 
 /// The process with a UDP socket bound to `addr`'s port on this host, if
@@ -652,6 +661,8 @@ struct Walked {
     wall: Duration,
     oids: usize,
     agent_cpu: Option<Duration>,
+    /// This process's CPU per walk: rdm, and the gRPC or REST client.
+    own_cpu: Option<Duration>,
 }
 
 async fn walked<F, Fut>(runs: usize, agent: Option<u32>, f: F) -> anyhow::Result<Walked>
@@ -659,23 +670,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<usize>>,
 {
-    let before = agent.and_then(process_cpu);
+    let per_walk = |b: Option<Duration>, a: Option<Duration>| {
+        b.zip(a).map(|(b, a)| a.saturating_sub(b) / runs as u32)
+    };
+    let own = std::process::id();
+    let (agent_before, own_before) = (agent.and_then(process_cpu), process_cpu(own));
     let (wall, oids) = median_of(runs, f).await?;
-    let after = agent.and_then(process_cpu);
-    let agent_cpu = before
-        .zip(after)
-        .map(|(b, a)| a.saturating_sub(b) / runs as u32);
+    let (agent_after, own_after) = (agent.and_then(process_cpu), process_cpu(own));
     Ok(Walked {
         wall,
         oids,
-        agent_cpu,
+        agent_cpu: per_walk(agent_before, agent_after),
+        own_cpu: per_walk(own_before, own_after),
     })
 }
 
-async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyhow::Result<()> {
+async fn snmp_walk(
+    agent: std::net::SocketAddr,
+    runs: usize,
+    reps: u32,
+    in_flight: u32,
+) -> anyhow::Result<()> {
     use futures::StreamExt;
     use rdm_proto::snmp::{WalkRequest, snmp_service_client::SnmpServiceClient, target};
-    use rdm_snmp::engine::target::Target;
     let http = reqwest::Client::new();
     let DemoMesh {
         mesh,
@@ -747,8 +764,7 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
             None => "unknown (the agent is not a process here)".into(),
         }
     );
-    grpc_walk(Target::DEFAULT_MAX_IN_FLIGHT).await?;
-    let in_flight = Target::DEFAULT_MAX_IN_FLIGHT;
+    grpc_walk(in_flight).await?;
     let mut rows = vec![
         (
             format!("rdm, direct gRPC ({in_flight} in flight)"),
@@ -807,8 +823,15 @@ async fn snmp_walk(agent: std::net::SocketAddr, runs: usize, reps: u32) -> anyho
             ),
             None => String::new(),
         };
+        // A walk by another program: this process only waited.
+        let own = match w.own_cpu {
+            Some(cpu) if name.starts_with("rdm") => {
+                format!("   rdm+client CPU {:>6.1} ms", ms(cpu))
+            }
+            _ => String::new(),
+        };
         println!(
-            "  {name:<34} {:>7.1} ms  {:>6} OIDs  {:>7.0} OIDs/s   {agent}",
+            "  {name:<34} {:>7.1} ms  {:>6} OIDs  {:>7.0} OIDs/s   {agent}{own}",
             ms(w.wall),
             w.oids,
             w.oids as f64 / w.wall.as_secs_f64()

@@ -161,14 +161,27 @@ impl TryFrom<&snmp2::Oid<'_>> for Oid {
 }
 
 impl fmt::Display for Oid {
+    /// Dotted decimal, built in one buffer: every OID of a walk is printed,
+    /// and the formatter's machinery per arc was a profile's top entry.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, arc) in self.0.iter().enumerate() {
+        let mut text = Vec::with_capacity(self.0.len() * 4);
+        let mut digits = [0u8; 10];
+        for (i, &arc) in self.0.iter().enumerate() {
             if i > 0 {
-                f.write_str(".")?;
+                text.push(b'.');
             }
-            write!(f, "{arc}")?;
+            let (mut n, mut at) = (arc, digits.len());
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            text.extend_from_slice(&digits[at..]);
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&text).expect("ASCII digits and dots"))
     }
 }
 

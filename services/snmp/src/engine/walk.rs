@@ -268,21 +268,22 @@ impl Walk {
                 part.done = true;
                 break;
             }
-            if vb.oid <= part.after {
+            let before = batch.last().map_or(&part.after, |v: &VarBind| &v.oid);
+            if vb.oid <= *before {
                 return Err(SnmpError::Protocol {
                     op: "walk",
                     addr: self.addr,
                     reason: format!(
-                        "the agent returned {} after {}: OIDs must increase",
-                        vb.oid, part.after
+                        "the agent returned {} after {before}: OIDs must increase",
+                        vb.oid
                     ),
                 });
             }
-            part.after = vb.oid.clone();
-            part.answered = true;
             batch.push(vb);
         }
-        if !batch.is_empty() {
+        if let Some(last) = batch.last() {
+            part.after = last.oid.clone();
+            part.answered = true;
             self.found = true;
             part.batches.push(batch);
         }
