@@ -102,7 +102,14 @@ impl Acs {
         };
         let reply = self
             .send(Method::POST, &path, &query, Some(task), Resend::Write, wait)
-            .await?;
+            .await
+            .map_err(|e| match e.metadata.get("sent").map(String::as_str) {
+                Some("no") => e,
+                _ => Error {
+                    message: format!("{} (the task may be queued: ListTasks shows it)", e.message),
+                    ..e
+                },
+            })?;
         match reply.status {
             StatusCode::OK => Ok(Outcome::Done(json(&reply)?)),
             StatusCode::ACCEPTED if reply.reason.eq_ignore_ascii_case("Task faulted") => {
@@ -304,8 +311,7 @@ fn failure(reply: &Reply) -> Error {
 fn transport(e: reqwest::Error) -> Error {
     let sent = if e.is_connect() { "no" } else { "unknown" };
     let what = if e.is_timeout() {
-        "the ACS did not answer in time (a task it was sent may be queued: ListTasks shows it)"
-            .to_owned()
+        "the ACS did not answer in time".to_owned()
     } else {
         // reqwest's message, never the URL.
         format!("cannot reach the ACS: {}", e.without_url())

@@ -380,16 +380,16 @@ impl Tr069 {
     /// The device's cached tree under the paths (ends with `.` for an
     /// object), read from the ACS without a session.
     async fn cached(&self, cpe: &Cpe, paths: &[&str]) -> Result<Value> {
-        let projection = paths
-            .iter()
-            .map(|p| p.trim_end_matches('.'))
-            .chain(["_id", "_lastInform", "_tags"])
-            .collect::<Vec<_>>()
-            .join(",");
+        // An empty path is the whole tree: no projection.
         let projection = if paths.iter().any(|p| p.is_empty()) {
             String::new()
         } else {
-            projection
+            paths
+                .iter()
+                .map(|p| p.trim_end_matches('.'))
+                .chain(["_id", "_lastInform", "_tags"])
+                .collect::<Vec<_>>()
+                .join(",")
         };
         let query = cpe.scoped(json!({"_id": cpe.acs_id}));
         cpe.acs
