@@ -104,9 +104,6 @@ struct Cpe {
     /// Multi-instance objects instances can be added to (`X.Y.`).
     tables: BTreeSet<String>,
     last_inform: String,
-    reboots: u32,
-    factory_resets: u32,
-    downloads: Vec<String>,
     /// Tasks this CPE ran, by name.
     ran: Vec<String>,
 }
@@ -351,9 +348,6 @@ fn cpe(spec: CpeSpec) -> Cpe {
         params,
         tables,
         last_inform: t,
-        reboots: 0,
-        factory_resets: 0,
-        downloads: Vec::new(),
         ran: Vec::new(),
     }
 }
@@ -618,14 +612,13 @@ fn run(cpe: &mut Cpe, task: &Value, files: &BTreeMap<String, Value>) -> Result<(
             }
             cpe.params.retain(|n, _| !n.starts_with(&object));
         }
-        "reboot" => cpe.reboots += 1,
-        "factoryReset" => cpe.factory_resets += 1,
+        // Recorded in `ran`, like every task the CPE runs.
+        "reboot" | "factoryReset" => {}
         "download" => {
             let file = task["fileName"].as_str().unwrap_or_default();
             if !files.contains_key(file) {
                 return Err(cwmp_fault(9016, "Unable to access the file", None));
             }
-            cpe.downloads.push(file.to_owned());
         }
         other => {
             return Err(json!({"code": "8000", "message": format!("unknown task {other}")}));
