@@ -268,6 +268,55 @@ pub async fn endpoint(
     .await?)
 }
 
+/// A device with its endpoint for one protocol and its tenant's policy:
+/// what resolving a target reads, in one query.
+#[derive(FromRow)]
+pub struct ResolveRow {
+    #[sqlx(flatten)]
+    pub device: DeviceRow,
+    pub endpoint_config: Option<String>,
+    pub endpoint_secrets: Option<String>,
+    pub endpoint_update_time: Option<i64>,
+    pub inline_cidrs: String,
+    pub settings: String,
+}
+
+impl ResolveRow {
+    /// The endpoint, when the device has one for the protocol.
+    pub fn endpoint(&self, protocol: &str) -> Option<EndpointRow> {
+        Some(EndpointRow {
+            tenant_id: self.device.tenant_id.clone(),
+            device_id: self.device.id.clone(),
+            protocol: protocol.to_owned(),
+            config: self.endpoint_config.clone()?,
+            secrets: self.endpoint_secrets.clone()?,
+            update_time: self.endpoint_update_time?,
+        })
+    }
+}
+
+pub async fn device_to_resolve(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    id: &str,
+    protocol: &str,
+) -> Result<Option<ResolveRow>> {
+    Ok(sqlx::query_as(concat!(
+        "select ",
+        device_columns!(),
+        ", e.config as endpoint_config, e.secrets as endpoint_secrets, \
+         e.update_time as endpoint_update_time, t.inline_cidrs, t.settings \
+         from devices d join tenants t on t.id = d.tenant_id \
+         left join endpoints e on e.tenant_id = d.tenant_id and e.device_id = d.id and e.protocol = $3 \
+         where d.tenant_id = $1 and d.id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(id)
+    .bind(protocol)
+    .fetch_optional(tx.conn())
+    .await?)
+}
+
 /// The tenant's devices among `ids` and their endpoints for `protocol`
 /// (a device without one is in the first list only).
 pub async fn devices_and_endpoints(

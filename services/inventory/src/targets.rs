@@ -103,15 +103,16 @@ impl Inventory {
         id: &str,
     ) -> Result<pb::ResolveTargetResponse> {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
-        let device = ds::device(&mut tx, &p.tenant_id, id)
+        let found = ds::device_to_resolve(&mut tx, &p.tenant_id, id, protocol)
             .await?
             .ok_or_else(|| device_not_found(id))?;
-        let row = ds::endpoint(&mut tx, &p.tenant_id, id, protocol)
-            .await?
-            .ok_or_else(|| no_endpoint(id, protocol))?;
-        let (allowed, settings) = tenant_policy(&mut tx, &p.tenant_id).await?;
         drop(tx);
-        let mut target = self.opened(p, protocol, device, &row, &allowed)?;
+        let row = found
+            .endpoint(protocol)
+            .ok_or_else(|| no_endpoint(id, protocol))?;
+        let allowed = address::parse_allowed(&found.inline_cidrs);
+        let settings = settings::decode(&found.settings)?;
+        let mut target = self.opened(p, protocol, found.device, &row, &allowed)?;
         self.vet_resolved(&mut target, &allowed).await?;
         target.tenant_settings = Some(settings);
         Ok(target)
