@@ -256,12 +256,22 @@ impl Tr069 {
     /// to the caller's tenant.
     fn parse_task_id(&self, p: &Principal, task_id: &str) -> Result<(String, String)> {
         let not_found = || Error::not_found(format!("task {task_id} not found"));
-        let mut parts = task_id.splitn(3, '.');
-        let (Some(device), Some(command), Some(mac)) = (parts.next(), parts.next(), parts.next())
+        // The device id has no dot, the MAC none either; the ACS's id sits between.
+        let Some(((device, command), mac)) = task_id
+            .rsplit_once('.')
+            .and_then(|(rest, mac)| Some((rest.split_once('.')?, mac)))
         else {
             return Err(not_found());
         };
-        if device.is_empty() || command.is_empty() || mac != self.task_mac(p, device, command) {
+        let expected = self.task_mac(p, device, command);
+        // Compared in constant time: a MAC is a secret until it matches.
+        let differs = mac.len() != expected.len()
+            || mac
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0, |acc, (a, b)| acc | (a ^ b))
+                != 0;
+        if device.is_empty() || command.is_empty() || differs {
             return Err(not_found());
         }
         Ok((device.to_owned(), command.to_owned()))
