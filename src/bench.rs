@@ -381,9 +381,7 @@ async fn gateway(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
     println!(
         "rdm bench gateway: GetMe, {} s per phase, client and server in one process on {} cores",
         duration.as_secs(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        cores()
     );
     let (channel, bearer) = grpc(&mesh, &token).await?;
     let grpc_call = move || {
@@ -1102,19 +1100,11 @@ async fn webpa(calls: usize, concurrency: usize) -> anyhow::Result<()> {
     let endpoint = json!({"base_url": sim.base_url(), "device_id": gw,
         "auth": {"type": "basic", "username": xmidt.basic.0, "password": xmidt.basic.1}});
     let id = device_with(&http, &base, &token, "bench-webpa", "webpa", endpoint).await?;
-    let names = [
-        "Device.DeviceInfo.SerialNumber",
-        "Device.DeviceInfo.SoftwareVersion",
-        "Device.DeviceInfo.UpTime",
-        "Device.WiFi.SSID.1.SSID",
-        "Device.WiFi.SSID.1.Enable",
-    ];
+    let names = FIVE_NAMES;
     println!(
         "rdm bench webpa: {calls} GetParameters of {} names, {concurrency} callers, client, mesh and simulator in one process on {} cores",
         names.len(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        cores()
     );
     let direct_url = format!("{}/api/v3/device/{gw}/config", sim.base_url());
     let query = names.join(",");
@@ -1169,6 +1159,20 @@ async fn gateway_vs_direct<D, DF, R, RF>(
     }
 }
 
+/// The cores this machine has, as the benchmarks' headers say.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The five TR-181 names the WebPA and TR-069 benchmarks read.
+const FIVE_NAMES: [&str; 5] = [
+    "Device.DeviceInfo.SerialNumber",
+    "Device.DeviceInfo.SoftwareVersion",
+    "Device.DeviceInfo.UpTime",
+    "Device.WiFi.SSID.1.SSID",
+    "Device.WiFi.SSID.1.Enable",
+];
+
 /// A device of the demo tenant with `endpoint` as its `protocol` endpoint.
 async fn device_with(
     http: &reqwest::Client,
@@ -1216,19 +1220,11 @@ async fn tr069(calls: usize, concurrency: usize) -> anyhow::Result<()> {
     let endpoint = json!({"base_url": sim.base_url(), "device_id": cpe.id(),
         "auth": {"type": "basic", "username": user, "password": password}});
     let id = device_with(&http, &base, &token, "bench-tr069", "tr069", endpoint).await?;
-    let names = [
-        "Device.DeviceInfo.SerialNumber",
-        "Device.DeviceInfo.SoftwareVersion",
-        "Device.DeviceInfo.UpTime",
-        "Device.WiFi.SSID.1.SSID",
-        "Device.WiFi.SSID.1.Enable",
-    ];
+    let names = FIVE_NAMES;
     println!(
         "rdm bench tr069: {calls} GetParameterValues of {} names (wait mode), {concurrency} callers, client, mesh and ACS simulator in one process on {} cores",
         names.len(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        cores()
     );
     // A GenieACS client's GetParameterValues: the task, run at once by
     // the online CPE, then its values read from the device.

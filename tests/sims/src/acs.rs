@@ -658,10 +658,14 @@ async fn delete_task(
     if state.tasks.len() == before {
         return text(StatusCode::NOT_FOUND, "Task not found");
     }
-    state
-        .faults
-        .retain(|_, f| f["channel"] != *format!("task_{id}"));
+    clear_faults_of_task(&mut state, &id);
     StatusCode::OK.into_response()
+}
+
+/// A task's fault goes when the task is deleted or retried.
+fn clear_faults_of_task(state: &mut Store, id: &str) {
+    let channel = format!("task_{id}");
+    state.faults.retain(|_, f| f["channel"] != *channel);
 }
 
 async fn retry_task(
@@ -676,9 +680,7 @@ async fn retry_task(
     if !state.tasks.iter().any(|t| t["_id"] == *id) {
         return text(StatusCode::NOT_FOUND, "Task not found");
     }
-    state
-        .faults
-        .retain(|_, f| f["channel"] != *format!("task_{id}"));
+    clear_faults_of_task(&mut state, &id);
     StatusCode::OK.into_response()
 }
 
