@@ -5,21 +5,28 @@
 //! Each demo device has a simulated SNMP agent and is reachable through a
 //! simulated XMiDT server (WebPA) under its XMiDT id; `demo-hg630` is a
 //! simulated Huawei HG630 router; `demo-tr069-1` to `-3` are CPEs of a
-//! simulated ACS (GenieACS NBI), the third offline.
+//! simulated ACS (GenieACS NBI), the third offline. Tenant `mellophone-demo`
+//! signs its users in through a simulated Mellophone server.
 use anyhow::Context;
 use rdm_kit::invoke::Backend;
 use rdm_proto::inventory::{
-    CreateDeviceRequest, ListDevicesRequest, LoginRequest, PutEndpointRequest,
-    auth_service_client::AuthServiceClient, device_service_client::DeviceServiceClient,
-    put_endpoint_request,
+    CreateDeviceRequest, IdentityProvider, ListDevicesRequest, LoginRequest, PutEndpointRequest,
+    UpdateIdentityProviderRequest, auth_service_client::AuthServiceClient,
+    device_service_client::DeviceServiceClient, put_endpoint_request,
+    settings_service_client::SettingsServiceClient,
 };
 use rdm_proto::{
-    hg630::Hg630Endpoint, rdm::api::v1::HttpAuth, snmp::SnmpEndpoint, tr069::Tr069Endpoint,
+    hg630::Hg630Endpoint,
+    mellophone::{MellophoneSettings, RoleRule},
+    rdm::api::v1::HttpAuth,
+    snmp::SnmpEndpoint,
+    tr069::Tr069Endpoint,
     webpa::WebpaEndpoint,
 };
 use rdm_sims::{
     acs::{self, AcsSim, CpeSpec, Model},
     hg630::{self, Hg630Sim},
+    mellophone::{self, MellophoneSim},
     snmp_agent::{self, SnmpAgent},
     webpa::{self, WebpaSim},
 };
@@ -38,27 +45,102 @@ pub struct Sims {
     _webpa: WebpaSim,
     _router: Hg630Sim,
     _acs: AcsSim,
+    _mellophone: MellophoneSim,
+}
+
+/// `Bearer <token>` of a user of the demo, signed in.
+async fn bearer(
+    inventory: &Backend,
+    tenant: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let login = AuthServiceClient::new(inventory.clone())
+        .login(LoginRequest {
+            tenant: tenant.into(),
+            username: username.into(),
+            password: password.into(),
+        })
+        .await
+        .with_context(|| format!("signing in as {tenant}/{username} (was its password changed?)"))?
+        .into_inner();
+    Ok(format!("Bearer {}", login.access_token).parse()?)
+}
+
+/// The demo Mellophone server's users: login, password, groups, whether
+/// Mellophone lets them change others' passwords.
+pub const MELLOPHONE_USERS: [(&str, &str, &str, bool); 3] = [
+    ("alice", "alice-pw", "netops", true),
+    ("bob", "bob-pw", "support", false),
+    ("carol", "carol-pw", "", false),
+];
+
+/// Starts the demo's Mellophone server and makes it tenant
+/// `mellophone-demo`'s identity provider: `netops` operators, `support`
+/// viewers, alice an admin, carol (no group) refused.
+async fn mellophone(inventory: &Backend) -> anyhow::Result<MellophoneSim> {
+    let users = MELLOPHONE_USERS
+        .iter()
+        .enumerate()
+        .map(|(i, (login, pw, groups, admin))| {
+            mellophone::user(&[
+                ("sid", &format!("sid-{}", i + 1)),
+                ("login", login),
+                ("pwd", pw),
+                ("name", &format!("{login} (demo)")),
+                ("email", &format!("{login}@mellophone.example")),
+                ("groups", groups),
+                ("admin", if *admin { "true" } else { "false" }),
+            ])
+        })
+        .collect();
+    let config = mellophone::Config::with_users(users);
+    let sim = mellophone::start(([127, 0, 0, 1], 0).into(), config.clone()).await?;
+    let bearer = bearer(inventory, "mellophone-demo", "admin", "demo").await?;
+    let rule = |group: &str, login: &str, role: &str| RoleRule {
+        group: group.into(),
+        login: login.into(),
+        role: role.into(),
+    };
+    SettingsServiceClient::with_interceptor(
+        inventory.clone(),
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bearer.clone());
+            Ok(req)
+        },
+    )
+    .update_identity_provider(UpdateIdentityProviderRequest {
+        identity_provider: Some(IdentityProvider {
+            mellophone: Some(MellophoneSettings {
+                base_url: Some(sim.base_url()),
+                settings_token: Some(config.settings_token),
+                user_manage_token: Some(config.user_manage_token),
+                sign_in: true,
+                roles: vec![
+                    rule("netops", "", "operator"),
+                    rule("support", "", "viewer"),
+                    rule("", "alice", "admin"),
+                ],
+                ..Default::default()
+            }),
+        }),
+    })
+    .await?;
+    tracing::info!(mellophone = %sim.addr, "tenant mellophone-demo signs in through a simulated Mellophone server");
+    Ok(sim)
 }
 
 /// Starts a simulated SNMP agent per demo device and one XMiDT server for
 /// all, and points each device's `snmp` and `webpa` endpoints at them.
 pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
-    let login = AuthServiceClient::new(inventory.clone())
-        .login(LoginRequest {
-            tenant: "demo".into(),
-            username: "demo".into(),
-            password: "demo".into(),
-        })
-        .await
-        .context("signing in as the demo user (was its password changed?)")?
-        .into_inner();
-    let bearer: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {}", login.access_token).parse()?;
-    let mut devices =
-        DeviceServiceClient::with_interceptor(inventory, move |mut req: tonic::Request<()>| {
+    let bearer = bearer(&inventory, "demo", "demo", "demo").await?;
+    let mut devices = DeviceServiceClient::with_interceptor(
+        inventory.clone(),
+        move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", bearer.clone());
             Ok(req)
-        });
+        },
+    );
     let existing: HashMap<String, String> = devices
         .list_devices(ListDevicesRequest {
             page_size: 100,
@@ -220,10 +302,12 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
             .await?;
     }
     tracing::info!(acs = %acs_sim.addr, "demo CPEs on a simulated ACS");
+    let mellophone = mellophone(&inventory).await?;
     Ok(Sims {
         _agents: agents,
         _webpa: webpa_sim,
         _router: sim,
         _acs: acs_sim,
+        _mellophone: mellophone,
     })
 }

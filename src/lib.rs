@@ -31,6 +31,7 @@ pub static SERVICES: &[&dyn Service] = &[
     &rdm_webpa::SERVICE,
     &rdm_router_hg630::SERVICE,
     &rdm_tr069::SERVICE,
+    &rdm_identity_mellophone::SERVICE,
 ];
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";

@@ -22,6 +22,7 @@ include!(concat!(env!("OUT_DIR"), "/rdm_modules.rs"));
 
 pub use rdm::hg630::v1 as hg630;
 pub use rdm::inventory::v1 as inventory;
+pub use rdm::mellophone::v1 as mellophone;
 pub use rdm::snmp::v1 as snmp;
 pub use rdm::tr069::v1 as tr069;
 pub use rdm::webpa::v1 as webpa;

@@ -7,6 +7,7 @@ pub use audit::{DbAudit, record_platform_event};
 mod device_store;
 mod devices;
 mod endpoints;
+mod identity;
 mod targets;
 pub use devices::reseal_secrets;
 mod password;
@@ -63,6 +64,9 @@ pub struct Config {
 
 struct Inventory {
     config: Config,
+    /// Vetted clients for tenants' identity providers (sign-in through
+    /// Mellophone).
+    idp: rdm_kit::address::HttpClients,
 }
 
 type Shared = Arc<Inventory>;
@@ -71,7 +75,8 @@ type Shared = Arc<Inventory>;
 /// revoked while it was down are loaded into `config.revocations`.
 pub async fn service(config: Config, guard: Guard) -> Result<axum::Router> {
     audit::prune_every_hour(config.db.clone(), config.audit_retention);
-    let shared: Shared = Arc::new(Inventory { config });
+    let idp = rdm_kit::address::HttpClients::new(config.addresses.clone());
+    let shared: Shared = Arc::new(Inventory { config, idp });
     shared.load_revocations().await?;
     let routes = tonic::service::Routes::new(AuthServiceServer::from_arc(shared.clone()))
         .add_service(TenantServiceServer::from_arc(shared.clone()))
@@ -125,13 +130,25 @@ pub async fn bootstrap(db: &Db, admin_password: Option<&str>, demo: bool) -> Res
     .await?;
     if demo {
         ensure_user(db, "demo", "Demo", "demo", "demo", Role::Admin).await?;
-        // The demo may name loopback targets inline, nothing else.
+        // Its other users sign in through the demo's Mellophone server.
+        ensure_user(
+            db,
+            "mellophone-demo",
+            "Mellophone demo",
+            "admin",
+            "demo",
+            Role::Admin,
+        )
+        .await?;
+        // The demo tenants may name loopback targets, nothing else.
         let mut tx = db.begin_write(Scope::Platform).await?;
-        if let Some(mut demo) = store::tenant_by_slug(&mut tx, "demo").await?
-            && demo.inline_cidrs.is_empty()
-        {
-            demo.inline_cidrs = "127.0.0.0/8,::1/128".into();
-            store::update_tenant(&mut tx, &demo).await?;
+        for slug in ["demo", "mellophone-demo"] {
+            if let Some(mut demo) = store::tenant_by_slug(&mut tx, slug).await?
+                && demo.inline_cidrs.is_empty()
+            {
+                demo.inline_cidrs = "127.0.0.0/8,::1/128".into();
+                store::update_tenant(&mut tx, &demo).await?;
+            }
         }
         tx.commit().await?;
     }
@@ -352,17 +369,26 @@ impl Inventory {
         self.config.throttle.admit(&mut tx, &attempt, now).await?;
         tx.commit().await?;
         let mut tx = self.db().begin(Scope::Login { slug: &slug }).await?;
-        let user = match store::tenant_by_slug(&mut tx, &slug).await? {
-            Some(tenant) => {
-                tx.enter_tenant(&tenant.id).await?;
-                store::user_by_name(&mut tx, &tenant.id, username)
-                    .await?
-                    .map(|u| (tenant, u))
-            }
-            None => None,
-        };
+        let tenant = store::tenant_by_slug(&mut tx, &slug).await?;
+        let mut user = None;
+        if let Some(tenant) = &tenant {
+            tx.enter_tenant(&tenant.id).await?;
+            user = store::user_by_name(&mut tx, &tenant.id, username).await?;
+        }
         // Let go of the connection: the hash check below is slow.
         drop(tx);
+        // Users who sign in through Mellophone have no local password.
+        let user = user.filter(|u| u.password_hash != identity::MELLOPHONE_USER);
+        if let Some(tenant) = tenant.as_ref().filter(|_| user.is_none()) {
+            let idp = identity::decode(&tenant.identity_provider)?;
+            if let Some(m) = idp.mellophone.filter(|m| m.sign_in) {
+                let tenant = tenant.clone();
+                return self
+                    .mellophone_login(tenant, m, username, &req.password, &attempt)
+                    .await;
+            }
+        }
+        let user = tenant.zip(user);
         // Unknown tenants and users cost one hash check too: equal timing.
         let hash = user.as_ref().map(|(_, u)| u.password_hash.clone());
         let matches = password::verify(req.password, hash).await?;

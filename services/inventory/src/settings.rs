@@ -91,6 +91,43 @@ impl SettingsService for Inventory {
         };
         reply(run.await)
     }
+
+    async fn get_identity_provider(
+        &self,
+        req: Request<pb::GetIdentityProviderRequest>,
+    ) -> Result<Response<pb::GetIdentityProviderResponse>, Status> {
+        let run = async {
+            let p = Principal::of(&req)?;
+            Ok(pb::GetIdentityProviderResponse {
+                identity_provider: Some(self.get_identity_provider(p).await?),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn update_identity_provider(
+        &self,
+        req: Request<pb::UpdateIdentityProviderRequest>,
+    ) -> Result<Response<pb::UpdateIdentityProviderResponse>, Status> {
+        let run = async {
+            let p = Principal::of(&req)?;
+            let idp = req.get_ref().identity_provider.clone().unwrap_or_default();
+            let rules = rdm_kit::endpoint::dynamic(&idp, "rdm.inventory.v1.IdentityProvider")?;
+            rdm_kit::rules::check(&rules, "")?;
+            Ok(pb::UpdateIdentityProviderResponse {
+                identity_provider: Some(self.update_identity_provider(p, idp).await?),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn open_identity_provider(
+        &self,
+        req: Request<pb::OpenIdentityProviderRequest>,
+    ) -> Result<Response<pb::OpenIdentityProviderResponse>, Status> {
+        let run = async { self.open_identity_provider(Principal::of(&req)?).await };
+        reply(run.await)
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub struct TenantRow {
     pub inline_cidrs: String,
     /// The tenant's own settings: an encoded `TenantSettings`, base64.
     pub settings: String,
+    /// The tenant's identity provider: an encoded `IdentityProvider`,
+    /// base64, tokens sealed ("" = none).
+    pub identity_provider: String,
 }
 
 #[derive(Clone, FromRow)]
@@ -36,7 +39,7 @@ pub struct UserRow {
 // Macros, not consts: sqlx takes only literal SQL, and concat! makes one.
 macro_rules! tenant_columns {
     () => {
-        "id, slug, display_name, create_time, update_time, inline_cidrs, settings"
+        "id, slug, display_name, create_time, update_time, inline_cidrs, settings, identity_provider"
     };
 }
 macro_rules! user_columns {
@@ -109,7 +112,7 @@ pub async fn list_tenants(
 /// Writes back a tenant's mutable columns.
 pub async fn update_tenant(tx: &mut TenantTx, tenant: &TenantRow) -> Result<Option<TenantRow>> {
     Ok(sqlx::query_as(concat!(
-        "update tenants set display_name = $2, inline_cidrs = $3, settings = $4, update_time = $5 \
+        "update tenants set display_name = $2, inline_cidrs = $3, settings = $4, identity_provider = $5, update_time = $6 \
          where id = $1 returning ",
         tenant_columns!()
     ))
@@ -117,6 +120,7 @@ pub async fn update_tenant(tx: &mut TenantTx, tenant: &TenantRow) -> Result<Opti
     .bind(&tenant.display_name)
     .bind(&tenant.inline_cidrs)
     .bind(&tenant.settings)
+    .bind(&tenant.identity_provider)
     .bind(now_millis())
     .fetch_optional(tx.conn())
     .await?)

@@ -94,6 +94,15 @@ impl LoginThrottle {
         store::forgive_one(tx, &attempt.keys[1].0).await
     }
 
+    /// An attempt whose password could not be checked (the tenant's
+    /// identity provider was down): it no longer counts against anyone.
+    pub(crate) async fn not_checked(&self, tx: &mut TenantTx, attempt: &Attempt) -> Result<()> {
+        for (key, _, _) in &attempt.keys {
+            store::forgive_one(tx, key).await?;
+        }
+        Ok(())
+    }
+
     /// A wrong password (already counted): logged when it locks a key.
     pub(crate) fn failed(&self, attempt: &Attempt, slug: &str) {
         metrics::counter!("rdm_login_failures_total").increment(1);

@@ -3,5 +3,6 @@
 //! where no real peer can run here, and for `rdm up --demo`.
 pub mod acs;
 pub mod hg630;
+pub mod mellophone;
 pub mod snmp_agent;
 pub mod webpa;
