@@ -108,6 +108,20 @@ pub enum Which {
         #[arg(long, default_value_t = 100)]
         login_ms: u64,
     },
+    /// A tenant's Mellophone server through rdm: IsAuthenticated straight to
+    /// a simulated server and through the gateway, then signing in to rdm
+    /// through Mellophone against a local user's sign-in (argon2).
+    Mellophone {
+        /// IsAuthenticated calls per round.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Callers at once in the first round (the second has one).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Sign-ins of each kind, one caller.
+        #[arg(long, default_value_t = 100)]
+        logins: usize,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -144,6 +158,11 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             )
             .await
         }
+        Which::Mellophone {
+            calls,
+            concurrency,
+            logins,
+        } => mellophone(calls.max(10), concurrency.max(1), logins.max(1)).await,
     }
 }
 
@@ -1358,6 +1377,92 @@ async fn hg630(
             sim.seen().logins
         );
     }
+    trigger.trigger();
+    drop(mesh);
+    Ok(())
+}
+
+async fn mellophone(calls: usize, concurrency: usize, logins: usize) -> anyhow::Result<()> {
+    use rdm_sims::mellophone;
+    use serde_json::json;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    let DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir,
+    } = demo_mesh(Settings::default(), &http).await?;
+    let config = mellophone::Config::with_users(vec![mellophone::user(&[
+        ("sid", "1"),
+        ("login", "ann"),
+        ("pwd", "ann-pw"),
+        ("groups", "netops"),
+    ])]);
+    let sim = mellophone::start(([127, 0, 0, 1], 0).into(), config).await?;
+    // The tenant bootstrap made for the demo: its local admin sets the server.
+    let admin: serde_json::Value = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"tenant": "mellophone-demo", "username": "admin", "password": "demo"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let admin = admin["access_token"].as_str().unwrap_or_default().to_owned();
+    http.put(format!("{base}/v1/settings/identity-provider"))
+        .bearer_auth(&admin)
+        .json(&json!({"mellophone": {"base_url": sim.base_url(), "sign_in": true,
+            "roles": [{"group": "netops", "role": "operator"}]}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let session = "bench-session";
+    let direct = format!("{}/login", sim.base_url());
+    http.get(&direct)
+        .query(&[("sesid", session), ("login", "ann"), ("pwd", "ann-pw")])
+        .send()
+        .await?
+        .error_for_status()?;
+    println!(
+        "rdm bench mellophone: {calls} IsAuthenticated, {concurrency} callers, client, mesh and simulator in one process on {} cores",
+        cores()
+    );
+    let direct_url = format!("{}/isauthenticated", sim.base_url());
+    let direct_http = http.clone();
+    let direct_call = move || succeeds(direct_http.get(&direct_url).query(&[("sesid", session)]));
+    let rest_call = rest_post(
+        &http,
+        format!("{base}/v1/mellophone/is-authenticated"),
+        &admin,
+        json!({"session_id": session}),
+    );
+    gateway_vs_direct(calls, concurrency, direct_call, rest_call).await;
+    let login = |tenant: &str, user: &str, password: &str| {
+        let (http, url) = (http.clone(), format!("{base}/v1/auth/login"));
+        let body = json!({"tenant": tenant, "username": user, "password": password}).to_string();
+        move || {
+            succeeds(
+                http.post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone()),
+            )
+        }
+    };
+    let through = load_calls(logins, 1, login("mellophone-demo", "ann", "ann-pw")).await;
+    let local = load_calls(logins, 1, login("demo", "demo", "demo")).await;
+    anyhow::ensure!(
+        through.failed == 0 && local.failed == 0,
+        "sign-ins failed: {} through Mellophone, {} local",
+        through.failed,
+        local.failed
+    );
+    println!("-- {logins} sign-ins to rdm, one caller");
+    println!("{}", through.line("through Mellophone"));
+    println!("{}", local.line("local user (argon2)"));
+    drop(token);
     trigger.trigger();
     drop(mesh);
     Ok(())

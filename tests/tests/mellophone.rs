@@ -672,3 +672,72 @@ async fn each_failure_keeps_its_meaning() {
         "{e}"
     );
 }
+
+/// `rdm serve identity-mellophone` apart from the inventory and the gateway
+/// (the Kubernetes shape): the service opens the tenant's settings at the
+/// inventory, and the inventory signs users in through Mellophone itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_identity_mellophone_as_its_own_process() {
+    use rdm_tests::{SendJson, Split, admin_on_loopback};
+    let split = Split::start(&[]).await;
+    let service = split.serve("identity-mellophone", &[]).await;
+    let url = format!("http://{}", service.addr);
+    let gateway = split
+        .serve("gateway", &[("RDM_IDENTITY_MELLOPHONE_URL", url)])
+        .await;
+    let sim = server().await;
+    let http = reqwest::Client::new();
+    let base = gateway.url("");
+    let admin = admin_on_loopback(&http, &base).await;
+    let put = http
+        .put(format!("{base}/v1/settings/identity-provider"))
+        .bearer_auth(&admin)
+        .json(&settings(&sim))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let login = http
+        .post(format!("{base}/v1/mellophone/login"))
+        .bearer_auth(&admin)
+        .json(&json!({"login": "bob", "password": "bob-pw", "session_id": "b1"}))
+        .send_json()
+        .await;
+    assert_eq!(login["session_id"], "b1");
+    let me = http
+        .post(format!("{base}/v1/mellophone/is-authenticated"))
+        .bearer_auth(&admin)
+        .json(&json!({"session_id": "b1"}))
+        .send_json()
+        .await;
+    assert_eq!(me["user"]["login"], "bob", "{me}");
+    // A Mellophone user of the platform's own tenant gets the mapped role,
+    // never more; the platform admin still signs in locally.
+    let signed = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"tenant": "system", "username": "ann", "password": "ann-pw"}))
+        .send_json()
+        .await;
+    let me = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(signed["access_token"].as_str().unwrap())
+        .send_json()
+        .await;
+    assert_eq!(me["roles"], json!(["admin"]), "{me}");
+    admin_on_loopback(&http, &base).await;
+}
+
+/// `rdm up --demo`: tenant mellophone-demo signs its users in through the
+/// demo's Mellophone server, each with the role its rules give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_tenant_signs_in_through_mellophone() {
+    let mesh = TestMesh::start_with_demo_devices(Store::Sqlite).await;
+    for (user, role) in [("alice", "admin"), ("bob", "viewer")] {
+        let token = mesh.token("mellophone-demo", user, &format!("{user}-pw")).await;
+        let (_, me) = mesh.get("/v1/me", &token).await;
+        assert_eq!(me["roles"], json!([role]), "{user}: {me}");
+    }
+    let (status, _) = mesh.login("mellophone-demo", "carol", "carol-pw").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "carol has no group, so no role");
+    mesh.token("mellophone-demo", "admin", "demo").await;
+}
