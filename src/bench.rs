@@ -1392,7 +1392,7 @@ async fn mellophone(calls: usize, concurrency: usize, logins: usize) -> anyhow::
         mesh,
         trigger,
         base,
-        token,
+        token: _,
         _dir,
     } = demo_mesh(Settings::default(), &http).await?;
     let config = mellophone::Config::with_users(vec![mellophone::user(&[
@@ -1411,11 +1411,16 @@ async fn mellophone(calls: usize, concurrency: usize, logins: usize) -> anyhow::
         .error_for_status()?
         .json()
         .await?;
-    let admin = admin["access_token"].as_str().unwrap_or_default().to_owned();
+    let admin = admin["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     http.put(format!("{base}/v1/settings/identity-provider"))
         .bearer_auth(&admin)
-        .json(&json!({"mellophone": {"base_url": sim.base_url(), "sign_in": true,
-            "roles": [{"group": "netops", "role": "operator"}]}}))
+        .json(
+            &json!({"mellophone": {"base_url": sim.base_url(), "sign_in": true,
+            "roles": [{"group": "netops", "role": "operator"}]}}),
+        )
         .send()
         .await?
         .error_for_status()?;
@@ -1462,7 +1467,6 @@ async fn mellophone(calls: usize, concurrency: usize, logins: usize) -> anyhow::
     println!("-- {logins} sign-ins to rdm, one caller");
     println!("{}", through.line("through Mellophone"));
     println!("{}", local.line("local user (argon2)"));
-    drop(token);
     trigger.trigger();
     drop(mesh);
     Ok(())

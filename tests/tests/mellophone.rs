@@ -340,6 +340,33 @@ async fn every_operation_against_the_simulator(mesh: TestMesh) {
         signed_in(&mesh, &token, "bob-2").await["authenticated"],
         true
     );
+    // The audit trail has every change, and none of the passwords or tokens.
+    let mut events = Value::Null;
+    for _ in 0..50 {
+        events = mesh.get("/v1/audit?page_size=100", &token).await.1;
+        let recorded = events.to_string();
+        if recorded.contains("ChangeUserPassword") && recorded.contains("UpdateIdentityProvider") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recorded = events.to_string();
+    assert!(
+        recorded.contains("/rdm.mellophone.v1.MellophoneService/ChangePassword"),
+        "{recorded}"
+    );
+    for secret in [
+        "bob-pw",
+        "carol-pw2",
+        "dave-pw",
+        "settings-secret",
+        "manage-secret",
+    ] {
+        assert!(
+            !recorded.contains(secret),
+            "{secret} in the audit trail: {recorded}"
+        );
+    }
 }
 
 async fn sign_in_through_mellophone(mesh: TestMesh) {
@@ -733,11 +760,17 @@ async fn serve_identity_mellophone_as_its_own_process() {
 async fn the_demo_tenant_signs_in_through_mellophone() {
     let mesh = TestMesh::start_with_demo_devices(Store::Sqlite).await;
     for (user, role) in [("alice", "admin"), ("bob", "viewer")] {
-        let token = mesh.token("mellophone-demo", user, &format!("{user}-pw")).await;
+        let token = mesh
+            .token("mellophone-demo", user, &format!("{user}-pw"))
+            .await;
         let (_, me) = mesh.get("/v1/me", &token).await;
         assert_eq!(me["roles"], json!([role]), "{user}: {me}");
     }
     let (status, _) = mesh.login("mellophone-demo", "carol", "carol-pw").await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "carol has no group, so no role");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "carol has no group, so no role"
+    );
     mesh.token("mellophone-demo", "admin", "demo").await;
 }

@@ -270,10 +270,14 @@ pub fn redact(value: &mut Value) {
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
                 let snake = key.to_ascii_lowercase();
-                if SECRET_FIELDS
+                let named = SECRET_FIELDS
                     .iter()
-                    .any(|s| snake == *s || snake.replace('_', "") == s.replace('_', ""))
-                {
+                    .any(|s| snake == *s || snake.replace('_', "") == s.replace('_', ""));
+                // `old_password`, `user_manage_token`, `newPassword`, ...
+                let suffixed = ["password", "token", "secret"]
+                    .iter()
+                    .any(|s| snake.ends_with(s));
+                if named || suffixed {
                     *v = Value::from("(redacted)");
                 } else {
                     redact(v);
@@ -360,11 +364,14 @@ mod tests {
         let mut v = serde_json::json!({
             "device_id": "d1",
             "config": {"community": "public", "auth": {"type": "basic", "password": "p"}, "authPassword": "x"},
-            "users": [{"password": "q", "username": "u"}]
+            "users": [{"password": "q", "username": "u"}],
+            "old_password": "o", "newPassword": "n", "user_manage_token": "t"
         });
         redact(&mut v);
         let text = v.to_string();
-        for secret in ["public", "\"p\"", "\"x\"", "\"q\""] {
+        for secret in [
+            "public", "\"p\"", "\"x\"", "\"q\"", "\"o\"", "\"n\"", "\"t\"",
+        ] {
             assert!(!text.contains(secret), "{text}");
         }
         assert!(
