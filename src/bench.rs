@@ -122,6 +122,16 @@ pub enum Which {
         #[arg(long, default_value_t = 100)]
         logins: usize,
     },
+    /// The catalog in this process: parsing and resolving the standard MIB
+    /// modules, the memory they take, and TranslateOids both ways.
+    Catalog {
+        /// Loads of the standard set; the median is printed.
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+        /// OIDs translated each way.
+        #[arg(long, default_value_t = 10_000)]
+        oids: usize,
+    },
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -163,6 +173,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             concurrency,
             logins,
         } => mellophone(calls.max(10), concurrency.max(1), logins.max(1)).await,
+        Which::Catalog { runs, oids } => catalog(runs.max(1), oids.max(1)),
     }
 }
 
@@ -501,12 +512,7 @@ async fn start_to_ready(
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = child.id().unwrap_or_default();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let rss_kb = rss_kib(&pid.to_string());
     let _ = tokio::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -1178,6 +1184,16 @@ async fn gateway_vs_direct<D, DF, R, RF>(
     }
 }
 
+/// A process's resident memory in KiB (`self` for this one), 0 when unknown.
+fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The cores this machine has, as the benchmarks' headers say.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -1469,5 +1485,69 @@ async fn mellophone(calls: usize, concurrency: usize, logins: usize) -> anyhow::
     println!("{}", local.line("local user (argon2)"));
     trigger.trigger();
     drop(mesh);
+    Ok(())
+}
+
+fn catalog(runs: usize, oids: usize) -> anyhow::Result<()> {
+    use rdm_catalog::mibs::{MibSet, STANDARD};
+    println!(
+        "rdm bench catalog: the {} standard MIB modules, median of {runs} loads; TranslateOids of {oids} OIDs each way, in process, on {} cores",
+        STANDARD.len(),
+        cores()
+    );
+    let before = rss_kib("self");
+    let mut times = Vec::with_capacity(runs);
+    let mut set = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let loaded = MibSet::standard()?;
+        times.push(t.elapsed());
+        set = Some(loaded);
+    }
+    times.sort();
+    let set = set.expect("at least one run");
+    let after = rss_kib("self");
+    println!(
+        "  parse and resolve   {:8.1} ms median ({:.1} to {:.1})   goal < 1000 ms",
+        times[runs / 2].as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[runs - 1].as_secs_f64() * 1e3
+    );
+    println!(
+        "  memory              {:8.1} MiB more resident after the loads (one set kept)",
+        after.saturating_sub(before) as f64 / 1024.0
+    );
+    // Columns of ifTable and ipAddrTable with indexes, and scalars.
+    let queries: Vec<String> = (0..oids)
+        .map(|i| match i % 3 {
+            0 => format!("1.3.6.1.2.1.2.2.1.{}.{}", 1 + i % 22, i),
+            1 => format!(
+                "1.3.6.1.2.1.4.20.1.{}.10.0.{}.{}",
+                1 + i % 5,
+                (i / 256) % 256,
+                i % 256
+            ),
+            _ => format!("1.3.6.1.2.1.1.{}.0", 1 + i % 7),
+        })
+        .collect();
+    let t = Instant::now();
+    let names: Vec<String> = queries.iter().map(|q| set.translate(q).name).collect();
+    let forward = t.elapsed();
+    let t = Instant::now();
+    let back: Vec<String> = names.iter().map(|n| set.translate(n).oid).collect();
+    let backward = t.elapsed();
+    let wrong = back.iter().zip(&queries).filter(|(b, q)| b != q).count();
+    let rate = |d: Duration| oids as f64 / d.as_secs_f64();
+    println!(
+        "  OID -> name         {:8.0} /s  ({:.2} ms for {oids})   goal > 1,000,000 /s",
+        rate(forward),
+        forward.as_secs_f64() * 1e3
+    );
+    println!(
+        "  name -> OID         {:8.0} /s  ({:.2} ms for {oids}; {wrong} did not come back to their OID)",
+        rate(backward),
+        backward.as_secs_f64() * 1e3
+    );
+    println!("  e.g. {} -> {}", queries[1], names[1]);
     Ok(())
 }

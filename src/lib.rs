@@ -32,6 +32,7 @@ pub static SERVICES: &[&dyn Service] = &[
     &rdm_router_hg630::SERVICE,
     &rdm_tr069::SERVICE,
     &rdm_identity_mellophone::SERVICE,
+    &rdm_catalog::SERVICE,
 ];
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";

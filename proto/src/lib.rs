@@ -20,6 +20,7 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
 
 include!(concat!(env!("OUT_DIR"), "/rdm_modules.rs"));
 
+pub use rdm::catalog::v1 as catalog;
 pub use rdm::hg630::v1 as hg630;
 pub use rdm::inventory::v1 as inventory;
 pub use rdm::mellophone::v1 as mellophone;

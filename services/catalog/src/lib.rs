@@ -1,0 +1,161 @@
+//! rdm's catalog service: the MIB modules rdm knows, browsed, searched and
+//! used to name OIDs. Today the standard set (net-snmp's copies of the IETF
+//! modules, in `mibs/`), parsed and resolved by mib-rs at start and shared
+//! by every tenant.
+pub mod mibs;
+
+use mibs::MibSet;
+use rdm_kit::{
+    Error, Principal, Result,
+    mesh::{Context, Spec, Started},
+};
+use rdm_proto::catalog::{self as pb, mib_service_server::MibService};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub const DOMAIN: &str = "catalog";
+
+/// The catalog service's own settings.
+#[derive(clap::Args, Clone, Debug)]
+#[group(id = "catalog")]
+pub struct Args {
+    /// Log every diagnostic mib-rs reports for the standard modules at
+    /// start (they are loaded either way).
+    #[arg(long, env = "RDM_CATALOG_LOG_DIAGNOSTICS", default_value_t = false)]
+    pub catalog_log_diagnostics: bool,
+}
+
+/// The service as the mesh's registry lists it.
+pub const SERVICE: Spec<Args> = Spec::new("catalog", "rdm.catalog.v1", 50057, |args, context| {
+    Box::pin(start(args, context))
+});
+
+async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
+    let started = std::time::Instant::now();
+    let set = tokio::task::spawn_blocking(MibSet::standard).await??;
+    tracing::info!(
+        modules = set.modules().len(),
+        diagnostics = set.mib.diagnostics().len(),
+        ms = started.elapsed().as_millis() as u64,
+        "standard MIB modules loaded"
+    );
+    if args.catalog_log_diagnostics {
+        for d in set.mib.diagnostics() {
+            tracing::info!(diagnostic = %d, "standard MIB modules");
+        }
+    }
+    let service = Catalog {
+        standard: Arc::new(set),
+    };
+    let routes =
+        tonic::service::Routes::new(pb::mib_service_server::MibServiceServer::new(service));
+    Ok(Started {
+        router: rdm_kit::server::guarded(routes, context.guard()),
+        listeners: Vec::new(),
+    })
+}
+
+struct Catalog {
+    standard: Arc<MibSet>,
+}
+
+/// Checks a request against its proto's rules (a 400 naming the field).
+fn checked<T: prost::Message>(req: &Request<T>, name: &str) -> Result<()> {
+    let message = rdm_kit::endpoint::dynamic(req.get_ref(), &format!("rdm.catalog.v1.{name}"))?;
+    rdm_kit::rules::check(&message, "")?;
+    Principal::of(req)?;
+    Ok(())
+}
+
+fn reply<T>(r: Result<T>) -> Result<Response<T>, Status> {
+    r.map(Response::new)
+        .map_err(|e: Error| e.in_domain(DOMAIN).into())
+}
+
+#[tonic::async_trait]
+impl MibService for Catalog {
+    async fn list_mib_modules(
+        &self,
+        req: Request<pb::ListMibModulesRequest>,
+    ) -> Result<Response<pb::ListMibModulesResponse>, Status> {
+        let run = checked(&req, "ListMibModulesRequest").map(|()| pb::ListMibModulesResponse {
+            modules: self.standard.modules(),
+        });
+        reply(run)
+    }
+
+    async fn get_mib_module(
+        &self,
+        req: Request<pb::GetMibModuleRequest>,
+    ) -> Result<Response<pb::GetMibModuleResponse>, Status> {
+        let run = checked(&req, "GetMibModuleRequest")
+            .and_then(|()| self.standard.module(req.get_ref().name.trim()));
+        reply(run)
+    }
+
+    async fn get_mib_object(
+        &self,
+        req: Request<pb::GetMibObjectRequest>,
+    ) -> Result<Response<pb::GetMibObjectResponse>, Status> {
+        let run = checked(&req, "GetMibObjectRequest")
+            .and_then(|()| self.standard.object(&req.get_ref().query))
+            .map(|object| pb::GetMibObjectResponse {
+                object: Some(object),
+            });
+        reply(run)
+    }
+
+    async fn get_mib_tree(
+        &self,
+        req: Request<pb::GetMibTreeRequest>,
+    ) -> Result<Response<pb::GetMibTreeResponse>, Status> {
+        let run = checked(&req, "GetMibTreeRequest").and_then(|()| {
+            let r = req.get_ref();
+            let after = match r.page_token.as_str() {
+                "" => None,
+                t => Some(
+                    t.parse()
+                        .map_err(|_| Error::invalid("page_token", "not a token this call gave"))?,
+                ),
+            };
+            let size = match r.page_size {
+                0 => 100,
+                n => n as usize,
+            };
+            self.standard.tree(&r.root, after, size)
+        });
+        reply(run)
+    }
+
+    async fn search_mibs(
+        &self,
+        req: Request<pb::SearchMibsRequest>,
+    ) -> Result<Response<pb::SearchMibsResponse>, Status> {
+        let run = checked(&req, "SearchMibsRequest").map(|()| {
+            let r = req.get_ref();
+            let size = match r.page_size {
+                0 => 50,
+                n => n as usize,
+            };
+            pb::SearchMibsResponse {
+                hits: self.standard.search(&r.q, size),
+            }
+        });
+        reply(run)
+    }
+
+    async fn translate_oids(
+        &self,
+        req: Request<pb::TranslateOidsRequest>,
+    ) -> Result<Response<pb::TranslateOidsResponse>, Status> {
+        let run = checked(&req, "TranslateOidsRequest").map(|()| pb::TranslateOidsResponse {
+            translations: req
+                .get_ref()
+                .queries
+                .iter()
+                .map(|q| self.standard.translate(q))
+                .collect(),
+        });
+        reply(run)
+    }
+}

@@ -1,0 +1,189 @@
+//! The catalog service's MIBs through the gateway (REST), with the standard
+//! set of real IETF modules (net-snmp's copies), on SQLite and PostgreSQL.
+use rdm_tests::{TestMesh, on_both_stores};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn get(mesh: &TestMesh, token: &str, path: &str) -> Value {
+    let (status, body) = mesh.get(path, token).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
+async fn browse_search_and_translate(mesh: TestMesh) {
+    let token = mesh.token("demo", "demo", "demo").await;
+
+    let modules = get(&mesh, &token, "/v1/mibs/modules").await;
+    let if_mib = modules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "IF-MIB")
+        .expect("IF-MIB is standard")
+        .clone();
+    assert_eq!(
+        (&if_mib["standard"], &if_mib["language"]),
+        (&json!(true), &json!("SMIv2"))
+    );
+    assert!(if_mib["object_count"].as_i64().unwrap() > 50, "{if_mib}");
+    assert!(
+        if_mib["imports"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("SNMPv2-SMI"))
+    );
+
+    let module = get(&mesh, &token, "/v1/mibs/modules/IF-MIB").await;
+    let objects: Vec<&str> = module["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert!(objects.contains(&"ifDescr") && objects.contains(&"ifHCInOctets"));
+    assert!(
+        module["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "linkDown"),
+        "{}",
+        module["notifications"]
+    );
+    let tcs = module["textual_conventions"].as_array().unwrap();
+    let index = tcs.iter().find(|t| t["name"] == "InterfaceIndex").unwrap();
+    assert_eq!(index["base_type"], "Integer32", "{index}");
+    let (status, e) = mesh.get("/v1/mibs/modules/NO-SUCH-MIB", &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+
+    // Objects by name, qualified name or OID, resolved to the base type.
+    let status =
+        get(&mesh, &token, "/v1/mibs/objects/IF-MIB::ifOperStatus").await["object"].clone();
+    assert_eq!(
+        (
+            &status["oid"],
+            &status["kind"],
+            &status["access"],
+            &status["table"]
+        ),
+        (
+            &json!("1.3.6.1.2.1.2.2.1.8"),
+            &json!("column"),
+            &json!("read-only"),
+            &json!("ifTable")
+        )
+    );
+    assert_eq!(
+        status["syntax"]["enums"][0],
+        json!({"label": "up", "value": 1})
+    );
+    assert_eq!(
+        status["index"],
+        json!([{"name": "ifIndex", "implied": false}])
+    );
+    let descr = get(&mesh, &token, "/v1/mibs/objects/1.3.6.1.2.1.1.1").await["object"].clone();
+    assert_eq!(
+        (&descr["name"], &descr["module"]),
+        (&json!("sysDescr"), &json!("SNMPv2-MIB"))
+    );
+    assert_eq!(descr["syntax"]["base_type"], "OCTET STRING", "{descr}");
+    assert_eq!(descr["syntax"]["sizes"], json!(["0..255"]));
+    assert!(
+        descr["description"]
+            .as_str()
+            .unwrap()
+            .contains("textual description"),
+        "{descr}"
+    );
+    let timeout = get(&mesh, &token, "/v1/mibs/objects/ipReasmTimeout").await["object"].clone();
+    assert_eq!(
+        (&timeout["units"], &timeout["kind"]),
+        (&json!("seconds"), &json!("scalar"))
+    );
+    let (status, _) = mesh.get("/v1/mibs/objects/noSuchThing", &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The tree, paged.
+    let tree = get(
+        &mesh,
+        &token,
+        "/v1/mibs/tree?root=1.3.6.1.2.1.2.2.1&page_size=5",
+    )
+    .await;
+    assert_eq!(tree["node"]["name"], "ifEntry");
+    let first: Vec<&str> = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, ["ifIndex", "ifDescr", "ifType", "ifMtu", "ifSpeed"]);
+    let token2 = tree["next_page_token"].as_str().unwrap();
+    let next = get(
+        &mesh,
+        &token,
+        &format!("/v1/mibs/tree?root=ifEntry&page_size=5&page_token={token2}"),
+    )
+    .await;
+    assert_eq!(next["children"][0]["name"], "ifPhysAddress");
+
+    // Search: exact name first, then prefixes, names that contain it,
+    // descriptions.
+    let hits = get(&mesh, &token, "/v1/mibs/search?q=ifdescr").await["hits"].clone();
+    assert_eq!(
+        (&hits[0]["node"]["name"], &hits[0]["matched"]),
+        (&json!("ifDescr"), &json!("name"))
+    );
+    let by_oid =
+        get(&mesh, &token, "/v1/mibs/search?q=1.3.6.1.2.1.6&page_size=3").await["hits"].clone();
+    assert_eq!(by_oid[0]["node"]["name"], "tcp", "{by_oid}");
+    let words =
+        get(&mesh, &token, "/v1/mibs/search?q=timeout%20retransmitting").await["hits"].clone();
+    assert!(
+        words
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["node"]["name"] == "tcpRtoAlgorithm"),
+        "{words}"
+    );
+
+    // Translation both ways, with table indexes decoded.
+    let (status, t) = mesh
+        .post(
+            "/v1/mibs:translate",
+            &token,
+            json!({"queries": ["1.3.6.1.2.1.2.2.1.2.3", "sysDescr.0", "IF-MIB::ifDescr.7",
+                               "1.3.6.1.2.1.4.20.1.2.192.168.1.1", "NOPE-MIB::x", "1.3.6.1.4.1.99999.1"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    let t = &t["translations"];
+    assert_eq!(t[0]["name"], "IF-MIB::ifDescr.3");
+    assert_eq!(t[0]["index"], json!([{"name": "ifIndex", "value": "3"}]));
+    assert_eq!(t[1]["oid"], "1.3.6.1.2.1.1.1.0");
+    assert_eq!(t[2]["oid"], "1.3.6.1.2.1.2.2.1.2.7");
+    assert_eq!(t[3]["name"], "IP-MIB::ipAdEntIfIndex.192.168.1.1");
+    assert_eq!(
+        t[3]["index"][0],
+        json!({"name": "ipAdEntAddr", "value": "192.168.1.1"})
+    );
+    assert!(
+        t[4]["error"].as_str().unwrap().contains("NOPE-MIB"),
+        "{}",
+        t[4]
+    );
+    assert_eq!(t[5]["name"], "SNMPv2-SMI::enterprises.99999.1", "{}", t[5]);
+
+    // Bad requests name their field.
+    let (status, e) = mesh
+        .post("/v1/mibs:translate", &token, json!({"queries": []}))
+        .await;
+    assert_eq!(
+        (status, &e["field"]),
+        (StatusCode::BAD_REQUEST, &json!("queries")),
+        "{e}"
+    );
+}
+
+on_both_stores!(browse_search_and_translate);
