@@ -1500,7 +1500,7 @@ fn catalog(runs: usize, oids: usize) -> anyhow::Result<()> {
     let mut set = None;
     for _ in 0..runs {
         let t = Instant::now();
-        let loaded = MibSet::standard()?;
+        let loaded = MibSet::load_standard()?;
         times.push(t.elapsed());
         set = Some(loaded);
     }

@@ -126,6 +126,12 @@ async fn browse_search_and_translate(mesh: TestMesh) {
     )
     .await;
     assert_eq!(next["children"][0]["name"], "ifPhysAddress");
+    let all = get(&mesh, &token, "/v1/mibs/tree?root=ifEntry&page_size=-1").await;
+    assert_eq!(
+        all["children"].as_array().unwrap().len(),
+        22,
+        "a page size below 1 is the default"
+    );
 
     // Search: exact name first, then prefixes, names that contain it,
     // descriptions.

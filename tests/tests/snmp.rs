@@ -112,7 +112,8 @@ async fn every_rpc_on_every_version() {
             let vbs = body["varbinds"].as_array().unwrap();
             assert_eq!(
                 vbs[0],
-                json!({"oid": "1.3.6.1.2.1.1.1.0", "type": "OCTET STRING", "value": sys_descr, "hex": ""}),
+                json!({"oid": "1.3.6.1.2.1.1.1.0", "type": "OCTET STRING", "value": sys_descr, "hex": "",
+                       "name": "SNMPv2-MIB::sysDescr.0", "label": ""}),
                 "{name}"
             );
             assert_eq!(
@@ -714,6 +715,135 @@ async fn a_full_walk_matches_snmpwalk() {
         }
         assert!(compared > 500, "{name}: compared {compared} values");
     }
+}
+
+/// The MIB catalog names what snmpd answers: every object of the standard
+/// modules in a walk of MIB-2 has its name (a column's index decoded), the
+/// name translates back to the OID, enumerated INTEGERs carry their label,
+/// and requests may name OIDs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walks_name_every_object_the_standard_modules_define() {
+    let (mesh, token) = demo().await;
+    let target = json!({"endpoint": community("2c", "public")});
+    let (status, messages) = stream(
+        &mesh,
+        "/v1/snmp/walk",
+        &token,
+        json!({"target": target, "oid": "mib-2"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{messages:?}");
+    let vbs = varbinds_of(&messages);
+    assert!(vbs.len() > 100, "{} varbinds", vbs.len());
+    // The subtrees the standard modules define objects in: system,
+    // interfaces, tcp, udp, snmp, ifMIB.
+    let covered = [
+        "1.3.6.1.2.1.1.",
+        "1.3.6.1.2.1.2.",
+        "1.3.6.1.2.1.6.",
+        "1.3.6.1.2.1.7.",
+        "1.3.6.1.2.1.11.",
+        "1.3.6.1.2.1.31.1.",
+    ];
+    let groups = [
+        "mib-2",
+        "system",
+        "interfaces",
+        "tcp",
+        "udp",
+        "snmp",
+        "ifMIB",
+        "ifMIBObjects",
+    ];
+    let names: Vec<String> = vbs
+        .iter()
+        .map(|vb| vb["name"].as_str().unwrap().to_owned())
+        .collect();
+    let (status, back) = mesh
+        .post("/v1/mibs:translate", &token, json!({"queries": names}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{back}");
+    let mut named = 0;
+    for (vb, t) in vbs.iter().zip(back["translations"].as_array().unwrap()) {
+        assert_eq!(
+            t["oid"], vb["oid"],
+            "{} names {}: {t}",
+            vb["name"], vb["oid"]
+        );
+        let oid = vb["oid"].as_str().unwrap();
+        if covered.iter().any(|c| oid.starts_with(c)) {
+            let object = t["object"].as_str().unwrap();
+            assert!(
+                !groups.contains(&object),
+                "{oid} is named only by its group: {}",
+                vb["name"]
+            );
+            named += 1;
+        }
+    }
+    assert!(named > 50, "{named} objects of the standard modules");
+    let status = vbs
+        .iter()
+        .find(|vb| vb["oid"] == "1.3.6.1.2.1.2.2.1.8.1")
+        .expect("ifOperStatus.1");
+    assert_eq!(status["name"], "IF-MIB::ifOperStatus.1");
+    assert!(
+        ["up(1)", "down(2)"].contains(&status["label"].as_str().unwrap()),
+        "{status}"
+    );
+    let tcp = vbs
+        .iter()
+        .find(|vb| {
+            vb["oid"]
+                .as_str()
+                .unwrap()
+                .starts_with("1.3.6.1.2.1.6.13.1.1.")
+        })
+        .expect("a tcpConnState");
+    assert!(
+        tcp["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("TCP-MIB::tcpConnState."),
+        "{tcp}"
+    );
+
+    // Names in requests: a get, a walk of a named subtree, a set.
+    let (status, body) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": target, "oids": ["sysDescr.0", "IF-MIB::ifDescr.1"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["varbinds"][0]["oid"], "1.3.6.1.2.1.1.1.0");
+    assert_eq!(body["varbinds"][1]["oid"], "1.3.6.1.2.1.2.2.1.2.1");
+    let (status, messages) = stream(
+        &mesh,
+        "/v1/snmp/walk",
+        &token,
+        json!({"target": target, "oid": "SNMPv2-MIB::system"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        varbinds_of(&messages)
+            .iter()
+            .all(|vb| vb["oid"].as_str().unwrap().starts_with("1.3.6.1.2.1.1."))
+    );
+    let (status, e) = mesh
+        .post(
+            "/v1/snmp/get",
+            &token,
+            json!({"target": target, "oids": ["sysDescr.0", "NOPE-MIB::thing.0"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &e["field"]),
+        (StatusCode::BAD_REQUEST, &json!("oids[1]")),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@ use rdm_kit::{
     mesh::{Context, Spec, Started},
 };
 use rdm_proto::catalog::{self as pb, mib_service_server::MibService};
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub const DOMAIN: &str = "catalog";
@@ -32,7 +31,7 @@ pub const SERVICE: Spec<Args> = Spec::new("catalog", "rdm.catalog.v1", 50057, |a
 
 async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let started = std::time::Instant::now();
-    let set = tokio::task::spawn_blocking(MibSet::standard).await??;
+    let set = tokio::task::spawn_blocking(mibs::standard).await?;
     tracing::info!(
         modules = set.modules().len(),
         diagnostics = set.mib.diagnostics().len(),
@@ -44,9 +43,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
             tracing::info!(diagnostic = %d, "standard MIB modules");
         }
     }
-    let service = Catalog {
-        standard: Arc::new(set),
-    };
+    let service = Catalog { standard: set };
     let routes =
         tonic::service::Routes::new(pb::mib_service_server::MibServiceServer::new(service));
     Ok(Started {
@@ -56,7 +53,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
 }
 
 struct Catalog {
-    standard: Arc<MibSet>,
+    standard: &'static MibSet,
 }
 
 /// Checks a request against its proto's rules (a 400 naming the field).
@@ -118,10 +115,10 @@ impl MibService for Catalog {
                         .map_err(|_| Error::invalid("page_token", "not a token this call gave"))?,
                 ),
             };
-            let size = match r.page_size {
-                0 => 100,
-                n => n as usize,
-            };
+            let size = usize::try_from(r.page_size)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(100);
             self.standard.tree(&r.root, after, size)
         });
         reply(run)
@@ -133,10 +130,10 @@ impl MibService for Catalog {
     ) -> Result<Response<pb::SearchMibsResponse>, Status> {
         let run = checked(&req, "SearchMibsRequest").map(|()| {
             let r = req.get_ref();
-            let size = match r.page_size {
-                0 => 50,
-                n => n as usize,
-            };
+            let size = usize::try_from(r.page_size)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(50);
             pb::SearchMibsResponse {
                 hits: self.standard.search(&r.q, size),
             }

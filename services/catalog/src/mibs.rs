@@ -37,9 +37,19 @@ pub struct MibSet {
     indexes: HashMap<String, Arc<IndexSchema>>,
 }
 
+/// The standard set, loaded once per process (the catalog and the SNMP
+/// service share it under `rdm up`).
+pub fn standard() -> &'static MibSet {
+    static SET: std::sync::LazyLock<MibSet> = std::sync::LazyLock::new(|| {
+        // The modules are compiled into the binary and tested: they load.
+        MibSet::load_standard().expect("the standard MIB modules load")
+    });
+    &SET
+}
+
 impl MibSet {
     /// The standard modules, resolved.
-    pub fn standard() -> Result<Self> {
+    pub fn load_standard() -> Result<Self> {
         let sources = STANDARD
             .iter()
             .map(|(name, text)| mib_rs::source::memory(*name, text.as_bytes().to_vec()))
@@ -262,35 +272,87 @@ impl MibSet {
     /// its OID; an instance's index decoded.
     pub fn translate(&self, query: &str) -> pb::Translation {
         let q = query.trim();
-        let resolved = self.mib.resolve_oid(q);
-        let Ok(oid) = resolved else {
-            return pb::Translation {
-                query: query.to_owned(),
-                error: format!("{}", resolved.unwrap_err()),
-                ..Default::default()
-            };
+        let oid = match self.mib.resolve_oid(q) {
+            Ok(oid) => oid,
+            Err(e) => {
+                return pb::Translation {
+                    query: query.to_owned(),
+                    error: e.to_string(),
+                    ..Default::default()
+                };
+            }
         };
-        let lookup = self.mib.lookup_instance(&oid);
+        // A numeric query is the OID already (less a leading dot).
+        let numeric = q.strip_prefix('.').unwrap_or(q);
+        let oid_text = if numeric.starts_with(|c: char| c.is_ascii_digit()) {
+            numeric.to_owned()
+        } else {
+            oid.to_string()
+        };
+        match self.named(&oid) {
+            Some(named) => pb::Translation {
+                query: query.to_owned(),
+                oid: oid_text,
+                name: named.name,
+                object: named.node.name().to_owned(),
+                module: named
+                    .node
+                    .module()
+                    .map(|m| m.name().to_owned())
+                    .unwrap_or_default(),
+                index: named.index,
+                error: String::new(),
+            },
+            None => pb::Translation {
+                query: query.to_owned(),
+                error: format!("no MIB object holds {oid_text}"),
+                oid: oid_text,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A name's numeric OID (`IF-MIB::ifDescr.1`, `sysDescr.0`).
+    pub fn oid_of(&self, name: &str) -> Result<Oid> {
+        self.mib
+            .resolve_oid(name.trim())
+            .map_err(|e| Error::invalid("", format!("{name}: {e}")))
+    }
+
+    /// What a reply shows beside an OID: its name (empty when no module
+    /// has it) and, for an enumerated INTEGER, the value's label (`up(1)`).
+    pub fn describe(&self, arcs: &[u32], integer: Option<i64>) -> (String, String) {
+        let Some(named) = self.named(&Oid::from(arcs.to_vec())) else {
+            return (String::new(), String::new());
+        };
+        let label = integer
+            .and_then(|v| {
+                let object = named.node.object()?;
+                let e = object.effective_enums().iter().find(|e| e.value == v)?;
+                Some(format!("{}({v})", e.label))
+            })
+            .unwrap_or_default();
+        (named.name, label)
+    }
+
+    /// The deepest named node holding `oid`, its name with the instance's
+    /// arcs, and a column's index decoded by its row's INDEX.
+    fn named(&self, oid: &Oid) -> Option<Named<'_>> {
+        let lookup = self.mib.lookup_instance(oid);
         let node = lookup.node();
         if node.name().is_empty() {
-            return pb::Translation {
-                query: query.to_owned(),
-                oid: oid.to_string(),
-                error: format!("no MIB object holds {oid}"),
-                ..Default::default()
-            };
+            return None;
         }
         let module = node.module().map(|m| m.name()).unwrap_or_default();
-        let mut index = Vec::new();
-        let row = node
+        let mut name = format!("{module}::{}", node.name());
+        let decoded = node
             .object()
-            .and_then(|o| if o.is_row() { Some(o) } else { o.row() });
-        let decoded = row
-            .and_then(|r| self.indexes.get(r.name()))
-            .filter(|_| !lookup.suffix().is_empty())
+            .filter(|o| o.is_column() && !lookup.suffix().is_empty())
+            .and_then(|o| self.indexes.get(o.row()?.name()))
             .and_then(|schema| {
-                let options = mib_rs::DecodeOptions::new(128);
-                let decoded = lookup.decode_indexes_exact(schema, options).ok()?;
+                let decoded = lookup
+                    .decode_indexes_exact(schema, mib_rs::DecodeOptions::new(128))
+                    .ok()?;
                 Some(
                     decoded
                         .components()
@@ -301,38 +363,21 @@ impl MibSet {
                         .collect::<Vec<_>>(),
                 )
             });
-        let mut name = format!("{module}::{}", node.name());
-        match decoded {
-            Some(parts) if node.kind() == Kind::Column => {
-                for part in &parts {
-                    name.push('.');
-                    name.push_str(&quoted(&part.value));
-                }
-                index = parts;
-            }
-            _ => {
-                for arc in lookup.suffix() {
-                    let _ = write!(name, ".{arc}");
-                }
-            }
+        // The name keeps the instance's arcs, so it always reads back as
+        // the OID; the index's values are beside it, decoded.
+        for arc in lookup.suffix() {
+            let _ = write!(name, ".{arc}");
         }
-        // A numeric query is the OID already (less a leading dot).
-        let numeric = q.strip_prefix('.').unwrap_or(q);
-        let oid = if numeric.starts_with(|c: char| c.is_ascii_digit()) {
-            numeric.to_owned()
-        } else {
-            oid.to_string()
-        };
-        pb::Translation {
-            query: query.to_owned(),
-            oid,
-            name,
-            object: node.name().to_owned(),
-            module: module.to_owned(),
-            index,
-            error: String::new(),
-        }
+        let index = decoded.unwrap_or_default();
+        Some(Named { node, name, index })
     }
+}
+
+/// An OID as its catalog names it.
+struct Named<'a> {
+    node: Node<'a>,
+    name: String,
+    index: Vec<pb::IndexValue>,
 }
 
 /// A node's description: its object's or notification's, where it has one.
@@ -341,17 +386,6 @@ fn description(n: Node<'_>) -> &str {
         .map(|o| o.description())
         .or_else(|| n.notification().map(|x| x.description()))
         .unwrap_or_else(|| n.description())
-}
-
-/// An index value in a name: quoted when it could read as arcs.
-fn quoted(value: &str) -> String {
-    if value.is_empty()
-        || value.contains(['.', ' ', '"']) && value.parse::<std::net::Ipv4Addr>().is_err()
-    {
-        format!("\"{}\"", value.replace('"', "\\\""))
-    } else {
-        value.to_owned()
-    }
 }
 
 fn object_details(o: Object<'_>, out: &mut pb::MibObject) {
@@ -402,7 +436,7 @@ mod tests {
 
     #[test]
     fn the_standard_set_loads_and_names_oids() {
-        let set = MibSet::standard().unwrap();
+        let set = standard();
         let names: Vec<String> = set.modules().into_iter().map(|m| m.name).collect();
         for m in ["IF-MIB", "SNMPv2-MIB", "RFC1213-MIB", "TCP-MIB"] {
             assert!(names.iter().any(|n| n == m), "{m} in {names:?}");
@@ -426,5 +460,11 @@ mod tests {
         assert_eq!(ip.name, "IP-MIB::ipAdEntIfIndex.10.0.0.1");
         assert_eq!(ip.index[0].value, "10.0.0.1");
         assert!(!set.translate("NO-MIB::x").error.is_empty());
+        let status = set.oid_of("IF-MIB::ifOperStatus.2").unwrap();
+        assert_eq!(
+            set.describe(&status, Some(1)),
+            ("IF-MIB::ifOperStatus.2".to_owned(), "up(1)".to_owned())
+        );
+        assert_eq!(set.describe(&[1, 3, 6, 1, 4, 1, 99999], Some(1)).1, "");
     }
 }

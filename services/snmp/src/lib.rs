@@ -149,23 +149,46 @@ fn oids(field: &str, texts: &[String]) -> Result<Vec<Oid>> {
     texts
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            t.parse().map_err(|e: engine::oid::BadOid| {
-                Error::invalid(format!("{field}[{i}]"), e.to_string())
-            })
-        })
+        .map(|(i, t)| parse_oid(t).map_err(|why| Error::invalid(format!("{field}[{i}]"), why)))
         .collect()
 }
 
+/// A dotted OID, or a name the MIB catalog knows (`sysDescr.0`,
+/// `IF-MIB::ifDescr.1`).
+fn parse_oid(text: &str) -> Result<Oid, String> {
+    let named = text
+        .trim_start()
+        .starts_with(|c: char| c.is_ascii_alphabetic());
+    match text.parse::<Oid>() {
+        Ok(oid) => Ok(oid),
+        Err(e) if !named => Err(e.to_string()),
+        Err(_) => {
+            let oid = rdm_catalog::mibs::standard()
+                .oid_of(text)
+                .map_err(|e| e.message)?;
+            Oid::try_from_arcs(&oid).ok_or_else(|| format!("{text} is not an OID an agent takes"))
+        }
+    }
+}
+
+/// Variables as replies show them, each named by the MIB catalog.
 fn to_pb(vbs: Vec<VarBind>) -> Vec<pb::VarBind> {
+    let names = rdm_catalog::mibs::standard();
     vbs.into_iter()
         .map(|vb| {
             let (value, hex) = vb.value.to_text();
+            let integer = match vb.value {
+                Value::Integer(n) => Some(n),
+                _ => None,
+            };
+            let (name, label) = names.describe(vb.oid.arcs(), integer);
             pb::VarBind {
                 oid: vb.oid.to_string(),
                 r#type: vb.value.type_name().to_owned(),
                 value,
                 hex,
+                name,
+                label,
             }
         })
         .collect()
@@ -188,9 +211,8 @@ fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
         .iter()
         .enumerate()
         .map(|(i, vb)| {
-            let oid = vb.oid.parse().map_err(|e: engine::oid::BadOid| {
-                Error::invalid(format!("varbinds[{i}].oid"), e.to_string())
-            })?;
+            let oid = parse_oid(&vb.oid)
+                .map_err(|why| Error::invalid(format!("varbinds[{i}].oid"), why))?;
             let field = if vb.hex.is_empty() { "value" } else { "hex" };
             let value = Value::parse(&vb.r#type, &vb.value, &vb.hex).map_err(|e| {
                 let field =
@@ -375,7 +397,8 @@ impl SnmpService for Snmp {
             r.oid.clone()
         };
         let root = Oid::walk_root(&root)
-            .map_err(|e: engine::oid::BadOid| err(Error::invalid("oid", e.to_string())))?;
+            .or_else(|_| parse_oid(&root))
+            .map_err(|why| err(Error::invalid("oid", why)))?;
         // 0 asks for the default: a walk needs at least one a request.
         let max_repetitions = Some(r.max_repetitions).filter(|n| *n > 0);
         check_repetitions(max_repetitions).map_err(err)?;
