@@ -192,4 +192,130 @@ async fn browse_search_and_translate(mesh: TestMesh) {
     );
 }
 
-on_both_stores!(browse_search_and_translate);
+async fn data_models_browsed_searched_and_checked(mesh: TestMesh) {
+    let token = mesh.token("demo", "demo", "demo").await;
+    let models = get(&mesh, &token, "/v1/datamodels").await;
+    assert_eq!(
+        models["models"][0],
+        json!({"name": "Device:2.16", "standard": true, "object_count": 724, "parameter_count": 5872})
+    );
+
+    // The tree: a table shown as {i}, its children and parameters.
+    let wifi = get(
+        &mesh,
+        &token,
+        "/v1/datamodels/Device:2/tree?path=Device.WiFi.",
+    )
+    .await;
+    let children: Vec<&str> = wifi["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        children.contains(&"Device.WiFi.SSID.{i}.") && children.contains(&"Device.WiFi.Radio.{i}."),
+        "{children:?}"
+    );
+    assert!(
+        !children
+            .iter()
+            .any(|c| c.starts_with("Device.WiFi.SSID.{i}.Stats")),
+        "only direct children"
+    );
+    let ssid = get(
+        &mesh,
+        &token,
+        "/v1/datamodels/Device:2.16/tree?path=Device.WiFi.SSID.3",
+    )
+    .await;
+    assert_eq!(
+        (&ssid["object"]["path"], &ssid["object"]["multi_instance"]),
+        (&json!("Device.WiFi.SSID.{i}."), &json!(true))
+    );
+    assert!(
+        ssid["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "SSID")
+    );
+
+    let p = get(
+        &mesh,
+        &token,
+        "/v1/datamodels/Device:2/parameters/Device.ManagementServer.PeriodicInformInterval",
+    )
+    .await["parameter"]
+        .clone();
+    assert_eq!(
+        (&p["writable"], &p["syntax"]["base_type"]),
+        (&json!(true), &json!("unsignedInt")),
+        "{p}"
+    );
+    assert_eq!(p["syntax"]["ranges"], json!([{"min": "1", "max": ""}]));
+    assert_eq!(p["syntax"]["units"], "seconds");
+    let (status, _) = mesh
+        .get("/v1/datamodels/Device:2/parameters/Device.Nope.X", &token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = mesh
+        .get("/v1/datamodels/InternetGatewayDevice:1/tree", &token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let hits = get(&mesh, &token, "/v1/datamodels/search?q=ssid&page_size=5").await["hits"].clone();
+    assert_eq!(
+        (&hits[0]["kind"], &hits[0]["matched"]),
+        (&json!("object"), &json!("name")),
+        "{hits}"
+    );
+    assert_eq!(hits[0]["path"], "Device.WiFi.SSID.{i}.");
+
+    // Validation: every failure kind, instance numbers matched to {i}.
+    let sets = json!({"sets": [
+        {"path": "Device.WiFi.SSID.1.SSID", "value": "cafe"},
+        {"path": "Device.WiFi.SSID.1.Nope", "value": "x"},
+        {"path": "Device.DeviceInfo.SerialNumber", "value": "x"},
+        {"path": "Device.WiFi.SSID.2.Enable", "value": "yes"},
+        {"path": "Device.ManagementServer.PeriodicInformInterval", "value": "0"},
+        {"path": "Device.WiFi.SSID.1.SSID", "value": "x".repeat(33)},
+        {"path": "Device.IP.Diagnostics.IPPing.DiagnosticsState", "value": "Go"},
+        {"path": "Device.Ethernet.Link.1.MACAddress", "value": "00:11:22"}
+    ]});
+    let (status, checked) = mesh.post("/v1/datamodels/validate", &token, sets).await;
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    let codes: Vec<&str> = checked["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "",
+            "unknown_path",
+            "read_only",
+            "wrong_type",
+            "out_of_range",
+            "too_long",
+            "not_in_enumeration",
+            "pattern_mismatch"
+        ]
+    );
+    assert_eq!(checked["results"][0]["ok"], true);
+    assert!(
+        checked["results"][5]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("at most 32"),
+        "{}",
+        checked["results"][5]
+    );
+}
+
+on_both_stores!(
+    browse_search_and_translate,
+    data_models_browsed_searched_and_checked
+);

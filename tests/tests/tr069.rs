@@ -412,6 +412,43 @@ async fn faults_keep_their_meaning(mesh: TestMesh) {
     assert_eq!(faults[3]["cwmp_fault_code"], 9008);
     assert_eq!(faults[3]["code"], "cwmp.9008");
     assert_eq!(faults[3]["task_id"], task_ids[3]);
+    // With validate: true the same sets are refused before the ACS sees
+    // them, by the TR-181 data model.
+    for (name, value, field, code) in [
+        ("Device.Nope", "1", "parameters[0].name", "unknown_path"),
+        (
+            "Device.WiFi.SSID.1.Enable",
+            "maybe",
+            "parameters[0].value",
+            "wrong_type",
+        ),
+        (
+            "Device.DeviceInfo.SerialNumber",
+            "x",
+            "parameters[0].name",
+            "read_only",
+        ),
+    ] {
+        let mut body = set(name, value, "xsd:string");
+        body["validate"] = json!(true);
+        let (status, got) = mesh
+            .post("/v1/tr069/set-parameter-values", &token, body)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{got}");
+        assert_eq!(
+            (&got["field"], &got["validation"]),
+            (&json!(field), &json!(code)),
+            "{got}"
+        );
+    }
+    let (_, after) = mesh
+        .get(&format!("/v1/tr069/faults?device_id={id}"), &token)
+        .await;
+    assert_eq!(
+        after["faults"].as_array().unwrap().len(),
+        4,
+        "no new task reached the ACS"
+    );
     let (_, got) = mesh
         .get(&format!("/v1/tr069/tasks/{}", task_ids[0]), &token)
         .await;

@@ -613,7 +613,39 @@ async fn values_that_do_not_fit_are_400s_before_sending() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
         assert_eq!(reply["field"], field, "{body}: {reply}");
     }
+    // validate: true checks each value against TR-181 first.
+    for (param, field, code) in [
+        (
+            json!({"name": "Device.WiFi.SSID.1.SSID", "value": "x".repeat(33), "data_type": "string"}),
+            "parameters[0].value",
+            "too_long",
+        ),
+        (
+            json!({"name": "Device.DeviceInfo.SerialNumber", "value": "x", "data_type": "string"}),
+            "parameters[0].name",
+            "read_only",
+        ),
+        (
+            json!({"name": "Device.ManagementServer.PeriodicInformInterval", "value": 0, "data_type": "unsignedInt"}),
+            "parameters[0].value",
+            "out_of_range",
+        ),
+    ] {
+        let mut body = set(param.clone());
+        body["validate"] = json!(true);
+        let (status, reply) = mesh.post("/v1/webpa/set", &token, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{param}: {reply}");
+        assert_eq!(
+            (&reply["field"], &reply["validation"]),
+            (&json!(field), &json!(code)),
+            "{reply}"
+        );
+    }
     assert_eq!(sim.writes(GW1), 0, "nothing reached the device");
+    let ok = json!({"target": on(&sim, GW1), "validate": true,
+                    "parameters": [{"name": "Device.WiFi.SSID.1.SSID", "value": "valid", "data_type": "string"}]});
+    let (status, reply) = mesh.post("/v1/webpa/set", &token, ok).await;
+    assert_eq!(status, StatusCode::OK, "a valid set goes through: {reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,14 +2,18 @@
 //! used to name OIDs. Today the standard set (net-snmp's copies of the IETF
 //! modules, in `mibs/`), parsed and resolved by mib-rs at start and shared
 //! by every tenant.
+pub mod datamodel;
 pub mod mibs;
 
+use datamodel::Model;
 use mibs::MibSet;
 use rdm_kit::{
     Error, Principal, Result,
     mesh::{Context, Spec, Started},
 };
-use rdm_proto::catalog::{self as pb, mib_service_server::MibService};
+use rdm_proto::catalog::{
+    self as pb, data_model_service_server::DataModelService, mib_service_server::MibService,
+};
 use tonic::{Request, Response, Status};
 
 pub const DOMAIN: &str = "catalog";
@@ -43,17 +47,49 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
             tracing::info!(diagnostic = %d, "standard MIB modules");
         }
     }
-    let service = Catalog { standard: set };
-    let routes =
-        tonic::service::Routes::new(pb::mib_service_server::MibServiceServer::new(service));
+    let started = std::time::Instant::now();
+    let model = tokio::task::spawn_blocking(datamodel::standard).await?;
+    tracing::info!(
+        model = %model.name,
+        objects = model.objects.len(),
+        parameters = model.parameter_count(),
+        ms = started.elapsed().as_millis() as u64,
+        "standard data model loaded"
+    );
+    let service = Catalog {
+        standard: set,
+        models: vec![model],
+    };
+    let routes = tonic::service::Routes::new(pb::mib_service_server::MibServiceServer::new(
+        service.clone(),
+    ))
+    .add_service(pb::data_model_service_server::DataModelServiceServer::new(
+        service,
+    ));
     Ok(Started {
         router: rdm_kit::server::guarded(routes, context.guard()),
         listeners: Vec::new(),
     })
 }
 
+#[derive(Clone)]
 struct Catalog {
     standard: &'static MibSet,
+    models: Vec<&'static Model>,
+}
+
+impl Catalog {
+    fn model(&self, name: &str) -> Result<&'static Model> {
+        let name = match name.trim() {
+            "" => "Device:2",
+            n => n,
+        };
+        self.models
+            .iter()
+            .find(|m| m.is_named(name))
+            .copied()
+            .ok_or_else(|| Error::not_found(format!("no data model {name}")))
+    }
 }
 
 /// Checks a request against its proto's rules (a 400 naming the field).
@@ -153,6 +189,100 @@ impl MibService for Catalog {
                 .map(|q| self.standard.translate(q))
                 .collect(),
         });
+        reply(run)
+    }
+}
+
+#[tonic::async_trait]
+impl DataModelService for Catalog {
+    async fn list_data_models(
+        &self,
+        req: Request<pb::ListDataModelsRequest>,
+    ) -> Result<Response<pb::ListDataModelsResponse>, Status> {
+        let run = checked(&req, "ListDataModelsRequest").map(|()| pb::ListDataModelsResponse {
+            models: self.models.iter().map(|m| m.summary()).collect(),
+        });
+        reply(run)
+    }
+
+    async fn get_data_model_tree(
+        &self,
+        req: Request<pb::GetDataModelTreeRequest>,
+    ) -> Result<Response<pb::GetDataModelTreeResponse>, Status> {
+        let r = req.get_ref();
+        let run = checked(&req, "GetDataModelTreeRequest")
+            .and_then(|()| self.model(&r.model))
+            .and_then(|m| m.tree(&r.path));
+        reply(run)
+    }
+
+    async fn get_data_model_parameter(
+        &self,
+        req: Request<pb::GetDataModelParameterRequest>,
+    ) -> Result<Response<pb::GetDataModelParameterResponse>, Status> {
+        let r = req.get_ref();
+        let run = checked(&req, "GetDataModelParameterRequest")
+            .and_then(|()| self.model(&r.model))
+            .and_then(|m| {
+                let (object, p) = m.parameter(&r.path).ok_or_else(|| {
+                    Error::not_found(format!("{} has no parameter {}", m.name, r.path))
+                })?;
+                Ok(pb::GetDataModelParameterResponse {
+                    parameter: Some(p.to_pb(&object.path)),
+                })
+            });
+        reply(run)
+    }
+
+    async fn search_data_models(
+        &self,
+        req: Request<pb::SearchDataModelsRequest>,
+    ) -> Result<Response<pb::SearchDataModelsResponse>, Status> {
+        let r = req.get_ref();
+        let run = checked(&req, "SearchDataModelsRequest").and_then(|()| {
+            let size = usize::try_from(r.page_size)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(50);
+            let models = match r.model.as_str() {
+                "" => self.models.clone(),
+                name => vec![self.model(name)?],
+            };
+            let mut hits: Vec<pb::DataModelHit> =
+                models.iter().flat_map(|m| m.search(&r.q, size)).collect();
+            hits.sort_by(|a, b| b.score.cmp(&a.score));
+            hits.truncate(size);
+            Ok(pb::SearchDataModelsResponse { hits })
+        });
+        reply(run)
+    }
+
+    async fn validate_sets(
+        &self,
+        req: Request<pb::ValidateSetsRequest>,
+    ) -> Result<Response<pb::ValidateSetsResponse>, Status> {
+        let r = req.get_ref();
+        let run = checked(&req, "ValidateSetsRequest")
+            .and_then(|()| self.model(&r.model))
+            .map(|m| pb::ValidateSetsResponse {
+                results: r
+                    .sets
+                    .iter()
+                    .map(|set| match m.check(&set.path, &set.value) {
+                        Ok(()) => pb::SetCheck {
+                            path: set.path.clone(),
+                            ok: true,
+                            ..Default::default()
+                        },
+                        Err((code, reason)) => pb::SetCheck {
+                            path: set.path.clone(),
+                            ok: false,
+                            code: code.to_owned(),
+                            reason,
+                        },
+                    })
+                    .collect(),
+            });
         reply(run)
     }
 }

@@ -66,6 +66,8 @@ pub const SERVICE: Spec<Args> = Spec::new("snmp", "rdm.snmp.v1", 50052, |args, c
 });
 
 async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
+    // The MIB modules replies are named with, loaded before the first reply.
+    tokio::task::spawn_blocking(rdm_catalog::mibs::standard).await?;
     let inventory = Inventory(context.resolver(DOMAIN));
     let listen = args.snmp_trap_listen.or(context
         .all_in_one

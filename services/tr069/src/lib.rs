@@ -556,6 +556,14 @@ impl Tr069Service for Tr069 {
         let p = checked(&req, "SetParameterValuesRequest").map_err(err)?;
         let r = req.get_ref();
         let triples = set_triples(&r.parameters).map_err(err)?;
+        if r.validate {
+            rdm_catalog::datamodel::check_sets(
+                r.parameters
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.value.as_str())),
+            )
+            .map_err(err)?;
+        }
         let cpe = self
             .operation_cpe(&req, r.target.as_ref())
             .await

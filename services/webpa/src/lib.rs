@@ -251,6 +251,22 @@ impl WebpaService for Webpa {
         let p = checked(&req, "SetParametersRequest").map_err(err)?.clone();
         let r = req.get_ref();
         let wire = wire_parameters(&r.parameters).map_err(err)?;
+        if r.validate {
+            let texts: Vec<(&str, String)> = r
+                .parameters
+                .iter()
+                .zip(&wire)
+                .map(|(p, w)| {
+                    let value = match &w["value"] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (p.name.as_str(), value)
+                })
+                .collect();
+            rdm_catalog::datamodel::check_sets(texts.iter().map(|(n, v)| (*n, v.as_str())))
+                .map_err(err)?;
+        }
         let mut headers = Vec::new();
         if let Some(t) = &r.test_and_set {
             headers.push(("X-Webpa-Sync-New-Cid", t.new_cid.clone()));
