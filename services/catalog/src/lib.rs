@@ -250,7 +250,7 @@ impl DataModelService for Catalog {
             };
             let mut hits: Vec<pb::DataModelHit> =
                 models.iter().flat_map(|m| m.search(&r.q, size)).collect();
-            hits.sort_by(|a, b| b.score.cmp(&a.score));
+            hits.sort_by_key(|h| std::cmp::Reverse(h.score));
             hits.truncate(size);
             Ok(pb::SearchDataModelsResponse { hits })
         });
