@@ -1,7 +1,9 @@
-//! rdm's catalog service: the MIB modules rdm knows, browsed, searched and
-//! used to name OIDs. Today the standard set (net-snmp's copies of the IETF
-//! modules, in `mibs/`), parsed and resolved by mib-rs at start and shared
-//! by every tenant.
+//! rdm's catalog service: the MIB modules and BBF data models rdm knows,
+//! browsed and searched, naming OIDs ([`mibs`]) and checking proposed
+//! values ([`datamodel`]). Today the standard sets, shared by every tenant:
+//! net-snmp's copies of the IETF modules (`mibs/`, parsed and resolved by
+//! mib-rs) and TR-181 Device:2.16 (`datamodels/`). The SNMP, WebPA and
+//! TR-069 services use the same sets in their own processes.
 pub mod datamodel;
 pub mod mibs;
 
