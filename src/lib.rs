@@ -214,6 +214,9 @@ pub struct ServiceArgs {
     pub service_key_file: PathBuf,
     #[command(flatten)]
     pub addresses: AddressArgs,
+    /// For a service that keeps data of its own (the catalog).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// Everything `rdm up` runs with.
@@ -359,6 +362,8 @@ fn signing_key(
 /// (without) run it.
 struct Inventory {
     router: axum::Router,
+    /// Its database, which the services that keep data share under `rdm up`.
+    db: Db,
     verifier: Verifier,
     bootstrapped: rdm_inventory::Bootstrapped,
     /// Records the calls that change something, in the inventory's database.
@@ -393,6 +398,7 @@ async fn start_inventory(
         tracing::warn!("no RDM_SERVICE_KEY_FILE: internal calls (target resolution) are refused");
     }
     let audit: rdm_kit::audit::Sink = Arc::new(rdm_inventory::DbAudit(db.clone()));
+    let shared_db = db.clone();
     let config = rdm_inventory::Config {
         keyring,
         db,
@@ -418,6 +424,7 @@ async fn start_inventory(
     .await?;
     Ok(Inventory {
         router,
+        db: shared_db,
         verifier,
         bootstrapped,
         audit,
@@ -464,6 +471,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         .with_own_listeners(metrics.addr());
     let Inventory {
         router: inventory,
+        db: inventory_db,
         verifier,
         bootstrapped,
         audit,
@@ -490,6 +498,17 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         addresses: addresses.clone(),
         shutdown: shutdown.clone(),
         all_in_one: true,
+        database: Some(mesh::Database {
+            db: inventory_db.clone(),
+            migrate_url: Some(
+                settings
+                    .inventory
+                    .database
+                    .database_admin_url
+                    .clone()
+                    .map_or_else(|| settings.inventory.database.url(Some(&opts.data_dir)), Ok)?,
+            ),
+        }),
     };
     let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory_backend.clone())]);
     let mut names = server::service_names(INVENTORY_PACKAGE);
@@ -640,6 +659,19 @@ pub async fn serve_service(
         addresses,
         shutdown: shutdown.clone(),
         all_in_one: false,
+        database: match &args.database.database_url {
+            Some(url) => Some(mesh::Database {
+                db: Db::connect(url, 8)
+                    .await
+                    .context("connecting the database")?,
+                migrate_url: args
+                    .database
+                    .database_admin_url
+                    .clone()
+                    .or_else(|| url.starts_with("sqlite:").then(|| url.clone())),
+            }),
+            None => None,
+        },
     };
     let started = service.start(matches, context).await?;
     metrics.start(&shutdown);
@@ -739,6 +771,10 @@ pub async fn migrate(database: &DatabaseArgs, data_dir: &Path) -> anyhow::Result
         .await
         .context("migrating the inventory database")?;
     println!("inventory: migrations applied");
+    Db::migrate(&url, &rdm_catalog::store::MIGRATIONS)
+        .await
+        .context("migrating the catalog's tables")?;
+    println!("catalog: migrations applied");
     Ok(())
 }
 

@@ -315,7 +315,199 @@ async fn data_models_browsed_searched_and_checked(mesh: TestMesh) {
     );
 }
 
+/// A .tar.gz of `members`; a name is written into the header as given
+/// (the tar crate refuses `..`, an attacker's tool does not).
+fn tar_gz(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (name, data) in members {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// Posts a file to /v1/mibs and waits (at most 10 s) for its parse.
+async fn upload(mesh: &TestMesh, token: &str, filename: &str, data: Vec<u8>) -> Value {
+    let reply: Value = mesh
+        .http
+        .post(mesh.url(&format!("/v1/mibs?filename={filename}")))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = reply["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"))
+        .to_owned();
+    assert_eq!(reply["status"], "parsing", "{reply}");
+    for _ in 0..200 {
+        let upload = get(mesh, token, &format!("/v1/mibs/uploads/{id}")).await;
+        if upload["status"] != "parsing" {
+            return upload;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("upload {id} still parsing after 10 s");
+}
+
+fn module_names(modules: &Value) -> Vec<String> {
+    modules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const UCD_SNMP_MIB: &[u8] = include_bytes!("../data/mibs/UCD-SNMP-MIB.txt");
+const UCD_DISKIO_MIB: &[u8] = include_bytes!("../data/mibs/UCD-DISKIO-MIB.txt");
+
+async fn tenant_modules_uploaded_resolved_and_deleted(mesh: TestMesh) {
+    let token = mesh.token("demo", "demo", "demo").await;
+
+    // A module whose import is missing: added, the import named.
+    let first = upload(&mesh, &token, "UCD-DISKIO-MIB.txt", UCD_DISKIO_MIB.to_vec()).await;
+    assert_eq!(
+        (&first["status"], &first["added"]),
+        (&json!("done"), &json!(["UCD-DISKIO-MIB"])),
+        "{first}"
+    );
+    assert_eq!(
+        first["missing_imports"],
+        json!([{"module": "UCD-DISKIO-MIB", "from": "UCD-SNMP-MIB", "symbols": ["ucdExperimental"]}])
+    );
+    // The import, as a .tar.gz: the module resolves.
+    let second = upload(
+        &mesh,
+        &token,
+        "ucd.tar.gz",
+        tar_gz(&[("mibs/UCD-SNMP-MIB.txt", UCD_SNMP_MIB)]),
+    )
+    .await;
+    assert_eq!(second["added"], json!(["UCD-SNMP-MIB"]), "{second}");
+    let again = upload(&mesh, &token, "UCD-DISKIO-MIB.txt", UCD_DISKIO_MIB.to_vec()).await;
+    assert_eq!(again["missing_imports"], json!([]), "{again}");
+    let names = module_names(&get(&mesh, &token, "/v1/mibs/modules").await);
+    assert!(
+        names.contains(&"UCD-SNMP-MIB".to_owned()) && names.contains(&"IF-MIB".to_owned()),
+        "{names:?}"
+    );
+    let table = get(
+        &mesh,
+        &token,
+        "/v1/mibs/objects/UCD-DISKIO-MIB::diskIOTable",
+    )
+    .await["object"]
+        .clone();
+    assert_eq!(table["oid"], "1.3.6.1.4.1.2021.13.15.1", "{table}");
+    let (_, t) = mesh
+        .post(
+            "/v1/mibs:translate",
+            &token,
+            json!({"queries": ["1.3.6.1.4.1.2021.13.15.1.1.2.3"]}),
+        )
+        .await;
+    assert_eq!(
+        t["translations"][0]["name"], "UCD-DISKIO-MIB::diskIODevice.3",
+        "{t}"
+    );
+
+    // Another tenant sees none of it.
+    let (_, other) = mesh.tenant_with_admin("other").await;
+    let names = module_names(&get(&mesh, &other, "/v1/mibs/modules").await);
+    assert!(!names.iter().any(|n| n.starts_with("UCD-")), "{names:?}");
+    let (_, t) = mesh
+        .post(
+            "/v1/mibs:translate",
+            &other,
+            json!({"queries": ["1.3.6.1.4.1.2021.13.15.1.1.2.3"]}),
+        )
+        .await;
+    assert_eq!(
+        t["translations"][0]["name"], "SNMPv2-SMI::enterprises.2021.13.15.1.1.2.3",
+        "{t}"
+    );
+    let id = first["id"].as_str().unwrap();
+    let (status, _) = mesh.get(&format!("/v1/mibs/uploads/{id}"), &other).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's upload");
+
+    // Bombs, archives in archives and paths leaving the archive: refused
+    // whole, nothing stored.
+    let bomb = tar_gz(&[("big.txt", &vec![b' '; 40 << 20])]);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    for (name, data, says) in [
+        ("bomb.tar.gz", bomb, "more than 32 MiB"),
+        (
+            "nested.tgz",
+            tar_gz(&[("inner.tar.gz", &tar_gz(&[("A.txt", b"x")]))]),
+            "archive inside",
+        ),
+        (
+            "escape.tar.gz",
+            tar_gz(&[("../../etc/UCD-X.txt", UCD_SNMP_MIB)]),
+            "leaves the archive",
+        ),
+    ] {
+        let failed = upload(&mesh, &token, name, data).await;
+        assert_eq!(failed["status"], "failed", "{failed}");
+        assert!(failed["error"].as_str().unwrap().contains(says), "{failed}");
+    }
+    let (_, modules) = mesh.get("/v1/mibs/modules", &token).await;
+    assert_eq!(
+        module_names(&modules)
+            .iter()
+            .filter(|n| n.starts_with("UCD-"))
+            .count(),
+        2
+    );
+    let junk = upload(&mesh, &token, "notes.txt", b"just some notes".to_vec()).await;
+    assert!(
+        junk["failed"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no module"),
+        "{junk}"
+    );
+
+    // Deleting an imported module is refused, naming who imports it.
+    let (status, e) = mesh.delete("/v1/mibs/modules/UCD-SNMP-MIB", &token).await;
+    assert_eq!(
+        (status, &e["dependents"]),
+        (StatusCode::CONFLICT, &json!("UCD-DISKIO-MIB")),
+        "{e}"
+    );
+    let (status, e) = mesh.delete("/v1/mibs/modules/IF-MIB", &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("standard"), "{e}");
+    let (status, done) = mesh
+        .delete("/v1/mibs/modules/UCD-SNMP-MIB?force=true", &token)
+        .await;
+    assert_eq!(
+        (status, &done["dependents"]),
+        (StatusCode::OK, &json!(["UCD-DISKIO-MIB"])),
+        "{done}"
+    );
+    let (status, _) = mesh
+        .get("/v1/mibs/objects/UCD-SNMP-MIB::ucdavis", &token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 on_both_stores!(
     browse_search_and_translate,
-    data_models_browsed_searched_and_checked
+    data_models_browsed_searched_and_checked,
+    tenant_modules_uploaded_resolved_and_deleted
 );

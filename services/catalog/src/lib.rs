@@ -6,15 +6,23 @@
 //! TR-069 services use the same sets in their own processes.
 pub mod datamodel;
 pub mod mibs;
+pub mod store;
+pub mod uploads;
 
 use datamodel::Model;
 use mibs::MibSet;
 use rdm_kit::{
-    Error, Principal, Result,
-    mesh::{Context, Spec, Started},
+    Error, ErrorCode, Principal, Result,
+    db::{Db, Scope},
+    mesh::{Context, Database, Spec, Started},
 };
 use rdm_proto::catalog::{
     self as pb, data_model_service_server::DataModelService, mib_service_server::MibService,
+};
+use std::{
+    collections::HashMap,
+    ops::Deref,
+    sync::{Arc, Mutex},
 };
 use tonic::{Request, Response, Status};
 
@@ -58,9 +66,12 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         ms = started.elapsed().as_millis() as u64,
         "standard data model loaded"
     );
+    let db = Database::migrated(&context, "catalog", &store::MIGRATIONS).await?;
     let service = Catalog {
         standard: set,
         models: vec![model],
+        db,
+        tenants: Arc::default(),
     };
     let routes = tonic::service::Routes::new(pb::mib_service_server::MibServiceServer::new(
         service.clone(),
@@ -78,9 +89,105 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
 struct Catalog {
     standard: &'static MibSet,
     models: Vec<&'static Model>,
+    db: Db,
+    tenants: Tenants,
+}
+
+/// Each tenant's modules resolved with the standard set, and the version
+/// of its modules they were resolved from.
+type Tenants = Arc<Mutex<HashMap<String, (store::Version, Arc<MibSet>)>>>;
+
+/// The modules a tenant sees: the standard set alone, or with its own.
+enum Mibs {
+    Standard(&'static MibSet),
+    Tenant(Arc<MibSet>),
+}
+
+impl Deref for Mibs {
+    type Target = MibSet;
+    fn deref(&self) -> &MibSet {
+        match self {
+            Mibs::Standard(set) => set,
+            Mibs::Tenant(set) => set,
+        }
+    }
+}
+
+fn scope(p: &Principal) -> Scope<'_> {
+    Scope::Tenant {
+        tenant_id: &p.tenant_id,
+        user_id: &p.user_id,
+    }
 }
 
 impl Catalog {
+    /// The modules `p`'s tenant sees, resolved again when its own changed.
+    async fn mibs(&self, p: &Principal) -> Result<Mibs> {
+        let mut tx = self.db.begin(scope(p)).await?;
+        let version = store::version(&mut tx, &p.tenant_id).await?;
+        if version.0 == 0 {
+            return Ok(Mibs::Standard(self.standard));
+        }
+        if let Some((v, set)) = self.tenants.lock().unwrap().get(&p.tenant_id)
+            && *v == version
+        {
+            return Ok(Mibs::Tenant(set.clone()));
+        }
+        let extra: Vec<(String, String)> = store::modules(&mut tx, &p.tenant_id)
+            .await?
+            .into_iter()
+            .map(|m| (m.name, m.source))
+            .collect();
+        drop(tx);
+        let set = tokio::task::spawn_blocking(move || MibSet::load(&extra))
+            .await
+            .map_err(|e| Error::internal("resolving MIB modules", e))??;
+        let set = Arc::new(set);
+        self.tenants
+            .lock()
+            .unwrap()
+            .insert(p.tenant_id.clone(), (version, set.clone()));
+        Ok(Mibs::Tenant(set))
+    }
+
+    /// Reads an upload's files, resolves them and stores what resolved.
+    async fn process(&self, p: Principal, mut upload: pb::MibUpload, data: Vec<u8>) -> Result<()> {
+        let filename = upload.filename.clone();
+        let mut tx = self.db.begin(scope(&p)).await?;
+        let existing: Vec<(String, String)> = store::modules(&mut tx, &p.tenant_id)
+            .await?
+            .into_iter()
+            .map(|m| (m.name, m.source))
+            .collect();
+        drop(tx);
+        let resolved = tokio::task::spawn_blocking(move || {
+            uploads::files(&filename, &data).map(|files| uploads::resolve(files, &existing))
+        })
+        .await
+        .map_err(|e| Error::internal("reading an upload", e))?;
+        let mut tx = self.db.begin_write(scope(&p)).await?;
+        match resolved {
+            Ok(resolved) => {
+                for (name, text) in &resolved.store {
+                    store::put_module(&mut tx, &p.tenant_id, name, text, &upload.id).await?;
+                }
+                upload = pb::MibUpload {
+                    id: upload.id,
+                    filename: upload.filename,
+                    ..resolved.report
+                };
+            }
+            Err(why) => {
+                upload.status = "failed".into();
+                upload.error = why;
+            }
+        }
+        store::put_upload(&mut tx, &p.tenant_id, &upload).await?;
+        tx.commit().await?;
+        tracing::info!(tenant_id = %p.tenant_id, upload = %upload.id, added = upload.added.len(), failed = upload.failed.len(), status = %upload.status, "MIB upload parsed");
+        Ok(())
+    }
+
     fn model(&self, name: &str) -> Result<&'static Model> {
         let name = match name.trim() {
             "" => "Device:2",
@@ -113,38 +220,49 @@ impl MibService for Catalog {
         &self,
         req: Request<pb::ListMibModulesRequest>,
     ) -> Result<Response<pb::ListMibModulesResponse>, Status> {
-        let run = checked(&req, "ListMibModulesRequest").map(|()| pb::ListMibModulesResponse {
-            modules: self.standard.modules(),
-        });
-        reply(run)
+        let run = async {
+            checked(&req, "ListMibModulesRequest")?;
+            let mibs = self.mibs(Principal::of(&req)?).await?;
+            Ok(pb::ListMibModulesResponse {
+                modules: mibs.modules(),
+            })
+        };
+        reply(run.await)
     }
 
     async fn get_mib_module(
         &self,
         req: Request<pb::GetMibModuleRequest>,
     ) -> Result<Response<pb::GetMibModuleResponse>, Status> {
-        let run = checked(&req, "GetMibModuleRequest")
-            .and_then(|()| self.standard.module(req.get_ref().name.trim()));
-        reply(run)
+        let run = async {
+            checked(&req, "GetMibModuleRequest")?;
+            let mibs = self.mibs(Principal::of(&req)?).await?;
+            mibs.module(req.get_ref().name.trim())
+        };
+        reply(run.await)
     }
 
     async fn get_mib_object(
         &self,
         req: Request<pb::GetMibObjectRequest>,
     ) -> Result<Response<pb::GetMibObjectResponse>, Status> {
-        let run = checked(&req, "GetMibObjectRequest")
-            .and_then(|()| self.standard.object(&req.get_ref().query))
-            .map(|object| pb::GetMibObjectResponse {
-                object: Some(object),
-            });
-        reply(run)
+        let run = async {
+            checked(&req, "GetMibObjectRequest")?;
+            let mibs = self.mibs(Principal::of(&req)?).await?;
+            Ok(pb::GetMibObjectResponse {
+                object: Some(mibs.object(&req.get_ref().query)?),
+            })
+        };
+        reply(run.await)
     }
 
     async fn get_mib_tree(
         &self,
         req: Request<pb::GetMibTreeRequest>,
     ) -> Result<Response<pb::GetMibTreeResponse>, Status> {
-        let run = checked(&req, "GetMibTreeRequest").and_then(|()| {
+        let run = async {
+            checked(&req, "GetMibTreeRequest")?;
+            let mibs = self.mibs(Principal::of(&req)?).await?;
             let r = req.get_ref();
             let after = match r.page_token.as_str() {
                 "" => None,
@@ -157,41 +275,152 @@ impl MibService for Catalog {
                 .ok()
                 .filter(|n| *n > 0)
                 .unwrap_or(100);
-            self.standard.tree(&r.root, after, size)
-        });
-        reply(run)
+            mibs.tree(&r.root, after, size)
+        };
+        reply(run.await)
     }
 
     async fn search_mibs(
         &self,
         req: Request<pb::SearchMibsRequest>,
     ) -> Result<Response<pb::SearchMibsResponse>, Status> {
-        let run = checked(&req, "SearchMibsRequest").map(|()| {
+        let run = async {
+            checked(&req, "SearchMibsRequest")?;
+            let mibs = self.mibs(Principal::of(&req)?).await?;
             let r = req.get_ref();
             let size = usize::try_from(r.page_size)
                 .ok()
                 .filter(|n| *n > 0)
                 .unwrap_or(50);
-            pb::SearchMibsResponse {
-                hits: self.standard.search(&r.q, size),
-            }
-        });
-        reply(run)
+            Ok(pb::SearchMibsResponse {
+                hits: mibs.search(&r.q, size),
+            })
+        };
+        reply(run.await)
     }
 
     async fn translate_oids(
         &self,
         req: Request<pb::TranslateOidsRequest>,
     ) -> Result<Response<pb::TranslateOidsResponse>, Status> {
-        let run = checked(&req, "TranslateOidsRequest").map(|()| pb::TranslateOidsResponse {
-            translations: req
-                .get_ref()
-                .queries
+        let run = async {
+            checked(&req, "TranslateOidsRequest")?;
+            let mibs = self.mibs(Principal::of(&req)?).await?;
+            Ok(pb::TranslateOidsResponse {
+                translations: req
+                    .get_ref()
+                    .queries
+                    .iter()
+                    .map(|q| mibs.translate(q))
+                    .collect(),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn upload_mibs(
+        &self,
+        req: Request<pb::UploadMibsRequest>,
+    ) -> Result<Response<pb::UploadMibsResponse>, Status> {
+        let run = async {
+            checked(&req, "UploadMibsRequest")?;
+            let p = Principal::of(&req)?.clone();
+            let r = req.get_ref();
+            let data = r.file.as_ref().map(|f| f.data.clone()).unwrap_or_default();
+            if data.is_empty() {
+                return Err(Error::invalid(
+                    "file",
+                    "the upload is empty: post the file itself",
+                ));
+            }
+            let upload = pb::MibUpload {
+                id: uuid::Uuid::now_v7().to_string(),
+                status: "parsing".into(),
+                filename: r.filename.trim().to_owned(),
+                ..Default::default()
+            };
+            let mut tx = self.db.begin_write(scope(&p)).await?;
+            store::put_upload(&mut tx, &p.tenant_id, &upload).await?;
+            tx.commit().await?;
+            let (this, pending) = (self.clone(), upload.clone());
+            tokio::spawn(async move {
+                let id = pending.id.clone();
+                if let Err(e) = this.process(p, pending, data).await {
+                    tracing::error!(upload = %id, error = %e.message, "MIB upload not processed");
+                }
+            });
+            Ok(pb::UploadMibsResponse {
+                upload: Some(upload),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn get_mib_upload(
+        &self,
+        req: Request<pb::GetMibUploadRequest>,
+    ) -> Result<Response<pb::GetMibUploadResponse>, Status> {
+        let run = async {
+            checked(&req, "GetMibUploadRequest")?;
+            let p = Principal::of(&req)?;
+            let id = req.get_ref().id.trim();
+            let mut tx = self.db.begin(scope(p)).await?;
+            let upload = store::upload(&mut tx, &p.tenant_id, id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))?;
+            Ok(pb::GetMibUploadResponse {
+                upload: Some(upload),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn delete_mib_module(
+        &self,
+        req: Request<pb::DeleteMibModuleRequest>,
+    ) -> Result<Response<pb::DeleteMibModuleResponse>, Status> {
+        let run = async {
+            checked(&req, "DeleteMibModuleRequest")?;
+            let p = Principal::of(&req)?;
+            let r = req.get_ref();
+            let name = r.name.trim();
+            let mibs = self.mibs(p).await?;
+            let mut tx = self.db.begin_write(scope(p)).await?;
+            let own = store::modules(&mut tx, &p.tenant_id)
+                .await?
                 .iter()
-                .map(|q| self.standard.translate(q))
-                .collect(),
-        });
-        reply(run)
+                .any(|m| m.name == name);
+            if !own {
+                let why = if mibs::STANDARD.iter().any(|(s, _)| *s == name) {
+                    format!(
+                        "{name} is a standard module, shared by every tenant: it cannot be deleted"
+                    )
+                } else {
+                    format!("this tenant has no MIB module {name}")
+                };
+                return Err(Error::not_found(why));
+            }
+            let dependents: Vec<String> = mibs
+                .mib
+                .modules()
+                .filter(|m| m.name() != name && m.imports().iter().any(|i| i.module == name))
+                .map(|m| m.name().to_owned())
+                .collect();
+            if !dependents.is_empty() && !r.force {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "{name} is imported by {}: delete those first, or send force",
+                        dependents.join(", ")
+                    ),
+                )
+                .with_meta("dependents", dependents.join(",")));
+            }
+            store::delete_module(&mut tx, &p.tenant_id, name).await?;
+            tx.commit().await?;
+            Ok(pb::DeleteMibModuleResponse { dependents })
+        };
+        reply(run.await)
     }
 }
 

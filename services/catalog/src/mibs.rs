@@ -50,16 +50,37 @@ pub fn standard() -> &'static MibSet {
 impl MibSet {
     /// The standard modules, resolved.
     pub fn load_standard() -> Result<Self> {
-        let sources = STANDARD
+        Self::load(&[])
+    }
+
+    /// The standard modules and a tenant's (name, text), resolved together.
+    pub fn load(extra: &[(String, String)]) -> Result<Self> {
+        // A tenant's module of a standard module's name replaces it, for
+        // that tenant only.
+        let standard_kept = STANDARD
             .iter()
-            .map(|(name, text)| mib_rs::source::memory(*name, text.as_bytes().to_vec()))
-            .collect();
+            .filter(|(name, _)| !extra.iter().any(|(n, _)| n == name));
+        let sources =
+            standard_kept
+                .clone()
+                .map(|(name, text)| mib_rs::source::memory(*name, text.as_bytes().to_vec()))
+                .chain(extra.iter().map(|(name, text)| {
+                    mib_rs::source::memory(name.clone(), text.as_bytes().to_vec())
+                }))
+                .collect();
+        let names = standard_kept
+            .map(|(name, _)| (*name).to_owned())
+            .chain(extra.iter().map(|(name, _)| name.clone()));
         let mib = mib_rs::Loader::new()
             .source(mib_rs::source::chain(sources))
-            .modules(STANDARD.iter().map(|(name, _)| *name))
+            .modules(names)
             .load()
-            .map_err(|e| Error::internal("loading the standard MIB modules", e))?;
-        let standard = STANDARD.iter().map(|(n, _)| (*n).to_owned()).collect();
+            .map_err(|e| Error::internal("loading MIB modules", e))?;
+        let standard = STANDARD
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .filter(|n| !extra.iter().any(|(e, _)| e == n))
+            .collect();
         Ok(Self::new(mib, standard))
     }
 

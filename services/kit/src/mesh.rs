@@ -32,6 +32,36 @@ pub struct Context {
     /// `rdm up` (every service in one process, on loopback) rather than
     /// `rdm serve`: some defaults differ, such as listeners left off.
     pub all_in_one: bool,
+    /// The database, for a service that keeps data of its own (`rdm up`:
+    /// the inventory's SQLite file; `rdm serve`: RDM_DATABASE_URL, if set).
+    pub database: Option<Database>,
+}
+
+/// A service's database, and how its migrations run.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub db: crate::db::Db,
+    /// An owner's URL to run the service's migrations with at start (or
+    /// SQLite's own); None: `rdm migrate` runs them.
+    pub migrate_url: Option<String>,
+}
+
+impl Database {
+    /// The database, migrated if this process may; an error names what is
+    /// missing.
+    pub async fn migrated(
+        context: &Context,
+        service: &str,
+        migrations: &crate::db::Migrations,
+    ) -> anyhow::Result<crate::db::Db> {
+        let Some(database) = &context.database else {
+            anyhow::bail!("RDM_DATABASE_URL is required for the {service} service");
+        };
+        if let Some(url) = &database.migrate_url {
+            crate::db::Db::migrate(url, migrations).await?;
+        }
+        Ok(database.db.clone())
+    }
 }
 
 impl Context {
