@@ -1489,34 +1489,48 @@ async fn mellophone(calls: usize, concurrency: usize, logins: usize) -> anyhow::
     Ok(())
 }
 
-fn catalog(runs: usize, oids: usize) -> anyhow::Result<()> {
-    use rdm_catalog::mibs::{MibSet, STANDARD};
-    println!(
-        "rdm bench catalog: the {} standard MIB modules, median of {runs} loads; TranslateOids of {oids} OIDs each way, in process, on {} cores",
-        STANDARD.len(),
-        cores()
-    );
+/// Loads something `runs` times: the last one kept, and a line with the
+/// median time (and its spread) and the memory the loads left resident.
+fn loads<T, E: Into<anyhow::Error>>(
+    runs: usize,
+    what: &str,
+    load: impl Fn() -> Result<T, E>,
+) -> anyhow::Result<T> {
     let before = rss_kib("self");
     let mut times = Vec::with_capacity(runs);
-    let mut set = None;
+    let mut kept = None;
     for _ in 0..runs {
         let t = Instant::now();
-        let loaded = MibSet::load_standard()?;
+        kept = Some(load().map_err(Into::into)?);
         times.push(t.elapsed());
-        set = Some(loaded);
     }
     times.sort();
-    let set = set.expect("at least one run");
-    let after = rss_kib("self");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "  parse and resolve   {:8.1} ms median ({:.1} to {:.1})   goal < 1000 ms",
-        times[runs / 2].as_secs_f64() * 1e3,
-        times[0].as_secs_f64() * 1e3,
-        times[runs - 1].as_secs_f64() * 1e3
+        "  {what:<20}{:8.1} ms median ({:.1} to {:.1}), {:.1} MiB more resident (one kept)   goal < 1000 ms",
+        ms(times[runs / 2]),
+        ms(times[0]),
+        ms(times[runs - 1]),
+        rss_kib("self").saturating_sub(before) as f64 / 1024.0
     );
+    kept.ok_or_else(|| anyhow::anyhow!("no run"))
+}
+
+fn catalog(runs: usize, oids: usize) -> anyhow::Result<()> {
+    use rdm_catalog::{datamodel, mibs};
     println!(
-        "  memory              {:8.1} MiB more resident after the loads (one set kept)",
-        after.saturating_sub(before) as f64 / 1024.0
+        "rdm bench catalog: the {} standard MIB modules and the TR-181 XML, median of {runs} loads; TranslateOids of {oids} OIDs each way; in process, on {} cores",
+        mibs::STANDARD.len(),
+        cores()
+    );
+    let set = loads(runs, "MIB modules", mibs::MibSet::load_standard)?;
+    let model = loads(runs, "TR-181 XML (3.7 MB)", datamodel::load_standard)?;
+    println!(
+        "  {} modules, {} objects; {} data model objects, {} parameters",
+        set.modules().len(),
+        set.mib.objects().count(),
+        model.objects.len(),
+        model.parameter_count()
     );
     // Columns of ifTable and ipAddrTable with indexes, and scalars.
     let queries: Vec<String> = (0..oids)
@@ -1550,28 +1564,5 @@ fn catalog(runs: usize, oids: usize) -> anyhow::Result<()> {
         backward.as_secs_f64() * 1e3
     );
     println!("  e.g. {} -> {}", queries[1], names[1]);
-    let before = rss_kib("self");
-    let mut times = Vec::with_capacity(runs);
-    let mut model = None;
-    for _ in 0..runs {
-        let t = Instant::now();
-        let loaded = rdm_catalog::datamodel::load_standard()?;
-        times.push(t.elapsed());
-        model = Some(loaded);
-    }
-    times.sort();
-    let model = model.expect("at least one run");
-    println!(
-        "  TR-181 XML          {:8.1} ms median ({:.1} to {:.1}) for {} objects, {} parameters (3.7 MB)   goal < 1000 ms",
-        times[runs / 2].as_secs_f64() * 1e3,
-        times[0].as_secs_f64() * 1e3,
-        times[runs - 1].as_secs_f64() * 1e3,
-        model.objects.len(),
-        model.parameter_count()
-    );
-    println!(
-        "  memory              {:8.1} MiB more resident after the loads (one model kept)",
-        rss_kib("self").saturating_sub(before) as f64 / 1024.0
-    );
     Ok(())
 }

@@ -304,6 +304,43 @@ mod tests {
         builder.into_inner().unwrap().finish().unwrap()
     }
 
+    fn zip(members: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in members {
+            w.start_file(*name, options).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn zips_are_read_within_limits() {
+        let ok = zip(&[("A-MIB.my", b"A-MIB DEFINITIONS ::= BEGIN END")]);
+        assert_eq!(files("x.zip", &ok).unwrap()[0].name, "A-MIB.my");
+        let bomb = zip(&[("big.txt", &vec![0u8; 40 << 20])]);
+        assert!(bomb.len() < 1 << 20);
+        assert!(
+            files("bomb.zip", &bomb)
+                .unwrap_err()
+                .contains("more than 32 MiB")
+        );
+        let escape = zip(&[("../../etc/A.txt", b"x")]);
+        assert!(
+            files("e.zip", &escape)
+                .unwrap_err()
+                .contains("leaves the archive")
+        );
+        let inner = zip(&[("inner.zip", &ok)]);
+        assert!(
+            files("n.zip", &inner)
+                .unwrap_err()
+                .contains("archive inside")
+        );
+    }
+
     #[test]
     fn archives_are_read_within_limits() {
         let ok = tar_gz(&[("mibs/A-MIB.txt", b"A-MIB DEFINITIONS ::= BEGIN END")]);
