@@ -214,9 +214,10 @@ pub struct ServiceArgs {
     pub service_key_file: PathBuf,
     #[command(flatten)]
     pub addresses: AddressArgs,
-    /// For a service that keeps data of its own (the catalog).
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    /// The database, for a service that keeps data of its own (its
+    /// command takes [`DatabaseArgs`] then).
+    #[arg(skip)]
+    pub database: Option<DatabaseArgs>,
 }
 
 /// Everything `rdm up` runs with.
@@ -659,13 +660,16 @@ pub async fn serve_service(
         addresses,
         shutdown: shutdown.clone(),
         all_in_one: false,
-        database: match &args.database.database_url {
-            Some(url) => Some(mesh::Database {
+        database: match args
+            .database
+            .as_ref()
+            .and_then(|d| d.database_url.as_ref().map(|url| (d, url)))
+        {
+            Some((d, url)) => Some(mesh::Database {
                 db: Db::connect(url, 8)
                     .await
                     .context("connecting the database")?,
-                migrate_url: args
-                    .database
+                migrate_url: d
                     .database_admin_url
                     .clone()
                     .or_else(|| url.starts_with("sqlite:").then(|| url.clone())),

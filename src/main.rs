@@ -156,6 +156,12 @@ fn serve_command() -> clap::Command {
             s.port(),
             |c| ServiceArgs::augment_args(RemoteArgs::augment_args(c)),
         );
+        // Only a service that keeps data takes the database's settings.
+        let command = if s.uses_database() {
+            DatabaseArgs::augment_args(command)
+        } else {
+            command
+        };
         let about = command.get_about().cloned().unwrap_or_default();
         s.args(command).about(about)
     });
@@ -241,7 +247,10 @@ async fn run_serve(role: &str, m: &clap::ArgMatches, mut server: ServerArgs) -> 
                 .find(|s| s.name() == name)
                 .with_context(|| format!("no service named {name}"))?;
             let remote = RemoteArgs::from_arg_matches(m)?;
-            let args = ServiceArgs::from_arg_matches(m)?;
+            let mut args = ServiceArgs::from_arg_matches(m)?;
+            if service.uses_database() {
+                args.database = Some(DatabaseArgs::from_arg_matches(m)?);
+            }
             rdm::serve_service(*service, listen, &remote, &args, m, &server, shutdown).await
         }
     }
@@ -389,6 +398,11 @@ mod tests {
                 "serve snmp lists {other}"
             );
         }
+        let catalog = env_vars(&sub(&["serve", "catalog"]));
+        assert!(
+            catalog.contains(&"RDM_DATABASE_URL".to_owned()),
+            "the catalog keeps data"
+        );
         let gateway = env_vars(&sub(&["serve", "gateway"]));
         assert!(gateway.contains(&"RDM_SNMP_URL".to_owned()));
         assert!(!gateway.contains(&"RDM_JWT_KEY_FILE".to_owned()));

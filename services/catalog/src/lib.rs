@@ -41,7 +41,8 @@ pub struct Args {
 /// The service as the mesh's registry lists it.
 pub const SERVICE: Spec<Args> = Spec::new("catalog", "rdm.catalog.v1", 50057, |args, context| {
     Box::pin(start(args, context))
-});
+})
+.with_database();
 
 async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let started = std::time::Instant::now();

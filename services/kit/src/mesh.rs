@@ -104,6 +104,9 @@ pub trait Service: Sync {
     fn port(&self) -> u16;
     /// Adds its own settings (flags and `RDM_*` variables) to a command.
     fn args(&self, command: clap::Command) -> clap::Command;
+    /// It keeps data of its own: `rdm serve` gives it the database
+    /// ([`Context::database`]).
+    fn uses_database(&self) -> bool;
     /// Starts it with the settings parsed from `matches`.
     fn start(
         &self,
@@ -120,6 +123,7 @@ pub struct Spec<A> {
     port: u16,
     start: fn(A, Context) -> BoxFuture<'static, anyhow::Result<Started>>,
     args: PhantomData<fn() -> A>,
+    database: bool,
 }
 
 impl<A> Spec<A> {
@@ -135,6 +139,15 @@ impl<A> Spec<A> {
             port,
             start,
             args: PhantomData,
+            database: false,
+        }
+    }
+
+    /// A service that keeps data of its own in the database.
+    pub const fn with_database(self) -> Self {
+        Self {
+            database: true,
+            ..self
         }
     }
 }
@@ -151,6 +164,9 @@ impl<A: clap::Args + clap::FromArgMatches> Service for Spec<A> {
     }
     fn args(&self, command: clap::Command) -> clap::Command {
         A::augment_args(command)
+    }
+    fn uses_database(&self) -> bool {
+        self.database
     }
     fn start(
         &self,
