@@ -491,7 +491,8 @@ pub async fn spawn_serve(role: &str, env: &[(&str, String)]) -> Process {
 pub struct Split {
     pub inventory: Process,
     service_key: String,
-    _pg: PgDatabase,
+    /// The database the inventory keeps (for a service that keeps data).
+    pub pg: PgDatabase,
     _dir: tempfile::TempDir,
 }
 
@@ -516,7 +517,7 @@ impl Split {
         Self {
             inventory: spawn_serve("inventory", &all).await,
             service_key,
-            _pg: pg,
+            pg,
             _dir: dir,
         }
     }

@@ -511,3 +511,49 @@ on_both_stores!(
     data_models_browsed_searched_and_checked,
     tenant_modules_uploaded_resolved_and_deleted
 );
+
+/// `rdm serve catalog` apart from the inventory and the gateway (the
+/// Kubernetes shape): it migrates its tables with the owner's URL, keeps a
+/// tenant's upload in PostgreSQL, and serves it back through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_catalog_as_its_own_process() {
+    use rdm_tests::{SendJson, Split, admin_on_loopback};
+    let split = Split::start(&[]).await;
+    let database = [
+        ("RDM_DATABASE_URL", split.pg.app_url.clone()),
+        ("RDM_DATABASE_ADMIN_URL", split.pg.admin_url.clone()),
+    ];
+    let catalog = split.serve("catalog", &database).await;
+    let url = format!("http://{}", catalog.addr);
+    let gateway = split.serve("gateway", &[("RDM_CATALOG_URL", url)]).await;
+    let http = reqwest::Client::new();
+    let base = gateway.url("");
+    let token = admin_on_loopback(&http, &base).await;
+    let upload = http
+        .post(format!("{base}/v1/mibs?filename=UCD-SNMP-MIB.txt"))
+        .bearer_auth(&token)
+        .header("content-type", "application/octet-stream")
+        .body(UCD_SNMP_MIB.to_vec())
+        .send_json()
+        .await;
+    let id = upload["id"].as_str().unwrap_or_else(|| panic!("{upload}"));
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        done = http
+            .get(format!("{base}/v1/mibs/uploads/{id}"))
+            .bearer_auth(&token)
+            .send_json()
+            .await;
+        if done["status"] != "parsing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["added"], json!(["UCD-SNMP-MIB"]), "{done}");
+    let object = http
+        .get(format!("{base}/v1/mibs/objects/UCD-SNMP-MIB::memTotalReal"))
+        .bearer_auth(&token)
+        .send_json()
+        .await;
+    assert_eq!(object["object"]["oid"], "1.3.6.1.4.1.2021.4.5", "{object}");
+}
