@@ -2,6 +2,7 @@
 //! `InternetGatewayDevice:1`) from their XML: objects, parameters with their
 //! types resolved through named data types, and checks of proposed values.
 //! The XML is read with roxmltree: no DTD (so no entities), a node limit.
+use crate::search::Query;
 use rdm_kit::{Error, Result};
 use rdm_proto::catalog as pb;
 use std::collections::{BTreeMap, HashMap};
@@ -319,34 +320,16 @@ impl Model {
 
     /// Objects and parameters matching `q`, best first (see the proto).
     pub fn search(&self, q: &str, size: usize) -> Vec<pb::DataModelHit> {
-        let lower = q.trim().to_lowercase();
-        let words: Vec<&str> = lower.split_whitespace().collect();
-        let rank = |name: &str, description: &str| -> Option<(i32, &'static str)> {
-            let name = name.to_lowercase();
-            if name == lower {
-                Some((100, "name"))
-            } else if name.starts_with(&lower) {
-                Some((80, "name"))
-            } else if name.contains(&lower) {
-                Some((60, "name"))
-            } else if !words.is_empty() && {
-                let d = description.to_lowercase();
-                words.iter().all(|w| d.contains(w))
-            } {
-                Some((20, "description"))
-            } else {
-                None
-            }
-        };
+        let query = Query::new(q);
         let mut hits = Vec::new();
         for o in self.objects.values() {
             let last = o.path.trim_end_matches('.').trim_end_matches(".{i}");
             let last = last.rsplit('.').next().unwrap_or_default();
-            if let Some((score, matched)) = rank(last, &o.description) {
+            if let Some((score, matched)) = query.rank(last, || o.description.clone()) {
                 hits.push((score + 1, o.path.clone(), "object", matched));
             }
             for p in &o.parameters {
-                if let Some((score, matched)) = rank(&p.name, &p.description) {
+                if let Some((score, matched)) = query.rank(&p.name, || p.description.clone()) {
                     hits.push((score, format!("{}{}", o.path, p.name), "parameter", matched));
                 }
             }

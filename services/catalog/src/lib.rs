@@ -6,6 +6,7 @@
 //! TR-069 services use the same sets in their own processes.
 pub mod datamodel;
 pub mod mibs;
+mod search;
 pub mod store;
 pub mod uploads;
 
@@ -204,10 +205,7 @@ impl Catalog {
 
 /// Checks a request against its proto's rules (a 400 naming the field).
 fn checked<T: prost::Message>(req: &Request<T>, name: &str) -> Result<()> {
-    let message = rdm_kit::endpoint::dynamic(req.get_ref(), &format!("rdm.catalog.v1.{name}"))?;
-    rdm_kit::rules::check(&message, "")?;
-    Principal::of(req)?;
-    Ok(())
+    rdm_kit::rules::checked(req, &format!("rdm.catalog.v1.{name}")).map(|_| ())
 }
 
 fn reply<T>(r: Result<T>) -> Result<Response<T>, Status> {
@@ -272,10 +270,7 @@ impl MibService for Catalog {
                         .map_err(|_| Error::invalid("page_token", "not a token this call gave"))?,
                 ),
             };
-            let size = usize::try_from(r.page_size)
-                .ok()
-                .filter(|n| *n > 0)
-                .unwrap_or(100);
+            let size = search::page_size(r.page_size, 100);
             mibs.tree(&r.root, after, size)
         };
         reply(run.await)
@@ -289,10 +284,7 @@ impl MibService for Catalog {
             checked(&req, "SearchMibsRequest")?;
             let mibs = self.mibs(Principal::of(&req)?).await?;
             let r = req.get_ref();
-            let size = usize::try_from(r.page_size)
-                .ok()
-                .filter(|n| *n > 0)
-                .unwrap_or(50);
+            let size = search::page_size(r.page_size, 50);
             Ok(pb::SearchMibsResponse {
                 hits: mibs.search(&r.q, size),
             })
@@ -387,10 +379,7 @@ impl MibService for Catalog {
             let name = r.name.trim();
             let mibs = self.mibs(p).await?;
             let mut tx = self.db.begin_write(scope(p)).await?;
-            let own = store::modules(&mut tx, &p.tenant_id)
-                .await?
-                .iter()
-                .any(|m| m.name == name);
+            let own = store::has_module(&mut tx, &p.tenant_id, name).await?;
             if !own {
                 let why = if mibs::STANDARD.iter().any(|(s, _)| *s == name) {
                     format!(
@@ -472,10 +461,7 @@ impl DataModelService for Catalog {
     ) -> Result<Response<pb::SearchDataModelsResponse>, Status> {
         let r = req.get_ref();
         let run = checked(&req, "SearchDataModelsRequest").and_then(|()| {
-            let size = usize::try_from(r.page_size)
-                .ok()
-                .filter(|n| *n > 0)
-                .unwrap_or(50);
+            let size = search::page_size(r.page_size, 50);
             let models = match r.model.as_str() {
                 "" => self.models.clone(),
                 name => vec![self.model(name)?],

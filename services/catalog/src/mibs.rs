@@ -1,6 +1,7 @@
 //! MIB modules, parsed and resolved by mib-rs, and what the MibService asks
 //! of them: modules, objects, the OID tree, search, and OID translation
 //! with table indexes decoded by their INDEX clauses.
+use crate::search::Query;
 use mib_rs::{IndexSchema, Kind, Mib, Node, Object, Oid};
 use rdm_kit::{Error, Result};
 use rdm_proto::catalog as pb;
@@ -245,8 +246,7 @@ impl MibSet {
     /// Named nodes matching `q`, best first (see the proto for the order).
     pub fn search(&self, q: &str, size: usize) -> Vec<pb::SearchHit> {
         let q = q.trim();
-        let lower = q.to_lowercase();
-        let words: Vec<&str> = lower.split_whitespace().collect();
+        let query = Query::new(q);
         let oid_prefix: Option<Oid> = q
             .strip_prefix('.')
             .unwrap_or(q)
@@ -258,22 +258,15 @@ impl MibSet {
             .nodes()
             .filter(|n| !n.name().is_empty() && n.module().is_some())
             .filter_map(|n| {
-                let name = n.name().to_lowercase();
-                let (score, matched) = if name == lower {
-                    (100, "name")
-                } else if name.starts_with(&lower) {
-                    (80, "name")
-                } else if oid_prefix.as_ref().is_some_and(|p| n.oid().starts_with(p)) {
-                    (70 - (n.oid().len() as i32).min(60) / 2, "oid")
-                } else if name.contains(&lower) {
-                    (60, "name")
-                } else if !words.is_empty() && {
-                    let d = description(n).to_lowercase();
-                    words.iter().all(|w| d.contains(w))
-                } {
-                    (20, "description")
-                } else {
-                    return None;
+                let by_name = query.rank(n.name(), || description(n).to_owned());
+                // An OID under the query ranks below a name that starts
+                // with it, above the rest.
+                let (score, matched) = match by_name {
+                    Some(hit) if hit.0 >= 80 => hit,
+                    _ if oid_prefix.as_ref().is_some_and(|p| n.oid().starts_with(p)) => {
+                        (70 - (n.oid().len() as i32).min(60) / 2, "oid")
+                    }
+                    hit => hit?,
                 };
                 Some((score, matched, n))
             })

@@ -85,6 +85,17 @@ pub async fn put_module(
     Ok(())
 }
 
+/// The tenant has a module of this name.
+pub async fn has_module(tx: &mut TenantTx, tenant_id: &str, name: &str) -> Result<bool> {
+    let found: Option<(i64,)> =
+        sqlx::query_as("select 1 from mib_modules where tenant_id = $1 and name = $2")
+            .bind(tenant_id)
+            .bind(name)
+            .fetch_optional(tx.conn())
+            .await?;
+    Ok(found.is_some())
+}
+
 pub async fn delete_module(tx: &mut TenantTx, tenant_id: &str, name: &str) -> Result<bool> {
     let done = sqlx::query("delete from mib_modules where tenant_id = $1 and name = $2")
         .bind(tenant_id)

@@ -8,7 +8,7 @@ pub mod client;
 
 use client::{Call, Server, Token};
 use rdm_kit::{
-    Error, ErrorCode, Principal, Result,
+    Error, ErrorCode, Result,
     address::HttpClients,
     auth::SigningKey,
     client::Forward,
@@ -104,10 +104,7 @@ impl Mellophone {
         req: &Request<T>,
         name: &str,
     ) -> Result<(Server, MellophoneSettings)> {
-        let message =
-            rdm_kit::endpoint::dynamic(req.get_ref(), &format!("rdm.mellophone.v1.{name}"))?;
-        rdm_kit::rules::check(&message, "")?;
-        let p = Principal::of(req)?;
+        let p = rdm_kit::rules::checked(req, &format!("rdm.mellophone.v1.{name}"))?;
         let forward = Forward::acting(NAME, &self.service_key, p, None)?;
         let opened = SettingsServiceClient::with_interceptor(self.inventory.clone(), forward)
             .open_identity_provider(inv::OpenIdentityProviderRequest {})

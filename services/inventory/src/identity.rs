@@ -113,9 +113,7 @@ fn mapped_role(
 impl Inventory {
     async fn tenant_of(&self, p: &Principal) -> Result<TenantRow> {
         let mut tx = self.db().begin(tenant_scope(p)).await?;
-        store::tenant_by_id(&mut tx, &p.tenant_id)
-            .await?
-            .ok_or_else(|| Error::unauthenticated("the tenant of this token no longer exists"))
+        store::token_tenant(&mut tx, &p.tenant_id).await
     }
 
     pub(crate) async fn get_identity_provider(
@@ -158,9 +156,7 @@ impl Inventory {
     ) -> Result<pb::IdentityProvider> {
         check(&idp)?;
         let mut tx = self.db().begin_write(tenant_scope(p)).await?;
-        let mut tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
-            .await?
-            .ok_or_else(|| Error::unauthenticated("the tenant of this token no longer exists"))?;
+        let mut tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
         let mut stored = decode(&tenant.identity_provider)?
             .mellophone
             .unwrap_or_default();

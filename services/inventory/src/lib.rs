@@ -752,11 +752,7 @@ impl UserService for Inventory {
         let r = req.get_ref();
         let run = async {
             let mut tx = self.db().begin(tenant_scope(p)).await?;
-            let tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
-                .await?
-                .ok_or_else(|| {
-                    Error::unauthenticated("the tenant of this token no longer exists")
-                })?;
+            let tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             drop(tx);
             let user = self
                 .create_user(
@@ -844,11 +840,7 @@ impl UserService for Inventory {
             let mut row = store::user_by_id(&mut tx, &p.tenant_id, &r.user_id)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("user {} not found", r.user_id)))?;
-            let tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
-                .await?
-                .ok_or_else(|| {
-                    Error::unauthenticated("the tenant of this token no longer exists")
-                })?;
+            let tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             for path in &paths {
                 match path.as_str() {
                     "display_name" => {

@@ -55,11 +55,7 @@ impl SettingsService for Inventory {
         let run = async {
             let p = Principal::of(&req)?;
             let mut tx = self.db().begin(tenant_scope(p)).await?;
-            let tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
-                .await?
-                .ok_or_else(|| {
-                    Error::unauthenticated("the tenant of this token no longer exists")
-                })?;
+            let tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             Ok(pb::GetSettingsResponse {
                 settings: Some(decode(&tenant.settings)?),
             })
@@ -76,11 +72,7 @@ impl SettingsService for Inventory {
             let settings = req.get_ref().settings.clone().unwrap_or_default();
             check(&settings)?;
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
-            let mut tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
-                .await?
-                .ok_or_else(|| {
-                    Error::unauthenticated("the tenant of this token no longer exists")
-                })?;
+            let mut tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             tenant.settings = encode(&settings);
             store::update_tenant(&mut tx, &tenant).await?;
             tx.commit().await?;

@@ -78,6 +78,13 @@ pub async fn tenant_by_id(tx: &mut TenantTx, id: &str) -> Result<Option<TenantRo
     .await?)
 }
 
+/// The tenant of a verified token: gone means the token no longer holds.
+pub async fn token_tenant(tx: &mut TenantTx, tenant_id: &str) -> Result<TenantRow> {
+    tenant_by_id(tx, tenant_id)
+        .await?
+        .ok_or_else(|| rdm_kit::Error::unauthenticated("the tenant of this token no longer exists"))
+}
+
 pub async fn tenant_by_slug(tx: &mut TenantTx, slug: &str) -> Result<Option<TenantRow>> {
     Ok(sqlx::query_as(concat!(
         "select ",

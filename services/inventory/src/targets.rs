@@ -44,9 +44,7 @@ async fn tenant_policy(
     tx: &mut TenantTx,
     tenant_id: &str,
 ) -> Result<(Vec<IpNet>, pb::TenantSettings)> {
-    let tenant = store::tenant_by_id(tx, tenant_id)
-        .await?
-        .ok_or_else(|| Error::unauthenticated("the tenant of this token no longer exists"))?;
+    let tenant = store::token_tenant(tx, tenant_id).await?;
     Ok((
         address::parse_allowed(&tenant.inline_cidrs),
         settings::decode(&tenant.settings)?,

@@ -133,6 +133,17 @@ pub fn is_secret(field: &FieldDescriptor) -> bool {
     options.has_extension(&ext) && options.get_extension(&ext).as_bool() == Some(true)
 }
 
+/// A request checked against the rules its proto states (a 400 naming the
+/// field), and its caller. `message` is the request's full name
+/// (`rdm.tr069.v1.GetParameterValuesRequest`).
+pub fn checked<'r, T: prost::Message>(
+    req: &'r tonic::Request<T>,
+    message: &str,
+) -> Result<&'r crate::Principal> {
+    check(&crate::endpoint::dynamic(req.get_ref(), message)?, "")?;
+    crate::Principal::of(req)
+}
+
 /// Checks every rule of `msg`'s fields, nested messages included; the
 /// error names the field by its dotted path under `prefix`.
 pub fn check(msg: &DynamicMessage, prefix: &str) -> Result<()> {

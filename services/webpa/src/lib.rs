@@ -66,9 +66,7 @@ fn err(e: Error) -> Status {
 /// Checks a request against the rules its proto states (a 400 naming the
 /// field) and returns the caller.
 fn checked<'r, T: prost::Message>(req: &'r Request<T>, name: &str) -> Result<&'r Principal> {
-    let message = rdm_kit::endpoint::dynamic(req.get_ref(), &format!("rdm.webpa.v1.{name}"))?;
-    rdm_kit::rules::check(&message, "")?;
-    Principal::of(req)
+    rdm_kit::rules::checked(req, &format!("rdm.webpa.v1.{name}"))
 }
 
 impl Webpa {
