@@ -37,6 +37,10 @@ pub struct Config {
     /// Largest REST request body, in bytes.
     #[arg(long, env = "RDM_BODY_LIMIT", default_value_t = 1 << 20)]
     pub body_limit: usize,
+    /// Largest file a REST call takes as its body (a MIB archive, a data
+    /// model's XML), in bytes.
+    #[arg(long, env = "RDM_UPLOAD_LIMIT", default_value_t = 32 << 20)]
+    pub upload_limit: usize,
     /// Browser origins allowed by CORS, comma-separated ("*" for any).
     #[arg(long, env = "RDM_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -46,6 +50,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             body_limit: 1 << 20,
+            upload_limit: 32 << 20,
             cors_origins: Vec::new(),
         }
     }
@@ -59,6 +64,7 @@ pub(crate) struct Gateway {
     verifier: Verifier,
     api_keys: ApiKeys,
     body_limit: usize,
+    upload_limit: usize,
     openapi: String,
 }
 
@@ -96,6 +102,7 @@ pub fn router(
         verifier,
         api_keys,
         body_limit: config.body_limit,
+        upload_limit: config.upload_limit,
         openapi,
     });
     let docs = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {

@@ -73,7 +73,14 @@ async fn transcode(
     let backend = gw.backend(rpc.parent_service().package_name())?;
 
     let body = match &binding.body {
-        Some(_) => read_body(body, &parts.headers, gw.body_limit, !binding.raw_request).await?,
+        Some(_) => {
+            let limit = if binding.raw_request {
+                gw.upload_limit
+            } else {
+                gw.body_limit
+            };
+            read_body(body, &parts.headers, limit, !binding.raw_request).await?
+        }
         None => Bytes::new(),
     };
     // A call that takes a body gets one: an empty JSON body is a mistake,

@@ -197,7 +197,15 @@ async fn data_models_browsed_searched_and_checked(mesh: TestMesh) {
     let models = get(&mesh, &token, "/v1/datamodels").await;
     assert_eq!(
         models["models"][0],
-        json!({"name": "Device:2.16", "standard": true, "object_count": 724, "parameter_count": 5872})
+        json!({
+            "name": "Device:2.16",
+            "standard": true,
+            "object_count": 724,
+            "parameter_count": 5872,
+            "command_count": 0,
+            "event_count": 0,
+            "spec": "urn:broadband-forum-org:tr-181-2-16-0-cwmp"
+        })
     );
 
     // The tree: a table shown as {i}, its children and parameters.
@@ -506,10 +514,257 @@ async fn tenant_modules_uploaded_resolved_and_deleted(mesh: TestMesh) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Posts an XML document to /v1/datamodels.
+async fn import(mesh: &TestMesh, token: &str, xml: Vec<u8>) -> (StatusCode, Value) {
+    let reply = mesh
+        .http
+        .post(mesh.url("/v1/datamodels"))
+        .bearer_auth(token)
+        .header("content-type", "application/xml")
+        .body(xml)
+        .send()
+        .await
+        .unwrap();
+    (reply.status(), reply.json().await.unwrap())
+}
+
+fn data_file(path: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// `(name, standard)` of each model the caller sees.
+async fn model_list(mesh: &TestMesh, token: &str) -> Vec<(String, bool)> {
+    let models = get(mesh, token, "/v1/datamodels").await;
+    models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                m["standard"] == true,
+            )
+        })
+        .collect()
+}
+
+async fn tenant_data_models_imported_browsed_and_deleted(mesh: TestMesh) {
+    let (_, token) = mesh.tenant_with_admin("models-a").await;
+    let (_, other) = mesh.tenant_with_admin("models-b").await;
+
+    // The BBF's real TR-181 document, imported as the tenant's own: the
+    // counts are the file's (the standard model is the same file).
+    let (status, tr181) = import(
+        &mesh,
+        &token,
+        data_file("../services/catalog/datamodels/tr-181-2-16-0-cwmp-full.xml"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tr181}");
+    assert_eq!(
+        (
+            &tr181["models"][0]["name"],
+            &tr181["models"][0]["standard"],
+            &tr181["models"][0]["object_count"],
+            &tr181["models"][0]["parameter_count"]
+        ),
+        (
+            &json!("Device:2.16"),
+            &json!(false),
+            &json!(724),
+            &json!(5872)
+        ),
+        "{tr181}"
+    );
+    // Its own copy stands in for the standard one, for this tenant only.
+    assert_eq!(
+        model_list(&mesh, &token).await,
+        [("Device:2.16".into(), false)]
+    );
+    assert_eq!(
+        model_list(&mesh, &other).await,
+        [("Device:2.16".into(), true)]
+    );
+
+    // A USP model: commands with their arguments, events.
+    let (status, usp) = import(
+        &mesh,
+        &token,
+        data_file("data/datamodels/usp-device-2-17.xml"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{usp}");
+    assert_eq!(
+        (
+            &usp["models"][0]["name"],
+            &usp["models"][0]["command_count"],
+            &usp["models"][0]["event_count"]
+        ),
+        (&json!("Device:2.17"), &json!(3), &json!(2)),
+        "{usp}"
+    );
+    // Device:2 is now the newest the tenant has.
+    let root = get(&mesh, &token, "/v1/datamodels/Device:2/tree?path=Device.").await;
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&root["commands"]),
+        ["Reboot()", "FactoryReset()"],
+        "{root}"
+    );
+    assert_eq!(names(&root["events"]), ["Boot!"]);
+    let ping = get(
+        &mesh,
+        &token,
+        "/v1/datamodels/Device:2.17/parameters/Device.IP.Diagnostics.IPPing()",
+    )
+    .await["command"]
+        .clone();
+    assert_eq!(ping["async"], true, "{ping}");
+    assert_eq!(names(&ping["input"]), ["Host", "NumberOfRepetitions"]);
+    assert_eq!(
+        names(&ping["output"]),
+        ["Status", "IPAddressUsed", "Result.{i}.RoundTripTime"]
+    );
+    // An argument's type resolved through the document's named data type.
+    assert_eq!(
+        (
+            &ping["output"][1]["syntax"]["data_type"],
+            &ping["output"][1]["syntax"]["max_length"]
+        ),
+        (&json!("IPAddress"), &json!("45")),
+        "{ping}"
+    );
+    let associated = get(
+        &mesh,
+        &token,
+        "/v1/datamodels/Device:2.17/parameters/Device.WiFi.SSID.2.Associated!",
+    )
+    .await["event"]
+        .clone();
+    assert_eq!(
+        names(&associated["arguments"]),
+        ["MACAddress"],
+        "{associated}"
+    );
+    let hits = get(
+        &mesh,
+        &token,
+        "/v1/datamodels/search?q=ipping&model=Device:2.17",
+    )
+    .await;
+    assert_eq!(
+        (&hits["hits"][0]["kind"], &hits["hits"][0]["path"]),
+        (&json!("command"), &json!("Device.IP.Diagnostics.IPPing()")),
+        "{hits}"
+    );
+    // Validation against the model named: 2.17 has no SerialNumber.
+    let (status, checked) = mesh
+        .post(
+            "/v1/datamodels/validate",
+            &token,
+            json!({"model": "Device:2.17", "sets": [
+                {"path": "Device.WiFi.SSID.1.SSID", "value": "cafe"},
+                {"path": "Device.DeviceInfo.SerialNumber", "value": "x"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    assert_eq!(
+        (&checked["results"][0]["ok"], &checked["results"][1]["code"]),
+        (&json!(true), &json!("unknown_path"))
+    );
+
+    // TR-098.
+    let (status, igd) = import(&mesh, &token, data_file("data/datamodels/tr-098-1-14.xml")).await;
+    assert_eq!(status, StatusCode::OK, "{igd}");
+    let (status, checked) = mesh
+        .post(
+            "/v1/datamodels/validate",
+            &token,
+            json!({"model": "InternetGatewayDevice:1", "sets": [
+                {"path": "InternetGatewayDevice.LANDevice.1.WLANConfiguration.2.BeaconType", "value": "WEP"},
+                {"path": "InternetGatewayDevice.ManagementServer.PeriodicInformInterval", "value": "300"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    assert_eq!(
+        (&checked["results"][0]["code"], &checked["results"][1]["ok"]),
+        (&json!("not_in_enumeration"), &json!(true)),
+        "{checked}"
+    );
+    let lan = get(
+        &mesh,
+        &token,
+        "/v1/datamodels/InternetGatewayDevice:1/tree?path=InternetGatewayDevice.LANDevice.1.",
+    )
+    .await;
+    assert_eq!(
+        lan["objects"][0]["path"],
+        "InternetGatewayDevice.LANDevice.{i}.WLANConfiguration.{i}."
+    );
+
+    // Another tenant sees none of them.
+    for path in [
+        "/v1/datamodels/InternetGatewayDevice:1/tree",
+        "/v1/datamodels/Device:2.17/tree",
+    ] {
+        let (status, body) = mesh.get(path, &other).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (status, _) = mesh.delete("/v1/datamodels/Device:2.17", &other).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Hostile or wrong documents: a clear 400 naming the file, nothing kept.
+    let before = model_list(&mesh, &token).await;
+    let laughs = br#"<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><document><model name="X:1">&c;</model></document>"#;
+    let external = br#"<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><document><model name="X:1">&x;</model></document>"#;
+    for (what, body) in [
+        ("billion laughs", laughs.to_vec()),
+        ("external entity", external.to_vec()),
+        ("not XML", b"{\"model\": 1}".to_vec()),
+        ("no model", b"<document/>".to_vec()),
+        (
+            "bad model name",
+            br#"<document><model name="../x"/></document>"#.to_vec(),
+        ),
+        (
+            "truncated",
+            b"<document><model name=\"X:1\"><object".to_vec(),
+        ),
+        ("not UTF-8", b"<document>\xff\xfe</document>".to_vec()),
+    ] {
+        let (status, body) = import(&mesh, &token, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert_eq!(body["field"], "file", "{what}: {body}");
+    }
+    assert_eq!(model_list(&mesh, &token).await, before);
+
+    // Deleting its copy of Device:2.16 brings the standard one back; the
+    // standard one itself cannot be deleted.
+    let (status, body) = mesh.delete("/v1/datamodels/Device:2.16", &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = model_list(&mesh, &token).await;
+    assert!(after.contains(&("Device:2.16".into(), true)), "{after:?}");
+    let (status, body) = mesh.delete("/v1/datamodels/Device:2.16", &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["detail"].as_str().unwrap().contains("standard model"),
+        "{body}"
+    );
+}
+
 on_both_stores!(
     browse_search_and_translate,
     data_models_browsed_searched_and_checked,
-    tenant_modules_uploaded_resolved_and_deleted
+    tenant_modules_uploaded_resolved_and_deleted,
+    tenant_data_models_imported_browsed_and_deleted
 );
 
 /// `rdm serve catalog` apart from the inventory and the gateway (the

@@ -1,7 +1,8 @@
 //! Broadband Forum data models (TR-181 `Device:2`, TR-098
-//! `InternetGatewayDevice:1`) from their XML: objects, parameters with their
-//! types resolved through named data types, and checks of proposed values.
-//! The XML is read with roxmltree: no DTD (so no entities), a node limit.
+//! `InternetGatewayDevice:1`, USP models) from their XML: objects,
+//! parameters with their types resolved through named data types, USP
+//! commands and events, and checks of proposed values. The XML is read with
+//! roxmltree: no DTD (so no entities), a node limit.
 use crate::search::Query;
 use rdm_kit::{Error, Result};
 use rdm_proto::catalog as pb;
@@ -42,6 +43,26 @@ pub struct Parameter {
     pub syntax: Syntax,
 }
 
+/// A USP command (`IPPing()`): its arguments are parameters.
+#[derive(Clone, Debug)]
+pub struct Command {
+    pub name: String,
+    pub r#async: bool,
+    pub input: Vec<Parameter>,
+    pub output: Vec<Parameter>,
+    pub description: String,
+    pub version: String,
+}
+
+/// A USP event (`Boot!`).
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub name: String,
+    pub arguments: Vec<Parameter>,
+    pub description: String,
+    pub version: String,
+}
+
 /// An object: a path ending in `.`, `{i}` for each multi-instance level.
 #[derive(Clone, Debug)]
 pub struct Object {
@@ -51,11 +72,17 @@ pub struct Object {
     pub description: String,
     pub version: String,
     pub parameters: Vec<Parameter>,
+    pub commands: Vec<Command>,
+    pub events: Vec<Event>,
 }
 
 /// One data model (`Device:2.16`).
 pub struct Model {
     pub name: String,
+    /// The document's `spec` (`urn:broadband-forum-org:tr-181-2-16-0-cwmp`).
+    pub spec: String,
+    /// Compiled in and shared by every tenant.
+    pub standard: bool,
     /// By path.
     pub objects: BTreeMap<String, Object>,
 }
@@ -71,10 +98,12 @@ pub fn standard() -> &'static Model {
 
 /// Parses the standard model's XML (the benchmark times it).
 pub fn load_standard() -> Result<Model> {
-    parse(TR181)?
+    let mut model = parse(TR181)?
         .into_iter()
         .next()
-        .ok_or_else(|| Error::internal("loading TR-181", "no model"))
+        .ok_or_else(|| Error::internal("loading TR-181", "no model"))?;
+    model.standard = true;
+    Ok(model)
 }
 
 fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::Node<'a, 'i>> {
@@ -171,6 +200,53 @@ fn read_facets(n: roxmltree::Node, s: &mut Syntax) {
     }
 }
 
+/// A `<parameter>`, its syntax resolved through `types`.
+fn parameter(p: roxmltree::Node, types: &HashMap<String, roxmltree::Node>) -> Option<Parameter> {
+    let mut syntax = Syntax::default();
+    if let Some(s) = child(p, "syntax") {
+        read_syntax(s, types, &mut syntax, 0);
+    }
+    Some(Parameter {
+        name: p.attribute("name")?.to_owned(),
+        // writeOnceReadOnly may be set (once).
+        writable: matches!(
+            p.attribute("access"),
+            Some("readWrite" | "writeOnceReadOnly")
+        ),
+        description: text_of(p, "description"),
+        version: p.attribute("version").unwrap_or_default().to_owned(),
+        syntax,
+    })
+}
+
+/// A command's `<input>`/`<output>` or an event's arguments: parameters,
+/// and objects' parameters under the object's name (`Result.{i}.Host`).
+fn arguments(n: roxmltree::Node, types: &HashMap<String, roxmltree::Node>) -> Vec<Parameter> {
+    let mut out = Vec::new();
+    for c in n.children().filter(|c| c.is_element()) {
+        match c.tag_name().name() {
+            "parameter" => out.extend(parameter(c, types)),
+            "object" => {
+                let prefix = c.attribute("name").unwrap_or_default();
+                out.extend(arguments(c, types).into_iter().map(|mut p| {
+                    p.name = format!("{prefix}{}", p.name);
+                    p
+                }));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `n`'s child elements named `tag`.
+fn elements<'a, 'i>(
+    n: roxmltree::Node<'a, 'i>,
+    tag: &'static str,
+) -> impl Iterator<Item = roxmltree::Node<'a, 'i>> {
+    n.children().filter(move |c| c.has_tag_name(tag))
+}
+
 /// Every model in one BBF data-model XML document.
 pub fn parse(xml: &str) -> Result<Vec<Model>> {
     let options = roxmltree::ParsingOptions {
@@ -186,26 +262,35 @@ pub fn parse(xml: &str) -> Result<Vec<Model>> {
         .filter_map(|c| Some((c.attribute("name")?.to_owned(), c)))
         .collect();
     let mut models = Vec::new();
-    for m in root.children().filter(|c| c.has_tag_name("model")) {
+    for m in elements(root, "model") {
         let mut objects = BTreeMap::new();
-        for o in m.children().filter(|c| c.has_tag_name("object")) {
+        for o in elements(m, "object") {
             let Some(path) = o.attribute("name") else {
                 continue;
             };
-            let parameters = o
-                .children()
-                .filter(|c| c.has_tag_name("parameter"))
-                .filter_map(|p| {
-                    let mut syntax = Syntax::default();
-                    if let Some(s) = child(p, "syntax") {
-                        read_syntax(s, &types, &mut syntax, 0);
-                    }
-                    Some(Parameter {
-                        name: p.attribute("name")?.to_owned(),
-                        writable: p.attribute("access") == Some("readWrite"),
-                        description: text_of(p, "description"),
-                        version: p.attribute("version").unwrap_or_default().to_owned(),
-                        syntax,
+            let commands = elements(o, "command")
+                .filter_map(|c| {
+                    Some(Command {
+                        name: c.attribute("name")?.to_owned(),
+                        r#async: c.attribute("async") == Some("true"),
+                        input: child(c, "input")
+                            .map(|i| arguments(i, &types))
+                            .unwrap_or_default(),
+                        output: child(c, "output")
+                            .map(|i| arguments(i, &types))
+                            .unwrap_or_default(),
+                        description: text_of(c, "description"),
+                        version: c.attribute("version").unwrap_or_default().to_owned(),
+                    })
+                })
+                .collect();
+            let events = elements(o, "event")
+                .filter_map(|e| {
+                    Some(Event {
+                        name: e.attribute("name")?.to_owned(),
+                        arguments: arguments(e, &types),
+                        description: text_of(e, "description"),
+                        version: e.attribute("version").unwrap_or_default().to_owned(),
                     })
                 })
                 .collect();
@@ -217,19 +302,48 @@ pub fn parse(xml: &str) -> Result<Vec<Model>> {
                     multi_instance: path.ends_with("{i}."),
                     description: text_of(o, "description"),
                     version: o.attribute("version").unwrap_or_default().to_owned(),
-                    parameters,
+                    parameters: elements(o, "parameter")
+                        .filter_map(|p| parameter(p, &types))
+                        .collect(),
+                    commands,
+                    events,
                 },
             );
         }
         models.push(Model {
             name: m.attribute("name").unwrap_or_default().to_owned(),
+            spec: root.attribute("spec").unwrap_or_default().to_owned(),
+            standard: false,
             objects,
         });
     }
     if models.is_empty() {
         return Err(Error::invalid("file", "the document defines no <model>"));
     }
+    if let Some(m) = models.iter().find(|m| !is_model_name(&m.name)) {
+        return Err(Error::invalid(
+            "file",
+            format!(
+                "a <model> is named {:?}, not NAME:MAJOR.MINOR (Device:2.16)",
+                m.name
+            ),
+        ));
+    }
     Ok(models)
+}
+
+/// `Device:2.16`, `InternetGatewayDevice:1.14`, `STBService:1`.
+fn is_model_name(name: &str) -> bool {
+    let Some((object, version)) = name.split_once(':') else {
+        return false;
+    };
+    name.len() <= 128
+        && object.starts_with(|c: char| c.is_ascii_alphabetic())
+        && object
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !version.is_empty()
+        && version.split('.').all(|n| n.parse::<u32>().is_ok())
 }
 
 /// Checks a SET's values against the standard model before anything is
@@ -279,12 +393,22 @@ impl Model {
                 .is_some_and(|(major, _)| major == name)
     }
 
+    /// Its version, as numbers (`Device:2.16`: [2, 16]).
+    pub fn version(&self) -> Vec<u32> {
+        let (_, v) = self.name.split_once(':').unwrap_or_default();
+        v.split('.').filter_map(|n| n.parse().ok()).collect()
+    }
+
     pub fn summary(&self) -> pb::DataModel {
+        let count = |f: fn(&Object) -> usize| self.objects.values().map(f).sum::<usize>() as i32;
         pb::DataModel {
             name: self.name.clone(),
-            standard: true,
+            standard: self.standard,
             object_count: self.objects.len() as i32,
-            parameter_count: self.parameter_count() as i32,
+            parameter_count: count(|o| o.parameters.len()),
+            command_count: count(|o| o.commands.len()),
+            event_count: count(|o| o.events.len()),
+            spec: self.spec.clone(),
         }
     }
 
@@ -315,6 +439,16 @@ impl Model {
                 .iter()
                 .map(|p| p.to_pb(&object.path))
                 .collect(),
+            commands: object
+                .commands
+                .iter()
+                .map(|c| c.to_pb(&object.path))
+                .collect(),
+            events: object
+                .events
+                .iter()
+                .map(|e| e.to_pb(&object.path))
+                .collect(),
         })
     }
 
@@ -328,9 +462,20 @@ impl Model {
             if let Some((score, matched)) = query.rank(last, || o.description.clone()) {
                 hits.push((score + 1, o.path.clone(), "object", matched));
             }
-            for p in &o.parameters {
-                if let Some((score, matched)) = query.rank(&p.name, || p.description.clone()) {
-                    hits.push((score, format!("{}{}", o.path, p.name), "parameter", matched));
+            let members = (o
+                .parameters
+                .iter()
+                .map(|p| (&p.name, &p.description, "parameter")))
+            .chain(
+                o.commands
+                    .iter()
+                    .map(|c| (&c.name, &c.description, "command")),
+            )
+            .chain(o.events.iter().map(|e| (&e.name, &e.description, "event")));
+            for (name, description, kind) in members {
+                let bare = name.trim_end_matches(['(', ')', '!']);
+                if let Some((score, matched)) = query.rank(bare, || description.clone()) {
+                    hits.push((score, format!("{}{name}", o.path), kind, matched));
                 }
             }
         }
@@ -357,13 +502,40 @@ impl Model {
         self.objects.values().map(|o| o.parameters.len()).sum()
     }
 
-    /// The parameter a path names (instance numbers or `{i}`).
-    pub fn parameter(&self, path: &str) -> Option<(&Object, &Parameter)> {
+    /// The object holding what `path` names (instance numbers or `{i}`),
+    /// and that member's name.
+    fn member(&self, path: &str) -> Option<(&Object, String)> {
         let generic = generic(path.trim());
         let (object, name) = generic.rsplit_once('.')?;
         let object = self.objects.get(&format!("{object}."))?;
+        Some((object, name.to_owned()))
+    }
+
+    /// The parameter a path names (instance numbers or `{i}`).
+    pub fn parameter(&self, path: &str) -> Option<(&Object, &Parameter)> {
+        let (object, name) = self.member(path)?;
         let param = object.parameters.iter().find(|p| p.name == name)?;
         Some((object, param))
+    }
+
+    /// What GetDataModelParameter answers for `path`: a parameter, or a USP
+    /// command (`...()`) or event (`...!`).
+    pub fn describe(&self, path: &str) -> Result<pb::GetDataModelParameterResponse> {
+        let missing = || Error::not_found(format!("{} has no {path}", self.name));
+        let (object, name) = self.member(path).ok_or_else(missing)?;
+        let o = &object.path;
+        let mut out = pb::GetDataModelParameterResponse::default();
+        if name.ends_with(')') {
+            let c = object.commands.iter().find(|c| c.name == name);
+            out.command = Some(c.ok_or_else(missing)?.to_pb(o));
+        } else if name.ends_with('!') {
+            let e = object.events.iter().find(|e| e.name == name);
+            out.event = Some(e.ok_or_else(missing)?.to_pb(o));
+        } else {
+            let p = object.parameters.iter().find(|p| p.name == name);
+            out.parameter = Some(p.ok_or_else(missing)?.to_pb(o));
+        }
+        Ok(out)
     }
 
     /// Checks a proposed value for `path`; the reason it is refused.
@@ -531,6 +703,33 @@ impl Object {
             path: self.path.clone(),
             writable: self.writable,
             multi_instance: self.multi_instance,
+            description: self.description.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+impl Command {
+    fn to_pb(&self, object: &str) -> pb::DataModelCommand {
+        let args = |ps: &[Parameter]| ps.iter().map(|p| p.to_pb("")).collect();
+        pb::DataModelCommand {
+            path: format!("{object}{}", self.name),
+            name: self.name.clone(),
+            r#async: self.r#async,
+            input: args(&self.input),
+            output: args(&self.output),
+            description: self.description.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+impl Event {
+    fn to_pb(&self, object: &str) -> pb::DataModelEvent {
+        pb::DataModelEvent {
+            path: format!("{object}{}", self.name),
+            name: self.name.clone(),
+            arguments: self.arguments.iter().map(|p| p.to_pb("")).collect(),
             description: self.description.clone(),
             version: self.version.clone(),
         }

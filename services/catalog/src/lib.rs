@@ -1,9 +1,11 @@
 //! rdm's catalog service: the MIB modules and BBF data models rdm knows,
 //! browsed and searched, naming OIDs ([`mibs`]) and checking proposed
-//! values ([`datamodel`]). Today the standard sets, shared by every tenant:
+//! values ([`datamodel`]). The standard sets are shared by every tenant:
 //! net-snmp's copies of the IETF modules (`mibs/`, parsed and resolved by
-//! mib-rs) and TR-181 Device:2.16 (`datamodels/`). The SNMP, WebPA and
-//! TR-069 services use the same sets in their own processes.
+//! mib-rs) and TR-181 Device:2.16 (`datamodels/`); each tenant adds its own
+//! modules and models on top. The SNMP, WebPA and TR-069 services use the
+//! standard sets in their own processes, and ask the catalog for what only
+//! a tenant's own modules name.
 pub mod datamodel;
 pub mod mibs;
 mod search;
@@ -71,33 +73,120 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let db = Database::migrated(&context, "catalog", &store::MIGRATIONS).await?;
     let service = Catalog {
         standard: set,
-        models: vec![model],
+        model,
         db,
-        tenants: Arc::default(),
+        mib_sets: Arc::default(),
+        data_models: Arc::default(),
     };
-    let routes = tonic::service::Routes::new(pb::mib_service_server::MibServiceServer::new(
-        service.clone(),
-    ))
-    .add_service(pb::data_model_service_server::DataModelServiceServer::new(
-        service,
-    ));
+    let routes = tonic::service::Routes::new(
+        pb::mib_service_server::MibServiceServer::new(service.clone())
+            .max_decoding_message_size(MAX_DOCUMENT + 4096),
+    )
+    .add_service(
+        pb::data_model_service_server::DataModelServiceServer::new(service)
+            .max_decoding_message_size(MAX_DOCUMENT + 4096),
+    );
     Ok(Started {
         router: rdm_kit::server::guarded(routes, context.guard()),
         listeners: Vec::new(),
     })
 }
 
+/// The largest data-model document or MIB upload a tenant may send.
+pub const MAX_DOCUMENT: usize = 32 << 20;
+
 #[derive(Clone)]
 struct Catalog {
     standard: &'static MibSet,
-    models: Vec<&'static Model>,
+    model: &'static Model,
     db: Db,
-    tenants: Tenants,
+    /// Each tenant's modules resolved with the standard set.
+    mib_sets: Arc<PerTenant<MibSet>>,
+    /// Each tenant's own data models.
+    data_models: Arc<PerTenant<Vec<Model>>>,
 }
 
-/// Each tenant's modules resolved with the standard set, and the version
-/// of its modules they were resolved from.
-type Tenants = Arc<Mutex<HashMap<String, (store::Version, Arc<MibSet>)>>>;
+/// What was built from each tenant's texts, with the [`store::Version`] of
+/// the texts it was built from: built again when that moves, so replicas
+/// agree without telling each other.
+struct PerTenant<T>(Mutex<HashMap<String, (store::Version, Arc<T>)>>);
+
+impl<T> Default for PerTenant<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<T: Send + Sync + 'static> PerTenant<T> {
+    /// `p`'s tenant's build of its `kind` texts (`None`: it has none).
+    async fn get(
+        &self,
+        db: &Db,
+        p: &Principal,
+        kind: store::Texts,
+        build: impl FnOnce(Vec<(String, String)>) -> Result<T> + Send + 'static,
+    ) -> Result<Option<Arc<T>>> {
+        let mut tx = db.begin(scope(p)).await?;
+        let version = store::version(&mut tx, kind, &p.tenant_id).await?;
+        if version.0 == 0 {
+            return Ok(None);
+        }
+        if let Some((v, built)) = self.0.lock().unwrap().get(&p.tenant_id)
+            && *v == version
+        {
+            return Ok(Some(built.clone()));
+        }
+        let texts = store::texts(&mut tx, kind, &p.tenant_id).await?;
+        drop(tx);
+        let built = tokio::task::spawn_blocking(move || build(texts))
+            .await
+            .map_err(|e| Error::internal("reading a tenant's catalog", e))??;
+        let built = Arc::new(built);
+        self.0
+            .lock()
+            .unwrap()
+            .insert(p.tenant_id.clone(), (version, built.clone()));
+        Ok(Some(built))
+    }
+}
+
+/// The data models a tenant sees: its own, and the standard one unless it
+/// has its own of that name.
+struct Models {
+    standard: &'static Model,
+    own: Option<Arc<Vec<Model>>>,
+}
+
+impl Models {
+    fn all(&self) -> Vec<&Model> {
+        let own: Vec<&Model> = self.own.iter().flat_map(|v| v.iter()).collect();
+        let shadowed = own.iter().any(|m| m.name == self.standard.name);
+        own.into_iter()
+            .chain((!shadowed).then_some(self.standard))
+            .collect()
+    }
+
+    /// The model `name` names: exactly, else by major version the newest
+    /// (the tenant's when versions tie); the standard TR-181 when empty.
+    fn find(&self, name: &str) -> Result<&Model> {
+        let name = match name.trim() {
+            "" => "Device:2",
+            n => n,
+        };
+        let all = self.all();
+        all.iter()
+            .find(|m| m.name == name)
+            .or_else(|| {
+                all.iter().filter(|m| m.is_named(name)).max_by(|a, b| {
+                    a.version()
+                        .cmp(&b.version())
+                        .then(b.standard.cmp(&a.standard))
+                })
+            })
+            .copied()
+            .ok_or_else(|| Error::not_found(format!("no data model {name}")))
+    }
+}
 
 /// The modules a tenant sees: the standard set alone, or with its own.
 enum Mibs {
@@ -125,42 +214,56 @@ fn scope(p: &Principal) -> Scope<'_> {
 impl Catalog {
     /// The modules `p`'s tenant sees, resolved again when its own changed.
     async fn mibs(&self, p: &Principal) -> Result<Mibs> {
-        let mut tx = self.db.begin(scope(p)).await?;
-        let version = store::version(&mut tx, &p.tenant_id).await?;
-        if version.0 == 0 {
-            return Ok(Mibs::Standard(self.standard));
-        }
-        if let Some((v, set)) = self.tenants.lock().unwrap().get(&p.tenant_id)
-            && *v == version
-        {
-            return Ok(Mibs::Tenant(set.clone()));
-        }
-        let extra: Vec<(String, String)> = store::modules(&mut tx, &p.tenant_id)
-            .await?
-            .into_iter()
-            .map(|m| (m.name, m.source))
-            .collect();
-        drop(tx);
-        let set = tokio::task::spawn_blocking(move || MibSet::load(&extra))
-            .await
-            .map_err(|e| Error::internal("resolving MIB modules", e))??;
-        let set = Arc::new(set);
-        self.tenants
-            .lock()
-            .unwrap()
-            .insert(p.tenant_id.clone(), (version, set.clone()));
-        Ok(Mibs::Tenant(set))
+        let own = self
+            .mib_sets
+            .get(&self.db, p, store::Texts::Mibs, |extra| {
+                MibSet::load(&extra)
+            })
+            .await?;
+        Ok(own.map_or(Mibs::Standard(self.standard), Mibs::Tenant))
+    }
+
+    /// The data models `p`'s tenant sees, read again when its own changed.
+    async fn models(&self, p: &Principal) -> Result<Models> {
+        let own = self
+            .data_models
+            .get(&self.db, p, store::Texts::DataModels, |documents| {
+                documents
+                    .into_iter()
+                    .map(|(name, xml)| {
+                        // Each was stored because its document parsed.
+                        datamodel::parse(&xml)?
+                            .into_iter()
+                            .find(|m| m.name == name)
+                            .ok_or_else(|| Error::internal("reading a data model", name))
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(Models {
+            standard: self.model,
+            own,
+        })
+    }
+
+    /// The model `name` names for the caller of `req`.
+    async fn model_for<T: prost::Message>(
+        &self,
+        req: &Request<T>,
+        message: &str,
+        name: &str,
+    ) -> Result<(Models, String)> {
+        checked(req, message)?;
+        let models = self.models(Principal::of(req)?).await?;
+        let found = models.find(name)?.name.clone();
+        Ok((models, found))
     }
 
     /// Reads an upload's files, resolves them and stores what resolved.
     async fn process(&self, p: Principal, mut upload: pb::MibUpload, data: Vec<u8>) -> Result<()> {
         let filename = upload.filename.clone();
         let mut tx = self.db.begin(scope(&p)).await?;
-        let existing: Vec<(String, String)> = store::modules(&mut tx, &p.tenant_id)
-            .await?
-            .into_iter()
-            .map(|m| (m.name, m.source))
-            .collect();
+        let existing = store::texts(&mut tx, store::Texts::Mibs, &p.tenant_id).await?;
         drop(tx);
         let resolved = tokio::task::spawn_blocking(move || {
             uploads::files(&filename, &data).map(|files| uploads::resolve(files, &existing))
@@ -188,18 +291,6 @@ impl Catalog {
         tx.commit().await?;
         tracing::info!(tenant_id = %p.tenant_id, upload = %upload.id, added = upload.added.len(), failed = upload.failed.len(), status = %upload.status, "MIB upload parsed");
         Ok(())
-    }
-
-    fn model(&self, name: &str) -> Result<&'static Model> {
-        let name = match name.trim() {
-            "" => "Device:2",
-            n => n,
-        };
-        self.models
-            .iter()
-            .find(|m| m.is_named(name))
-            .copied()
-            .ok_or_else(|| Error::not_found(format!("no data model {name}")))
     }
 }
 
@@ -379,7 +470,7 @@ impl MibService for Catalog {
             let name = r.name.trim();
             let mibs = self.mibs(p).await?;
             let mut tx = self.db.begin_write(scope(p)).await?;
-            let own = store::has_module(&mut tx, &p.tenant_id, name).await?;
+            let own = store::has(&mut tx, store::Texts::Mibs, &p.tenant_id, name).await?;
             if !own {
                 let why = if mibs::STANDARD.iter().any(|(s, _)| *s == name) {
                     format!(
@@ -406,7 +497,7 @@ impl MibService for Catalog {
                 )
                 .with_meta("dependents", dependents.join(",")));
             }
-            store::delete_module(&mut tx, &p.tenant_id, name).await?;
+            store::delete(&mut tx, store::Texts::Mibs, &p.tenant_id, name).await?;
             tx.commit().await?;
             Ok(pb::DeleteMibModuleResponse { dependents })
         };
@@ -416,14 +507,88 @@ impl MibService for Catalog {
 
 #[tonic::async_trait]
 impl DataModelService for Catalog {
+    async fn import_data_model(
+        &self,
+        req: Request<pb::ImportDataModelRequest>,
+    ) -> Result<Response<pb::ImportDataModelResponse>, Status> {
+        let run = async {
+            checked(&req, "ImportDataModelRequest")?;
+            let p = Principal::of(&req)?;
+            let data = req
+                .get_ref()
+                .file
+                .as_ref()
+                .map(|f| f.data.clone())
+                .unwrap_or_default();
+            if data.is_empty() {
+                return Err(Error::invalid(
+                    "file",
+                    "the document is empty: post the XML itself",
+                ));
+            }
+            if data.len() > MAX_DOCUMENT {
+                return Err(Error::invalid(
+                    "file",
+                    format!("the document is larger than {} MiB", MAX_DOCUMENT >> 20),
+                ));
+            }
+            let xml = String::from_utf8(data)
+                .map_err(|_| Error::invalid("file", "the document is not UTF-8 text"))?;
+            let (xml, models) = tokio::task::spawn_blocking(move || {
+                datamodel::parse(&xml).map(|models| (xml, models))
+            })
+            .await
+            .map_err(|e| Error::internal("reading a data model", e))??;
+            let mut tx = self.db.begin_write(scope(p)).await?;
+            for m in &models {
+                store::put_data_model(&mut tx, &p.tenant_id, &m.name, &xml).await?;
+            }
+            tx.commit().await?;
+            tracing::info!(tenant_id = %p.tenant_id, models = ?models.iter().map(|m| &m.name).collect::<Vec<_>>(), "data models imported");
+            Ok(pb::ImportDataModelResponse {
+                models: models.iter().map(Model::summary).collect(),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn delete_data_model(
+        &self,
+        req: Request<pb::DeleteDataModelRequest>,
+    ) -> Result<Response<pb::DeleteDataModelResponse>, Status> {
+        let run = async {
+            checked(&req, "DeleteDataModelRequest")?;
+            let p = Principal::of(&req)?;
+            let name = req.get_ref().model.trim();
+            let mut tx = self.db.begin_write(scope(p)).await?;
+            if !store::delete(&mut tx, store::Texts::DataModels, &p.tenant_id, name).await? {
+                let why = if name == self.model.name {
+                    format!(
+                        "{name} is the standard model, shared by every tenant: it cannot be deleted"
+                    )
+                } else {
+                    format!("this tenant has no data model {name} (name it in full)")
+                };
+                return Err(Error::not_found(why));
+            }
+            tx.commit().await?;
+            Ok(pb::DeleteDataModelResponse {})
+        };
+        reply(run.await)
+    }
+
     async fn list_data_models(
         &self,
         req: Request<pb::ListDataModelsRequest>,
     ) -> Result<Response<pb::ListDataModelsResponse>, Status> {
-        let run = checked(&req, "ListDataModelsRequest").map(|()| pb::ListDataModelsResponse {
-            models: self.models.iter().map(|m| m.summary()).collect(),
-        });
-        reply(run)
+        let run = async {
+            checked(&req, "ListDataModelsRequest")?;
+            let models = self.models(Principal::of(&req)?).await?;
+            Ok(pb::ListDataModelsResponse {
+                models: models.all().into_iter().map(Model::summary).collect(),
+            })
+        };
+        reply(run.await)
     }
 
     async fn get_data_model_tree(
@@ -431,10 +596,13 @@ impl DataModelService for Catalog {
         req: Request<pb::GetDataModelTreeRequest>,
     ) -> Result<Response<pb::GetDataModelTreeResponse>, Status> {
         let r = req.get_ref();
-        let run = checked(&req, "GetDataModelTreeRequest")
-            .and_then(|()| self.model(&r.model))
-            .and_then(|m| m.tree(&r.path));
-        reply(run)
+        let run = async {
+            let (models, name) = self
+                .model_for(&req, "GetDataModelTreeRequest", &r.model)
+                .await?;
+            models.find(&name)?.tree(&r.path)
+        };
+        reply(run.await)
     }
 
     async fn get_data_model_parameter(
@@ -442,17 +610,13 @@ impl DataModelService for Catalog {
         req: Request<pb::GetDataModelParameterRequest>,
     ) -> Result<Response<pb::GetDataModelParameterResponse>, Status> {
         let r = req.get_ref();
-        let run = checked(&req, "GetDataModelParameterRequest")
-            .and_then(|()| self.model(&r.model))
-            .and_then(|m| {
-                let (object, p) = m.parameter(&r.path).ok_or_else(|| {
-                    Error::not_found(format!("{} has no parameter {}", m.name, r.path))
-                })?;
-                Ok(pb::GetDataModelParameterResponse {
-                    parameter: Some(p.to_pb(&object.path)),
-                })
-            });
-        reply(run)
+        let run = async {
+            let (models, name) = self
+                .model_for(&req, "GetDataModelParameterRequest", &r.model)
+                .await?;
+            models.find(&name)?.describe(&r.path)
+        };
+        reply(run.await)
     }
 
     async fn search_data_models(
@@ -460,19 +624,21 @@ impl DataModelService for Catalog {
         req: Request<pb::SearchDataModelsRequest>,
     ) -> Result<Response<pb::SearchDataModelsResponse>, Status> {
         let r = req.get_ref();
-        let run = checked(&req, "SearchDataModelsRequest").and_then(|()| {
+        let run = async {
+            checked(&req, "SearchDataModelsRequest")?;
+            let all = self.models(Principal::of(&req)?).await?;
             let size = search::page_size(r.page_size, 50);
             let models = match r.model.as_str() {
-                "" => self.models.clone(),
-                name => vec![self.model(name)?],
+                "" => all.all(),
+                name => vec![all.find(name)?],
             };
             let mut hits: Vec<pb::DataModelHit> =
                 models.iter().flat_map(|m| m.search(&r.q, size)).collect();
             hits.sort_by_key(|h| std::cmp::Reverse(h.score));
             hits.truncate(size);
             Ok(pb::SearchDataModelsResponse { hits })
-        });
-        reply(run)
+        };
+        reply(run.await)
     }
 
     async fn validate_sets(
@@ -480,9 +646,12 @@ impl DataModelService for Catalog {
         req: Request<pb::ValidateSetsRequest>,
     ) -> Result<Response<pb::ValidateSetsResponse>, Status> {
         let r = req.get_ref();
-        let run = checked(&req, "ValidateSetsRequest")
-            .and_then(|()| self.model(&r.model))
-            .map(|m| pb::ValidateSetsResponse {
+        let run = async {
+            let (models, name) = self
+                .model_for(&req, "ValidateSetsRequest", &r.model)
+                .await?;
+            let m = models.find(&name)?;
+            Ok(pb::ValidateSetsResponse {
                 results: r
                     .sets
                     .iter()
@@ -500,7 +669,8 @@ impl DataModelService for Catalog {
                         },
                     })
                     .collect(),
-            });
-        reply(run)
+            })
+        };
+        reply(run.await)
     }
 }

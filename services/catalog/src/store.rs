@@ -1,4 +1,5 @@
-//! The catalog's tables: a tenant's MIB modules and its uploads. Every
+//! The catalog's tables: a tenant's MIB modules, its uploads, and its data
+//! models. Every
 //! query names the tenant, and PostgreSQL's row-level security filters
 //! again. The migrations keep their own table (`_catalog_migrations`), so
 //! they never mix with the inventory's in the one database.
@@ -29,34 +30,101 @@ pub static MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
     postgres: &POSTGRES,
 });
 
-/// A tenant's module: its name and its text.
-#[derive(sqlx::FromRow)]
-pub struct ModuleRow {
-    pub name: String,
-    pub source: String,
+/// The tenant's texts, each under its name: MIB modules or data models.
+#[derive(Clone, Copy, Debug)]
+pub enum Texts {
+    Mibs,
+    DataModels,
 }
 
-/// The tenant's modules, by name.
-pub async fn modules(tx: &mut TenantTx, tenant_id: &str) -> Result<Vec<ModuleRow>> {
-    Ok(
-        sqlx::query_as("select name, source from mib_modules where tenant_id = $1 order by name")
-            .bind(tenant_id)
-            .fetch_all(tx.conn())
-            .await?,
-    )
+impl Texts {
+    /// Its table: a name from this list, never from input.
+    fn table(self) -> &'static str {
+        match self {
+            Texts::Mibs => "mib_modules",
+            Texts::DataModels => "data_models",
+        }
+    }
 }
 
-/// What a tenant's modules are now: their count and newest change.
+/// The tenant's texts of a kind, as (name, text), by name.
+pub async fn texts(
+    tx: &mut TenantTx,
+    kind: Texts,
+    tenant_id: &str,
+) -> Result<Vec<(String, String)>> {
+    let sql = format!(
+        "select name, source from {} where tenant_id = $1 order by name",
+        kind.table()
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .fetch_all(tx.conn())
+        .await?)
+}
+
+/// What a tenant's texts of a kind are now: their count and newest change.
 pub type Version = (i64, i64);
 
-/// The tenant's modules' [`Version`] (a cached set is rebuilt when it moves).
-pub async fn version(tx: &mut TenantTx, tenant_id: &str) -> Result<Version> {
-    Ok(sqlx::query_as(
-        "select count(*), coalesce(max(create_time), 0) from mib_modules where tenant_id = $1",
+/// The [`Version`] of a tenant's texts (what was built from them is built
+/// again when it moves).
+pub async fn version(tx: &mut TenantTx, kind: Texts, tenant_id: &str) -> Result<Version> {
+    let sql = format!(
+        "select count(*), coalesce(max(create_time), 0) from {} where tenant_id = $1",
+        kind.table()
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .fetch_one(tx.conn())
+        .await?)
+}
+
+/// The tenant has a text of this kind and name.
+pub async fn has(tx: &mut TenantTx, kind: Texts, tenant_id: &str, name: &str) -> Result<bool> {
+    let sql = format!(
+        "select 1 from {} where tenant_id = $1 and name = $2",
+        kind.table()
+    );
+    let found: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(name)
+        .fetch_optional(tx.conn())
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Deletes one; whether there was one.
+pub async fn delete(tx: &mut TenantTx, kind: Texts, tenant_id: &str, name: &str) -> Result<bool> {
+    let sql = format!(
+        "delete from {} where tenant_id = $1 and name = $2",
+        kind.table()
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(name)
+        .execute(tx.conn())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Stores a data model's document, replacing one of the same name.
+pub async fn put_data_model(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    name: &str,
+    source: &str,
+) -> Result<()> {
+    delete(tx, Texts::DataModels, tenant_id, name).await?;
+    sqlx::query(
+        "insert into data_models (tenant_id, name, source, create_time) values ($1, $2, $3, $4)",
     )
     .bind(tenant_id)
-    .fetch_one(tx.conn())
-    .await?)
+    .bind(name)
+    .bind(source)
+    .bind(now_millis())
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 /// Stores a module, replacing one of the same name.
@@ -67,11 +135,7 @@ pub async fn put_module(
     source: &str,
     upload_id: &str,
 ) -> Result<()> {
-    sqlx::query("delete from mib_modules where tenant_id = $1 and name = $2")
-        .bind(tenant_id)
-        .bind(name)
-        .execute(tx.conn())
-        .await?;
+    delete(tx, Texts::Mibs, tenant_id, name).await?;
     sqlx::query(
         "insert into mib_modules (tenant_id, name, source, upload_id, create_time) values ($1, $2, $3, $4, $5)",
     )
@@ -83,26 +147,6 @@ pub async fn put_module(
     .execute(tx.conn())
     .await?;
     Ok(())
-}
-
-/// The tenant has a module of this name.
-pub async fn has_module(tx: &mut TenantTx, tenant_id: &str, name: &str) -> Result<bool> {
-    let found: Option<(i64,)> =
-        sqlx::query_as("select 1 from mib_modules where tenant_id = $1 and name = $2")
-            .bind(tenant_id)
-            .bind(name)
-            .fetch_optional(tx.conn())
-            .await?;
-    Ok(found.is_some())
-}
-
-pub async fn delete_module(tx: &mut TenantTx, tenant_id: &str, name: &str) -> Result<bool> {
-    let done = sqlx::query("delete from mib_modules where tenant_id = $1 and name = $2")
-        .bind(tenant_id)
-        .bind(name)
-        .execute(tx.conn())
-        .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 fn encode(upload: &pb::MibUpload) -> String {
