@@ -1546,10 +1546,13 @@ fn catalog(runs: usize, oids: usize) -> anyhow::Result<()> {
         })
         .collect();
     let t = Instant::now();
-    let names: Vec<String> = queries.iter().map(|q| set.translate(q).name).collect();
+    let names: Vec<String> = queries
+        .iter()
+        .map(|q| set.translate(q, None).name)
+        .collect();
     let forward = t.elapsed();
     let t = Instant::now();
-    let back: Vec<String> = names.iter().map(|n| set.translate(n).oid).collect();
+    let back: Vec<String> = names.iter().map(|n| set.translate(n, None).oid).collect();
     let backward = t.elapsed();
     let wrong = back.iter().zip(&queries).filter(|(b, q)| b != q).count();
     let rate = |d: Duration| oids as f64 / d.as_secs_f64();

@@ -510,6 +510,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
                     .map_or_else(|| settings.inventory.database.url(Some(&opts.data_dir)), Ok)?,
             ),
         }),
+        mesh_url: Some(format!("http://{}", reachable(mesh_addrs.1))),
     };
     let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory_backend.clone())]);
     let mut names = server::service_names(INVENTORY_PACKAGE);
@@ -568,6 +569,17 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         tasks,
         _demo: demo_sims,
     })
+}
+
+/// An address to connect to a listener bound at `addr` (`0.0.0.0`: loopback).
+fn reachable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }
 
 /// The internal metrics port, when one is set: bound first, so that it is
@@ -676,6 +688,7 @@ pub async fn serve_service(
             }),
             None => None,
         },
+        mesh_url: None,
     };
     let started = service.start(matches, context).await?;
     metrics.start(&shutdown);

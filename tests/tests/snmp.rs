@@ -852,6 +852,122 @@ async fn walks_name_every_object_the_standard_modules_define() {
     );
 }
 
+/// A tenant's own MIB module (net-snmp's UCD-SNMP-MIB, which snmpd
+/// serves) names its replies and its requests; another tenant still sees
+/// the standard names only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_mib_modules_name_its_snmp_replies() {
+    let (mesh, demo_token) = demo().await;
+    let (tenant_id, token) = mesh.tenant_with_admin("ucd").await;
+    mesh.allow_targets(&tenant_id, &["127.0.0.1/32"]).await;
+    let target = json!({"endpoint": community("2c", "public")});
+    let get = |token: String, oids: Value| {
+        let (mesh, target) = (&mesh, target.clone());
+        async move {
+            mesh.post(
+                "/v1/snmp/get",
+                &token,
+                json!({"target": target, "oids": oids}),
+            )
+            .await
+        }
+    };
+    // Before the upload: the standard modules name only enterprises.
+    let (status, before) = get(token.clone(), json!(["1.3.6.1.4.1.2021.4.5.0"])).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    assert_eq!(
+        before["varbinds"][0]["name"],
+        "SNMPv2-SMI::enterprises.2021.4.5.0"
+    );
+    let (status, e) = get(token.clone(), json!(["UCD-SNMP-MIB::memTotalReal.0"])).await;
+    assert_eq!(
+        (status, &e["field"]),
+        (StatusCode::BAD_REQUEST, &json!("oids[0]")),
+        "{e}"
+    );
+
+    let reply: Value = mesh
+        .http
+        .post(mesh.url("/v1/mibs?filename=UCD-SNMP-MIB.txt"))
+        .bearer_auth(&token)
+        .body(include_bytes!("../data/mibs/UCD-SNMP-MIB.txt").to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload = format!("/v1/mibs/uploads/{}", reply["id"].as_str().unwrap());
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        done = mesh.get(&upload, &token).await.1;
+        if done["status"] != "parsing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["added"], json!(["UCD-SNMP-MIB"]), "{done}");
+
+    // A name only the tenant's module knows, in a request and in replies,
+    // an enumerated INTEGER labelled by it.
+    let (status, body) = get(
+        token.clone(),
+        json!([
+            "UCD-SNMP-MIB::memTotalReal.0",
+            "sysDescr.0",
+            "memSwapError.0"
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let vbs = &body["varbinds"];
+    assert_eq!(
+        (&vbs[0]["oid"], &vbs[0]["name"]),
+        (
+            &json!("1.3.6.1.4.1.2021.4.5.0"),
+            &json!("UCD-SNMP-MIB::memTotalReal.0")
+        ),
+        "{body}"
+    );
+    assert_eq!(vbs[1]["name"], "SNMPv2-MIB::sysDescr.0");
+    assert_eq!(vbs[2]["name"], "UCD-SNMP-MIB::memSwapError.0");
+    assert!(
+        ["noError(0)", "error(1)"].contains(&vbs[2]["label"].as_str().unwrap()),
+        "{body}"
+    );
+    // A walk of the subtree, by its name: every row of laTable named.
+    let (status, messages) = stream(
+        &mesh,
+        "/v1/snmp/walk",
+        &token,
+        json!({"target": target, "oid": "UCD-SNMP-MIB::laTable"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{messages:?}");
+    let walked = varbinds_of(&messages);
+    assert!(walked.len() >= 3, "{walked:?}");
+    assert!(
+        walked
+            .iter()
+            .all(|vb| vb["name"].as_str().unwrap().starts_with("UCD-SNMP-MIB::la")),
+        "{walked:?}"
+    );
+
+    // The demo tenant has no such module.
+    let (status, before) = get(demo_token.clone(), json!(["1.3.6.1.4.1.2021.4.5.0"])).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    assert_eq!(
+        before["varbinds"][0]["name"],
+        "SNMPv2-SMI::enterprises.2021.4.5.0"
+    );
+    let (status, e) = get(demo_token, json!(["UCD-SNMP-MIB::memTotalReal.0"])).await;
+    assert_eq!(
+        (status, &e["field"]),
+        (StatusCode::BAD_REQUEST, &json!("oids[0]")),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oids_values_and_targets_are_400s_naming_the_field() {
     let (mesh, token) = demo().await;

@@ -390,12 +390,13 @@ impl MibService for Catalog {
         let run = async {
             checked(&req, "TranslateOidsRequest")?;
             let mibs = self.mibs(Principal::of(&req)?).await?;
+            let r = req.get_ref();
             Ok(pb::TranslateOidsResponse {
-                translations: req
-                    .get_ref()
+                translations: r
                     .queries
                     .iter()
-                    .map(|q| mibs.translate(q))
+                    .enumerate()
+                    .map(|(i, q)| mibs.translate(q, r.integers.get(&(i as i32)).copied()))
                     .collect(),
             })
         };

@@ -284,7 +284,9 @@ impl MibSet {
 
     /// One query translated the other way: an OID to its name, a name to
     /// its OID; an instance's index decoded.
-    pub fn translate(&self, query: &str) -> pb::Translation {
+    /// `query` translated the other way; `integer`, a value read at it, is
+    /// labelled by the object's enumeration.
+    pub fn translate(&self, query: &str, integer: Option<i64>) -> pb::Translation {
         let q = query.trim();
         let oid = match self.mib.resolve_oid(q) {
             Ok(oid) => oid,
@@ -307,6 +309,7 @@ impl MibSet {
             Some(named) => pb::Translation {
                 query: query.to_owned(),
                 oid: oid_text,
+                label: integer.map(|v| label(&named.node, v)).unwrap_or_default(),
                 name: named.name,
                 object: named.node.name().to_owned(),
                 module: named
@@ -334,19 +337,15 @@ impl MibSet {
     }
 
     /// What a reply shows beside an OID: its name (empty when no module
-    /// has it) and, for an enumerated INTEGER, the value's label (`up(1)`).
-    pub fn describe(&self, arcs: &[u32], integer: Option<i64>) -> (String, String) {
+    /// has it), for an enumerated INTEGER the value's label (`up(1)`), and
+    /// whether an object (OBJECT-TYPE) named it rather than some node
+    /// above it (`SNMPv2-SMI::enterprises.2021.4.5.0`).
+    pub fn describe(&self, arcs: &[u32], integer: Option<i64>) -> (String, String, bool) {
         let Some(named) = self.named(&Oid::from(arcs.to_vec())) else {
-            return (String::new(), String::new());
+            return (String::new(), String::new(), false);
         };
-        let label = integer
-            .and_then(|v| {
-                let object = named.node.object()?;
-                let e = object.effective_enums().iter().find(|e| e.value == v)?;
-                Some(format!("{}({v})", e.label))
-            })
-            .unwrap_or_default();
-        (named.name, label)
+        let label = integer.map(|v| label(&named.node, v)).unwrap_or_default();
+        (named.name, label, named.node.object().is_some())
     }
 
     /// The deepest named node holding `oid`, its name with the instance's
@@ -385,6 +384,14 @@ impl MibSet {
         let index = decoded.unwrap_or_default();
         Some(Named { node, name, index })
     }
+}
+
+/// `v`'s label in `node`'s enumeration (`up(1)`), or empty.
+fn label(node: &Node, v: i64) -> String {
+    node.object()
+        .and_then(|o| o.effective_enums().iter().find(|e| e.value == v))
+        .map(|e| format!("{}({v})", e.label))
+        .unwrap_or_default()
 }
 
 /// An OID as its catalog names it.
@@ -455,7 +462,7 @@ mod tests {
         for m in ["IF-MIB", "SNMPv2-MIB", "RFC1213-MIB", "TCP-MIB"] {
             assert!(names.iter().any(|n| n == m), "{m} in {names:?}");
         }
-        let t = set.translate("1.3.6.1.2.1.2.2.1.2.3");
+        let t = set.translate("1.3.6.1.2.1.2.2.1.2.3", None);
         assert_eq!(
             (t.name.as_str(), t.object.as_str()),
             ("IF-MIB::ifDescr.3", "ifDescr")
@@ -467,18 +474,33 @@ mod tests {
                 value: "3".into()
             }]
         );
-        let back = set.translate("IF-MIB::ifDescr.3");
+        let back = set.translate("IF-MIB::ifDescr.3", None);
         assert_eq!(back.oid, "1.3.6.1.2.1.2.2.1.2.3");
-        assert_eq!(set.translate("sysDescr.0").oid, "1.3.6.1.2.1.1.1.0");
-        let ip = set.translate("1.3.6.1.2.1.4.20.1.2.10.0.0.1");
+        assert_eq!(set.translate("sysDescr.0", None).oid, "1.3.6.1.2.1.1.1.0");
+        let ip = set.translate("1.3.6.1.2.1.4.20.1.2.10.0.0.1", None);
         assert_eq!(ip.name, "IP-MIB::ipAdEntIfIndex.10.0.0.1");
         assert_eq!(ip.index[0].value, "10.0.0.1");
-        assert!(!set.translate("NO-MIB::x").error.is_empty());
+        assert!(!set.translate("NO-MIB::x", None).error.is_empty());
         let status = set.oid_of("IF-MIB::ifOperStatus.2").unwrap();
         assert_eq!(
             set.describe(&status, Some(1)),
-            ("IF-MIB::ifOperStatus.2".to_owned(), "up(1)".to_owned())
+            (
+                "IF-MIB::ifOperStatus.2".to_owned(),
+                "up(1)".to_owned(),
+                true
+            )
         );
-        assert_eq!(set.describe(&[1, 3, 6, 1, 4, 1, 99999], Some(1)).1, "");
+        assert_eq!(
+            set.describe(&[1, 3, 6, 1, 4, 1, 99999, 1], Some(1)),
+            (
+                "SNMPv2-SMI::enterprises.99999.1".to_owned(),
+                String::new(),
+                false
+            )
+        );
+        assert_eq!(
+            set.translate("ifOperStatus.2", Some(7)).label,
+            "lowerLayerDown(7)"
+        );
     }
 }

@@ -35,6 +35,10 @@ pub struct Context {
     /// The database, for a service that keeps data of its own (`rdm up`:
     /// the inventory's SQLite file; `rdm serve`: RDM_DATABASE_URL, if set).
     pub database: Option<Database>,
+    /// Under `rdm up`, where every service of this process answers gRPC: a
+    /// service calls another there (under `rdm serve`, at the URL its
+    /// settings give).
+    pub mesh_url: Option<String>,
 }
 
 /// A service's database, and how its migrations run.

@@ -2,20 +2,16 @@
 //! device of the caller's tenant or an inline endpoint, both resolved by
 //! the inventory (see DESIGN.md, "Target resolution").
 pub mod engine;
+mod names;
 mod targets;
 pub mod traps;
 
 pub use targets::Inventory;
 
 use anyhow::Context as _;
-use engine::{
-    Engine, Op,
-    error::SnmpError,
-    oid::Oid,
-    target::Target,
-    value::{Value, VarBind},
-};
+use engine::{Engine, Op, error::SnmpError, oid::Oid, target::Target, value::Value};
 use futures::{Stream, StreamExt};
+use names::Namer;
 use rdm_kit::{
     Error, ErrorCode, Principal, Result,
     mesh::{Context, Spec, Started},
@@ -33,6 +29,8 @@ const MAX_OIDS: usize = 128;
 pub struct Config {
     pub engine: Arc<Engine>,
     pub inventory: Inventory,
+    /// The catalog, naming what only a tenant's own MIB modules name.
+    pub catalog: Option<rdm_kit::invoke::Backend>,
     /// Where watchers get traps: this process's listener, or the trap role's.
     pub traps: Traps,
 }
@@ -58,6 +56,10 @@ pub struct Args {
     /// snmp-traps Deployment), so any number of replicas serve watchers.
     #[arg(long, env = "RDM_SNMP_TRAPS_URL")]
     pub snmp_traps_url: Option<String>,
+    /// The catalog service, asked to name OIDs (and read OID names) that
+    /// only a tenant's own MIB modules know (`rdm up`: this process's).
+    #[arg(long = "snmp-catalog-url", env = "RDM_CATALOG_URL")]
+    pub snmp_catalog_url: Option<String>,
 }
 
 /// The SNMP service as the mesh's registry lists it.
@@ -87,9 +89,16 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         Traps::Here(hub) => vec![("snmp-traps", hub.addr)],
         _ => Vec::new(),
     };
+    let catalog = match args.snmp_catalog_url.or(context.mesh_url.clone()) {
+        Some(url) => {
+            Some(rdm_kit::invoke::remote(&url).with_context(|| format!("RDM_CATALOG_URL {url}"))?)
+        }
+        None => None,
+    };
     let config = Config {
         engine: Default::default(),
         inventory,
+        catalog,
         traps,
     };
     Ok(Started {
@@ -138,7 +147,8 @@ pub fn device_error(e: SnmpError) -> Error {
     out
 }
 
-fn oids(field: &str, texts: &[String]) -> Result<Vec<Oid>> {
+/// The OIDs a request names: at least one, at most [`MAX_OIDS`].
+async fn oids(namer: &Namer, field: &str, texts: &[String]) -> Result<Vec<Oid>> {
     if texts.is_empty() {
         return Err(Error::invalid(field, "name at least one OID"));
     }
@@ -148,55 +158,11 @@ fn oids(field: &str, texts: &[String]) -> Result<Vec<Oid>> {
             format!("at most {MAX_OIDS} OIDs a request"),
         ));
     }
-    texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| parse_oid(t).map_err(|why| Error::invalid(format!("{field}[{i}]"), why)))
-        .collect()
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    namer.oids(&texts, |i| format!("{field}[{i}]")).await
 }
 
-/// A dotted OID, or a name the MIB catalog knows (`sysDescr.0`,
-/// `IF-MIB::ifDescr.1`).
-fn parse_oid(text: &str) -> Result<Oid, String> {
-    let named = text
-        .trim_start()
-        .starts_with(|c: char| c.is_ascii_alphabetic());
-    match text.parse::<Oid>() {
-        Ok(oid) => Ok(oid),
-        Err(e) if !named => Err(e.to_string()),
-        Err(_) => {
-            let oid = rdm_catalog::mibs::standard()
-                .oid_of(text)
-                .map_err(|e| e.message)?;
-            Oid::try_from_arcs(&oid).ok_or_else(|| format!("{text} is not an OID an agent takes"))
-        }
-    }
-}
-
-/// Variables as replies show them, each named by the MIB catalog.
-fn to_pb(vbs: Vec<VarBind>) -> Vec<pb::VarBind> {
-    let names = rdm_catalog::mibs::standard();
-    vbs.into_iter()
-        .map(|vb| {
-            let (value, hex) = vb.value.to_text();
-            let integer = match vb.value {
-                Value::Integer(n) => Some(n),
-                _ => None,
-            };
-            let (name, label) = names.describe(vb.oid.arcs(), integer);
-            pb::VarBind {
-                oid: vb.oid.to_string(),
-                r#type: vb.value.type_name().to_owned(),
-                value,
-                hex,
-                name,
-                label,
-            }
-        })
-        .collect()
-}
-
-fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
+async fn set_values(namer: &Namer, varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
     if varbinds.is_empty() {
         return Err(Error::invalid(
             "varbinds",
@@ -209,12 +175,13 @@ fn set_values(varbinds: &[pb::VarBind]) -> Result<Vec<(Oid, Value)>> {
             format!("at most {MAX_OIDS} variables a request"),
         ));
     }
+    let texts: Vec<&str> = varbinds.iter().map(|vb| vb.oid.as_str()).collect();
+    let oids = namer.oids(&texts, |i| format!("varbinds[{i}].oid")).await?;
     varbinds
         .iter()
+        .zip(oids)
         .enumerate()
-        .map(|(i, vb)| {
-            let oid = parse_oid(&vb.oid)
-                .map_err(|why| Error::invalid(format!("varbinds[{i}].oid"), why))?;
+        .map(|(i, (vb, oid))| {
             let field = if vb.hex.is_empty() { "value" } else { "hex" };
             let value = Value::parse(&vb.r#type, &vb.value, &vb.hex).map_err(|e| {
                 let field =
@@ -303,7 +270,8 @@ impl Snmp {
         op: impl FnOnce(u32) -> Op,
     ) -> Result<Vec<pb::VarBind>, Status> {
         let p = Principal::of(req).map_err(err)?;
-        let oids = oids("oids", oids_text).map_err(err)?;
+        let namer = self.namer(p);
+        let oids = oids(&namer, "oids", oids_text).await.map_err(err)?;
         check_repetitions(max_repetitions).map_err(err)?;
         let target = self
             .0
@@ -321,7 +289,11 @@ impl Snmp {
             .request(&target, op, &engine::nulls(&oids))
             .await
             .map_err(|e| err(device_error(e)))?;
-        Ok(to_pb(found))
+        Ok(namer.varbinds(found).await)
+    }
+
+    fn namer(&self, p: &Principal) -> Namer {
+        Namer::new(self.0.catalog.as_ref(), p)
     }
 }
 
@@ -364,7 +336,8 @@ impl SnmpService for Snmp {
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
-        let values = set_values(&r.varbinds).map_err(err)?;
+        let namer = self.namer(p);
+        let values = set_values(&namer, &r.varbinds).await.map_err(err)?;
         let target = self
             .0
             .inventory
@@ -381,7 +354,7 @@ impl SnmpService for Snmp {
             .map_err(|e| err(device_error(e)))?;
         tracing::info!(addr = %target.target.addr, device_id = %target.device_id, varbinds = values.len(), "snmp set");
         Ok(Response::new(pb::SetResponse {
-            varbinds: to_pb(done),
+            varbinds: namer.varbinds(done).await,
         }))
     }
 
@@ -398,9 +371,15 @@ impl SnmpService for Snmp {
         } else {
             r.oid.clone()
         };
-        let root = Oid::walk_root(&root)
-            .or_else(|_| parse_oid(&root))
-            .map_err(|why| err(Error::invalid("oid", why)))?;
+        let namer = self.namer(p);
+        let root = match Oid::walk_root(&root) {
+            Ok(root) => root,
+            Err(_) => namer
+                .oids(&[root.as_str()], |_| "oid".to_owned())
+                .await
+                .map_err(err)?
+                .remove(0),
+        };
         // 0 asks for the default: a walk needs at least one a request.
         let max_repetitions = Some(r.max_repetitions).filter(|n| *n > 0);
         check_repetitions(max_repetitions).map_err(err)?;
@@ -412,14 +391,19 @@ impl SnmpService for Snmp {
             .map_err(err)?;
         check_patience(&req, &target.target).map_err(err)?;
         let reps = repetitions(max_repetitions, &target.target);
-        let walk =
-            engine::walk::walk(self.0.engine.clone(), target.target, root, reps).map(|batch| {
-                batch
-                    .map(|vbs| pb::WalkResponse {
-                        varbinds: to_pb(vbs),
-                    })
-                    .map_err(|e| err(device_error(e)))
-            });
+        let walk = engine::walk::walk(self.0.engine.clone(), target.target, root, reps).then(
+            move |batch| {
+                let namer = namer.clone();
+                async move {
+                    match batch {
+                        Ok(vbs) => Ok(pb::WalkResponse {
+                            varbinds: namer.varbinds(vbs).await,
+                        }),
+                        Err(e) => Err(err(device_error(e))),
+                    }
+                }
+            },
+        );
         Ok(Response::new(Box::pin(walk)))
     }
 
@@ -430,8 +414,9 @@ impl SnmpService for Snmp {
         req: Request<pb::PollRequest>,
     ) -> Result<Response<Self::PollStream>, Status> {
         let p = Principal::of(&req).map_err(err)?.clone();
+        let namer = self.namer(&p);
         let r = req.into_inner();
-        let oids = oids("oids", &r.oids).map_err(err)?;
+        let oids = oids(&namer, "oids", &r.oids).await.map_err(err)?;
         if r.targets.is_empty() {
             return Err(err(Error::invalid("targets", "name at least one target")));
         }
@@ -486,7 +471,8 @@ impl SnmpService for Snmp {
             .unwrap_or_else(rdm_kit::telemetry::TraceParent::new_root);
         let polls = futures::stream::iter(jobs)
             .map(move |(index, target, device)| {
-                let (config, p, oids) = (config.clone(), p.clone(), oids.clone());
+                let (config, p, oids, namer) =
+                    (config.clone(), p.clone(), oids.clone(), namer.clone());
                 trace.clone().serving(async move {
                     let (device_id, resolved) = match device {
                         Some((id, Ok(reply))) => (id, targets::from_device(reply)),
@@ -497,20 +483,19 @@ impl SnmpService for Snmp {
                         ),
                     };
                     let result = match resolved {
-                        Ok(t) => config
-                            .engine
-                            .get(&t.target, &oids)
-                            .await
-                            .map_err(device_error),
+                        Ok(t) => match config.engine.get(&t.target, &oids).await {
+                            Ok(vbs) => Ok(namer.varbinds(vbs).await),
+                            Err(e) => Err(device_error(e)),
+                        },
                         Err(e) => Err(e),
                     };
                     Ok(pb::PollResponse {
                         index: index as u32,
                         device_id,
                         result: Some(match result {
-                            Ok(vbs) => pb::poll_response::Result::Values(pb::PollVarBinds {
-                                varbinds: to_pb(vbs),
-                            }),
+                            Ok(varbinds) => {
+                                pb::poll_response::Result::Values(pb::PollVarBinds { varbinds })
+                            }
                             Err(e) => pb::poll_response::Result::Error(pb::PollError {
                                 code: e.code.reason().to_owned(),
                                 message: e.message,

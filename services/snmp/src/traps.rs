@@ -608,7 +608,7 @@ fn to_pb(t: &Trap, device_id: &str) -> pb::WatchTrapsResponse {
         kind: t.kind.to_owned(),
         trap_oid: t.trap_oid.clone(),
         uptime: t.uptime,
-        varbinds: crate::to_pb(t.varbinds.clone()),
+        varbinds: crate::names::standard(t.varbinds.clone()).0,
         agent_address: v1.agent_address,
         enterprise: v1.enterprise,
         generic_trap: v1.generic_trap,
