@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # rdm's one test command (README.md). On a fresh machine it installs what is
-# missing (tool venv, buf, net-snmp), starts PostgreSQL if it is down, then runs every
-# check: formatting, lints, proto lint, deploy validation, and the whole test
-# suite on SQLite and PostgreSQL.
+# missing (tool venv, buf, net-snmp, Mosquitto), starts PostgreSQL and
+# Mosquitto if they are down, then runs every check: formatting, lints, proto
+# lint, deploy validation, and the whole test suite on SQLite and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")"
 tools=.tools
@@ -46,6 +46,16 @@ pg_isready -h 127.0.0.1 -p 5432
 psql -h 127.0.0.1 -U postgres -d postgres -Atc \
   "select 'drop database if exists ' || datname || ' with (force);' from pg_database where datname like 'rdm_t_%'" \
   | psql -q -h 127.0.0.1 -U postgres -d postgres >/dev/null || true
+
+step "Mosquitto (MQTT 5: the USP tests' broker)"
+if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+  if ! command -v mosquitto >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+  fi
+  mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 1; done
+fi
+(exec 3<>/dev/tcp/127.0.0.1/1883) && echo "mosquitto on 127.0.0.1:1883"
 
 step "format"
 cargo fmt --all -- --check

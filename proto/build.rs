@@ -21,9 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The error details rdm sends (ErrorInfo, ...): in the descriptor set,
     // so reflection lets grpcurl and buf curl decode them.
     proto_files(&root.join("google/rpc"), &mut files);
+    // The Broadband Forum's USP Record and Msg (BSD-3, third_party/usp):
+    // the USP service's wire format.
+    proto_files(&root.join("third_party/usp"), &mut files);
     files.sort();
     println!("cargo:rerun-if-changed=rdm");
     println!("cargo:rerun-if-changed=google");
+    println!("cargo:rerun-if-changed=third_party");
 
     let mut compiler = protox::Compiler::new([&root])?;
     compiler

@@ -5,4 +5,5 @@ pub mod acs;
 pub mod hg630;
 pub mod mellophone;
 pub mod snmp_agent;
+pub mod usp_agent;
 pub mod webpa;

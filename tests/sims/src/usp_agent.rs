@@ -1,0 +1,749 @@
+//! A simulated USP (TR-369) agent over the MQTT 5 MTP, written from TR-369
+//! and the BBF texts in `proto/third_party/usp` (the Record and Msg protos,
+//! `mtp-mqtt.md`), not from rdm's controller. It connects with its
+//! `usp-endpoint-id`, subscribes to its agent topic, and answers each
+//! request Record addressed to it on the publish's Response Topic with
+//! Content Type `usp.msg`.
+//!
+//! Its data model is a small TR-181 tree: DeviceInfo, a `WiFi.SSID.{i}.`
+//! table (unique key Alias) and a sync `Reboot()`. Paths may use `*` and
+//! search expressions (`[Alias=="guest"]`, `==` and `!=` on one
+//! parameter) in place of an instance number. Errors are TR-369's: 7026
+//! invalid path, 7016 object does not exist, 7004 invalid arguments with a
+//! 7013 param_err for a required Set of a read-only parameter, 7021 when a
+//! required parameter fails under allow_partial.
+//!
+//! Where TR-369 leaves a choice, the simulator's: a Get of an object path
+//! answers one resolved path per object (sub-objects on their own);
+//! `max_depth` is not applied.
+use prost::Message;
+use rdm_proto::{usp_msg as msg, usp_record as rec};
+use rumqttc::v5::{
+    AsyncClient, Event, MqttOptions,
+    mqttbytes::{
+        QoS,
+        v5::{ConnectProperties, Packet, PublishProperties},
+    },
+};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+const INVALID_ARGUMENTS: u32 = 7004;
+const NOT_WRITABLE: u32 = 7013;
+const OBJECT_DOES_NOT_EXIST: u32 = 7016;
+const REQUIRED_FAILED: u32 = 7021;
+const INVALID_PATH: u32 = 7026;
+const SSID_TABLE: &str = "Device.WiFi.SSID.";
+
+#[derive(Clone, Debug)]
+struct Param {
+    value: String,
+    writable: bool,
+}
+
+/// The agent's data model: parameters by full path, and the instances of
+/// its one table.
+struct Model {
+    params: BTreeMap<String, Param>,
+    next_ssid: u32,
+    reboots: u32,
+}
+
+impl Model {
+    fn new(serial: &str) -> Self {
+        let mut m = Self {
+            params: BTreeMap::new(),
+            next_ssid: 1,
+            reboots: 0,
+        };
+        for (name, value) in [
+            ("Manufacturer", "rdm-sim"),
+            ("ModelName", "usp-agent"),
+            ("SerialNumber", serial),
+            ("SoftwareVersion", "1.0"),
+        ] {
+            m.set_param(&format!("Device.DeviceInfo.{name}"), value, false);
+        }
+        m.set_param("Device.DeviceInfo.ProvisioningCode", "", true);
+        m.add_ssid(&[("Alias", "home"), ("SSID", "home")]);
+        m.add_ssid(&[
+            ("Alias", "guest"),
+            ("SSID", "home-guest"),
+            ("Enable", "false"),
+        ]);
+        m
+    }
+
+    fn set_param(&mut self, path: &str, value: &str, writable: bool) {
+        self.params.insert(
+            path.to_owned(),
+            Param {
+                value: value.to_owned(),
+                writable,
+            },
+        );
+    }
+
+    /// A new SSID instance with `settings` over the defaults; its path.
+    fn add_ssid(&mut self, settings: &[(&str, &str)]) -> String {
+        let i = self.next_ssid;
+        self.next_ssid += 1;
+        let object = format!("{SSID_TABLE}{i}.");
+        let alias = format!("cpe-{i}");
+        let mut values: Vec<(&str, String, bool)> = vec![
+            ("Alias", alias, true),
+            ("Enable", "true".into(), true),
+            ("SSID", format!("ssid-{i}"), true),
+            ("Status", "Up".into(), false),
+        ];
+        for (name, value) in settings {
+            if let Some(v) = values.iter_mut().find(|v| v.0 == *name) {
+                v.1 = (*value).to_owned();
+            }
+        }
+        for (name, value, writable) in values {
+            self.set_param(&format!("{object}{name}"), &value, writable);
+        }
+        object
+    }
+
+    fn instances(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .params
+            .keys()
+            .filter_map(|p| p.strip_prefix(SSID_TABLE))
+            .filter_map(|rest| {
+                rest.split_once('.')
+                    .map(|(i, _)| format!("{SSID_TABLE}{i}."))
+            })
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// The objects an object path (ending in `.`, with `*` or a search
+    /// expression for an instance) names.
+    fn objects(&self, path: &str) -> Result<Vec<String>, (u32, String)> {
+        let invalid = || (INVALID_PATH, format!("{path} is not a path of this agent"));
+        if !path.ends_with('.') || !path.starts_with("Device.") {
+            return Err(invalid());
+        }
+        let Some(rest) = path.strip_prefix(SSID_TABLE) else {
+            // A fixed object: it exists when some parameter is under it.
+            return if self.params.keys().any(|p| p.starts_with(path)) {
+                Ok(vec![path.to_owned()])
+            } else {
+                Err(invalid())
+            };
+        };
+        let (selector, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        if selector.is_empty() {
+            return Ok(vec![SSID_TABLE.to_owned()]);
+        }
+        if !tail.is_empty() {
+            return Err(invalid());
+        }
+        let chosen: Vec<String> = self
+            .instances()
+            .into_iter()
+            .filter(|object| self.selects(object, selector))
+            .collect();
+        if chosen.is_empty() && selector.bytes().all(|b| b.is_ascii_digit()) {
+            return Err((OBJECT_DOES_NOT_EXIST, format!("{path} does not exist")));
+        }
+        Ok(chosen)
+    }
+
+    /// Whether instance `object` matches `selector`: its number, `*`, or
+    /// `[Param==value]` / `[Param!=value]` (value optionally quoted).
+    fn selects(&self, object: &str, selector: &str) -> bool {
+        if selector == "*" {
+            return true;
+        }
+        if let Some(expr) = selector.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            let (param, value, equal) = match expr.split_once("==") {
+                Some((p, v)) => (p, v, true),
+                None => match expr.split_once("!=") {
+                    Some((p, v)) => (p, v, false),
+                    None => return false,
+                },
+            };
+            let value = value.trim_matches('"');
+            let actual = self.params.get(&format!("{object}{param}"));
+            return actual.is_some_and(|a| (a.value == value) == equal);
+        }
+        object == format!("{SSID_TABLE}{selector}.")
+    }
+
+    fn get(&self, path: &str) -> msg::get_resp::RequestedPathResult {
+        let mut out = msg::get_resp::RequestedPathResult {
+            requested_path: path.to_owned(),
+            ..Default::default()
+        };
+        let (objects, param) = match path.rsplit_once('.') {
+            Some((object, param)) if !param.is_empty() => {
+                (self.objects(&format!("{object}.")), Some(param))
+            }
+            _ => (self.objects(path), None),
+        };
+        let objects = match objects {
+            Ok(o) => o,
+            Err((code, why)) => {
+                out.err_code = code;
+                out.err_msg = why;
+                return out;
+            }
+        };
+        // Each object (and, for an object path, each object under it) with
+        // its own parameters.
+        let mut grouped: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+        for object in &objects {
+            for (p, v) in self.params.range(object.clone()..) {
+                if !p.starts_with(object.as_str()) {
+                    break;
+                }
+                let (owner, name) = p.rsplit_once('.').unwrap_or_default();
+                if param.is_some_and(|want| want != name || format!("{owner}.") != *object) {
+                    continue;
+                }
+                grouped
+                    .entry(format!("{owner}."))
+                    .or_default()
+                    .insert(name.to_owned(), v.value.clone());
+            }
+        }
+        if let Some(param) = param
+            && grouped.is_empty()
+            && !objects.is_empty()
+        {
+            out.err_code = INVALID_PATH;
+            out.err_msg = format!("{path}: no parameter {param}");
+            return out;
+        }
+        out.resolved_path_results = grouped
+            .into_iter()
+            .map(
+                |(resolved_path, result_params)| msg::get_resp::ResolvedPathResult {
+                    resolved_path,
+                    result_params,
+                },
+            )
+            .collect();
+        out
+    }
+}
+
+/// What one request gets back: a response body, or a USP Error.
+fn answer(
+    model: &mut Model,
+    req: msg::request::ReqType,
+) -> (msg::header::MsgType, msg::body::MsgBody) {
+    use msg::{
+        body::MsgBody, header::MsgType as T, request::ReqType as Q, response::RespType as R,
+    };
+    let resp = |t: T, r: R| (t, MsgBody::Response(msg::Response { resp_type: Some(r) }));
+    match req {
+        Q::Get(get) => resp(
+            T::GetResp,
+            R::GetResp(msg::GetResp {
+                req_path_results: get.param_paths.iter().map(|p| model.get(p)).collect(),
+            }),
+        ),
+        Q::GetSupportedProtocol(_) => resp(
+            T::GetSupportedProtoResp,
+            R::GetSupportedProtocolResp(msg::GetSupportedProtocolResp {
+                agent_supported_protocol_versions: "1.3,1.4".into(),
+            }),
+        ),
+        Q::GetInstances(g) => {
+            let results = g
+                .obj_paths
+                .iter()
+                .map(|path| {
+                    let mut r = msg::get_instances_resp::RequestedPathResult {
+                        requested_path: path.clone(),
+                        ..Default::default()
+                    };
+                    let table = path.strip_suffix("*.").unwrap_or(path);
+                    if table == SSID_TABLE || path.starts_with(SSID_TABLE) {
+                        let chosen = match model.objects(path) {
+                            Ok(o) if o == [SSID_TABLE] => model.instances(),
+                            Ok(o) => o,
+                            Err((code, why)) => {
+                                r.err_code = code;
+                                r.err_msg = why;
+                                return r;
+                            }
+                        };
+                        r.curr_insts = chosen
+                            .into_iter()
+                            .map(|o| msg::get_instances_resp::CurrInstance {
+                                unique_keys: HashMap::from([(
+                                    "Alias".to_owned(),
+                                    model.params[&format!("{o}Alias")].value.clone(),
+                                )]),
+                                instantiated_obj_path: o,
+                            })
+                            .collect();
+                    } else {
+                        r.err_code = INVALID_PATH;
+                        r.err_msg = format!("{path} is not a multi-instance object");
+                    }
+                    r
+                })
+                .collect();
+            resp(
+                T::GetInstancesResp,
+                R::GetInstancesResp(msg::GetInstancesResp {
+                    req_path_results: results,
+                }),
+            )
+        }
+        Q::Set(set) => set_(model, set).map_or_else(
+            |e| (T::Error, MsgBody::Error(e)),
+            |r| resp(T::SetResp, R::SetResp(r)),
+        ),
+        Q::Add(add) => add_(model, add).map_or_else(
+            |e| (T::Error, MsgBody::Error(e)),
+            |r| resp(T::AddResp, R::AddResp(r)),
+        ),
+        Q::Delete(delete) => delete_(model, delete).map_or_else(
+            |e| (T::Error, MsgBody::Error(e)),
+            |r| resp(T::DeleteResp, R::DeleteResp(r)),
+        ),
+        Q::Operate(op) if op.command == "Device.Reboot()" => {
+            model.reboots += 1;
+            resp(
+                T::OperateResp,
+                R::OperateResp(msg::OperateResp {
+                    operation_results: vec![msg::operate_resp::OperationResult {
+                        executed_command: op.command,
+                        operation_resp: Some(
+                            msg::operate_resp::operation_result::OperationResp::ReqOutputArgs(
+                                Default::default(),
+                            ),
+                        ),
+                    }],
+                }),
+            )
+        }
+        Q::Operate(op) => (
+            T::Error,
+            MsgBody::Error(error(
+                INVALID_PATH,
+                format!("{} is not a command of this agent", op.command),
+            )),
+        ),
+        other => (
+            T::Error,
+            MsgBody::Error(error(
+                7000,
+                format!("this agent does not take {}", request_name(&other)),
+            )),
+        ),
+    }
+}
+
+fn request_name(r: &msg::request::ReqType) -> &'static str {
+    use msg::request::ReqType as Q;
+    match r {
+        Q::GetSupportedDm(_) => "GetSupportedDM",
+        Q::Notify(_) => "Notify",
+        Q::Register(_) => "Register",
+        Q::Deregister(_) => "Deregister",
+        _ => "this request",
+    }
+}
+
+fn error(code: u32, why: String) -> msg::Error {
+    msg::Error {
+        err_code: code,
+        err_msg: why,
+        param_errs: Vec::new(),
+    }
+}
+
+fn set_(model: &mut Model, set: msg::Set) -> Result<msg::SetResp, msg::Error> {
+    use msg::set_resp::{
+        self as r,
+        updated_object_result::{OperationStatus, operation_status::OperStatus},
+    };
+    let mut results = Vec::new();
+    let mut writes = Vec::new();
+    for u in &set.update_objs {
+        let objects = match model.objects(&u.obj_path) {
+            Ok(o) => o,
+            Err((code, why)) if !set.allow_partial => return Err(error(code, why)),
+            Err((code, why)) => {
+                results.push(r::UpdatedObjectResult {
+                    requested_path: u.obj_path.clone(),
+                    oper_status: Some(OperationStatus {
+                        oper_status: Some(OperStatus::OperFailure(
+                            r::updated_object_result::operation_status::OperationFailure {
+                                err_code: code,
+                                err_msg: why,
+                                updated_inst_failures: Vec::new(),
+                            },
+                        )),
+                    }),
+                });
+                continue;
+            }
+        };
+        let mut instances = Vec::new();
+        let mut failures = Vec::new();
+        for object in objects {
+            let mut param_errs = Vec::new();
+            let mut updated = HashMap::new();
+            let mut required_failed = false;
+            for s in &u.param_settings {
+                let path = format!("{object}{}", s.param);
+                let why = match model.params.get(&path) {
+                    None => Some((INVALID_PATH, format!("{path} does not exist"))),
+                    Some(p) if !p.writable => {
+                        Some((NOT_WRITABLE, format!("{path} is not writable")))
+                    }
+                    Some(_) => None,
+                };
+                match why {
+                    Some((code, msg)) => {
+                        required_failed |= s.required;
+                        if s.required && !set.allow_partial {
+                            return Err(msg::Error {
+                                err_code: INVALID_ARGUMENTS,
+                                err_msg: format!("a required parameter of {} failed", u.obj_path),
+                                param_errs: vec![msg::error::ParamError {
+                                    param_path: path,
+                                    err_code: code,
+                                    err_msg: msg,
+                                }],
+                            });
+                        }
+                        param_errs.push(r::ParameterError {
+                            param: s.param.clone(),
+                            err_code: code,
+                            err_msg: msg,
+                        });
+                    }
+                    None => {
+                        updated.insert(s.param.clone(), s.value.clone());
+                        writes.push((path, s.value.clone()));
+                    }
+                }
+            }
+            if required_failed {
+                failures.push(r::UpdatedInstanceFailure {
+                    affected_path: object.clone(),
+                    param_errs,
+                });
+            } else {
+                instances.push(r::UpdatedInstanceResult {
+                    affected_path: object.clone(),
+                    param_errs,
+                    updated_params: updated,
+                });
+            }
+        }
+        let status = if failures.is_empty() {
+            OperStatus::OperSuccess(
+                r::updated_object_result::operation_status::OperationSuccess {
+                    updated_inst_results: instances,
+                },
+            )
+        } else {
+            // The object's writes are not made when a required one failed.
+            writes.retain(|(p, _)| !failures.iter().any(|f| p.starts_with(&f.affected_path)));
+            OperStatus::OperFailure(
+                r::updated_object_result::operation_status::OperationFailure {
+                    err_code: REQUIRED_FAILED,
+                    err_msg: format!("a required parameter of {} failed", u.obj_path),
+                    updated_inst_failures: failures,
+                },
+            )
+        };
+        results.push(r::UpdatedObjectResult {
+            requested_path: u.obj_path.clone(),
+            oper_status: Some(OperationStatus {
+                oper_status: Some(status),
+            }),
+        });
+    }
+    for (path, value) in writes {
+        if let Some(p) = model.params.get_mut(&path) {
+            p.value = value;
+        }
+    }
+    Ok(msg::SetResp {
+        updated_obj_results: results,
+    })
+}
+
+fn add_(model: &mut Model, add: msg::Add) -> Result<msg::AddResp, msg::Error> {
+    use msg::add_resp::{
+        self as r,
+        created_object_result::{OperationStatus, operation_status as s},
+    };
+    let mut results = Vec::new();
+    for c in add.create_objs {
+        if c.obj_path != SSID_TABLE {
+            let why = format!("{} is not a table objects can be added to", c.obj_path);
+            if !add.allow_partial {
+                return Err(error(INVALID_PATH, why));
+            }
+            results.push(r::CreatedObjectResult {
+                requested_path: c.obj_path,
+                oper_status: Some(OperationStatus {
+                    oper_status: Some(s::OperStatus::OperFailure(s::OperationFailure {
+                        err_code: INVALID_PATH,
+                        err_msg: why,
+                    })),
+                }),
+            });
+            continue;
+        }
+        let known = ["Alias", "Enable", "SSID"];
+        if let Some(bad) = c
+            .param_settings
+            .iter()
+            .find(|p| !known.contains(&p.param.as_str()))
+        {
+            return Err(msg::Error {
+                err_code: INVALID_ARGUMENTS,
+                err_msg: format!("{} has no writable parameter {}", c.obj_path, bad.param),
+                param_errs: vec![msg::error::ParamError {
+                    param_path: format!("{}{{i}}.{}", c.obj_path, bad.param),
+                    err_code: INVALID_PATH,
+                    err_msg: "no such parameter".into(),
+                }],
+            });
+        }
+        let settings: Vec<(&str, &str)> = c
+            .param_settings
+            .iter()
+            .map(|p| (p.param.as_str(), p.value.as_str()))
+            .collect();
+        let object = model.add_ssid(&settings);
+        results.push(r::CreatedObjectResult {
+            requested_path: c.obj_path,
+            oper_status: Some(OperationStatus {
+                oper_status: Some(s::OperStatus::OperSuccess(s::OperationSuccess {
+                    unique_keys: HashMap::from([(
+                        "Alias".to_owned(),
+                        model.params[&format!("{object}Alias")].value.clone(),
+                    )]),
+                    instantiated_path: object,
+                    param_errs: Vec::new(),
+                })),
+            }),
+        });
+    }
+    Ok(msg::AddResp {
+        created_obj_results: results,
+    })
+}
+
+fn delete_(model: &mut Model, delete: msg::Delete) -> Result<msg::DeleteResp, msg::Error> {
+    use msg::delete_resp::{
+        self as r,
+        deleted_object_result::{OperationStatus, operation_status as s},
+    };
+    let mut results = Vec::new();
+    for path in delete.obj_paths {
+        let status = match model.objects(&path) {
+            Ok(objects) if path.starts_with(SSID_TABLE) && path != SSID_TABLE => {
+                for o in &objects {
+                    model.params.retain(|p, _| !p.starts_with(o.as_str()));
+                }
+                s::OperStatus::OperSuccess(s::OperationSuccess {
+                    affected_paths: objects,
+                    unaffected_path_errs: Vec::new(),
+                })
+            }
+            Ok(_) => {
+                let why = format!("{path} cannot be deleted");
+                if !delete.allow_partial {
+                    return Err(error(INVALID_PATH, why));
+                }
+                s::OperStatus::OperFailure(s::OperationFailure {
+                    err_code: INVALID_PATH,
+                    err_msg: why,
+                })
+            }
+            // Deleting what does not exist succeeds with nothing affected.
+            Err((OBJECT_DOES_NOT_EXIST, _)) => s::OperStatus::OperSuccess(Default::default()),
+            Err((code, why)) => {
+                if !delete.allow_partial {
+                    return Err(error(code, why));
+                }
+                s::OperStatus::OperFailure(s::OperationFailure {
+                    err_code: code,
+                    err_msg: why,
+                })
+            }
+        };
+        results.push(r::DeletedObjectResult {
+            requested_path: path,
+            oper_status: Some(OperationStatus {
+                oper_status: Some(status),
+            }),
+        });
+    }
+    Ok(msg::DeleteResp {
+        deleted_obj_results: results,
+    })
+}
+
+/// A running agent; it disconnects when dropped.
+pub struct UspAgent {
+    pub endpoint_id: String,
+    /// The topic it takes requests on.
+    pub topic: String,
+    model: Arc<Mutex<Model>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UspAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl UspAgent {
+    /// A parameter's value now (for tests to check a Set landed).
+    pub fn value(&self, path: &str) -> Option<String> {
+        self.model
+            .lock()
+            .unwrap()
+            .params
+            .get(path)
+            .map(|p| p.value.clone())
+    }
+
+    /// How many times `Device.Reboot()` ran.
+    pub fn reboots(&self) -> u32 {
+        self.model.lock().unwrap().reboots
+    }
+}
+
+/// Starts an agent `endpoint_id` on the broker at `host:port`, taking
+/// requests on `topic`; returns once it is subscribed.
+pub async fn start(
+    host: &str,
+    port: u16,
+    endpoint_id: &str,
+    topic: &str,
+) -> std::io::Result<UspAgent> {
+    let serial = endpoint_id.rsplit('-').next().unwrap_or(endpoint_id);
+    let model = Arc::new(Mutex::new(Model::new(serial)));
+    let mut options = MqttOptions::new(format!("sim-{endpoint_id}"), host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_connect_properties(ConnectProperties {
+        user_properties: vec![("usp-endpoint-id".into(), endpoint_id.to_owned())],
+        ..ConnectProperties::new()
+    });
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (id, agent_topic, m) = (endpoint_id.to_owned(), topic.to_owned(), model.clone());
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client
+                        .subscribe(agent_topic.clone(), QoS::AtLeastOnce)
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let reply_to = p.properties.as_ref().and_then(|p| p.response_topic.clone());
+                    let Some(reply) = handle(&m, &id, &p.payload) else {
+                        continue;
+                    };
+                    let Some(reply_to) = reply_to else {
+                        tracing::info!(agent = %id, "USP request without a Response Topic: not answered");
+                        continue;
+                    };
+                    let properties = PublishProperties {
+                        content_type: Some("usp.msg".into()),
+                        ..Default::default()
+                    };
+                    let _ = client
+                        .publish_with_properties(
+                            reply_to,
+                            QoS::AtLeastOnce,
+                            false,
+                            reply,
+                            properties,
+                        )
+                        .await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(agent = %id, error = %e, "simulated USP agent: broker connection lost");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .map_err(|_| {
+            std::io::Error::other("the MQTT broker did not take the agent's subscription in 10 s")
+        })?
+        .map_err(|_| std::io::Error::other("the agent stopped"))?;
+    Ok(UspAgent {
+        endpoint_id: endpoint_id.to_owned(),
+        topic: topic.to_owned(),
+        model,
+        task,
+    })
+}
+
+/// A request Record in, the reply Record out; None for what is not
+/// answered (not a Record, not for this agent, not a request).
+fn handle(model: &Mutex<Model>, id: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    let record = rec::Record::decode(payload).ok()?;
+    if record.to_id != id {
+        return None;
+    }
+    let Some(rec::record::RecordType::NoSessionContext(r)) = record.record_type else {
+        return None;
+    };
+    let request = msg::Msg::decode(r.payload.as_slice()).ok()?;
+    let header = request.header?;
+    let Some(msg::body::MsgBody::Request(msg::Request {
+        req_type: Some(req),
+    })) = request.body.and_then(|b| b.msg_body)
+    else {
+        return None;
+    };
+    let (msg_type, body) = answer(&mut model.lock().unwrap(), req);
+    let reply = msg::Msg {
+        header: Some(msg::Header {
+            msg_id: header.msg_id,
+            msg_type: msg_type as i32,
+        }),
+        body: Some(msg::Body {
+            msg_body: Some(body),
+        }),
+    };
+    let record = rec::Record {
+        version: "1.4".into(),
+        to_id: record.from_id.clone(),
+        from_id: id.to_owned(),
+        record_type: Some(rec::record::RecordType::NoSessionContext(
+            rec::NoSessionContextRecord {
+                payload: reply.encode_to_vec(),
+            },
+        )),
+        ..Default::default()
+    };
+    Some(record.encode_to_vec())
+}
