@@ -33,6 +33,7 @@ pub static SERVICES: &[&dyn Service] = &[
     &rdm_tr069::SERVICE,
     &rdm_identity_mellophone::SERVICE,
     &rdm_catalog::SERVICE,
+    &rdm_usp::SERVICE,
 ];
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";

@@ -26,6 +26,7 @@ pub use rdm::inventory::v1 as inventory;
 pub use rdm::mellophone::v1 as mellophone;
 pub use rdm::snmp::v1 as snmp;
 pub use rdm::tr069::v1 as tr069;
+pub use rdm::usp::v1 as usp_v1;
 pub use rdm::webpa::v1 as webpa;
 /// The Broadband Forum's USP Msg (TR-369 1.4, `third_party/usp`).
 pub use usp as usp_msg;

@@ -1,4 +1,475 @@
-//! rdm as a USP (TR-369) controller: Records over the MQTT 5 MTP. The
-//! gRPC service, the WebSocket MTP and notifications build on these.
+//! rdm's USP service: rdm as a USP (TR-369) controller. Each request is a
+//! USP Msg in a Record sent over the MQTT 5 MTP to the agent a device's
+//! `usp` endpoint names, through a connection per distinct broker (vetted
+//! by the address policy, shared by every agent on it); the reply's body
+//! comes back in USP's own structures.
 pub mod mqtt;
 pub mod record;
+
+use mqtt::{Broker, BrokerSettings, RequestError};
+use rdm_kit::{
+    Error, ErrorCode, Principal, Result,
+    address::AddressPolicy,
+    mesh::{Context, Spec, Started},
+    server::CallDeadline,
+    targets::{self, TargetRef},
+};
+use rdm_proto::{
+    inventory::endpoint::Settings,
+    usp_msg as msg,
+    usp_v1::{self as pb, usp_service_server::UspService},
+};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tonic::{Request, Response, Status};
+
+pub const DOMAIN: &str = "usp";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The USP service's own settings.
+#[derive(clap::Args, Clone, Debug)]
+#[group(id = "usp")]
+pub struct Args {
+    /// rdm's USP endpoint id as a controller: agents address their replies
+    /// (and Records' to_id) to it.
+    #[arg(long, env = "RDM_USP_ENDPOINT_ID", default_value = "self::rdm")]
+    pub usp_endpoint_id: String,
+}
+
+/// The USP service as the mesh's registry lists it.
+pub const SERVICE: Spec<Args> = Spec::new("usp", "rdm.usp.v1", 50058, |args, context| {
+    Box::pin(start(args, context))
+});
+
+async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
+    let usp = Usp(Arc::new(Controller {
+        inventory: context.resolver(DOMAIN),
+        addresses: context.addresses.clone(),
+        endpoint_id: args.usp_endpoint_id,
+        // Each replica has reply topics of its own.
+        replica: uuid::Uuid::new_v4().simple().to_string(),
+        brokers: Mutex::default(),
+    }));
+    let routes = tonic::service::Routes::new(pb::usp_service_server::UspServiceServer::new(usp));
+    Ok(Started {
+        router: rdm_kit::server::guarded(routes, context.guard()),
+        listeners: Vec::new(),
+    })
+}
+
+/// One broker connection: where, as whom, and which topic replies come on.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct BrokerKey {
+    addr: SocketAddr,
+    client_id: String,
+    username: Option<String>,
+    password: Option<String>,
+    topic: String,
+}
+
+struct Controller {
+    inventory: targets::Inventory,
+    addresses: AddressPolicy,
+    endpoint_id: String,
+    replica: String,
+    brokers: Mutex<HashMap<BrokerKey, Arc<Broker>>>,
+}
+
+#[derive(Clone)]
+struct Usp(Arc<Controller>);
+
+/// An agent as a request reaches it.
+struct Agent {
+    broker: Arc<Broker>,
+    endpoint_id: String,
+    topic: String,
+    timeout: Duration,
+}
+
+fn err(e: Error) -> Status {
+    e.in_domain(DOMAIN).into()
+}
+
+/// Host and port of a broker URL rdm connects to (plain MQTT over TCP).
+fn broker_address(url: &str) -> Result<(String, u16)> {
+    let field = "usp.mqtt.broker_url";
+    let parsed: url::Url = url
+        .parse()
+        .map_err(|_| Error::invalid(field, "not a URL"))?;
+    match parsed.scheme() {
+        "mqtt" | "tcp" => {}
+        other => {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!("rdm reaches MQTT brokers over plain TCP (mqtt://) so far, not {other}://"),
+            )
+            .with_meta("field", field));
+        }
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| Error::invalid(field, "names no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, parsed.port().unwrap_or(1883)))
+}
+
+impl Controller {
+    /// The agent a request's target names, on its broker's connection.
+    async fn agent<T>(&self, req: &Request<T>, target: Option<&pb::Target>) -> Result<Agent> {
+        let p = Principal::of(req)?;
+        let device_id = target.map(|t| t.device_id.clone()).unwrap_or_default();
+        let resolved = self
+            .inventory
+            .resolve(p, TargetRef::Device(device_id))
+            .await?;
+        let Some(Settings::Usp(endpoint)) = resolved.endpoint.and_then(|e| e.settings) else {
+            return Err(Error::internal(
+                "reading a resolved endpoint",
+                "no USP settings",
+            ));
+        };
+        let precondition = |why: String| Error::new(ErrorCode::FailedPrecondition, why);
+        match endpoint.transport() {
+            "mqtt" => {}
+            "controller" => {
+                return Err(precondition(
+                    "the device's usp endpoint says transport controller (another controller's HTTP API): rdm is the USP controller itself now; set transport mqtt, with the agent's endpoint_id and its broker and topic".into(),
+                ));
+            }
+            other => {
+                return Err(precondition(format!(
+                    "the device's usp endpoint says transport {other}: rdm speaks USP over MQTT so far"
+                )));
+            }
+        }
+        let mqtt = endpoint.mqtt.clone().unwrap_or_default();
+        let (host, port) = broker_address(mqtt.broker_url())?;
+        let allowed: Vec<ipnet::IpNet> = resolved
+            .allowed_target_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let addr = self.addresses.resolve(&host, port, &allowed).await?;
+        let key = BrokerKey {
+            addr,
+            client_id: mqtt.client_id().to_owned(),
+            username: mqtt.username.clone().filter(|u| !u.is_empty()),
+            password: mqtt.password.clone().filter(|p| !p.is_empty()),
+            topic: match mqtt.controller_topic() {
+                "" => format!("usp/controller/rdm-{}", self.replica),
+                topic => topic.to_owned(),
+            },
+        };
+        let broker = self
+            .brokers
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Broker::connect(BrokerSettings {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                    client_id: key.client_id.clone(),
+                    username: key.username.clone(),
+                    password: key.password.clone(),
+                    endpoint_id: self.endpoint_id.clone(),
+                    topic: key.topic.clone(),
+                }))
+            })
+            .clone();
+        let mut timeout = match endpoint.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        if let Some(deadline) = CallDeadline::of(req) {
+            timeout = timeout.min(deadline.remaining());
+        }
+        Ok(Agent {
+            broker,
+            endpoint_id: endpoint.endpoint_id().to_owned(),
+            topic: mqtt.agent_topic().to_owned(),
+            timeout,
+        })
+    }
+
+    /// Sends one request to the agent; the response it answered, or the
+    /// USP Error (and any failure to get an answer) as rdm's error.
+    async fn call<T>(
+        &self,
+        req: &Request<T>,
+        target: Option<&pb::Target>,
+        msg_type: msg::header::MsgType,
+        body: msg::request::ReqType,
+    ) -> Result<msg::response::RespType> {
+        let agent = self.agent(req, target).await?;
+        let name = msg_type.as_str_name();
+        let request = record::request(&agent.broker.msg_id(), msg_type, body);
+        let reply = agent
+            .broker
+            .request(&agent.endpoint_id, &agent.topic, request, agent.timeout)
+            .await;
+        let outcome = match &reply {
+            Ok(_) => "answered",
+            Err(RequestError::Timeout(_)) => "timeout",
+            Err(RequestError::Broker(_)) => "broker",
+        };
+        metrics::counter!("rdm_usp_requests_total", "msg" => name, "outcome" => outcome)
+            .increment(1);
+        let reply = reply.map_err(|e| match e {
+            RequestError::Timeout(t) => Error::new(
+                ErrorCode::DeviceTimeout,
+                format!(
+                    "no reply from USP agent {} within {} ms",
+                    agent.endpoint_id,
+                    t.as_millis()
+                ),
+            ),
+            RequestError::Broker(why) => Error::new(ErrorCode::UpstreamUnavailable, why),
+        })?;
+        match reply.body.and_then(|b| b.msg_body) {
+            Some(msg::body::MsgBody::Response(msg::Response { resp_type: Some(r) })) => Ok(r),
+            Some(msg::body::MsgBody::Error(e)) => Err(usp_error(&agent.endpoint_id, e)),
+            _ => Err(Error::new(
+                ErrorCode::DeviceError,
+                format!(
+                    "USP agent {} answered the {name} with no response in it",
+                    agent.endpoint_id
+                ),
+            )),
+        }
+    }
+}
+
+/// A USP Error message as rdm's DEVICE_ERROR: its code, message and each
+/// parameter's error in the metadata.
+fn usp_error(agent: &str, e: msg::Error) -> Error {
+    let param_errs: Vec<serde_json::Value> = e
+        .param_errs
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "param_path": p.param_path,
+                "err_code": p.err_code,
+                "err_msg": p.err_msg,
+            })
+        })
+        .collect();
+    let mut out = Error::new(
+        ErrorCode::DeviceError,
+        format!(
+            "USP agent {agent} answered Error {}: {}",
+            e.err_code, e.err_msg
+        ),
+    )
+    .with_meta("usp_err_code", e.err_code.to_string())
+    .with_meta("err_msg", e.err_msg);
+    if !param_errs.is_empty() {
+        out = out.with_meta(
+            "param_errs",
+            serde_json::Value::from(param_errs).to_string(),
+        );
+    }
+    out
+}
+
+/// Checks a request against its proto's rules (a 400 naming the field).
+fn checked<T: prost::Message>(req: &Request<T>, name: &str) -> Result<()> {
+    rdm_kit::rules::checked(req, &format!("rdm.usp.v1.{name}")).map(|_| ())
+}
+
+/// The response an answer should be, or a DEVICE_ERROR naming what came.
+fn expect<T>(
+    answer: msg::response::RespType,
+    pick: impl FnOnce(msg::response::RespType) -> Option<T>,
+) -> Result<T> {
+    let what = format!("{answer:?}");
+    pick(answer).ok_or_else(|| {
+        let kind = what.split('(').next().unwrap_or_default().to_owned();
+        Error::new(
+            ErrorCode::DeviceError,
+            format!("the USP agent answered with a {kind}, not the response to the request"),
+        )
+    })
+}
+
+#[tonic::async_trait]
+impl UspService for Usp {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "GetRequest")?;
+            let r = req.get_ref();
+            let body = Q::Get(msg::Get {
+                param_paths: r.paths.clone(),
+                max_depth: r.max_depth,
+            });
+            let answer = self.0.call(&req, r.target.as_ref(), T::Get, body).await?;
+            let got = expect(answer, |a| match a {
+                R::GetResp(g) => Some(g),
+                _ => None,
+            })?;
+            Ok(pb::GetResponse {
+                req_path_results: got.req_path_results,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "SetRequest")?;
+            let r = req.get_ref();
+            let body = Q::Set(msg::Set {
+                allow_partial: r.allow_partial,
+                update_objs: r.update_objs.clone(),
+            });
+            let answer = self.0.call(&req, r.target.as_ref(), T::Set, body).await?;
+            let done = expect(answer, |a| match a {
+                R::SetResp(s) => Some(s),
+                _ => None,
+            })?;
+            Ok(pb::SetResponse {
+                updated_obj_results: done.updated_obj_results,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn add(&self, req: Request<pb::AddRequest>) -> Result<Response<pb::AddResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "AddRequest")?;
+            let r = req.get_ref();
+            let body = Q::Add(msg::Add {
+                allow_partial: r.allow_partial,
+                create_objs: r.create_objs.clone(),
+            });
+            let answer = self.0.call(&req, r.target.as_ref(), T::Add, body).await?;
+            let done = expect(answer, |a| match a {
+                R::AddResp(s) => Some(s),
+                _ => None,
+            })?;
+            Ok(pb::AddResponse {
+                created_obj_results: done.created_obj_results,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "DeleteRequest")?;
+            let r = req.get_ref();
+            let body = Q::Delete(msg::Delete {
+                allow_partial: r.allow_partial,
+                obj_paths: r.obj_paths.clone(),
+            });
+            let answer = self
+                .0
+                .call(&req, r.target.as_ref(), T::Delete, body)
+                .await?;
+            let done = expect(answer, |a| match a {
+                R::DeleteResp(s) => Some(s),
+                _ => None,
+            })?;
+            Ok(pb::DeleteResponse {
+                deleted_obj_results: done.deleted_obj_results,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn operate(
+        &self,
+        req: Request<pb::OperateRequest>,
+    ) -> Result<Response<pb::OperateResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "OperateRequest")?;
+            let r = req.get_ref();
+            let body = Q::Operate(msg::Operate {
+                command: r.command.clone(),
+                command_key: r.command_key.clone(),
+                // A REST caller waits for the answer: the agent must send one.
+                send_resp: true,
+                input_args: r.input_args.clone(),
+            });
+            let answer = self
+                .0
+                .call(&req, r.target.as_ref(), T::Operate, body)
+                .await?;
+            let done = expect(answer, |a| match a {
+                R::OperateResp(s) => Some(s),
+                _ => None,
+            })?;
+            Ok(pb::OperateResponse {
+                operation_results: done.operation_results,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn get_instances(
+        &self,
+        req: Request<pb::GetInstancesRequest>,
+    ) -> Result<Response<pb::GetInstancesResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "GetInstancesRequest")?;
+            let r = req.get_ref();
+            let body = Q::GetInstances(msg::GetInstances {
+                obj_paths: r.obj_paths.clone(),
+                first_level_only: r.first_level_only,
+            });
+            let answer = self
+                .0
+                .call(&req, r.target.as_ref(), T::GetInstances, body)
+                .await?;
+            let done = expect(answer, |a| match a {
+                R::GetInstancesResp(s) => Some(s),
+                _ => None,
+            })?;
+            Ok(pb::GetInstancesResponse {
+                req_path_results: done.req_path_results,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn get_supported_protocol(
+        &self,
+        req: Request<pb::GetSupportedProtocolRequest>,
+    ) -> Result<Response<pb::GetSupportedProtocolResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "GetSupportedProtocolRequest")?;
+            let r = req.get_ref();
+            let body = Q::GetSupportedProtocol(msg::GetSupportedProtocol {
+                controller_supported_protocol_versions: "1.3,1.4".into(),
+            });
+            let answer = self
+                .0
+                .call(&req, r.target.as_ref(), T::GetSupportedProto, body)
+                .await?;
+            let done = expect(answer, |a| match a {
+                R::GetSupportedProtocolResp(s) => Some(s),
+                _ => None,
+            })?;
+            Ok(pb::GetSupportedProtocolResponse {
+                agent_supported_protocol_versions: done.agent_supported_protocol_versions,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+}

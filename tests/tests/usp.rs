@@ -1,0 +1,307 @@
+//! The USP service through the gateway (REST), on SQLite and PostgreSQL:
+//! rdm as the controller of a simulated agent over the real Mosquitto
+//! broker (127.0.0.1:1883; `./test.sh` starts it).
+use rdm_sims::usp_agent::{self, UspAgent};
+use rdm_tests::{TestMesh, on_both_stores};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// An agent on the broker with names no other test uses.
+async fn agent() -> UspAgent {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    usp_agent::start(
+        "127.0.0.1",
+        1883,
+        &format!("os::012345-{}", &run[..12]),
+        &format!("usp/agent/{run}"),
+    )
+    .await
+    .expect("the simulated agent subscribes (is Mosquitto running on 127.0.0.1:1883?)")
+}
+
+fn mqtt_endpoint(endpoint_id: &str, topic: &str, timeout_ms: u32) -> Value {
+    json!({"transport": "mqtt", "endpoint_id": endpoint_id, "timeout_ms": timeout_ms,
+           "mqtt": {"broker_url": "mqtt://127.0.0.1:1883", "agent_topic": topic}})
+}
+
+/// A device of the token's tenant with `endpoint` as its usp endpoint.
+async fn device(mesh: &TestMesh, token: &str, name: &str, endpoint: Value) -> String {
+    let (status, body) = mesh
+        .post("/v1/devices", token, json!({"name": name, "serial": name}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let (status, body) = mesh
+        .call(
+            Method::PUT,
+            &format!("/v1/devices/{id}/endpoints/usp"),
+            Some(token),
+            Some(endpoint),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    id
+}
+
+async fn ok(mesh: &TestMesh, token: &str, path: &str, body: Value) -> Value {
+    let (status, reply) = mesh.post(path, token, body).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {reply}");
+    reply
+}
+
+async fn every_request_through_the_gateway(mesh: TestMesh) {
+    let (tenant, token) = mesh.tenant_with_admin("usp-a").await;
+    mesh.allow_targets(&tenant, &["127.0.0.1/32"]).await;
+    let agent = agent().await;
+    let id = device(
+        &mesh,
+        &token,
+        "agent-1",
+        mqtt_endpoint(&agent.endpoint_id, &agent.topic, 5000),
+    )
+    .await;
+    let target = json!({"device_id": id});
+
+    let got = ok(
+        &mesh,
+        &token,
+        "/v1/usp/get",
+        json!({"target": target, "paths": ["Device.DeviceInfo.", "Device.WiFi.SSID.*.SSID", "Device.Nope."]}),
+    )
+    .await;
+    let r = &got["req_path_results"];
+    assert_eq!(
+        r[0]["resolved_path_results"][0]["resolved_path"], "Device.DeviceInfo.",
+        "{got}"
+    );
+    assert_eq!(
+        r[0]["resolved_path_results"][0]["result_params"]["Manufacturer"],
+        "rdm-sim"
+    );
+    assert_eq!(
+        r[1]["resolved_path_results"].as_array().unwrap().len(),
+        2,
+        "{got}"
+    );
+    assert_eq!(r[2]["err_code"], 7026);
+
+    // A required read-only parameter: USP Error 7004 with its param_err,
+    // as DEVICE_ERROR; nothing written.
+    let set = |allow_partial: bool, objs: Value| json!({"target": target, "allow_partial": allow_partial, "update_objs": objs});
+    let (status, e) = mesh
+        .post(
+            "/v1/usp/set",
+            &token,
+            set(
+                false,
+                json!([{"obj_path": "Device.WiFi.SSID.1.", "param_settings": [
+                {"param": "SSID", "value": "cafe", "required": true},
+                {"param": "Status", "value": "Down", "required": true}]}]),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, &e["code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("DEVICE_ERROR")),
+        "{e}"
+    );
+    assert_eq!(e["usp_err_code"], "7004", "{e}");
+    let param_errs: Value = serde_json::from_str(e["param_errs"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&param_errs[0]["param_path"], &param_errs[0]["err_code"]),
+        (&json!("Device.WiFi.SSID.1.Status"), &json!(7013))
+    );
+    assert_eq!(
+        agent.value("Device.WiFi.SSID.1.SSID").as_deref(),
+        Some("home")
+    );
+    // allow_partial: that object fails with 7021, the other is written.
+    let done = ok(
+        &mesh,
+        &token,
+        "/v1/usp/set",
+        set(true, json!([
+            {"obj_path": "Device.WiFi.SSID.[Alias==\"home\"].", "param_settings": [{"param": "SSID", "value": "cafe", "required": true}]},
+            {"obj_path": "Device.WiFi.SSID.2.", "param_settings": [{"param": "Status", "value": "Down", "required": true}]}])),
+    )
+    .await;
+    let results = &done["updated_obj_results"];
+    assert_eq!(
+        results[0]["oper_status"]["oper_success"]["updated_inst_results"][0]["affected_path"],
+        "Device.WiFi.SSID.1.",
+        "{done}"
+    );
+    assert_eq!(
+        results[1]["oper_status"]["oper_failure"]["err_code"], 7021,
+        "{done}"
+    );
+    assert_eq!(
+        agent.value("Device.WiFi.SSID.1.SSID").as_deref(),
+        Some("cafe")
+    );
+
+    // Add, GetInstances, Delete.
+    let added = ok(
+        &mesh,
+        &token,
+        "/v1/usp/add",
+        json!({"target": target, "create_objs": [{"obj_path": "Device.WiFi.SSID.",
+               "param_settings": [{"param": "Alias", "value": "lab", "required": true}]}]}),
+    )
+    .await;
+    let success = &added["created_obj_results"][0]["oper_status"]["oper_success"];
+    assert_eq!(
+        (
+            &success["instantiated_path"],
+            &success["unique_keys"]["Alias"]
+        ),
+        (&json!("Device.WiFi.SSID.3."), &json!("lab")),
+        "{added}"
+    );
+    let listed = ok(
+        &mesh,
+        &token,
+        "/v1/usp/get-instances",
+        json!({"target": target, "obj_paths": ["Device.WiFi.SSID."], "first_level_only": true}),
+    )
+    .await;
+    assert_eq!(
+        listed["req_path_results"][0]["curr_insts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "{listed}"
+    );
+    let deleted = ok(
+        &mesh,
+        &token,
+        "/v1/usp/delete",
+        json!({"target": target, "obj_paths": ["Device.WiFi.SSID.3."]}),
+    )
+    .await;
+    assert_eq!(
+        deleted["deleted_obj_results"][0]["oper_status"]["oper_success"]["affected_paths"],
+        json!(["Device.WiFi.SSID.3."])
+    );
+    assert_eq!(agent.value("Device.WiFi.SSID.3.Alias"), None);
+
+    // Operate and GetSupportedProtocol.
+    let rebooted = ok(
+        &mesh,
+        &token,
+        "/v1/usp/operate",
+        json!({"target": target, "command": "Device.Reboot()", "command_key": "rdm-test"}),
+    )
+    .await;
+    assert_eq!(
+        rebooted["operation_results"][0]["executed_command"], "Device.Reboot()",
+        "{rebooted}"
+    );
+    assert_eq!(agent.reboots(), 1);
+    let proto = ok(
+        &mesh,
+        &token,
+        "/v1/usp/get-supported-protocol",
+        json!({"target": target}),
+    )
+    .await;
+    assert_eq!(proto["agent_supported_protocol_versions"], "1.3,1.4");
+
+    // Another tenant cannot address the agent through this device.
+    let (_, other) = mesh.tenant_with_admin("usp-b").await;
+    let (status, _) = mesh
+        .post(
+            "/v1/usp/get",
+            &other,
+            json!({"target": target, "paths": ["Device."]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nor point a device of its own at the loopback broker: the address
+    // policy refuses it (loopback is allowed to the first tenant only).
+    let (status, body) = mesh
+        .post(
+            "/v1/devices",
+            &other,
+            json!({"name": "agent-b", "serial": "agent-b"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, e) = mesh
+        .call(
+            Method::PUT,
+            &format!("/v1/devices/{}/endpoints/usp", body["id"].as_str().unwrap()),
+            Some(&other),
+            Some(mqtt_endpoint(&agent.endpoint_id, &agent.topic, 1000)),
+        )
+        .await;
+    assert_eq!(
+        (status, &e["field"]),
+        (StatusCode::FORBIDDEN, &json!("mqtt.broker_url")),
+        "{e}"
+    );
+}
+
+async fn absent_agents_and_other_transports(mesh: TestMesh) {
+    let (tenant, token) = mesh.tenant_with_admin("usp-c").await;
+    mesh.allow_targets(&tenant, &["127.0.0.1/32"]).await;
+    // Nobody answers on this topic: 504 within the endpoint's timeout.
+    let nobody = device(
+        &mesh,
+        &token,
+        "gone",
+        mqtt_endpoint("os::012345-GONE", "usp/agent/gone", 300),
+    )
+    .await;
+    let (status, e) = mesh
+        .post(
+            "/v1/usp/get",
+            &token,
+            json!({"target": {"device_id": nobody}, "paths": ["Device."]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &e["code"]),
+        (StatusCode::GATEWAY_TIMEOUT, &json!("DEVICE_TIMEOUT")),
+        "{e}"
+    );
+    // The seed's "controller" transport: refused, saying how to switch.
+    let old = device(
+        &mesh,
+        &token,
+        "old",
+        json!({"transport": "controller", "base_url": "http://127.0.0.1:9"}),
+    )
+    .await;
+    let (status, e) = mesh
+        .post(
+            "/v1/usp/get",
+            &token,
+            json!({"target": {"device_id": old}, "paths": ["Device."]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("transport mqtt"),
+        "{e}"
+    );
+    // A malformed request is a 400 naming the field, before any agent.
+    let (status, e) = mesh
+        .post(
+            "/v1/usp/get",
+            &token,
+            json!({"target": {"device_id": nobody}, "paths": []}),
+        )
+        .await;
+    assert_eq!(
+        (status, &e["field"]),
+        (StatusCode::BAD_REQUEST, &json!("paths")),
+        "{e}"
+    );
+}
+
+on_both_stores!(
+    every_request_through_the_gateway,
+    absent_agents_and_other_transports
+);
