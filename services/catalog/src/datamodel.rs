@@ -351,31 +351,60 @@ fn is_model_name(name: &str) -> bool {
 /// fails is a 400 naming `parameters[i].name` or `.value`, with the reason
 /// and its `validation` code.
 pub fn check_sets<'a>(sets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
+    let sets = (sets.into_iter().enumerate())
+        .map(|(i, (path, value))| (format!("parameters[{i}]"), path.to_owned(), value));
+    check_fields(sets, "name")
+}
+
+/// Checks `(field, path, value)` settings against the standard model: the
+/// first that fails is a 400 naming `{field}.{name}` (the path is wrong or
+/// read-only) or `{field}.value`, with the reason and its `validation` code.
+pub fn check_fields<'a>(
+    sets: impl IntoIterator<Item = (String, String, &'a str)>,
+    name: &str,
+) -> Result<()> {
     let model = standard();
-    for (i, (path, value)) in sets.into_iter().enumerate() {
-        if let Err((code, reason)) = model.check(path, value) {
+    for (field, path, value) in sets {
+        if let Err((code, reason)) = model.check(&path, value) {
             let part = if matches!(code, "unknown_path" | "read_only") {
-                "name"
+                name
             } else {
                 "value"
             };
-            return Err(Error::invalid(format!("parameters[{i}].{part}"), reason)
-                .with_meta("validation", code));
+            return Err(
+                Error::invalid(format!("{field}.{part}"), reason).with_meta("validation", code)
+            );
         }
     }
     Ok(())
 }
 
 /// A path with instance numbers as the model writes it: `Device.WiFi.SSID.1.SSID`
-/// is `Device.WiFi.SSID.{i}.SSID`.
+/// is `Device.WiFi.SSID.{i}.SSID`, and so is a USP path's `*` or search
+/// expression (`Device.WiFi.SSID.[Alias=="a.b"].SSID`).
 pub fn generic(path: &str) -> String {
-    path.split('.')
-        .map(|part| {
-            if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
-                "{i}"
-            } else {
-                part
+    let mut parts = Vec::new();
+    let (mut part, mut depth) = (String::new(), 0usize);
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            '.' if depth == 0 => {
+                parts.push(std::mem::take(&mut part));
+                continue;
             }
+            _ => {}
+        }
+        part.push(c);
+    }
+    parts.push(part);
+    parts
+        .iter()
+        .map(|part| {
+            let instance = part == "*"
+                || (part.starts_with('[') && part.ends_with(']'))
+                || (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+            if instance { "{i}" } else { part.as_str() }
         })
         .collect::<Vec<_>>()
         .join(".")
@@ -840,6 +869,10 @@ mod tests {
         assert_eq!(
             generic("Device.WiFi.SSID.12.SSID"),
             "Device.WiFi.SSID.{i}.SSID"
+        );
+        assert_eq!(
+            generic("Device.IP.Interface.*.IPv4Address.[IPAddress==\"10.0.0.1\"].Enable"),
+            "Device.IP.Interface.{i}.IPv4Address.{i}.Enable"
         );
         assert!(is_child("Device.WiFi.", "Device.WiFi.SSID.{i}."));
         assert!(!is_child("Device.WiFi.", "Device.WiFi.SSID.{i}.Stats."));

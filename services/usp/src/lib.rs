@@ -326,6 +326,18 @@ impl UspService for Usp {
         let run = async {
             checked(&req, "SetRequest")?;
             let r = req.get_ref();
+            if r.validate {
+                let settings = r.update_objs.iter().enumerate().flat_map(|(i, u)| {
+                    u.param_settings.iter().enumerate().map(move |(j, s)| {
+                        (
+                            format!("update_objs[{i}].param_settings[{j}]"),
+                            format!("{}{}", u.obj_path, s.param),
+                            s.value.as_str(),
+                        )
+                    })
+                });
+                rdm_catalog::datamodel::check_fields(settings, "param")?;
+            }
             let body = Q::Set(msg::Set {
                 allow_partial: r.allow_partial,
                 update_objs: r.update_objs.clone(),
