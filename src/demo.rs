@@ -5,8 +5,11 @@
 //! Each demo device has a simulated SNMP agent and is reachable through a
 //! simulated XMiDT server (WebPA) under its XMiDT id; `demo-hg630` is a
 //! simulated Huawei HG630 router; `demo-tr069-1` to `-3` are CPEs of a
-//! simulated ACS (GenieACS NBI), the third offline. Tenant `mellophone-demo`
-//! signs its users in through a simulated Mellophone server.
+//! simulated ACS (GenieACS NBI), the third offline; `demo-usp-1` and `-2`
+//! are simulated USP agents on the MQTT broker at `RDM_USP_MQTT_URL`
+//! (mqtt://127.0.0.1:1883 by default), when one answers there. Tenant
+//! `mellophone-demo` signs its users in through a simulated Mellophone
+//! server.
 use anyhow::Context;
 use rdm_kit::invoke::Backend;
 use rdm_proto::inventory::{
@@ -21,6 +24,7 @@ use rdm_proto::{
     rdm::api::v1::HttpAuth,
     snmp::SnmpEndpoint,
     tr069::Tr069Endpoint,
+    usp_v1::{UspEndpoint, UspMqtt},
     webpa::WebpaEndpoint,
 };
 use rdm_sims::{
@@ -28,6 +32,7 @@ use rdm_sims::{
     hg630::{self, Hg630Sim},
     mellophone::{self, MellophoneSim},
     snmp_agent::{self, SnmpAgent},
+    usp_agent::{self, UspAgent},
     webpa::{self, WebpaSim},
 };
 use std::collections::HashMap;
@@ -46,6 +51,94 @@ pub struct Sims {
     _router: Hg630Sim,
     _acs: AcsSim,
     _mellophone: MellophoneSim,
+    _usp: Vec<UspAgent>,
+}
+
+type Devices = DeviceServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Backend,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+/// The id of the demo device `request` names: the one there, or a new one.
+async fn device_id(
+    devices: &mut Devices,
+    existing: &HashMap<String, String>,
+    request: CreateDeviceRequest,
+) -> anyhow::Result<String> {
+    if let Some(id) = existing.get(&request.name) {
+        return Ok(id.clone());
+    }
+    Ok(devices
+        .create_device(request)
+        .await?
+        .into_inner()
+        .device
+        .context("a created device")?
+        .id)
+}
+
+/// Two simulated USP agents on the broker at `RDM_USP_MQTT_URL`, and the
+/// demo devices pointing at them; none, said so, when no broker answers.
+async fn usp_agents(
+    devices: &mut Devices,
+    existing: &HashMap<String, String>,
+) -> anyhow::Result<Vec<UspAgent>> {
+    let url = std::env::var("RDM_USP_MQTT_URL").unwrap_or("mqtt://127.0.0.1:1883".into());
+    let parsed: url::Url = url.parse().context("RDM_USP_MQTT_URL")?;
+    let (host, port) = (
+        parsed.host_str().unwrap_or("127.0.0.1").to_owned(),
+        parsed.port().unwrap_or(1883),
+    );
+    let reachable = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await;
+    if !matches!(reachable, Ok(Ok(_))) {
+        tracing::warn!(%url, "no MQTT broker answers at RDM_USP_MQTT_URL: the demo has no USP agents");
+        println!("demo: no MQTT broker at {url} (RDM_USP_MQTT_URL), so no USP agents");
+        return Ok(Vec::new());
+    }
+    // Topics of this process's own: several demos may share the broker.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut agents = Vec::new();
+    for i in 1..=2 {
+        let endpoint_id = format!("os::012345-DEMO{i:08}");
+        let topic = format!("usp/agent/demo-{i}-{}", &run[..8]);
+        let agent = usp_agent::start(&host, port, &endpoint_id, &topic).await?;
+        let name = format!("demo-usp-{i}");
+        let request = CreateDeviceRequest {
+            name: name.clone(),
+            manufacturer: "rdm".into(),
+            model: "simulated USP agent".into(),
+            serial: format!("DEMO{i:08}"),
+            labels: HashMap::from([("demo".into(), "true".into())]),
+            ..Default::default()
+        };
+        let id = device_id(devices, existing, request).await?;
+        let endpoint = UspEndpoint {
+            transport: Some("mqtt".into()),
+            endpoint_id: Some(endpoint_id),
+            mqtt: Some(UspMqtt {
+                broker_url: Some(url.clone()),
+                agent_topic: Some(topic),
+                ..Default::default()
+            }),
+            timeout_ms: 5000,
+            ..Default::default()
+        };
+        devices
+            .put_endpoint(PutEndpointRequest {
+                device_id: id,
+                settings: Some(put_endpoint_request::Settings::Usp(endpoint)),
+            })
+            .await?;
+        agents.push(agent);
+    }
+    tracing::info!(%url, "demo USP agents on the MQTT broker");
+    Ok(agents)
 }
 
 /// `Bearer <token>` of a user of the demo, signed in.
@@ -134,12 +227,12 @@ async fn mellophone(inventory: &Backend) -> anyhow::Result<MellophoneSim> {
 /// all, and points each device's `snmp` and `webpa` endpoints at them.
 pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     let bearer = bearer(&inventory, "demo", "demo", "demo").await?;
-    let mut devices = DeviceServiceClient::with_interceptor(
+    let mut devices: Devices = DeviceServiceClient::with_interceptor(
         inventory.clone(),
-        move |mut req: tonic::Request<()>| {
+        Box::new(move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", bearer.clone());
             Ok(req)
-        },
+        }),
     );
     let existing: HashMap<String, String> = devices
         .list_devices(ListDevicesRequest {
@@ -162,26 +255,15 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     let mut agents = Vec::with_capacity(DEVICES.len());
     for (name, site, location, xmidt_id) in DEVICES {
         let agent = snmp_agent::start(([127, 0, 0, 1], 0).into(), name, location).await?;
-        let id = match existing.get(name) {
-            Some(id) => id.clone(),
-            None => {
-                let created = devices
-                    .create_device(CreateDeviceRequest {
-                        name: name.into(),
-                        manufacturer: "rdm".into(),
-                        model: "simulated home gateway".into(),
-                        address: "127.0.0.1".into(),
-                        labels: HashMap::from([
-                            ("site".into(), site.into()),
-                            ("demo".into(), "true".into()),
-                        ]),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                created.device.context("a created device")?.id
-            }
+        let request = CreateDeviceRequest {
+            name: name.into(),
+            manufacturer: "rdm".into(),
+            model: "simulated home gateway".into(),
+            address: "127.0.0.1".into(),
+            labels: HashMap::from([("site".into(), site.into()), ("demo".into(), "true".into())]),
+            ..Default::default()
         };
+        let id = device_id(&mut devices, &existing, request).await?;
         let endpoint = SnmpEndpoint {
             host: Some("127.0.0.1".into()),
             port: agent.addr.port().into(),
@@ -219,28 +301,18 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     let config = hg630::Config::default();
     let sim = hg630::start(([127, 0, 0, 1], 0).into(), config.clone()).await?;
     let name = "demo-hg630";
-    let id = match existing.get(name) {
-        Some(id) => id.clone(),
-        None => {
-            devices
-                .create_device(CreateDeviceRequest {
-                    name: name.into(),
-                    manufacturer: "Huawei".into(),
-                    model: "HG630 V2 (simulated)".into(),
-                    serial: config.serial.clone(),
-                    labels: HashMap::from([
-                        ("site".into(), "ams".into()),
-                        ("demo".into(), "true".into()),
-                    ]),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .device
-                .context("a created device")?
-                .id
-        }
+    let request = CreateDeviceRequest {
+        name: name.into(),
+        manufacturer: "Huawei".into(),
+        model: "HG630 V2 (simulated)".into(),
+        serial: config.serial.clone(),
+        labels: HashMap::from([
+            ("site".into(), "ams".into()),
+            ("demo".into(), "true".into()),
+        ]),
+        ..Default::default()
     };
+    let id = device_id(&mut devices, &existing, request).await?;
     let endpoint = Hg630Endpoint {
         base_url: Some(sim.base_url()),
         username: Some(config.username.clone()),
@@ -263,26 +335,15 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     let acs_sim = acs::start(([127, 0, 0, 1], 0).into(), &cpes).await?;
     let (user, password) = acs::credentials();
     for (i, cpe) in cpes.iter().enumerate() {
-        let name = format!("demo-tr069-{}", i + 1);
-        let id = match existing.get(&name) {
-            Some(id) => id.clone(),
-            None => {
-                devices
-                    .create_device(CreateDeviceRequest {
-                        name: name.clone(),
-                        manufacturer: "rdm".into(),
-                        model: format!("{} (simulated, TR-069)", cpe.product_class),
-                        serial: cpe.serial.clone(),
-                        labels: HashMap::from([("demo".into(), "true".into())]),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner()
-                    .device
-                    .context("a created device")?
-                    .id
-            }
+        let request = CreateDeviceRequest {
+            name: format!("demo-tr069-{}", i + 1),
+            manufacturer: "rdm".into(),
+            model: format!("{} (simulated, TR-069)", cpe.product_class),
+            serial: cpe.serial.clone(),
+            labels: HashMap::from([("demo".into(), "true".into())]),
+            ..Default::default()
         };
+        let id = device_id(&mut devices, &existing, request).await?;
         let endpoint = Tr069Endpoint {
             base_url: Some(acs_sim.base_url()),
             device_id: Some(cpe.id()),
@@ -303,11 +364,13 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     }
     tracing::info!(acs = %acs_sim.addr, "demo CPEs on a simulated ACS");
     let mellophone = mellophone(&inventory).await?;
+    let usp = usp_agents(&mut devices, &existing).await?;
     Ok(Sims {
         _agents: agents,
         _webpa: webpa_sim,
         _router: sim,
         _acs: acs_sim,
         _mellophone: mellophone,
+        _usp: usp,
     })
 }

@@ -638,7 +638,9 @@ pub async fn start(
 ) -> std::io::Result<UspAgent> {
     let serial = endpoint_id.rsplit('-').next().unwrap_or(endpoint_id);
     let model = Arc::new(Mutex::new(Model::new(serial)));
-    let mut options = MqttOptions::new(format!("sim-{endpoint_id}"), host, port);
+    // A client id of its own: agents of several runs may share the broker.
+    let client_id = format!("sim-{:016x}", rand::random::<u64>());
+    let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_connect_properties(ConnectProperties {
         user_properties: vec![("usp-endpoint-id".into(), endpoint_id.to_owned())],
