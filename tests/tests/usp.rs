@@ -186,6 +186,51 @@ async fn every_request_through_the_gateway(mesh: TestMesh) {
     );
     assert_eq!(agent.value("Device.WiFi.SSID.3.Alias"), None);
 
+    // GetSupportedDM: the whole tree under Device.WiFi., and Device.'s own
+    // level with its commands and events.
+    let dm = ok(
+        &mesh,
+        &token,
+        "/v1/usp/get-supported-dm",
+        json!({"target": target, "obj_paths": ["Device.WiFi.", "Device."], "first_level_only": true,
+               "return_params": true, "return_commands": true, "return_events": true, "return_unique_key_sets": true}),
+    )
+    .await;
+    let objects = |i: usize| -> Vec<Value> {
+        dm["req_obj_results"][i]["supported_objs"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let ssid = objects(0)
+        .into_iter()
+        .find(|o| o["supported_obj_path"] == "Device.WiFi.SSID.{i}.")
+        .unwrap_or_else(|| panic!("{dm}"));
+    assert_eq!(ssid["is_multi_instance"], true);
+    assert_eq!(ssid["unique_key_sets"][0]["key_names"], json!(["Alias"]));
+    let status = ssid["supported_params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["param_name"] == "Status")
+        .unwrap();
+    assert_eq!(status["access"], "PARAM_READ_ONLY", "{status}");
+    let root = objects(1);
+    assert_eq!(
+        root[0]["supported_commands"][0]["command_name"], "Reboot()",
+        "{dm}"
+    );
+    assert_eq!(
+        root[0]["supported_events"][0]["arg_names"],
+        json!(["CommandKey", "Cause"])
+    );
+    assert!(
+        !root
+            .iter()
+            .any(|o| o["supported_obj_path"] == "Device.WiFi.SSID.{i}."),
+        "first_level_only: {dm}"
+    );
+
     // Operate and GetSupportedProtocol.
     let rebooted = ok(
         &mesh,

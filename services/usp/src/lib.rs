@@ -432,6 +432,37 @@ impl UspService for Usp {
         run.await.map(Response::new).map_err(err)
     }
 
+    async fn get_supported_dm(
+        &self,
+        req: Request<pb::GetSupportedDmRequest>,
+    ) -> Result<Response<pb::GetSupportedDmResponse>, Status> {
+        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
+        let run = async {
+            checked(&req, "GetSupportedDMRequest")?;
+            let r = req.get_ref();
+            let body = Q::GetSupportedDm(msg::GetSupportedDm {
+                obj_paths: r.obj_paths.clone(),
+                first_level_only: r.first_level_only,
+                return_commands: r.return_commands,
+                return_events: r.return_events,
+                return_params: r.return_params,
+                return_unique_key_sets: r.return_unique_key_sets,
+            });
+            let answer = self
+                .0
+                .call(&req, r.target.as_ref(), T::GetSupportedDm, body)
+                .await?;
+            let done = expect(answer, |a| match a {
+                R::GetSupportedDmResp(s) => Some(s),
+                _ => None,
+            })?;
+            Ok(pb::GetSupportedDmResponse {
+                req_obj_results: done.req_obj_results,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
     async fn get_instances(
         &self,
         req: Request<pb::GetInstancesRequest>,

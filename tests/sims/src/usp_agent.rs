@@ -6,7 +6,8 @@
 //! Content Type `usp.msg`.
 //!
 //! Its data model is a small TR-181 tree: DeviceInfo, a `WiFi.SSID.{i}.`
-//! table (unique key Alias) and a sync `Reboot()`. Paths may use `*` and
+//! table (unique key Alias), a sync `Reboot()` and a `Boot!` event, which
+//! GetSupportedDM describes. Paths may use `*` and
 //! search expressions (`[Alias=="guest"]`, `==` and `!=` on one
 //! parameter) in place of an instance number. Errors are TR-369's: 7026
 //! invalid path, 7016 object does not exist, 7004 invalid arguments with a
@@ -236,6 +237,169 @@ impl Model {
     }
 }
 
+/// One object the agent supports (GetSupportedDM): its path, whether it is
+/// a table, its parameters (name, writable, type), commands (name, inputs,
+/// outputs) and events (name, arguments).
+struct Supported {
+    path: &'static str,
+    table: bool,
+    params: &'static [(
+        &'static str,
+        bool,
+        msg::get_supported_dm_resp::ParamValueType,
+    )],
+    commands: &'static [(
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    )],
+    events: &'static [(&'static str, &'static [&'static str])],
+}
+
+fn supported() -> [Supported; 4] {
+    use msg::get_supported_dm_resp::ParamValueType as V;
+    [
+        Supported {
+            path: "Device.",
+            table: false,
+            params: &[],
+            commands: &[("Reboot()", &[], &[])],
+            events: &[("Boot!", &["CommandKey", "Cause"])],
+        },
+        Supported {
+            path: "Device.DeviceInfo.",
+            table: false,
+            params: &[
+                ("Manufacturer", false, V::ParamString),
+                ("ModelName", false, V::ParamString),
+                ("ProvisioningCode", true, V::ParamString),
+                ("SerialNumber", false, V::ParamString),
+                ("SoftwareVersion", false, V::ParamString),
+            ],
+            commands: &[],
+            events: &[],
+        },
+        Supported {
+            path: "Device.WiFi.",
+            table: false,
+            params: &[],
+            commands: &[],
+            events: &[],
+        },
+        Supported {
+            path: "Device.WiFi.SSID.{i}.",
+            table: true,
+            params: &[
+                ("Alias", true, V::ParamString),
+                ("Enable", true, V::ParamBoolean),
+                ("SSID", true, V::ParamString),
+                ("Status", false, V::ParamString),
+            ],
+            commands: &[],
+            events: &[],
+        },
+    ]
+}
+
+/// GetSupportedDM of one object path (`{i}` or instance numbers alike):
+/// the object and what is under it (only its direct children with
+/// `first_level_only`).
+fn supported_dm(
+    req: &msg::GetSupportedDm,
+    path: &str,
+) -> msg::get_supported_dm_resp::RequestedObjectResult {
+    use msg::get_supported_dm_resp::{self as r, CmdType, ObjAccessType, ParamAccessType};
+    let generic: String = path
+        .split('.')
+        .map(|p| {
+            if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() {
+                "{i}"
+            } else {
+                p
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    let all = supported();
+    let mut out = r::RequestedObjectResult {
+        req_obj_path: path.to_owned(),
+        data_model_inst_uri: "urn:broadband-forum-org:tr-181-2-16-0-usp".into(),
+        ..Default::default()
+    };
+    if !all.iter().any(|o| o.path == generic) {
+        out.err_code = INVALID_PATH;
+        out.err_msg = format!("{path} is not an object this agent supports");
+        return out;
+    }
+    let depth = |p: &str| {
+        p.trim_end_matches(".{i}.")
+            .trim_end_matches('.')
+            .matches('.')
+            .count()
+    };
+    out.supported_objs = all
+        .iter()
+        .filter(|o| o.path.starts_with(generic.as_str()))
+        .filter(|o| !req.first_level_only || depth(o.path) <= depth(&generic) + 1)
+        .map(|o| r::SupportedObjectResult {
+            supported_obj_path: o.path.into(),
+            access: if o.table {
+                ObjAccessType::ObjAddDelete
+            } else {
+                ObjAccessType::ObjReadOnly
+            } as i32,
+            is_multi_instance: o.table,
+            supported_params: if req.return_params {
+                (o.params.iter())
+                    .map(|(name, writable, t)| r::SupportedParamResult {
+                        param_name: (*name).into(),
+                        access: if *writable {
+                            ParamAccessType::ParamReadWrite
+                        } else {
+                            ParamAccessType::ParamReadOnly
+                        } as i32,
+                        value_type: *t as i32,
+                        value_change: r::ValueChangeType::ValueChangeAllowed as i32,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            supported_commands: if req.return_commands {
+                (o.commands.iter())
+                    .map(|(name, inputs, outputs)| r::SupportedCommandResult {
+                        command_name: (*name).into(),
+                        input_arg_names: inputs.iter().map(|a| (*a).into()).collect(),
+                        output_arg_names: outputs.iter().map(|a| (*a).into()).collect(),
+                        command_type: CmdType::CmdSync as i32,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            supported_events: if req.return_events {
+                (o.events.iter())
+                    .map(|(name, args)| r::SupportedEventResult {
+                        event_name: (*name).into(),
+                        arg_names: args.iter().map(|a| (*a).into()).collect(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            unique_key_sets: if req.return_unique_key_sets && o.table {
+                vec![r::SupportedUniqueKeySet {
+                    key_names: vec!["Alias".into()],
+                }]
+            } else {
+                Vec::new()
+            },
+            divergent_paths: Vec::new(),
+        })
+        .collect();
+    out
+}
+
 /// What one request gets back: a response body, or a USP Error.
 fn answer(
     model: &mut Model,
@@ -250,6 +414,12 @@ fn answer(
             T::GetResp,
             R::GetResp(msg::GetResp {
                 req_path_results: get.param_paths.iter().map(|p| model.get(p)).collect(),
+            }),
+        ),
+        Q::GetSupportedDm(dm) => resp(
+            T::GetSupportedDmResp,
+            R::GetSupportedDmResp(msg::GetSupportedDmResp {
+                req_obj_results: dm.obj_paths.iter().map(|p| supported_dm(&dm, p)).collect(),
             }),
         ),
         Q::GetSupportedProtocol(_) => resp(
@@ -350,7 +520,6 @@ fn answer(
 fn request_name(r: &msg::request::ReqType) -> &'static str {
     use msg::request::ReqType as Q;
     match r {
-        Q::GetSupportedDm(_) => "GetSupportedDM",
         Q::Notify(_) => "Notify",
         Q::Register(_) => "Register",
         Q::Deregister(_) => "Deregister",
