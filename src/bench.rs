@@ -76,6 +76,24 @@ pub enum Which {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// USP Get of 5 parameters: one round over many simulated agents on the
+    /// local MQTT broker (127.0.0.1:1883) through the gateway, then one
+    /// agent's latency through the gateway against a raw MQTT request and
+    /// reply to the same agent (rdm's own transport, no gateway or gRPC).
+    Usp {
+        /// Simulated agents, one MQTT connection each.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Agents asked at once in the round.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Calls per path for the one-agent latency.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// The broker's port on 127.0.0.1.
+        #[arg(long, default_value_t = 1883)]
+        broker_port: u16,
+    },
     /// GetParameterValues of 5 names on an online CPE of the simulated ACS
     /// (wait mode: the CPE runs the task at once): through the gateway
     /// (REST, device target), and a GenieACS client's way straight to the
@@ -154,6 +172,20 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             rounds,
         } => snmp_poll(agents, first_port, rounds.max(2)).await,
         Which::Webpa { calls, concurrency } => webpa(calls, concurrency.max(1)).await,
+        Which::Usp {
+            agents,
+            concurrency,
+            calls,
+            broker_port,
+        } => {
+            usp(
+                agents.max(1),
+                concurrency.max(1),
+                calls.max(10),
+                broker_port,
+            )
+            .await
+        }
         Which::Tr069 { calls, concurrency } => tr069(calls, concurrency.max(1)).await,
         Which::Hg630 {
             calls,
@@ -1210,6 +1242,166 @@ const FIVE_NAMES: [&str; 5] = [
 ];
 
 /// A device of the demo tenant with `endpoint` as its `protocol` endpoint.
+async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyhow::Result<()> {
+    use rdm_sims::usp_agent;
+    use rdm_usp::{mqtt, record};
+    use serde_json::json;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    let DemoMesh {
+        mesh,
+        trigger,
+        base,
+        token,
+        _dir,
+    } = demo_mesh(Settings::default(), &http).await?;
+    let params = [
+        "Device.DeviceInfo.Manufacturer",
+        "Device.DeviceInfo.ModelName",
+        "Device.DeviceInfo.SerialNumber",
+        "Device.DeviceInfo.SoftwareVersion",
+        "Device.DeviceInfo.ProvisioningCode",
+    ];
+    println!(
+        "rdm bench usp: Get of {} parameters; {agents} simulated agents on the MQTT broker at 127.0.0.1:{port}, client, mesh and agents in one process on {} cores",
+        params.len(),
+        cores()
+    );
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let mut sims = Vec::with_capacity(agents);
+    let mut ids = Vec::with_capacity(agents);
+    for i in 0..agents {
+        let endpoint_id = format!("os::012345-BENCH{i:07}");
+        let topic = format!("usp/bench/{}/{i}", &run[..8]);
+        let agent = usp_agent::start("127.0.0.1", port, &endpoint_id, &topic).await?;
+        let endpoint = json!({"transport": "mqtt", "endpoint_id": endpoint_id, "timeout_ms": 10000,
+            "mqtt": {"broker_url": format!("mqtt://127.0.0.1:{port}"), "agent_topic": topic}});
+        ids.push(
+            device_with(
+                &http,
+                &base,
+                &token,
+                &format!("bench-usp-{i}"),
+                "usp",
+                endpoint,
+            )
+            .await?,
+        );
+        sims.push(agent);
+    }
+    println!(
+        "set-up: {agents} agents connected and their devices added in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let get = |id: &str| {
+        rest_post(
+            &http,
+            format!("{base}/v1/usp/get"),
+            &token,
+            json!({"target": {"device_id": id}, "paths": params}),
+        )
+    };
+    // The first request to the broker opens rdm's connection; any agent
+    // that does not answer is named before the rounds.
+    for id in &ids {
+        let reply = http
+            .post(format!("{base}/v1/usp/get"))
+            .bearer_auth(&token)
+            .json(&json!({"target": {"device_id": id}, "paths": params}))
+            .send()
+            .await?;
+        if !reply.status().is_success() {
+            let status = reply.status();
+            anyhow::bail!("device {id}: {status} {}", reply.text().await?);
+        }
+    }
+    for round in 1..=3 {
+        // Each call the next agent (the warm-up's tenth included).
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = Instant::now();
+        let load = load_calls(agents, concurrency, {
+            let (ids, http, base, token) = (ids.clone(), http.clone(), base.clone(), token.clone());
+            move || {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = ids[i % ids.len()].clone();
+                rest_post(
+                    &http,
+                    format!("{base}/v1/usp/get"),
+                    &token,
+                    json!({"target": {"device_id": id}, "paths": params}),
+                )()
+            }
+        })
+        .await;
+        println!(
+            "round {round}: {} Gets over the agents (a tenth more to warm up), {concurrency} at a time: {:.0} ms wall with the warm-up (goal < 1000 ms for all), {} ok, {} failed, p50 {:.2} ms, p99 {:.2} ms",
+            agents,
+            t.elapsed().as_secs_f64() * 1e3,
+            load.ok,
+            load.failed,
+            load.percentile(0.5).as_secs_f64() * 1e3,
+            load.percentile(0.99).as_secs_f64() * 1e3,
+        );
+    }
+    // One agent, one caller: rdm's own MQTT round trip against the gateway.
+    let agent = &sims[0];
+    let broker = std::sync::Arc::new(mqtt::Broker::connect(mqtt::BrokerSettings {
+        host: "127.0.0.1".into(),
+        port,
+        client_id: String::new(),
+        username: None,
+        password: None,
+        endpoint_id: "self::bench".into(),
+        topic: format!("usp/bench/{}/controller", &run[..8]),
+    }));
+    let raw = {
+        let (broker, id, topic) = (
+            broker.clone(),
+            agent.endpoint_id.clone(),
+            agent.topic.clone(),
+        );
+        move || {
+            let (broker, id, topic) = (broker.clone(), id.clone(), topic.clone());
+            async move {
+                use rdm_proto::usp_msg as msg;
+                let request = record::request(
+                    &broker.msg_id(),
+                    msg::header::MsgType::Get,
+                    msg::request::ReqType::Get(msg::Get {
+                        param_paths: params.iter().map(|p| (*p).to_owned()).collect(),
+                        max_depth: 0,
+                    }),
+                );
+                broker
+                    .request(&id, &topic, request, Duration::from_secs(10))
+                    .await
+                    .is_ok()
+            }
+        }
+    };
+    let direct = load_calls(calls, 1, raw).await;
+    let rest = load_calls(calls, 1, get(&ids[0])).await;
+    println!("-- {calls} calls, 1 caller, one agent");
+    println!("{}", direct.line("raw MQTT request/reply"));
+    println!("{}", rest.line("REST via gateway (+JWT)"));
+    println!(
+        "rdm adds {:+.3} ms at p50 (goal < 1 ms), {:+.3} ms at p99",
+        (rest.percentile(0.5).as_secs_f64() - direct.percentile(0.5).as_secs_f64()) * 1e3,
+        (rest.percentile(0.99).as_secs_f64() - direct.percentile(0.99).as_secs_f64()) * 1e3,
+    );
+    if direct.percentile(0.5) > Duration::from_millis(20) {
+        println!(
+            "note: about 40 ms a message is Nagle's algorithm at the broker: give Mosquitto `set_tcp_nodelay true` (rdm and the simulated agents set TCP_NODELAY on their side)"
+        );
+    }
+    drop(sims);
+    trigger.trigger();
+    drop(mesh);
+    Ok(())
+}
+
 async fn device_with(
     http: &reqwest::Client,
     base: &str,

@@ -83,6 +83,10 @@ impl Broker {
         };
         let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
         options.set_keep_alive(Duration::from_secs(30));
+        // Without it each small Record waits on Nagle and a delayed ACK (~40 ms).
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         options.set_max_packet_size(Some(record::MAX_RECORD as u32 + 1024));
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             options.set_credentials(user.clone(), password.clone());

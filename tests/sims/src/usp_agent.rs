@@ -811,6 +811,10 @@ pub async fn start(
     let client_id = format!("sim-{:016x}", rand::random::<u64>());
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
+    // Without it each small Record waits on Nagle and a delayed ACK (~40 ms).
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     options.set_connect_properties(ConnectProperties {
         user_properties: vec![("usp-endpoint-id".into(), endpoint_id.to_owned())],
         ..ConnectProperties::new()
