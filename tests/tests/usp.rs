@@ -350,3 +350,64 @@ on_both_stores!(
     every_request_through_the_gateway,
     absent_agents_and_other_transports
 );
+
+/// Two `rdm serve usp` replicas (the Kubernetes shape) controlling the
+/// same agent at once: each has its own reply topic on the broker, so each
+/// gets its own replies, through a gateway of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_usp_replicas_share_the_agents() {
+    use rdm_tests::{SendJson, Split, admin_on_loopback};
+    let split = Split::start(&[]).await;
+    let mut bases = Vec::new();
+    let mut processes = Vec::new();
+    for _ in 0..2 {
+        let usp = split.serve("usp", &[]).await;
+        let gateway = split
+            .serve(
+                "gateway",
+                &[("RDM_USP_URL", format!("http://{}", usp.addr))],
+            )
+            .await;
+        bases.push(gateway.url(""));
+        processes.push((usp, gateway));
+    }
+    let http = reqwest::Client::new();
+    let token = admin_on_loopback(&http, &bases[0]).await;
+    let agent = agent().await;
+    let device = http
+        .post(format!("{}/v1/devices", bases[0]))
+        .bearer_auth(&token)
+        .json(&json!({"name": "shared-agent"}))
+        .send_json()
+        .await;
+    let id = device["id"].as_str().unwrap_or_else(|| panic!("{device}"));
+    let put = http
+        .put(format!("{}/v1/devices/{id}/endpoints/usp", bases[0]))
+        .bearer_auth(&token)
+        .json(&mqtt_endpoint(&agent.endpoint_id, &agent.topic, 5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    // Ten Gets at once through each replica.
+    let calls = (0..20).map(|i| {
+        let (http, base, token) = (http.clone(), bases[i % 2].clone(), token.clone());
+        let body =
+            json!({"target": {"device_id": id}, "paths": ["Device.DeviceInfo.SerialNumber"]});
+        async move {
+            http.post(format!("{base}/v1/usp/get"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send_json()
+                .await
+        }
+    });
+    for reply in futures::future::join_all(calls).await {
+        let serial = &reply["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"];
+        assert_eq!(
+            serial.as_str(),
+            agent.endpoint_id.rsplit('-').next(),
+            "{reply}"
+        );
+    }
+}
