@@ -254,6 +254,30 @@ impl TestMesh {
         (id, self.token(slug, "alice", "alice-password").await)
     }
 
+    /// A device of the token's tenant (`device`: CreateDevice's body) with
+    /// `endpoint` as its `protocol` endpoint; its id.
+    pub async fn device_with_endpoint(
+        &self,
+        token: &str,
+        device: Value,
+        protocol: &str,
+        endpoint: Value,
+    ) -> String {
+        let (status, body) = self.post("/v1/devices", token, device).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = body["id"].as_str().expect("a device id").to_owned();
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/devices/{id}/endpoints/{protocol}"),
+                Some(token),
+                Some(endpoint),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        id
+    }
+
     /// A platform admin gives a tenant networks the platform deny list
     /// refuses (loopback, for the agents tests run).
     pub async fn allow_targets(&self, tenant_id: &str, cidrs: &[&str]) {

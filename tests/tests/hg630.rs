@@ -3,7 +3,7 @@
 use rdm_router_hg630::router::{Router, Scheme};
 use rdm_sims::hg630::{self, Hg630Sim};
 use rdm_tests::{TestMesh, on_both_stores};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -29,20 +29,12 @@ fn endpoint(sim: &Hg630Sim, password: &str) -> Value {
            "timeout_ms": 2000})
 }
 
-/// A device of the token's tenant with `endpoint` as its hg630 endpoint.
+/// A device of the token's tenant with `endpoint` as its hg630 endpoint:
+/// the target naming it.
 async fn device(mesh: &TestMesh, token: &str, name: &str, endpoint: Value) -> Value {
-    let (status, body) = mesh.post("/v1/devices", token, json!({"name": name})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
-    let (status, body) = mesh
-        .call(
-            Method::PUT,
-            &format!("/v1/devices/{id}/endpoints/hg630"),
-            Some(token),
-            Some(endpoint),
-        )
+    let id = mesh
+        .device_with_endpoint(token, json!({"name": name}), "hg630", endpoint)
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     json!({"device_id": id})
 }
 

@@ -31,19 +31,8 @@ fn endpoint(sim: &AcsSim, acs_id: &str) -> Value {
 
 /// A device of the token's tenant with `endpoint` as its tr069 endpoint.
 async fn device(mesh: &TestMesh, token: &str, name: &str, endpoint: Value) -> String {
-    let (status, body) = mesh.post("/v1/devices", token, json!({"name": name})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
-    let (status, body) = mesh
-        .call(
-            Method::PUT,
-            &format!("/v1/devices/{id}/endpoints/tr069"),
-            Some(token),
-            Some(endpoint),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    id
+    mesh.device_with_endpoint(token, json!({"name": name}), "tr069", endpoint)
+        .await
 }
 
 async fn every_rpc_against_the_simulator(mesh: TestMesh) {

@@ -26,21 +26,9 @@ fn mqtt_endpoint(endpoint_id: &str, topic: &str, timeout_ms: u32) -> Value {
 
 /// A device of the token's tenant with `endpoint` as its usp endpoint.
 async fn device(mesh: &TestMesh, token: &str, name: &str, endpoint: Value) -> String {
-    let (status, body) = mesh
-        .post("/v1/devices", token, json!({"name": name, "serial": name}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
-    let (status, body) = mesh
-        .call(
-            Method::PUT,
-            &format!("/v1/devices/{id}/endpoints/usp"),
-            Some(token),
-            Some(endpoint),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    id
+    let device = json!({"name": name, "serial": name});
+    mesh.device_with_endpoint(token, device, "usp", endpoint)
+        .await
 }
 
 async fn ok(mesh: &TestMesh, token: &str, path: &str, body: Value) -> Value {

@@ -2,7 +2,7 @@
 //! simulator (tests/sims), on SQLite and PostgreSQL.
 use rdm_sims::webpa::{self, Credentials, WebpaSim};
 use rdm_tests::{TestMesh, on_both_stores};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// The simulator's first device, and a second on the same server.
@@ -28,21 +28,9 @@ fn endpoint(sim: &WebpaSim, device_id: &str) -> Value {
 
 /// A device of the token's tenant with `endpoint` as its webpa endpoint.
 async fn device(mesh: &TestMesh, token: &str, name: &str, endpoint: Value) -> String {
-    let (status, body) = mesh
-        .post("/v1/devices", token, json!({"name": name, "serial": name}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
-    let (status, body) = mesh
-        .call(
-            Method::PUT,
-            &format!("/v1/devices/{id}/endpoints/webpa"),
-            Some(token),
-            Some(endpoint),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    id
+    let device = json!({"name": name, "serial": name});
+    mesh.device_with_endpoint(token, device, "webpa", endpoint)
+        .await
 }
 
 fn by_name<'a>(params: &'a Value, name: &str) -> &'a Value {

@@ -16,7 +16,7 @@ use rdm_kit::{
 };
 use rdm_proto::{
     inventory::endpoint::Settings,
-    usp_msg as msg,
+    usp_msg::{self as msg, request::ReqType as Q, response::RespType as R},
     usp_v1::{self as pb, usp_service_server::UspService},
 };
 use std::{
@@ -204,10 +204,10 @@ impl Controller {
         &self,
         req: &Request<T>,
         target: Option<&pb::Target>,
-        msg_type: msg::header::MsgType,
         body: msg::request::ReqType,
     ) -> Result<msg::response::RespType> {
         let agent = self.agent(req, target).await?;
+        let msg_type = msg_type(&body);
         let name = msg_type.as_str_name();
         let request = record::request(&agent.broker.msg_id(), msg_type, body);
         let reply = agent
@@ -278,241 +278,222 @@ fn usp_error(agent: &str, e: msg::Error) -> Error {
     out
 }
 
-/// Checks a request against its proto's rules (a 400 naming the field).
-fn checked<T: prost::Message>(req: &Request<T>, name: &str) -> Result<()> {
-    rdm_kit::rules::checked(req, &format!("rdm.usp.v1.{name}")).map(|_| ())
+impl Usp {
+    /// One USP request for an RPC: the request checked against its proto's
+    /// rules (a 400 naming the field), `body` sent to the target's agent,
+    /// and `pick` taking the response it should answer with (anything else
+    /// is DEVICE_ERROR).
+    async fn relay<T: prost::Message, R>(
+        &self,
+        req: &Request<T>,
+        message: &str,
+        target: Option<&pb::Target>,
+        body: msg::request::ReqType,
+        pick: impl FnOnce(msg::response::RespType) -> Option<R>,
+    ) -> Result<Response<R>, Status> {
+        let run = async {
+            rdm_kit::rules::checked(req, &format!("rdm.usp.v1.{message}"))?;
+            let answer = self.0.call(req, target, body).await?;
+            let kind = format!("{answer:?}");
+            pick(answer).ok_or_else(|| {
+                let kind = kind.split('(').next().unwrap_or_default();
+                Error::new(
+                    ErrorCode::DeviceError,
+                    format!(
+                        "the USP agent answered with a {kind}, not the response to the request"
+                    ),
+                )
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
 }
 
-/// The response an answer should be, or a DEVICE_ERROR naming what came.
-fn expect<T>(
-    answer: msg::response::RespType,
-    pick: impl FnOnce(msg::response::RespType) -> Option<T>,
-) -> Result<T> {
-    let what = format!("{answer:?}");
-    pick(answer).ok_or_else(|| {
-        let kind = what.split('(').next().unwrap_or_default().to_owned();
-        Error::new(
-            ErrorCode::DeviceError,
-            format!("the USP agent answered with a {kind}, not the response to the request"),
-        )
-    })
+/// The Msg type of a request.
+fn msg_type(body: &msg::request::ReqType) -> msg::header::MsgType {
+    use msg::{header::MsgType as T, request::ReqType as Q};
+    match body {
+        Q::Get(_) => T::Get,
+        Q::GetSupportedDm(_) => T::GetSupportedDm,
+        Q::GetInstances(_) => T::GetInstances,
+        Q::Set(_) => T::Set,
+        Q::Add(_) => T::Add,
+        Q::Delete(_) => T::Delete,
+        Q::Operate(_) => T::Operate,
+        Q::Notify(_) => T::Notify,
+        Q::GetSupportedProtocol(_) => T::GetSupportedProto,
+        Q::Register(_) => T::Register,
+        Q::Deregister(_) => T::Deregister,
+    }
 }
 
 #[tonic::async_trait]
 impl UspService for Usp {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "GetRequest")?;
-            let r = req.get_ref();
-            let body = Q::Get(msg::Get {
-                param_paths: r.paths.clone(),
-                max_depth: r.max_depth,
-            });
-            let answer = self.0.call(&req, r.target.as_ref(), T::Get, body).await?;
-            let got = expect(answer, |a| match a {
-                R::GetResp(g) => Some(g),
-                _ => None,
-            })?;
-            Ok(pb::GetResponse {
-                req_path_results: got.req_path_results,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+        let r = req.get_ref();
+        let body = Q::Get(msg::Get {
+            param_paths: r.paths.clone(),
+            max_depth: r.max_depth,
+        });
+        self.relay(&req, "GetRequest", r.target.as_ref(), body, |a| match a {
+            R::GetResp(g) => Some(pb::GetResponse {
+                req_path_results: g.req_path_results,
+            }),
+            _ => None,
+        })
+        .await
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "SetRequest")?;
-            let r = req.get_ref();
-            if r.validate {
-                let settings = r.update_objs.iter().enumerate().flat_map(|(i, u)| {
-                    u.param_settings.iter().enumerate().map(move |(j, s)| {
-                        (
-                            format!("update_objs[{i}].param_settings[{j}]"),
-                            format!("{}{}", u.obj_path, s.param),
-                            s.value.as_str(),
-                        )
-                    })
-                });
-                rdm_catalog::datamodel::check_fields(settings, "param")?;
-            }
-            let body = Q::Set(msg::Set {
-                allow_partial: r.allow_partial,
-                update_objs: r.update_objs.clone(),
+        let r = req.get_ref();
+        if r.validate {
+            let settings = r.update_objs.iter().enumerate().flat_map(|(i, u)| {
+                u.param_settings.iter().enumerate().map(move |(j, s)| {
+                    (
+                        format!("update_objs[{i}].param_settings[{j}]"),
+                        format!("{}{}", u.obj_path, s.param),
+                        s.value.as_str(),
+                    )
+                })
             });
-            let answer = self.0.call(&req, r.target.as_ref(), T::Set, body).await?;
-            let done = expect(answer, |a| match a {
-                R::SetResp(s) => Some(s),
-                _ => None,
-            })?;
-            Ok(pb::SetResponse {
-                updated_obj_results: done.updated_obj_results,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+            rdm_catalog::datamodel::check_fields(settings, "param").map_err(err)?;
+        }
+        let body = Q::Set(msg::Set {
+            allow_partial: r.allow_partial,
+            update_objs: r.update_objs.clone(),
+        });
+        self.relay(&req, "SetRequest", r.target.as_ref(), body, |a| match a {
+            R::SetResp(s) => Some(pb::SetResponse {
+                updated_obj_results: s.updated_obj_results,
+            }),
+            _ => None,
+        })
+        .await
     }
 
     async fn add(&self, req: Request<pb::AddRequest>) -> Result<Response<pb::AddResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "AddRequest")?;
-            let r = req.get_ref();
-            let body = Q::Add(msg::Add {
-                allow_partial: r.allow_partial,
-                create_objs: r.create_objs.clone(),
-            });
-            let answer = self.0.call(&req, r.target.as_ref(), T::Add, body).await?;
-            let done = expect(answer, |a| match a {
-                R::AddResp(s) => Some(s),
-                _ => None,
-            })?;
-            Ok(pb::AddResponse {
-                created_obj_results: done.created_obj_results,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+        let r = req.get_ref();
+        let body = Q::Add(msg::Add {
+            allow_partial: r.allow_partial,
+            create_objs: r.create_objs.clone(),
+        });
+        self.relay(&req, "AddRequest", r.target.as_ref(), body, |a| match a {
+            R::AddResp(s) => Some(pb::AddResponse {
+                created_obj_results: s.created_obj_results,
+            }),
+            _ => None,
+        })
+        .await
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "DeleteRequest")?;
-            let r = req.get_ref();
-            let body = Q::Delete(msg::Delete {
-                allow_partial: r.allow_partial,
-                obj_paths: r.obj_paths.clone(),
-            });
-            let answer = self
-                .0
-                .call(&req, r.target.as_ref(), T::Delete, body)
-                .await?;
-            let done = expect(answer, |a| match a {
-                R::DeleteResp(s) => Some(s),
+        let r = req.get_ref();
+        let body = Q::Delete(msg::Delete {
+            allow_partial: r.allow_partial,
+            obj_paths: r.obj_paths.clone(),
+        });
+        self.relay(
+            &req,
+            "DeleteRequest",
+            r.target.as_ref(),
+            body,
+            |a| match a {
+                R::DeleteResp(s) => Some(pb::DeleteResponse {
+                    deleted_obj_results: s.deleted_obj_results,
+                }),
                 _ => None,
-            })?;
-            Ok(pb::DeleteResponse {
-                deleted_obj_results: done.deleted_obj_results,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+            },
+        )
+        .await
     }
 
     async fn operate(
         &self,
         req: Request<pb::OperateRequest>,
     ) -> Result<Response<pb::OperateResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "OperateRequest")?;
-            let r = req.get_ref();
-            let body = Q::Operate(msg::Operate {
-                command: r.command.clone(),
-                command_key: r.command_key.clone(),
-                // A REST caller waits for the answer: the agent must send one.
-                send_resp: true,
-                input_args: r.input_args.clone(),
-            });
-            let answer = self
-                .0
-                .call(&req, r.target.as_ref(), T::Operate, body)
-                .await?;
-            let done = expect(answer, |a| match a {
-                R::OperateResp(s) => Some(s),
+        let r = req.get_ref();
+        let body = Q::Operate(msg::Operate {
+            command: r.command.clone(),
+            command_key: r.command_key.clone(),
+            // The caller waits for the answer: the agent must send one.
+            send_resp: true,
+            input_args: r.input_args.clone(),
+        });
+        self.relay(
+            &req,
+            "OperateRequest",
+            r.target.as_ref(),
+            body,
+            |a| match a {
+                R::OperateResp(s) => Some(pb::OperateResponse {
+                    operation_results: s.operation_results,
+                }),
                 _ => None,
-            })?;
-            Ok(pb::OperateResponse {
-                operation_results: done.operation_results,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+            },
+        )
+        .await
     }
 
     async fn get_supported_dm(
         &self,
         req: Request<pb::GetSupportedDmRequest>,
     ) -> Result<Response<pb::GetSupportedDmResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "GetSupportedDMRequest")?;
-            let r = req.get_ref();
-            let body = Q::GetSupportedDm(msg::GetSupportedDm {
-                obj_paths: r.obj_paths.clone(),
-                first_level_only: r.first_level_only,
-                return_commands: r.return_commands,
-                return_events: r.return_events,
-                return_params: r.return_params,
-                return_unique_key_sets: r.return_unique_key_sets,
-            });
-            let answer = self
-                .0
-                .call(&req, r.target.as_ref(), T::GetSupportedDm, body)
-                .await?;
-            let done = expect(answer, |a| match a {
-                R::GetSupportedDmResp(s) => Some(s),
-                _ => None,
-            })?;
-            Ok(pb::GetSupportedDmResponse {
-                req_obj_results: done.req_obj_results,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+        let r = req.get_ref();
+        let body = Q::GetSupportedDm(msg::GetSupportedDm {
+            obj_paths: r.obj_paths.clone(),
+            first_level_only: r.first_level_only,
+            return_commands: r.return_commands,
+            return_events: r.return_events,
+            return_params: r.return_params,
+            return_unique_key_sets: r.return_unique_key_sets,
+        });
+        let message = "GetSupportedDMRequest";
+        self.relay(&req, message, r.target.as_ref(), body, |a| match a {
+            R::GetSupportedDmResp(s) => Some(pb::GetSupportedDmResponse {
+                req_obj_results: s.req_obj_results,
+            }),
+            _ => None,
+        })
+        .await
     }
 
     async fn get_instances(
         &self,
         req: Request<pb::GetInstancesRequest>,
     ) -> Result<Response<pb::GetInstancesResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "GetInstancesRequest")?;
-            let r = req.get_ref();
-            let body = Q::GetInstances(msg::GetInstances {
-                obj_paths: r.obj_paths.clone(),
-                first_level_only: r.first_level_only,
-            });
-            let answer = self
-                .0
-                .call(&req, r.target.as_ref(), T::GetInstances, body)
-                .await?;
-            let done = expect(answer, |a| match a {
-                R::GetInstancesResp(s) => Some(s),
-                _ => None,
-            })?;
-            Ok(pb::GetInstancesResponse {
-                req_path_results: done.req_path_results,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+        let r = req.get_ref();
+        let body = Q::GetInstances(msg::GetInstances {
+            obj_paths: r.obj_paths.clone(),
+            first_level_only: r.first_level_only,
+        });
+        let message = "GetInstancesRequest";
+        self.relay(&req, message, r.target.as_ref(), body, |a| match a {
+            R::GetInstancesResp(s) => Some(pb::GetInstancesResponse {
+                req_path_results: s.req_path_results,
+            }),
+            _ => None,
+        })
+        .await
     }
 
     async fn get_supported_protocol(
         &self,
         req: Request<pb::GetSupportedProtocolRequest>,
     ) -> Result<Response<pb::GetSupportedProtocolResponse>, Status> {
-        use msg::{header::MsgType as T, request::ReqType as Q, response::RespType as R};
-        let run = async {
-            checked(&req, "GetSupportedProtocolRequest")?;
-            let r = req.get_ref();
-            let body = Q::GetSupportedProtocol(msg::GetSupportedProtocol {
-                controller_supported_protocol_versions: "1.3,1.4".into(),
-            });
-            let answer = self
-                .0
-                .call(&req, r.target.as_ref(), T::GetSupportedProto, body)
-                .await?;
-            let done = expect(answer, |a| match a {
-                R::GetSupportedProtocolResp(s) => Some(s),
-                _ => None,
-            })?;
-            Ok(pb::GetSupportedProtocolResponse {
-                agent_supported_protocol_versions: done.agent_supported_protocol_versions,
-            })
-        };
-        run.await.map(Response::new).map_err(err)
+        let r = req.get_ref();
+        let body = Q::GetSupportedProtocol(msg::GetSupportedProtocol {
+            controller_supported_protocol_versions: "1.3,1.4".into(),
+        });
+        let message = "GetSupportedProtocolRequest";
+        self.relay(&req, message, r.target.as_ref(), body, |a| match a {
+            R::GetSupportedProtocolResp(s) => Some(pb::GetSupportedProtocolResponse {
+                agent_supported_protocol_versions: s.agent_supported_protocol_versions,
+            }),
+            _ => None,
+        })
+        .await
     }
 }
