@@ -240,6 +240,11 @@ async fn every_request_through_the_gateway(mesh: TestMesh) {
     )
     .await;
     assert_eq!(proto["agent_supported_protocol_versions"], "1.3,1.4");
+    let metrics = mesh.metrics_text().await;
+    assert!(
+        metrics.contains(r#"rdm_usp_requests_total{msg="SET",outcome="answered"}"#),
+        "{metrics}"
+    );
 
     // Another tenant cannot address the agent through this device.
     let (_, other) = mesh.tenant_with_admin("usp-b").await;

@@ -221,7 +221,7 @@ async fn run(
                     .as_ref()
                     .and_then(|p| p.content_type.as_deref());
                 if content_type.is_some_and(|c| c != CONTENT_TYPE && c != CONTENT_TYPE_OLD) {
-                    dropped.fetch_add(1, Ordering::Relaxed);
+                    count_dropped(&dropped, "content_type");
                     tracing::debug!(?content_type, "not a USP record: dropped");
                     continue;
                 }
@@ -239,26 +239,38 @@ async fn run(
     }
 }
 
+/// Counts a dropped Record (`rdm_usp_records_dropped_total{reason}`).
+fn count_dropped(dropped: &AtomicU64, reason: &'static str) {
+    dropped.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("rdm_usp_records_dropped_total", "reason" => reason).increment(1);
+}
+
 /// Hands a received Record's Msg to the request it answers.
 fn deliver(settings: &BrokerSettings, pending: &Pending, dropped: &AtomicU64, payload: &[u8]) {
-    let drop = |why: &dyn std::fmt::Display| {
-        dropped.fetch_add(1, Ordering::Relaxed);
+    let drop = |reason: &'static str, why: &dyn std::fmt::Display| {
+        count_dropped(dropped, reason);
         tracing::info!(reason = %why, "USP record dropped");
     };
     match record::read(payload) {
         Ok(Received::Msg { from, to, msg }) => {
             if to != settings.endpoint_id {
-                return drop(&format!("addressed to {to:?}, not this controller"));
+                return drop(
+                    "misaddressed",
+                    &format!("addressed to {to:?}, not this controller"),
+                );
             }
             let key = (from, record::msg_id(&msg).to_owned());
             match pending.lock().unwrap().remove(&key) {
                 Some(tx) => {
                     let _ = tx.send(msg);
                 }
-                None => drop(&format!(
-                    "msg {:?} from {:?} answers no request (late or unknown)",
-                    key.1, key.0
-                )),
+                None => drop(
+                    "unanswered",
+                    &format!(
+                        "msg {:?} from {:?} answers no request (late or unknown)",
+                        key.1, key.0
+                    ),
+                ),
             }
         }
         Ok(Received::Connect { from, .. }) => {
@@ -267,6 +279,6 @@ fn deliver(settings: &BrokerSettings, pending: &Pending, dropped: &AtomicU64, pa
         Ok(Received::Disconnect { from, reason }) => {
             tracing::info!(agent = %from, %reason, "USP agent disconnected");
         }
-        Err(e) => drop(&e),
+        Err(e) => drop("bad_record", &e),
     }
 }
