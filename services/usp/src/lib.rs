@@ -61,8 +61,9 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     })
 }
 
-/// One broker connection: where, as whom, and which topic replies come on.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// One broker connection: where, as whom, and which topic replies come on
+/// (no Debug: it holds the broker password).
+#[derive(Clone, Hash, PartialEq, Eq)]
 struct BrokerKey {
     addr: SocketAddr,
     client_id: String,
@@ -150,6 +151,17 @@ impl Controller {
         }
         let mqtt = endpoint.mqtt.clone().unwrap_or_default();
         let (host, port) = broker_address(mqtt.broker_url())?;
+        for (field, topic) in [
+            ("usp.mqtt.agent_topic", mqtt.agent_topic()),
+            ("usp.mqtt.controller_topic", mqtt.controller_topic()),
+        ] {
+            if topic.contains(['+', '#']) {
+                return Err(Error::invalid(
+                    field,
+                    "a topic to publish or reply on, not a filter: no + or #",
+                ));
+            }
+        }
         let allowed: Vec<ipnet::IpNet> = resolved
             .allowed_target_cidrs
             .iter()
@@ -283,20 +295,19 @@ impl Usp {
     /// rules (a 400 naming the field), `body` sent to the target's agent,
     /// and `pick` taking the response it should answer with (anything else
     /// is DEVICE_ERROR).
-    async fn relay<T: prost::Message, R>(
+    async fn relay<T: prost::Message, Out>(
         &self,
         req: &Request<T>,
         message: &str,
         target: Option<&pb::Target>,
-        body: msg::request::ReqType,
-        pick: impl FnOnce(msg::response::RespType) -> Option<R>,
-    ) -> Result<Response<R>, Status> {
+        body: Q,
+        pick: impl FnOnce(R) -> Option<Out>,
+    ) -> Result<Response<Out>, Status> {
         let run = async {
             rdm_kit::rules::checked(req, &format!("rdm.usp.v1.{message}"))?;
             let answer = self.0.call(req, target, body).await?;
-            let kind = format!("{answer:?}");
+            let kind = resp_name(&answer);
             pick(answer).ok_or_else(|| {
-                let kind = kind.split('(').next().unwrap_or_default();
                 Error::new(
                     ErrorCode::DeviceError,
                     format!(
@@ -306,6 +317,23 @@ impl Usp {
             })
         };
         run.await.map(Response::new).map_err(err)
+    }
+}
+
+/// A response's USP name.
+fn resp_name(r: &R) -> &'static str {
+    match r {
+        R::GetResp(_) => "GetResp",
+        R::GetSupportedDmResp(_) => "GetSupportedDMResp",
+        R::GetInstancesResp(_) => "GetInstancesResp",
+        R::SetResp(_) => "SetResp",
+        R::AddResp(_) => "AddResp",
+        R::DeleteResp(_) => "DeleteResp",
+        R::OperateResp(_) => "OperateResp",
+        R::NotifyResp(_) => "NotifyResp",
+        R::GetSupportedProtocolResp(_) => "GetSupportedProtocolResp",
+        R::RegisterResp(_) => "RegisterResp",
+        R::DeregisterResp(_) => "DeregisterResp",
     }
 }
 

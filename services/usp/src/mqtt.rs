@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 pub const CONTENT_TYPE: &str = "usp.msg";
 const CONTENT_TYPE_OLD: &str = "application/vnd.bbf.usp.msg";
 
-/// How rdm connects to one broker.
-#[derive(Clone, Debug)]
+/// How rdm connects to one broker (no Debug: it holds the password).
+#[derive(Clone)]
 pub struct BrokerSettings {
     pub host: String,
     pub port: u16,
