@@ -852,6 +852,16 @@ async fn walks_name_every_object_the_standard_modules_define() {
     );
 }
 
+/// How many TranslateOids calls the catalog has answered.
+async fn translations_asked(mesh: &TestMesh) -> u64 {
+    mesh.metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("rdm_requests_total{") && l.contains("MibService/TranslateOids"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// A tenant's own MIB module (net-snmp's UCD-SNMP-MIB, which snmpd
 /// serves) names its replies and its requests; another tenant still sees
 /// the standard names only.

@@ -305,13 +305,25 @@ async fn absent_agents_and_other_transports(mesh: TestMesh) {
         "{e}"
     );
     // The seed's "controller" transport: refused, saying how to switch.
-    let old = device(
-        &mesh,
-        &token,
-        "old",
-        json!({"transport": "controller", "base_url": "http://127.0.0.1:9"}),
-    )
-    .await;
+    // The device had MQTT settings with a broker password: the PUT without
+    // `mqtt` forgets them, the password with them.
+    let mut with_password = mqtt_endpoint("os::012345-OLD", "usp/agent/old", 300);
+    with_password["mqtt"]["password"] = json!("broker-secret");
+    let old = device(&mesh, &token, "old", with_password).await;
+    let path = format!("/v1/devices/{old}/endpoints/usp");
+    let (status, stored) = mesh
+        .call(
+            Method::PUT,
+            &path,
+            Some(&token),
+            Some(json!({"transport": "controller", "base_url": "http://127.0.0.1:9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    let (status, stored) = mesh.get(&path, &token).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["usp"].get("mqtt"), None, "{stored}");
+    assert!(!stored.to_string().contains("broker-secret"), "{stored}");
     let (status, e) = mesh
         .post(
             "/v1/usp/get",

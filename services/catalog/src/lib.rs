@@ -392,6 +392,7 @@ impl MibService for Catalog {
             let mibs = self.mibs(Principal::of(&req)?).await?;
             let r = req.get_ref();
             Ok(pb::TranslateOidsResponse {
+                standard_only: matches!(mibs, Mibs::Standard(_)),
                 translations: r
                     .queries
                     .iter()

@@ -223,6 +223,20 @@ pub(crate) fn device_not_found(id: &str) -> Error {
     Error::not_found(format!("device {id} not found"))
 }
 
+/// Whether the settings hold the message a secret's dotted name is in
+/// (always, for a secret at the top).
+fn parent_given(config: &Map<String, Value>, name: &str) -> bool {
+    let parents = name.rsplit_once('.').map_or("", |(p, _)| p);
+    let mut at = config;
+    for part in parents.split('.').filter(|p| !p.is_empty()) {
+        match at.get(part) {
+            Some(Value::Object(inner)) => at = inner,
+            _ => return false,
+        }
+    }
+    true
+}
+
 impl Inventory {
     async fn device_in(&self, tx: &mut TenantTx, p: &Principal, id: &str) -> Result<pb::Device> {
         let row = ds::device(tx, &p.tenant_id, id)
@@ -261,6 +275,9 @@ impl Inventory {
             !settings.cleared.contains(name) && !settings.secrets.contains_key(name)
         });
         let mut config = settings.config;
+        // A kept secret goes with the settings it belongs to: a PUT without
+        // `mqtt` forgets `mqtt.password` too.
+        sealed.retain(|name, _| parent_given(&config, name));
         let pending = settings.marked.iter().filter(|_| imported);
         let names: Vec<&str> = sealed
             .keys()

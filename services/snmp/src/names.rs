@@ -11,14 +11,23 @@ use rdm_proto::{
     catalog::{self as catalog_pb, mib_service_client::MibServiceClient},
     snmp as pb,
 };
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
-/// Names OIDs for one caller.
+/// Names OIDs for one caller (one request: a walk's every batch).
 #[derive(Clone)]
 pub struct Namer {
     /// The catalog; None: the standard modules alone.
     catalog: Option<Backend>,
     forward: Forward,
+    /// The catalog said the tenant has no modules of its own: the rest of
+    /// this request does not ask again.
+    standard_only: Arc<AtomicBool>,
 }
 
 impl Namer {
@@ -26,22 +35,32 @@ impl Namer {
         Self {
             catalog: catalog.cloned(),
             forward: Forward::new(Some(p), None),
+            standard_only: Arc::default(),
         }
     }
 
     /// `queries` translated by the caller's catalog; None when there is no
-    /// catalog or it did not answer (logged: a reply is not refused for
-    /// want of names).
+    /// catalog, the tenant has no modules of its own, or the catalog did
+    /// not answer (logged: a reply is not refused for want of names).
     async fn translate(
         &self,
         queries: Vec<String>,
         integers: HashMap<i32, i64>,
     ) -> Option<Vec<catalog_pb::Translation>> {
+        if self.standard_only.load(Ordering::Relaxed) {
+            return None;
+        }
         let backend = self.catalog.clone()?;
         let mut client = MibServiceClient::with_interceptor(backend, self.forward.clone());
         let request = catalog_pb::TranslateOidsRequest { queries, integers };
         match client.translate_oids(request).await {
-            Ok(reply) => Some(reply.into_inner().translations),
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if reply.standard_only {
+                    self.standard_only.store(true, Ordering::Relaxed);
+                }
+                Some(reply.translations)
+            }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), error = %status.message(), "the catalog did not name OIDs");
                 None
@@ -54,7 +73,10 @@ impl Namer {
     /// object goes to the catalog, in one call.
     pub async fn varbinds(&self, vbs: Vec<VarBind>) -> Vec<pb::VarBind> {
         let (mut out, unnamed) = standard(vbs);
-        if unnamed.is_empty() || self.catalog.is_none() {
+        if unnamed.is_empty()
+            || self.catalog.is_none()
+            || self.standard_only.load(Ordering::Relaxed)
+        {
             return out;
         }
         let queries = unnamed.iter().map(|(i, _)| out[*i].oid.clone()).collect();
