@@ -895,6 +895,19 @@ async fn a_tenants_own_mib_modules_name_its_snmp_replies() {
         (StatusCode::BAD_REQUEST, &json!("oids[0]")),
         "{e}"
     );
+    // A walk in batches of 5 asks the catalog once: its answer says the
+    // tenant has no modules of its own, and the other batches do not ask.
+    let asked = translations_asked(&mesh).await;
+    let (status, messages) = stream(
+        &mesh,
+        "/v1/snmp/walk",
+        &token,
+        json!({"target": target, "oid": "1.3.6.1.4.1.2021.4", "max_repetitions": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{messages:?}");
+    assert!(messages.len() > 2, "{messages:?}");
+    assert_eq!(translations_asked(&mesh).await, asked + 1);
 
     let reply: Value = mesh
         .http
