@@ -246,17 +246,15 @@ impl Catalog {
         })
     }
 
-    /// The model `name` names for the caller of `req`.
-    async fn model_for<T: prost::Message>(
+    /// The request checked against its proto's rules, and the data models
+    /// its caller sees.
+    async fn models_for<T: prost::Message>(
         &self,
         req: &Request<T>,
         message: &str,
-        name: &str,
-    ) -> Result<(Models, String)> {
+    ) -> Result<Models> {
         checked(req, message)?;
-        let models = self.models(Principal::of(req)?).await?;
-        let found = models.find(name)?.name.clone();
-        Ok((models, found))
+        self.models(Principal::of(req)?).await
     }
 
     /// Reads an upload's files, resolves them and stores what resolved.
@@ -584,8 +582,7 @@ impl DataModelService for Catalog {
         req: Request<pb::ListDataModelsRequest>,
     ) -> Result<Response<pb::ListDataModelsResponse>, Status> {
         let run = async {
-            checked(&req, "ListDataModelsRequest")?;
-            let models = self.models(Principal::of(&req)?).await?;
+            let models = self.models_for(&req, "ListDataModelsRequest").await?;
             Ok(pb::ListDataModelsResponse {
                 models: models.all().into_iter().map(Model::summary).collect(),
             })
@@ -599,10 +596,8 @@ impl DataModelService for Catalog {
     ) -> Result<Response<pb::GetDataModelTreeResponse>, Status> {
         let r = req.get_ref();
         let run = async {
-            let (models, name) = self
-                .model_for(&req, "GetDataModelTreeRequest", &r.model)
-                .await?;
-            models.find(&name)?.tree(&r.path)
+            let models = self.models_for(&req, "GetDataModelTreeRequest").await?;
+            models.find(&r.model)?.tree(&r.path)
         };
         reply(run.await)
     }
@@ -613,10 +608,10 @@ impl DataModelService for Catalog {
     ) -> Result<Response<pb::GetDataModelParameterResponse>, Status> {
         let r = req.get_ref();
         let run = async {
-            let (models, name) = self
-                .model_for(&req, "GetDataModelParameterRequest", &r.model)
+            let models = self
+                .models_for(&req, "GetDataModelParameterRequest")
                 .await?;
-            models.find(&name)?.describe(&r.path)
+            models.find(&r.model)?.describe(&r.path)
         };
         reply(run.await)
     }
@@ -627,8 +622,7 @@ impl DataModelService for Catalog {
     ) -> Result<Response<pb::SearchDataModelsResponse>, Status> {
         let r = req.get_ref();
         let run = async {
-            checked(&req, "SearchDataModelsRequest")?;
-            let all = self.models(Principal::of(&req)?).await?;
+            let all = self.models_for(&req, "SearchDataModelsRequest").await?;
             let size = search::page_size(r.page_size, 50);
             let models = match r.model.as_str() {
                 "" => all.all(),
@@ -649,10 +643,8 @@ impl DataModelService for Catalog {
     ) -> Result<Response<pb::ValidateSetsResponse>, Status> {
         let r = req.get_ref();
         let run = async {
-            let (models, name) = self
-                .model_for(&req, "ValidateSetsRequest", &r.model)
-                .await?;
-            let m = models.find(&name)?;
+            let models = self.models_for(&req, "ValidateSetsRequest").await?;
+            let m = models.find(&r.model)?;
             Ok(pb::ValidateSetsResponse {
                 results: r
                     .sets

@@ -273,7 +273,7 @@ fn deliver(settings: &BrokerSettings, pending: &Pending, dropped: &AtomicU64, pa
                 ),
             }
         }
-        Ok(Received::Connect { from, .. }) => {
+        Ok(Received::Connect { from }) => {
             tracing::info!(agent = %from, "USP agent connected");
         }
         Ok(Received::Disconnect { from, reason }) => {

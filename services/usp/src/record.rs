@@ -36,7 +36,7 @@ pub enum Received {
         msg: msg::Msg,
     },
     /// An agent announced itself on an MTP (`mqtt_connect`, ...).
-    Connect { from: String, to: String },
+    Connect { from: String },
     /// The endpoint is going away.
     Disconnect { from: String, reason: String },
 }
@@ -77,7 +77,7 @@ pub fn read(bytes: &[u8]) -> Result<Received, BadRecord> {
         }
         Some(
             T::MqttConnect(_) | T::WebsocketConnect(_) | T::StompConnect(_) | T::UdsConnect(_),
-        ) => Ok(Received::Connect { from, to }),
+        ) => Ok(Received::Connect { from }),
         Some(T::Disconnect(d)) => Ok(Received::Disconnect {
             from,
             reason: d.reason,
