@@ -1275,7 +1275,8 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
     for i in 0..agents {
         let endpoint_id = format!("os::012345-BENCH{i:07}");
         let topic = format!("usp/bench/{}/{i}", &run[..8]);
-        let agent = usp_agent::start("127.0.0.1", port, &endpoint_id, &topic).await?;
+        let notify_to = format!("usp/bench/{}/controller", &run[..8]);
+        let agent = usp_agent::start("127.0.0.1", port, &endpoint_id, &topic, &notify_to).await?;
         let endpoint = json!({"transport": "mqtt", "endpoint_id": endpoint_id, "timeout_ms": 10000,
             "mqtt": {"broker_url": format!("mqtt://127.0.0.1:{port}"), "agent_topic": topic}});
         ids.push(
@@ -1347,15 +1348,19 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
     }
     // One agent, one caller: rdm's own MQTT round trip against the gateway.
     let agent = &sims[0];
-    let broker = std::sync::Arc::new(mqtt::Broker::connect(mqtt::BrokerSettings {
-        host: "127.0.0.1".into(),
-        port,
-        client_id: String::new(),
-        username: None,
-        password: None,
-        endpoint_id: "self::bench".into(),
-        topic: format!("usp/bench/{}/controller", &run[..8]),
-    }));
+    let broker = std::sync::Arc::new(mqtt::Broker::connect(
+        mqtt::BrokerSettings {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: String::new(),
+            username: None,
+            password: None,
+            endpoint_id: "self::bench".into(),
+            topic: format!("usp/bench/{}/controller", &run[..8]),
+            notify_topic: String::new(),
+        },
+        tokio::sync::mpsc::channel(16).0,
+    ));
     let raw = {
         let (broker, id, topic) = (
             broker.clone(),

@@ -103,11 +103,14 @@ async fn usp_agents(
     }
     // Topics of this process's own: several demos may share the broker.
     let run = uuid::Uuid::new_v4().simple().to_string();
+    // The agents' controller topic (where their notifications go) is this
+    // demo's too.
+    let controller_topic = format!("usp/controller/demo-{}", &run[..8]);
     let mut agents = Vec::new();
     for i in 1..=2 {
         let endpoint_id = format!("os::012345-DEMO{i:08}");
         let topic = format!("usp/agent/demo-{i}-{}", &run[..8]);
-        let agent = usp_agent::start(&host, port, &endpoint_id, &topic).await?;
+        let agent = usp_agent::start(&host, port, &endpoint_id, &topic, &controller_topic).await?;
         let name = format!("demo-usp-{i}");
         let request = CreateDeviceRequest {
             name: name.clone(),
@@ -124,6 +127,7 @@ async fn usp_agents(
             mqtt: Some(UspMqtt {
                 broker_url: Some(url.clone()),
                 agent_topic: Some(topic),
+                controller_topic: Some(controller_topic.clone()),
                 ..Default::default()
             }),
             timeout_ms: 5000,

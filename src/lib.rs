@@ -793,6 +793,10 @@ pub async fn migrate(database: &DatabaseArgs, data_dir: &Path) -> anyhow::Result
         .await
         .context("migrating the catalog's tables")?;
     println!("catalog: migrations applied");
+    Db::migrate(&url, &rdm_usp::store::MIGRATIONS)
+        .await
+        .context("migrating the USP service's tables")?;
+    println!("usp: migrations applied");
     Ok(())
 }
 

@@ -607,3 +607,57 @@ pub async fn wait_for(addr: SocketAddr) -> tonic::transport::Channel {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A server stream read through REST as NDJSON, a value at a time.
+pub struct NdJson {
+    chunks: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl NdJson {
+    /// The stream of a reply (which must be 200).
+    pub fn of(resp: reqwest::Response) -> Self {
+        assert_eq!(resp.status(), StatusCode::OK, "{}", resp.url());
+        Self {
+            chunks: futures::StreamExt::boxed(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// `GET path` with the token, as a stream.
+    pub async fn get(http: &reqwest::Client, url: &str, token: &str) -> Self {
+        Self::of(http.get(url).bearer_auth(token).send().await.unwrap())
+    }
+
+    /// The next value, if one comes within `wait`.
+    pub async fn next_within(&mut self, wait: std::time::Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.find('\n') {
+                let line: String = self.buf.drain(..=end).collect();
+                return Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+            }
+            let chunk =
+                tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut self.chunks))
+                    .await
+                    .ok()?
+                    .expect("the stream ended")
+                    .expect("the stream failed");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next `n` values, within 10 s.
+    pub async fn next(&mut self, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(v) => got.push(v),
+                None => panic!("{n} values within 10 s, got {got:?}"),
+            }
+        }
+        got
+    }
+}

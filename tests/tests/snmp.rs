@@ -1,7 +1,7 @@
 //! The SNMP service against a real net-snmp agent, through the gateway (REST)
 //! and gRPC, with the net-snmp tools as the oracle.
 use futures::StreamExt;
-use rdm_tests::{SendJson, Store, TestMesh, snmpd};
+use rdm_tests::{NdJson, SendJson, Store, TestMesh, snmpd};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -1258,14 +1258,7 @@ async fn watchers_on_any_replica_get_the_trap_roles_traps() {
         .await
         .unwrap();
     assert_eq!(put.status(), StatusCode::OK);
-    let watch = http
-        .get(format!("{base}/v1/snmp/traps"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(watch.status(), StatusCode::OK);
-    let mut lines: Lines = watch.bytes_stream().boxed();
+    let mut lines = NdJson::get(&http, &format!("{base}/v1/snmp/traps"), token).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     snmpd::tool(
         "snmptrap",
@@ -1281,7 +1274,7 @@ async fn watchers_on_any_replica_get_the_trap_roles_traps() {
             "2",
         ],
     );
-    let got = notifications(&mut lines, 1).await;
+    let got = lines.next(1).await;
     assert_eq!(got[0]["device_id"], id, "{got:?}");
 }
 
@@ -1344,41 +1337,12 @@ async fn a_stream_that_fails_part_way_counts_as_failed() {
     );
 }
 
-type Lines = futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>;
-
 /// A `GET /v1/snmp/traps` stream, registered by the time this returns.
-async fn watch_traps(mesh: &TestMesh, token: &str) -> Lines {
-    let resp = mesh
-        .http
-        .get(mesh.url("/v1/snmp/traps"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+async fn watch_traps(mesh: &TestMesh, token: &str) -> NdJson {
+    let lines = NdJson::get(&mesh.http, &mesh.url("/v1/snmp/traps"), token).await;
     // The watch is registered once its reply started; send after that.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    resp.bytes_stream().boxed()
-}
-
-/// The next `n` notifications of a trap stream (NDJSON), within 10 s.
-async fn notifications(lines: &mut Lines, n: usize) -> Vec<Value> {
-    let mut got: Vec<Value> = Vec::new();
-    let mut buf = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while got.len() < n {
-        let chunk = tokio::time::timeout_at(deadline, lines.next())
-            .await
-            .unwrap_or_else(|_| panic!("{n} notifications within 10 s, got {got:?}"))
-            .unwrap()
-            .unwrap();
-        buf.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buf.find('\n') {
-            got.push(serde_json::from_str(&buf[..end]).unwrap());
-            buf.drain(..=end);
-        }
-    }
-    got
+    lines
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1443,7 +1407,7 @@ async fn traps_and_informs_reach_the_devices_tenant() {
             "2",
         ],
     );
-    let got = notifications(&mut lines, 3).await;
+    let got = lines.next(3).await;
     assert!(
         got.iter().all(|t| t["device_id"] == device_id.as_str()),
         "{got:?}"
@@ -1531,13 +1495,13 @@ async fn traps_and_informs_reach_the_devices_tenant() {
             ],
         );
     }
-    let mine = notifications(&mut lines, 1).await;
+    let mine = lines.next(1).await;
     assert_eq!(
         (mine[0]["uptime"].as_str(), mine[0]["device_id"].as_str()),
         (Some("44"), Some(device_id.as_str())),
         "the wrong community was dropped: {mine:?}"
     );
-    let theirs = notifications(&mut other_lines, 1).await;
+    let theirs = other_lines.next(1).await;
     assert_eq!(
         (
             theirs[0]["uptime"].as_str(),
@@ -1630,7 +1594,7 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let got = notifications(&mut lines, 1).await;
+    let got = lines.next(1).await;
     assert_eq!(
         (
             got[0]["device_id"].as_str(),
@@ -1667,7 +1631,7 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
         "{}",
         String::from_utf8_lossy(&trap.stderr)
     );
-    let got = notifications(&mut lines, 1).await;
+    let got = lines.next(1).await;
     assert_eq!(
         (
             got[0]["device_id"].as_str(),
@@ -1703,7 +1667,7 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let got = notifications(&mut lines, 1).await;
+    let got = lines.next(1).await;
     assert_eq!(
         (got[0]["device_id"].as_str(), got[0]["uptime"].as_str()),
         (Some(later.as_str()), Some("14")),
@@ -1716,11 +1680,11 @@ async fn v3_informs_are_acknowledged_with_the_devices_own_credentials() {
     assert!(!wrong.status.success());
     let said = String::from_utf8_lossy(&wrong.stderr).to_lowercase();
     assert!(said.contains("authentication failure"), "{said}");
-    let seen = tokio::time::timeout(Duration::from_millis(500), lines.next()).await;
-    assert!(seen.is_err(), "a forged inform was delivered: {seen:?}");
+    let seen = lines.next_within(Duration::from_millis(500)).await;
+    assert!(seen.is_none(), "a forged inform was delivered: {seen:?}");
     // The other tenant, whose device shares the address, saw neither.
-    let seen = tokio::time::timeout(Duration::from_millis(200), other_lines.next()).await;
-    assert!(seen.is_err(), "another tenant received {seen:?}");
+    let seen = other_lines.next_within(Duration::from_millis(200)).await;
+    assert!(seen.is_none(), "another tenant received {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,10 @@
 //! rdm as the controller of a simulated agent over the real Mosquitto
 //! broker (127.0.0.1:1883; `./test.sh` starts it).
 use rdm_sims::usp_agent::{self, UspAgent};
-use rdm_tests::{TestMesh, on_both_stores};
+use rdm_tests::{NdJson, TestMesh, on_both_stores};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// An agent on the broker with names no other test uses.
 async fn agent() -> UspAgent {
@@ -14,6 +15,7 @@ async fn agent() -> UspAgent {
         1883,
         &format!("os::012345-{}", &run[..12]),
         &format!("usp/agent/{run}"),
+        &format!("usp/controller/{run}"),
     )
     .await
     .expect("the simulated agent subscribes (is Mosquitto running on 127.0.0.1:1883?)")
@@ -351,22 +353,297 @@ async fn absent_agents_and_other_transports(mesh: TestMesh) {
     );
 }
 
+/// The endpoint of `agent`, with its controller topic (where its
+/// notifications go) as the device's.
+fn notifying_endpoint(agent: &UspAgent) -> Value {
+    let mut endpoint = mqtt_endpoint(&agent.endpoint_id, &agent.topic, 5000);
+    endpoint["mqtt"]["controller_topic"] = json!(agent.controller_topic);
+    endpoint
+}
+
+/// The tenant's notification stream (from `replay_minutes` ago), open by
+/// the time this returns.
+async fn watch(mesh: &TestMesh, token: &str, replay_minutes: u32) -> NdJson {
+    let url = mesh.url(&format!(
+        "/v1/usp/notifications?replay_minutes={replay_minutes}"
+    ));
+    NdJson::get(&mesh.http, &url, token).await
+}
+
+async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
+    let (tenant, token) = mesh.tenant_with_admin("usp-n").await;
+    let (other, other_token) = mesh.tenant_with_admin("usp-o").await;
+    for t in [&tenant, &other] {
+        mesh.allow_targets(t, &["127.0.0.1/32"]).await;
+    }
+    let (agent, theirs) = (agent().await, agent().await);
+    let id = device(&mesh, &token, "agent-n", notifying_endpoint(&agent)).await;
+    let their_id = device(&mesh, &other_token, "agent-o", notifying_endpoint(&theirs)).await;
+    let target = json!({"device_id": id});
+    let mut lines = watch(&mesh, &token, 0).await;
+    let mut their_lines = watch(&mesh, &other_token, 0).await;
+
+    // Subscriptions are instances of the agent's Subscription table, under
+    // the IDs rdm gave them.
+    let subscribe = |notif_type: &str, refs: Value, retry: bool| json!({"target": target, "notif_type": notif_type, "reference_list": refs, "notif_retry": retry});
+    let value_change = ok(
+        &mesh,
+        &token,
+        "/v1/usp/subscriptions",
+        subscribe("ValueChange", json!(["Device.WiFi.SSID.*.SSID"]), true),
+    )
+    .await;
+    let sub_id = value_change["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        value_change["obj_path"], "Device.LocalAgent.Subscription.1.",
+        "{value_change}"
+    );
+    assert_eq!(value_change["device_id"], id);
+    assert_eq!(
+        agent
+            .value("Device.LocalAgent.Subscription.1.ID")
+            .as_deref(),
+        Some(sub_id.as_str())
+    );
+    assert_eq!(
+        agent
+            .value("Device.LocalAgent.Subscription.1.Enable")
+            .as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        agent
+            .value("Device.LocalAgent.Subscription.1.NotifType")
+            .as_deref(),
+        Some("ValueChange")
+    );
+    for (kind, path) in [
+        ("OperationComplete", "Device.IP.Diagnostics.IPPing()"),
+        ("ObjectCreation", "Device.WiFi.SSID."),
+        ("Event", "Device.Boot!"),
+    ] {
+        ok(
+            &mesh,
+            &token,
+            "/v1/usp/subscriptions",
+            subscribe(kind, json!([path]), false),
+        )
+        .await;
+    }
+    // The other tenant can neither subscribe to this agent nor unsubscribe
+    // what this tenant made.
+    let (status, e) = mesh
+        .post(
+            "/v1/usp/subscriptions",
+            &other_token,
+            subscribe("ValueChange", json!(["Device."]), false),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    let (status, e) = mesh
+        .delete(&format!("/v1/usp/subscriptions/{sub_id}"), &other_token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+
+    // A Set brings a ValueChange, answered (NotifRetry) with a NotifyResp.
+    let set = json!({"target": target, "update_objs": [{"obj_path": "Device.WiFi.SSID.1.",
+        "param_settings": [{"param": "SSID", "value": "watched", "required": true}]}]});
+    ok(&mesh, &token, "/v1/usp/set", set).await;
+    let n = &lines.next(1).await[0];
+    assert_eq!(
+        (&n["device_id"], &n["endpoint_id"]),
+        (&json!(id), &json!(agent.endpoint_id)),
+        "{n}"
+    );
+    assert_eq!(n["notify"]["subscription_id"], sub_id, "{n}");
+    assert_eq!(
+        n["notify"]["value_change"],
+        json!({"param_path": "Device.WiFi.SSID.1.SSID", "param_value": "watched"}),
+        "{n}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while agent.acknowledged().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agent.acknowledged(), std::slice::from_ref(&sub_id));
+
+    // An async command answers with its request object; its result comes
+    // as OperationComplete.
+    let operated = ok(
+        &mesh,
+        &token,
+        "/v1/usp/operate",
+        json!({"target": target,
+        "command": "Device.IP.Diagnostics.IPPing()", "command_key": "ping-1",
+        "input_args": {"Host": "192.0.2.1", "NumberOfRepetitions": "4"}}),
+    )
+    .await;
+    assert_eq!(
+        operated["operation_results"][0]["req_obj_path"], "Device.LocalAgent.Request.1.",
+        "{operated}"
+    );
+    let n = &lines.next(1).await[0];
+    let done = &n["notify"]["oper_complete"];
+    assert_eq!(
+        (&done["command_name"], &done["command_key"]),
+        (&json!("IPPing()"), &json!("ping-1")),
+        "{n}"
+    );
+    assert_eq!(
+        done["req_output_args"]["output_args"]["SuccessCount"], "4",
+        "{n}"
+    );
+    // Reboot() then Boot!; an Add, then its ObjectCreation.
+    ok(
+        &mesh,
+        &token,
+        "/v1/usp/operate",
+        json!({"target": target, "command": "Device.Reboot()", "command_key": "r1"}),
+    )
+    .await;
+    let n = &lines.next(1).await[0];
+    assert_eq!(n["notify"]["event"]["event_name"], "Boot!", "{n}");
+    assert_eq!(
+        n["notify"]["event"]["params"],
+        json!({"Cause": "RemoteReboot", "CommandKey": "r1"})
+    );
+    let added = ok(
+        &mesh,
+        &token,
+        "/v1/usp/add",
+        json!({"target": target, "create_objs": [{"obj_path": "Device.WiFi.SSID.",
+        "param_settings": [{"param": "Alias", "value": "seen", "required": true}]}]}),
+    )
+    .await;
+    let n = &lines.next(1).await[0];
+    assert_eq!(
+        n["notify"]["obj_creation"]["obj_path"],
+        added["created_obj_results"][0]["oper_status"]["oper_success"]["instantiated_path"],
+        "{n}"
+    );
+    assert_eq!(
+        n["notify"]["obj_creation"]["unique_keys"],
+        json!({"Alias": "seen"})
+    );
+
+    // The other tenant's stream got only what its own agent sent.
+    let their_sub = ok(
+        &mesh,
+        &other_token,
+        "/v1/usp/subscriptions",
+        json!({"target": {"device_id": their_id},
+        "notif_type": "ValueChange", "reference_list": ["Device.DeviceInfo.ProvisioningCode"]}),
+    )
+    .await;
+    ok(
+        &mesh,
+        &other_token,
+        "/v1/usp/set",
+        json!({"target": {"device_id": their_id}, "update_objs": [{"obj_path": "Device.DeviceInfo.",
+        "param_settings": [{"param": "ProvisioningCode", "value": "theirs", "required": true}]}]}),
+    )
+    .await;
+    let n = &their_lines.next(1).await[0];
+    assert_eq!(n["notify"]["subscription_id"], their_sub["id"], "{n}");
+    assert_eq!(n["device_id"], their_id);
+
+    // A watcher that comes late asks for the last minutes: the four, in
+    // order, and only this tenant's.
+    let mut late = watch(&mesh, &token, 5).await;
+    let replayed = late.next(4).await;
+    let kinds: Vec<&str> = replayed
+        .iter()
+        .map(|n| {
+            ["value_change", "oper_complete", "event", "obj_creation"]
+                .into_iter()
+                .find(|k| n["notify"].get(k).is_some())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["value_change", "oper_complete", "event", "obj_creation"],
+        "{replayed:?}"
+    );
+    let sequences: Vec<i64> = replayed
+        .iter()
+        .map(|n| n["sequence"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+
+    // The lists: each tenant its own.
+    let (_, mine) = mesh.get("/v1/usp/subscriptions", &token).await;
+    assert_eq!(mine["subscriptions"].as_array().unwrap().len(), 4, "{mine}");
+    let (_, listed) = mesh
+        .get(
+            &format!("/v1/usp/subscriptions?device_id={their_id}"),
+            &other_token,
+        )
+        .await;
+    assert_eq!(
+        listed["subscriptions"][0]["id"], their_sub["id"],
+        "{listed}"
+    );
+    assert_eq!(
+        listed["subscriptions"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+
+    // Unsubscribed: gone from the agent and from the list; the next Set
+    // brings nothing, the next Add its ObjectCreation.
+    let (status, e) = mesh
+        .delete(&format!("/v1/usp/subscriptions/{sub_id}"), &token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    assert_eq!(agent.value("Device.LocalAgent.Subscription.1.ID"), None);
+    let (status, _) = mesh
+        .delete(&format!("/v1/usp/subscriptions/{sub_id}"), &token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    ok(
+        &mesh,
+        &token,
+        "/v1/usp/set",
+        json!({"target": target, "update_objs": [{"obj_path": "Device.WiFi.SSID.1.",
+        "param_settings": [{"param": "SSID", "value": "unwatched", "required": true}]}]}),
+    )
+    .await;
+    ok(&mesh, &token, "/v1/usp/add", json!({"target": target, "create_objs": [{"obj_path": "Device.WiFi.SSID.", "param_settings": []}]})).await;
+    let n = &lines.next(1).await[0];
+    assert!(n["notify"].get("obj_creation").is_some(), "{n}");
+    let metrics = mesh.metrics_text().await;
+    assert!(
+        metrics.contains(r#"rdm_usp_notifications_total{type="ValueChange"}"#),
+        "{metrics}"
+    );
+}
+
 on_both_stores!(
     every_request_through_the_gateway,
-    absent_agents_and_other_transports
+    absent_agents_and_other_transports,
+    subscriptions_bring_notifications_to_their_tenant
 );
 
 /// Two `rdm serve usp` replicas (the Kubernetes shape) controlling the
 /// same agent at once: each has its own reply topic on the broker, so each
-/// gets its own replies, through a gateway of its own.
+/// gets its own replies, through a gateway of its own. Both take the
+/// agent's notifications on the controller topic; each is stored once, and
+/// a watcher of either replica sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_usp_replicas_share_the_agents() {
     use rdm_tests::{SendJson, Split, admin_on_loopback};
     let split = Split::start(&[]).await;
+    let agent = agent().await;
+    let settings = [
+        ("RDM_DATABASE_URL", split.pg.app_url.clone()),
+        ("RDM_DATABASE_ADMIN_URL", split.pg.admin_url.clone()),
+        ("RDM_USP_CONTROLLER_TOPIC", agent.controller_topic.clone()),
+    ];
     let mut bases = Vec::new();
     let mut processes = Vec::new();
     for _ in 0..2 {
-        let usp = split.serve("usp", &[]).await;
+        let usp = split.serve("usp", &settings).await;
         let gateway = split
             .serve(
                 "gateway",
@@ -378,7 +655,6 @@ async fn two_usp_replicas_share_the_agents() {
     }
     let http = reqwest::Client::new();
     let token = admin_on_loopback(&http, &bases[0]).await;
-    let agent = agent().await;
     let device = http
         .post(format!("{}/v1/devices", bases[0]))
         .bearer_auth(&token)
@@ -415,4 +691,46 @@ async fn two_usp_replicas_share_the_agents() {
             "{reply}"
         );
     }
+
+    // Subscribed through one replica, changed through the other: the
+    // watcher of either sees the ValueChange once.
+    let post = |base: &str, path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send_json()
+    };
+    let sub = post(&bases[0], "/v1/usp/subscriptions", json!({"target": {"device_id": id},
+        "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.1.SSID"], "notif_retry": true})).await;
+    let mut watchers = Vec::new();
+    for base in &bases {
+        watchers.push(NdJson::get(&http, &format!("{base}/v1/usp/notifications"), &token).await);
+    }
+    post(
+        &bases[1],
+        "/v1/usp/set",
+        json!({"target": {"device_id": id}, "update_objs": [{"obj_path": "Device.WiFi.SSID.1.",
+        "param_settings": [{"param": "SSID", "value": "replicated", "required": true}]}]}),
+    )
+    .await;
+    for lines in &mut watchers {
+        let n = &lines.next(1).await[0];
+        assert_eq!(n["notify"]["subscription_id"], sub["id"], "{n}");
+        assert_eq!(
+            n["notify"]["value_change"]["param_value"], "replicated",
+            "{n}"
+        );
+    }
+    let mut late = NdJson::get(
+        &http,
+        &format!("{}/v1/usp/notifications?replay_minutes=5", bases[1]),
+        &token,
+    )
+    .await;
+    assert_eq!(
+        late.next(1).await[0]["notify"]["subscription_id"],
+        sub["id"]
+    );
+    let again = late.next_within(Duration::from_millis(1500)).await;
+    assert_eq!(again, None, "stored twice");
 }

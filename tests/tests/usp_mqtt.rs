@@ -20,18 +20,23 @@ async fn pair() -> (Broker, usp_agent::UspAgent) {
         BROKER.1,
         &format!("os::012345-{}", &run[..12]),
         &format!("usp/agent/{run}"),
+        &format!("usp/controller/{run}"),
     )
     .await
     .expect("the simulated agent subscribes (is Mosquitto running on 127.0.0.1:1883?)");
-    let broker = Broker::connect(BrokerSettings {
-        host: BROKER.0.into(),
-        port: BROKER.1,
-        client_id: String::new(),
-        username: None,
-        password: None,
-        endpoint_id: format!("self::rdm-{}", &run[..8]),
-        topic: format!("usp/controller/{run}"),
-    });
+    let broker = Broker::connect(
+        BrokerSettings {
+            host: BROKER.0.into(),
+            port: BROKER.1,
+            client_id: String::new(),
+            username: None,
+            password: None,
+            endpoint_id: format!("self::rdm-{}", &run[..8]),
+            topic: format!("usp/controller/{run}"),
+            notify_topic: String::new(),
+        },
+        tokio::sync::mpsc::channel(16).0,
+    );
     (broker, agent)
 }
 

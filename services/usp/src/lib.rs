@@ -2,15 +2,21 @@
 //! USP Msg in a Record sent over the MQTT 5 MTP to the agent a device's
 //! `usp` endpoint names, through a connection per distinct broker (vetted
 //! by the address policy, shared by every agent on it); the reply's body
-//! comes back in USP's own structures.
+//! comes back in USP's own structures. Subscriptions made through rdm
+//! bring notifications, kept per tenant in the database
+//! ([`notifications`]).
 pub mod mqtt;
+pub mod notifications;
 pub mod record;
+pub mod store;
 
-use mqtt::{Broker, BrokerSettings, RequestError};
+use mqtt::{Broker, BrokerSettings, Notified, RequestError};
+use notifications::Notifications;
 use rdm_kit::{
     Error, ErrorCode, Principal, Result,
     address::AddressPolicy,
-    mesh::{Context, Spec, Started},
+    db::{TenantTx, now_millis, page, timestamp},
+    mesh::{Context, Database, Spec, Started},
     server::CallDeadline,
     targets::{self, TargetRef},
 };
@@ -28,6 +34,8 @@ use std::{
 use tonic::{Request, Response, Status};
 
 pub const DOMAIN: &str = "usp";
+/// The agent's table of subscriptions.
+const SUBSCRIPTIONS: &str = "Device.LocalAgent.Subscription.";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The USP service's own settings.
@@ -38,21 +46,49 @@ pub struct Args {
     /// (and Records' to_id) to it.
     #[arg(long, env = "RDM_USP_ENDPOINT_ID", default_value = "self::rdm")]
     pub usp_endpoint_id: String,
+    /// The MQTT topic agents send notifications to (their
+    /// Device.LocalAgent.Controller.{i}.MTP.{i}.MQTT.Topic), on every
+    /// broker rdm connects to; a device's own controller_topic replaces it.
+    #[arg(
+        long,
+        env = "RDM_USP_CONTROLLER_TOPIC",
+        default_value = "usp/controller/rdm"
+    )]
+    pub usp_controller_topic: String,
+    /// How long notifications are kept for watchers that come late.
+    #[arg(
+        long,
+        env = "RDM_USP_NOTIFICATION_RETENTION_MINUTES",
+        default_value_t = 60
+    )]
+    pub usp_notification_retention_minutes: u32,
 }
 
 /// The USP service as the mesh's registry lists it.
 pub const SERVICE: Spec<Args> = Spec::new("usp", "rdm.usp.v1", 50058, |args, context| {
     Box::pin(start(args, context))
-});
+})
+.with_database();
 
 async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
+    let db = Database::migrated(&context, "usp", &store::MIGRATIONS).await?;
+    let notifications = Arc::new(Notifications {
+        db,
+        retention: Duration::from_secs(u64::from(args.usp_notification_retention_minutes) * 60),
+        stored: tokio::sync::watch::channel(0).0,
+    });
+    let (inbound, received) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(notifications.clone().run(received));
     let usp = Usp(Arc::new(Controller {
         inventory: context.resolver(DOMAIN),
         addresses: context.addresses.clone(),
         endpoint_id: args.usp_endpoint_id,
+        controller_topic: args.usp_controller_topic,
         // Each replica has reply topics of its own.
         replica: uuid::Uuid::new_v4().simple().to_string(),
         brokers: Mutex::default(),
+        inbound,
+        notifications,
     }));
     let routes = tonic::service::Routes::new(pb::usp_service_server::UspServiceServer::new(usp));
     Ok(Started {
@@ -76,8 +112,12 @@ struct Controller {
     inventory: targets::Inventory,
     addresses: AddressPolicy,
     endpoint_id: String,
+    controller_topic: String,
     replica: String,
     brokers: Mutex<HashMap<BrokerKey, Arc<Broker>>>,
+    /// Where brokers hand the Notify messages they receive.
+    inbound: tokio::sync::mpsc::Sender<Notified>,
+    notifications: Arc<Notifications>,
 }
 
 #[derive(Clone)]
@@ -85,6 +125,7 @@ struct Usp(Arc<Controller>);
 
 /// An agent as a request reaches it.
 struct Agent {
+    device_id: String,
     broker: Arc<Broker>,
     endpoint_id: String,
     topic: String,
@@ -184,7 +225,11 @@ impl Controller {
             .unwrap()
             .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(Broker::connect(BrokerSettings {
+                let notify_topic = match mqtt.controller_topic() {
+                    "" => self.controller_topic.clone(),
+                    topic => topic.to_owned(),
+                };
+                let settings = BrokerSettings {
                     host: addr.ip().to_string(),
                     port: addr.port(),
                     client_id: key.client_id.clone(),
@@ -192,7 +237,9 @@ impl Controller {
                     password: key.password.clone(),
                     endpoint_id: self.endpoint_id.clone(),
                     topic: key.topic.clone(),
-                }))
+                    notify_topic,
+                };
+                Arc::new(Broker::connect(settings, self.inbound.clone()))
             })
             .clone();
         let mut timeout = match endpoint.timeout_ms {
@@ -203,6 +250,7 @@ impl Controller {
             timeout = timeout.min(deadline.remaining());
         }
         Ok(Agent {
+            device_id: resolved.device_id,
             broker,
             endpoint_id: endpoint.endpoint_id().to_owned(),
             topic: mqtt.agent_topic().to_owned(),
@@ -212,13 +260,7 @@ impl Controller {
 
     /// Sends one request to the agent; the response it answered, or the
     /// USP Error (and any failure to get an answer) as rdm's error.
-    async fn call<T>(
-        &self,
-        req: &Request<T>,
-        target: Option<&pb::Target>,
-        body: msg::request::ReqType,
-    ) -> Result<msg::response::RespType> {
-        let agent = self.agent(req, target).await?;
+    async fn call(&self, agent: &Agent, body: msg::request::ReqType) -> Result<R> {
         let msg_type = msg_type(&body);
         let name = msg_type.as_str_name();
         let request = record::request(&agent.broker.msg_id(), msg_type, body);
@@ -290,6 +332,122 @@ fn usp_error(agent: &str, e: msg::Error) -> Error {
     out
 }
 
+impl Controller {
+    /// A transaction of `p`'s tenant, for writing when `write`.
+    async fn tx(&self, p: &Principal, write: bool) -> Result<TenantTx> {
+        let db = &self.notifications.db;
+        let scope = notifications::scope(p);
+        if write {
+            db.begin_write(scope).await
+        } else {
+            db.begin(scope).await
+        }
+    }
+
+    /// The tenant's subscription `id`, or NOT_FOUND.
+    async fn subscription(&self, p: &Principal, id: &str) -> Result<pb::Subscription> {
+        let mut tx = self.tx(p, false).await?;
+        store::subscription_by_id(&mut tx, &p.tenant_id, id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no subscription {id}")))
+    }
+
+    /// Makes `sub` on its agent: the instance's path.
+    async fn add_subscription(
+        &self,
+        agent: &Agent,
+        sub: &pb::Subscription,
+        persistent: bool,
+    ) -> Result<String> {
+        let settings = [
+            ("Enable", "true".to_owned()),
+            ("ID", sub.id.clone()),
+            ("NotifType", sub.notif_type.clone()),
+            ("ReferenceList", sub.reference_list.join(",")),
+            ("NotifRetry", sub.notif_retry.to_string()),
+            ("Persistent", persistent.to_string()),
+        ];
+        let add = Q::Add(msg::Add {
+            allow_partial: false,
+            create_objs: vec![msg::add::CreateObject {
+                obj_path: SUBSCRIPTIONS.into(),
+                param_settings: settings
+                    .into_iter()
+                    .map(|(param, value)| msg::add::CreateParamSetting {
+                        param: param.into(),
+                        value,
+                        required: true,
+                    })
+                    .collect(),
+            }],
+        });
+        use msg::add_resp::created_object_result::operation_status::OperStatus;
+        let answer = self.call(agent, add).await?;
+        let status = match &answer {
+            R::AddResp(a) => a
+                .created_obj_results
+                .first()
+                .and_then(|r| r.oper_status.as_ref())
+                .and_then(|s| s.oper_status.as_ref()),
+            _ => None,
+        };
+        match status {
+            Some(OperStatus::OperSuccess(s)) => Ok(s.instantiated_path.clone()),
+            Some(OperStatus::OperFailure(f)) => Err(usp_error(
+                &agent.endpoint_id,
+                msg::Error {
+                    err_code: f.err_code,
+                    err_msg: f.err_msg.clone(),
+                    param_errs: Vec::new(),
+                },
+            )),
+            None => Err(wrong_answer(&answer)),
+        }
+    }
+
+    /// Deletes `sub` from its agent (by its ID: the instance number may
+    /// have changed).
+    async fn delete_subscription(&self, agent: &Agent, sub: &pb::Subscription) -> Result<()> {
+        use msg::delete_resp::deleted_object_result::operation_status::OperStatus;
+        let delete = Q::Delete(msg::Delete {
+            allow_partial: false,
+            obj_paths: vec![format!("{SUBSCRIPTIONS}[ID==\"{}\"].", sub.id)],
+        });
+        let answer = self.call(agent, delete).await?;
+        let status = match &answer {
+            R::DeleteResp(d) => d
+                .deleted_obj_results
+                .first()
+                .and_then(|r| r.oper_status.as_ref())
+                .and_then(|s| s.oper_status.as_ref()),
+            _ => None,
+        };
+        match status {
+            Some(OperStatus::OperSuccess(_)) => Ok(()),
+            Some(OperStatus::OperFailure(f)) => Err(usp_error(
+                &agent.endpoint_id,
+                msg::Error {
+                    err_code: f.err_code,
+                    err_msg: f.err_msg.clone(),
+                    param_errs: Vec::new(),
+                },
+            )),
+            None => Err(wrong_answer(&answer)),
+        }
+    }
+}
+
+/// An agent's answer of the wrong kind.
+fn wrong_answer(answer: &R) -> Error {
+    Error::new(
+        ErrorCode::DeviceError,
+        format!(
+            "the USP agent answered with a {}, not the response to the request",
+            resp_name(answer)
+        ),
+    )
+}
+
 impl Usp {
     /// One USP request for an RPC: the request checked against its proto's
     /// rules (a 400 naming the field), `body` sent to the target's agent,
@@ -305,16 +463,10 @@ impl Usp {
     ) -> Result<Response<Out>, Status> {
         let run = async {
             rdm_kit::rules::checked(req, &format!("rdm.usp.v1.{message}"))?;
-            let answer = self.0.call(req, target, body).await?;
-            let kind = resp_name(&answer);
-            pick(answer).ok_or_else(|| {
-                Error::new(
-                    ErrorCode::DeviceError,
-                    format!(
-                        "the USP agent answered with a {kind}, not the response to the request"
-                    ),
-                )
-            })
+            let agent = self.0.agent(req, target).await?;
+            let answer = self.0.call(&agent, body).await?;
+            let wrong = wrong_answer(&answer);
+            pick(answer).ok_or(wrong)
         };
         run.await.map(Response::new).map_err(err)
     }
@@ -523,5 +675,106 @@ impl UspService for Usp {
             _ => None,
         })
         .await
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let run = async {
+            rdm_kit::rules::checked(&req, "rdm.usp.v1.SubscribeRequest")?;
+            let (p, r) = (Principal::of(&req)?, req.get_ref());
+            let agent = self.0.agent(&req, r.target.as_ref()).await?;
+            let now = now_millis();
+            let mut sub = pb::Subscription {
+                id: notifications::new_id(&p.tenant_id),
+                device_id: agent.device_id.clone(),
+                endpoint_id: agent.endpoint_id.clone(),
+                notif_type: r.notif_type.clone(),
+                reference_list: r.reference_list.clone(),
+                notif_retry: r.notif_retry,
+                obj_path: String::new(),
+                create_time: Some(timestamp(now)),
+            };
+            // Kept first: the agent may notify before its AddResp arrives.
+            let mut tx = self.0.tx(p, true).await?;
+            store::put_subscription(&mut tx, &p.tenant_id, &sub, now).await?;
+            tx.commit().await?;
+            let made = self.0.add_subscription(&agent, &sub, r.persistent).await;
+            let mut tx = self.0.tx(p, true).await?;
+            match made {
+                Ok(path) => {
+                    store::set_obj_path(&mut tx, &p.tenant_id, &sub.id, &path).await?;
+                    sub.obj_path = path;
+                }
+                Err(e) => {
+                    store::delete_subscription(&mut tx, &p.tenant_id, &sub.id).await?;
+                    tx.commit().await?;
+                    return Err(e);
+                }
+            }
+            tx.commit().await?;
+            Ok(sub)
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: Request<pb::UnsubscribeRequest>,
+    ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
+        let run = async {
+            rdm_kit::rules::checked(&req, "rdm.usp.v1.UnsubscribeRequest")?;
+            let p = Principal::of(&req)?;
+            let sub = self.0.subscription(p, &req.get_ref().id).await?;
+            let target = pb::Target {
+                device_id: sub.device_id.clone(),
+            };
+            let agent = self.0.agent(&req, Some(&target)).await?;
+            self.0.delete_subscription(&agent, &sub).await?;
+            let mut tx = self.0.tx(p, true).await?;
+            store::delete_subscription(&mut tx, &p.tenant_id, &sub.id).await?;
+            tx.commit().await?;
+            Ok(pb::UnsubscribeResponse {})
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn list_subscriptions(
+        &self,
+        req: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let run = async {
+            rdm_kit::rules::checked(&req, "rdm.usp.v1.ListSubscriptionsRequest")?;
+            let (p, r) = (Principal::of(&req)?, req.get_ref());
+            let size = page::size(r.page_size)?;
+            let after = page::decode(&r.page_token)?;
+            let mut tx = self.0.tx(p, false).await?;
+            let rows =
+                store::subscriptions(&mut tx, &p.tenant_id, &r.device_id, &after, size + 1).await?;
+            let (subscriptions, next_page_token) = page::finish(rows, size, |s| &s.id);
+            Ok(pb::ListSubscriptionsResponse {
+                subscriptions,
+                next_page_token,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    type WatchNotificationsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Notification, Status>> + Send>>;
+
+    async fn watch_notifications(
+        &self,
+        req: Request<pb::WatchNotificationsRequest>,
+    ) -> Result<Response<Self::WatchNotificationsStream>, Status> {
+        rdm_kit::rules::checked(&req, "rdm.usp.v1.WatchNotificationsRequest").map_err(err)?;
+        let p = Principal::of(&req).map_err(err)?.clone();
+        let r = req.into_inner();
+        let stream = self.0.notifications.watch(p, r.device_id, r.replay_minutes);
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            stream,
+            |n| n.map_err(err),
+        ))))
     }
 }

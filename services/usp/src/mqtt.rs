@@ -3,7 +3,9 @@
 //! by every agent on it. The CONNECT carries the `usp-endpoint-id` user
 //! property; each request Record goes to the agent's topic with Content
 //! Type `usp.msg` and the controller's own topic as Response Topic, and the
-//! reply is matched by the agent's endpoint id and the Msg id.
+//! reply is matched by the agent's endpoint id and the Msg id. Notify
+//! messages (on the controller topic agents are configured with) go to the
+//! service, which answers them.
 use crate::record::{self, Received};
 use bytes::Bytes;
 use rdm_proto::usp_msg as msg;
@@ -22,7 +24,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// The content types a USP Record is published with.
 pub const CONTENT_TYPE: &str = "usp.msg";
@@ -39,8 +41,74 @@ pub struct BrokerSettings {
     pub password: Option<String>,
     /// rdm's USP endpoint id as a controller (`self::rdm-...`).
     pub endpoint_id: String,
-    /// The topic rdm receives Records on.
+    /// The topic rdm receives replies on.
     pub topic: String,
+    /// The topic agents send notifications to, when not `topic`.
+    pub notify_topic: String,
+}
+
+/// A Notify an agent sent: from whom, its Msg id, and how to answer it.
+pub struct Notified {
+    pub from: String,
+    pub msg_id: String,
+    pub notify: msg::Notify,
+    /// The agent's topic for the answer (the publish's Response Topic).
+    reply_topic: Option<String>,
+    client: AsyncClient,
+    endpoint_id: String,
+}
+
+impl Notified {
+    /// Sends the agent its NotifyResp (when the Notify asked for one).
+    pub async fn answer(&self) {
+        if !self.notify.send_resp {
+            return;
+        }
+        let Some(topic) = &self.reply_topic else {
+            tracing::info!(agent = %self.from, "a Notify asking for a NotifyResp had no Response Topic");
+            return;
+        };
+        let resp = msg::Msg {
+            header: Some(msg::Header {
+                msg_id: self.msg_id.clone(),
+                msg_type: msg::header::MsgType::NotifyResp as i32,
+            }),
+            body: Some(msg::Body {
+                msg_body: Some(msg::body::MsgBody::Response(msg::Response {
+                    resp_type: Some(msg::response::RespType::NotifyResp(msg::NotifyResp {
+                        subscription_id: self.notify.subscription_id.clone(),
+                    })),
+                })),
+            }),
+        };
+        let bytes = record::wrap(&self.endpoint_id, &self.from, &resp);
+        if let Err(e) = publish(&self.client, topic, bytes, None).await {
+            tracing::warn!(agent = %self.from, error = %e, "cannot send a NotifyResp");
+        }
+    }
+}
+
+/// Publishes a Record with Content Type `usp.msg` (and a Response Topic).
+async fn publish(
+    client: &AsyncClient,
+    topic: &str,
+    record: Vec<u8>,
+    response_topic: Option<String>,
+) -> Result<(), rumqttc::v5::ClientError> {
+    let properties = PublishProperties {
+        content_type: Some(CONTENT_TYPE.into()),
+        response_topic,
+        ..Default::default()
+    };
+    client
+        .publish_bytes_with_properties(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            Bytes::from(record),
+            properties,
+        )
+        .await
 }
 
 /// Why a request got no answer.
@@ -75,8 +143,9 @@ impl Drop for Broker {
 
 impl Broker {
     /// Connects (in the background, again after each loss) and subscribes
-    /// to `settings.topic`.
-    pub fn connect(settings: BrokerSettings) -> Self {
+    /// to `settings.topic` (and `notify_topic`); Notify messages go to
+    /// `notifications`.
+    pub fn connect(settings: BrokerSettings, notifications: mpsc::Sender<Notified>) -> Self {
         let client_id = match settings.client_id.as_str() {
             "" => format!("rdm-{}", uuid::Uuid::new_v4().simple()),
             id => id.to_owned(),
@@ -101,10 +170,13 @@ impl Broker {
         let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(run(
             events,
-            client.clone(),
-            settings.clone(),
-            pending.clone(),
-            dropped.clone(),
+            Inbox {
+                client: client.clone(),
+                settings: settings.clone(),
+                pending: pending.clone(),
+                dropped: dropped.clone(),
+                notifications,
+            },
             subscribed_tx,
         ));
         Self {
@@ -157,21 +229,14 @@ impl Broker {
         self.pending.lock().unwrap().insert(key.clone(), tx);
         let _forget = Forget(&self.pending, &key);
         let bytes = record::wrap(&self.settings.endpoint_id, agent_id, &request);
-        let properties = PublishProperties {
-            content_type: Some(CONTENT_TYPE.into()),
-            response_topic: Some(self.settings.topic.clone()),
-            ..Default::default()
-        };
-        self.client
-            .publish_bytes_with_properties(
-                agent_topic,
-                QoS::AtLeastOnce,
-                false,
-                Bytes::from(bytes),
-                properties,
-            )
-            .await
-            .map_err(|e| RequestError::Broker(e.to_string()))?;
+        publish(
+            &self.client,
+            agent_topic,
+            bytes,
+            Some(self.settings.topic.clone()),
+        )
+        .await
+        .map_err(|e| RequestError::Broker(e.to_string()))?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             _ => Err(RequestError::Timeout(timeout)),
@@ -188,32 +253,48 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// The connection's event loop: subscribes at each CONNACK (and says so at
-/// its SUBACK), hands replies
-/// to their requests, reconnects after a loss (backing off to 10 s).
-async fn run(
-    mut events: EventLoop,
+/// What the event loop hands received Records to.
+struct Inbox {
     client: AsyncClient,
     settings: BrokerSettings,
     pending: Pending,
     dropped: Arc<AtomicU64>,
-    subscribed: tokio::sync::watch::Sender<bool>,
-) {
+    notifications: mpsc::Sender<Notified>,
+}
+
+/// The connection's event loop: subscribes at each CONNACK (and says so
+/// when the broker has taken every subscription), hands replies to their
+/// requests and Notify messages to the service, reconnects after a loss
+/// (backing off to 10 s).
+async fn run(mut events: EventLoop, inbox: Inbox, subscribed: tokio::sync::watch::Sender<bool>) {
+    let settings = &inbox.settings;
+    let mut topics = vec![settings.topic.clone()];
+    if !settings.notify_topic.is_empty() && settings.notify_topic != settings.topic {
+        topics.push(settings.notify_topic.clone());
+    }
     let mut backoff = Duration::from_millis(100);
+    let mut unacked = 0;
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
-                tracing::info!(host = %settings.host, port = settings.port, topic = %settings.topic, "USP controller connected to the MQTT broker");
-                if let Err(e) = client
-                    .subscribe(settings.topic.clone(), QoS::AtLeastOnce)
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot subscribe to the controller topic");
+                tracing::info!(host = %settings.host, port = settings.port, topics = ?topics, "USP controller connected to the MQTT broker");
+                unacked = topics.len();
+                for topic in &topics {
+                    if let Err(e) = inbox
+                        .client
+                        .subscribe(topic.clone(), QoS::AtLeastOnce)
+                        .await
+                    {
+                        tracing::warn!(error = %e, %topic, "cannot subscribe to a controller topic");
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                subscribed.send_replace(true);
+                unacked = unacked.saturating_sub(1);
+                if unacked == 0 {
+                    subscribed.send_replace(true);
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let content_type = p
@@ -221,11 +302,12 @@ async fn run(
                     .as_ref()
                     .and_then(|p| p.content_type.as_deref());
                 if content_type.is_some_and(|c| c != CONTENT_TYPE && c != CONTENT_TYPE_OLD) {
-                    count_dropped(&dropped, "content_type");
+                    count_dropped(&inbox.dropped, "content_type");
                     tracing::debug!(?content_type, "not a USP record: dropped");
                     continue;
                 }
-                deliver(&settings, &pending, &dropped, &p.payload);
+                let reply_topic = p.properties.and_then(|p| p.response_topic);
+                inbox.deliver(&p.payload, reply_topic);
             }
             Ok(_) => {}
             Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
@@ -245,40 +327,61 @@ fn count_dropped(dropped: &AtomicU64, reason: &'static str) {
     metrics::counter!("rdm_usp_records_dropped_total", "reason" => reason).increment(1);
 }
 
-/// Hands a received Record's Msg to the request it answers.
-fn deliver(settings: &BrokerSettings, pending: &Pending, dropped: &AtomicU64, payload: &[u8]) {
-    let drop = |reason: &'static str, why: &dyn std::fmt::Display| {
-        count_dropped(dropped, reason);
-        tracing::info!(reason = %why, "USP record dropped");
-    };
-    match record::read(payload) {
-        Ok(Received::Msg { from, to, msg }) => {
-            if to != settings.endpoint_id {
-                return drop(
-                    "misaddressed",
-                    &format!("addressed to {to:?}, not this controller"),
-                );
-            }
-            let key = (from, record::msg_id(&msg).to_owned());
-            match pending.lock().unwrap().remove(&key) {
-                Some(tx) => {
-                    let _ = tx.send(msg);
+impl Inbox {
+    /// Hands a received Record's Msg to the request it answers, or a
+    /// Notify to the service.
+    fn deliver(&self, payload: &[u8], reply_topic: Option<String>) {
+        let drop = |reason: &'static str, why: &dyn std::fmt::Display| {
+            count_dropped(&self.dropped, reason);
+            tracing::info!(reason = %why, "USP record dropped");
+        };
+        match record::read(payload) {
+            Ok(Received::Msg { from, to, msg }) => {
+                if to != self.settings.endpoint_id {
+                    return drop(
+                        "misaddressed",
+                        &format!("addressed to {to:?}, not this controller"),
+                    );
                 }
-                None => drop(
-                    "unanswered",
-                    &format!(
-                        "msg {:?} from {:?} answers no request (late or unknown)",
-                        key.1, key.0
+                let msg_id = record::msg_id(&msg).to_owned();
+                if let Some(msg::body::MsgBody::Request(msg::Request {
+                    req_type: Some(msg::request::ReqType::Notify(notify)),
+                })) = msg.body.as_ref().and_then(|b| b.msg_body.as_ref())
+                {
+                    let notified = Notified {
+                        from,
+                        msg_id,
+                        notify: notify.clone(),
+                        reply_topic,
+                        client: self.client.clone(),
+                        endpoint_id: self.settings.endpoint_id.clone(),
+                    };
+                    if self.notifications.try_send(notified).is_err() {
+                        drop("busy", &"too many notifications waiting to be stored");
+                    }
+                    return;
+                }
+                let key = (from, msg_id);
+                match self.pending.lock().unwrap().remove(&key) {
+                    Some(tx) => {
+                        let _ = tx.send(msg);
+                    }
+                    None => drop(
+                        "unanswered",
+                        &format!(
+                            "msg {:?} from {:?} answers no request (late or unknown)",
+                            key.1, key.0
+                        ),
                     ),
-                ),
+                }
             }
+            Ok(Received::Connect { from }) => {
+                tracing::info!(agent = %from, "USP agent connected");
+            }
+            Ok(Received::Disconnect { from, reason }) => {
+                tracing::info!(agent = %from, %reason, "USP agent disconnected");
+            }
+            Err(e) => drop("bad_record", &e),
         }
-        Ok(Received::Connect { from }) => {
-            tracing::info!(agent = %from, "USP agent connected");
-        }
-        Ok(Received::Disconnect { from, reason }) => {
-            tracing::info!(agent = %from, %reason, "USP agent disconnected");
-        }
-        Err(e) => drop("bad_record", &e),
     }
 }

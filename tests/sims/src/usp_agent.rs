@@ -6,17 +6,28 @@
 //! Content Type `usp.msg`.
 //!
 //! Its data model is a small TR-181 tree: DeviceInfo, a `WiFi.SSID.{i}.`
-//! table (unique key Alias), a sync `Reboot()` and a `Boot!` event, which
-//! GetSupportedDM describes. Paths may use `*` and
-//! search expressions (`[Alias=="guest"]`, `==` and `!=` on one
-//! parameter) in place of an instance number. Errors are TR-369's: 7026
+//! table (unique key Alias), the `LocalAgent.Subscription.{i}.` table
+//! (unique key ID), a sync `Reboot()` followed by a `Boot!` event, and an
+//! async `IP.Diagnostics.IPPing()`, which GetSupportedDM describes. Paths
+//! may use `*` and search expressions (`[Alias=="guest"]`, `==` and `!=` on
+//! one parameter) in place of an instance number. Errors are TR-369's: 7026
 //! invalid path, 7016 object does not exist, 7004 invalid arguments with a
 //! 7013 param_err for a required Set of a read-only parameter, 7021 when a
 //! required parameter fails under allow_partial.
 //!
+//! Notifications: for each enabled subscription whose ReferenceList names
+//! what changed, a Notify (ValueChange on a Set, ObjectCreation on an Add,
+//! ObjectDeletion on a Delete, OperationComplete when `IPPing()` is done,
+//! Event `Boot!` after `Reboot()`) goes to the controller that added the
+//! subscription, on the agent's configured controller topic, after the
+//! response to the request that caused it; `send_resp` is the
+//! subscription's NotifRetry, and the NotifyResps it gets are kept.
+//!
 //! Where TR-369 leaves a choice, the simulator's: a Get of an object path
 //! answers one resolved path per object (sub-objects on their own);
-//! `max_depth` is not applied.
+//! `max_depth` is not applied; a Notify that gets no NotifyResp is not sent
+//! again.
+use msg::operate_resp::operation_result::OperationResp;
 use prost::Message;
 use rdm_proto::{usp_msg as msg, usp_record as rec};
 use rumqttc::v5::{
@@ -38,6 +49,62 @@ const OBJECT_DOES_NOT_EXIST: u32 = 7016;
 const REQUIRED_FAILED: u32 = 7021;
 const INVALID_PATH: u32 = 7026;
 const SSID_TABLE: &str = "Device.WiFi.SSID.";
+const SUBSCRIPTIONS: &str = "Device.LocalAgent.Subscription.";
+const IPPING: &str = "Device.IP.Diagnostics.IPPing()";
+
+/// A table of the agent: its path, unique key, and columns (name, writable,
+/// default, where `{i}` is the instance number).
+struct Table {
+    path: &'static str,
+    key: &'static str,
+    columns: &'static [(&'static str, bool, &'static str)],
+}
+
+const TABLES: [Table; 2] = [
+    Table {
+        path: SSID_TABLE,
+        key: "Alias",
+        columns: &[
+            ("Alias", true, "cpe-{i}"),
+            ("Enable", true, "true"),
+            ("SSID", true, "ssid-{i}"),
+            ("Status", false, "Up"),
+        ],
+    },
+    Table {
+        path: SUBSCRIPTIONS,
+        key: "ID",
+        columns: &[
+            ("Enable", true, "false"),
+            ("ID", true, "sub-{i}"),
+            ("NotifRetry", true, "false"),
+            ("NotifType", true, ""),
+            ("Persistent", true, "false"),
+            ("Recipient", false, "Device.LocalAgent.Controller.1"),
+            ("ReferenceList", true, ""),
+        ],
+    },
+];
+
+/// The table `path` is in (or is).
+fn table_of(path: &str) -> Option<&'static Table> {
+    TABLES.iter().find(|t| path.starts_with(t.path))
+}
+
+/// Whether a ReferenceList entry names `path`: the same path (`*` for
+/// any instance number), or an object path (ending in `.`) above it.
+fn refers(reference: &str, path: &str) -> bool {
+    let segment = |r: &str, p: &str| r == p || (r == "*" && p.bytes().all(|b| b.is_ascii_digit()));
+    let (refs, parts): (Vec<&str>, Vec<&str>) =
+        (reference.split('.').collect(), path.split('.').collect());
+    match reference.strip_suffix('.') {
+        Some(_) => {
+            let refs = &refs[..refs.len() - 1];
+            parts.len() > refs.len() && refs.iter().zip(&parts).all(|(r, p)| segment(r, p))
+        }
+        None => refs.len() == parts.len() && refs.iter().zip(&parts).all(|(r, p)| segment(r, p)),
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Param {
@@ -45,20 +112,33 @@ struct Param {
     writable: bool,
 }
 
-/// The agent's data model: parameters by full path, and the instances of
-/// its one table.
+/// The agent's data model: parameters by full path, the next instance
+/// number of each table, and the notifications waiting to go out.
 struct Model {
     params: BTreeMap<String, Param>,
-    next_ssid: u32,
+    next: HashMap<&'static str, u32>,
     reboots: u32,
+    /// The controller (endpoint id) that added each subscription instance.
+    recipients: HashMap<String, String>,
+    /// The endpoint id of the controller of the request being answered.
+    controller: String,
+    /// Notifications for controllers (endpoint id, Notify), sent after the
+    /// response.
+    outbox: Vec<(String, msg::Notify)>,
+    /// Async commands run so far (each a Device.LocalAgent.Request).
+    requests: u32,
 }
 
 impl Model {
     fn new(serial: &str) -> Self {
         let mut m = Self {
             params: BTreeMap::new(),
-            next_ssid: 1,
+            next: HashMap::new(),
             reboots: 0,
+            recipients: HashMap::new(),
+            controller: String::new(),
+            outbox: Vec::new(),
+            requests: 0,
         };
         for (name, value) in [
             ("Manufacturer", "rdm-sim"),
@@ -69,12 +149,19 @@ impl Model {
             m.set_param(&format!("Device.DeviceInfo.{name}"), value, false);
         }
         m.set_param("Device.DeviceInfo.ProvisioningCode", "", true);
-        m.add_ssid(&[("Alias", "home"), ("SSID", "home")]);
-        m.add_ssid(&[
-            ("Alias", "guest"),
-            ("SSID", "home-guest"),
-            ("Enable", "false"),
-        ]);
+        for (name, value) in [("Name", "wan"), ("Status", "Up")] {
+            m.set_param(&format!("Device.IP.Interface.1.{name}"), value, false);
+        }
+        m.set_param("Device.IP.Interface.1.Enable", "true", true);
+        m.add(&TABLES[0], &[("Alias", "home"), ("SSID", "home")]);
+        m.add(
+            &TABLES[0],
+            &[
+                ("Alias", "guest"),
+                ("SSID", "home-guest"),
+                ("Enable", "false"),
+            ],
+        );
         m
     }
 
@@ -88,41 +175,61 @@ impl Model {
         );
     }
 
-    /// A new SSID instance with `settings` over the defaults; its path.
-    fn add_ssid(&mut self, settings: &[(&str, &str)]) -> String {
-        let i = self.next_ssid;
-        self.next_ssid += 1;
-        let object = format!("{SSID_TABLE}{i}.");
-        let alias = format!("cpe-{i}");
-        let mut values: Vec<(&str, String, bool)> = vec![
-            ("Alias", alias, true),
-            ("Enable", "true".into(), true),
-            ("SSID", format!("ssid-{i}"), true),
-            ("Status", "Up".into(), false),
-        ];
-        for (name, value) in settings {
-            if let Some(v) = values.iter_mut().find(|v| v.0 == *name) {
-                v.1 = (*value).to_owned();
-            }
-        }
-        for (name, value, writable) in values {
-            self.set_param(&format!("{object}{name}"), &value, writable);
+    /// A new instance of `table` with `settings` over the defaults; its path.
+    fn add(&mut self, table: &'static Table, settings: &[(&str, &str)]) -> String {
+        let next = self.next.entry(table.path).or_insert(1);
+        let i = *next;
+        *next += 1;
+        let object = format!("{}{i}.", table.path);
+        for (name, writable, default) in table.columns {
+            let value = settings.iter().find(|(n, _)| n == name).map_or_else(
+                || default.replace("{i}", &i.to_string()),
+                |s| s.1.to_owned(),
+            );
+            self.set_param(&format!("{object}{name}"), &value, *writable);
         }
         object
     }
 
-    fn instances(&self) -> Vec<String> {
+    fn instances(&self, table: &Table) -> Vec<String> {
         let mut out: Vec<String> = self
             .params
             .keys()
-            .filter_map(|p| p.strip_prefix(SSID_TABLE))
+            .filter_map(|p| p.strip_prefix(table.path))
             .filter_map(|rest| {
                 rest.split_once('.')
-                    .map(|(i, _)| format!("{SSID_TABLE}{i}."))
+                    .map(|(i, _)| format!("{}{i}.", table.path))
             })
             .collect();
         out.dedup();
         out
+    }
+
+    fn value(&self, path: &str) -> &str {
+        self.params.get(path).map_or("", |p| p.value.as_str())
+    }
+
+    /// Queues a notification of `notif_type` about `path` for each enabled
+    /// subscription whose ReferenceList names it.
+    fn notify(&mut self, notif_type: &str, path: &str, notification: msg::notify::Notification) {
+        for sub in self.instances(&TABLES[1]) {
+            let field = |name: &str| self.value(&format!("{sub}{name}"));
+            if field("Enable") != "true"
+                || field("NotifType") != notif_type
+                || !field("ReferenceList")
+                    .split(',')
+                    .any(|r| refers(r.trim(), path))
+            {
+                continue;
+            }
+            let notify = msg::Notify {
+                subscription_id: field("ID").to_owned(),
+                send_resp: field("NotifRetry") == "true",
+                notification: Some(notification.clone()),
+            };
+            let to = self.recipients.get(&sub).cloned().unwrap_or_default();
+            self.outbox.push((to, notify));
+        }
     }
 
     /// The objects an object path (ending in `.`, with `*` or a search
@@ -132,7 +239,7 @@ impl Model {
         if !path.ends_with('.') || !path.starts_with("Device.") {
             return Err(invalid());
         }
-        let Some(rest) = path.strip_prefix(SSID_TABLE) else {
+        let Some(table) = table_of(path) else {
             // A fixed object: it exists when some parameter is under it.
             return if self.params.keys().any(|p| p.starts_with(path)) {
                 Ok(vec![path.to_owned()])
@@ -140,17 +247,18 @@ impl Model {
                 Err(invalid())
             };
         };
+        let rest = &path[table.path.len()..];
         let (selector, tail) = rest.split_once('.').unwrap_or((rest, ""));
         if selector.is_empty() {
-            return Ok(vec![SSID_TABLE.to_owned()]);
+            return Ok(vec![table.path.to_owned()]);
         }
         if !tail.is_empty() {
             return Err(invalid());
         }
         let chosen: Vec<String> = self
-            .instances()
+            .instances(table)
             .into_iter()
-            .filter(|object| self.selects(object, selector))
+            .filter(|object| self.selects(table, object, selector))
             .collect();
         if chosen.is_empty() && selector.bytes().all(|b| b.is_ascii_digit()) {
             return Err((OBJECT_DOES_NOT_EXIST, format!("{path} does not exist")));
@@ -160,7 +268,7 @@ impl Model {
 
     /// Whether instance `object` matches `selector`: its number, `*`, or
     /// `[Param==value]` / `[Param!=value]` (value optionally quoted).
-    fn selects(&self, object: &str, selector: &str) -> bool {
+    fn selects(&self, table: &Table, object: &str, selector: &str) -> bool {
         if selector == "*" {
             return true;
         }
@@ -176,7 +284,7 @@ impl Model {
             let actual = self.params.get(&format!("{object}{param}"));
             return actual.is_some_and(|a| (a.value == value) == equal);
         }
-        object == format!("{SSID_TABLE}{selector}.")
+        object == format!("{}{selector}.", table.path)
     }
 
     fn get(&self, path: &str) -> msg::get_resp::RequestedPathResult {
@@ -248,22 +356,24 @@ struct Supported {
         bool,
         msg::get_supported_dm_resp::ParamValueType,
     )],
+    /// Name, input and output arguments, async.
     commands: &'static [(
         &'static str,
         &'static [&'static str],
         &'static [&'static str],
+        bool,
     )],
     events: &'static [(&'static str, &'static [&'static str])],
 }
 
-fn supported() -> [Supported; 4] {
+fn supported() -> [Supported; 8] {
     use msg::get_supported_dm_resp::ParamValueType as V;
     [
         Supported {
             path: "Device.",
             table: false,
             params: &[],
-            commands: &[("Reboot()", &[], &[])],
+            commands: &[("Reboot()", &[], &[], false)],
             events: &[("Boot!", &["CommandKey", "Cause"])],
         },
         Supported {
@@ -294,6 +404,52 @@ fn supported() -> [Supported; 4] {
                 ("Enable", true, V::ParamBoolean),
                 ("SSID", true, V::ParamString),
                 ("Status", false, V::ParamString),
+            ],
+            commands: &[],
+            events: &[],
+        },
+        Supported {
+            path: "Device.IP.",
+            table: false,
+            params: &[],
+            commands: &[],
+            events: &[],
+        },
+        Supported {
+            path: "Device.IP.Diagnostics.",
+            table: false,
+            params: &[],
+            commands: &[(
+                "IPPing()",
+                &["Host", "NumberOfRepetitions"],
+                &[
+                    "Status",
+                    "SuccessCount",
+                    "FailureCount",
+                    "AverageResponseTime",
+                ],
+                true,
+            )],
+            events: &[],
+        },
+        Supported {
+            path: "Device.LocalAgent.",
+            table: false,
+            params: &[],
+            commands: &[],
+            events: &[],
+        },
+        Supported {
+            path: "Device.LocalAgent.Subscription.{i}.",
+            table: true,
+            params: &[
+                ("Enable", true, V::ParamBoolean),
+                ("ID", true, V::ParamString),
+                ("NotifRetry", true, V::ParamBoolean),
+                ("NotifType", true, V::ParamString),
+                ("Persistent", true, V::ParamBoolean),
+                ("Recipient", false, V::ParamString),
+                ("ReferenceList", true, V::ParamString),
             ],
             commands: &[],
             events: &[],
@@ -367,12 +523,18 @@ fn supported_dm(
             },
             supported_commands: if req.return_commands {
                 (o.commands.iter())
-                    .map(|(name, inputs, outputs)| r::SupportedCommandResult {
-                        command_name: (*name).into(),
-                        input_arg_names: inputs.iter().map(|a| (*a).into()).collect(),
-                        output_arg_names: outputs.iter().map(|a| (*a).into()).collect(),
-                        command_type: CmdType::CmdSync as i32,
-                    })
+                    .map(
+                        |(name, inputs, outputs, asynchronous)| r::SupportedCommandResult {
+                            command_name: (*name).into(),
+                            input_arg_names: inputs.iter().map(|a| (*a).into()).collect(),
+                            output_arg_names: outputs.iter().map(|a| (*a).into()).collect(),
+                            command_type: if *asynchronous {
+                                CmdType::CmdAsync
+                            } else {
+                                CmdType::CmdSync
+                            } as i32,
+                        },
+                    )
                     .collect()
             } else {
                 Vec::new()
@@ -387,17 +549,55 @@ fn supported_dm(
             } else {
                 Vec::new()
             },
-            unique_key_sets: if req.return_unique_key_sets && o.table {
-                vec![r::SupportedUniqueKeySet {
-                    key_names: vec!["Alias".into()],
-                }]
-            } else {
-                Vec::new()
+            unique_key_sets: match table_of(o.path.trim_end_matches("{i}.")) {
+                Some(t) if req.return_unique_key_sets && o.table => {
+                    vec![r::SupportedUniqueKeySet {
+                        key_names: vec![t.key.into()],
+                    }]
+                }
+                _ => Vec::new(),
             },
             divergent_paths: Vec::new(),
         })
         .collect();
     out
+}
+
+/// The simulated IPPing(): every echo answered in 1 ms, or the failure
+/// of a call without a Host.
+fn ipping(args: &HashMap<String, String>) -> msg::notify::operation_complete::OperationResp {
+    use msg::notify::operation_complete::{CommandFailure, OperationResp as Done, OutputArgs};
+    let host = args.get("Host").map_or("", String::as_str);
+    if host.is_empty() {
+        return Done::CmdFailure(CommandFailure {
+            err_code: INVALID_ARGUMENTS,
+            err_msg: "IPPing() needs a Host".into(),
+        });
+    }
+    let count = args.get("NumberOfRepetitions").map_or("3", String::as_str);
+    Done::ReqOutputArgs(OutputArgs {
+        output_args: HashMap::from([
+            ("Status".to_owned(), "Complete".to_owned()),
+            ("SuccessCount".to_owned(), count.to_owned()),
+            ("FailureCount".to_owned(), "0".to_owned()),
+            ("AverageResponseTime".to_owned(), "1".to_owned()),
+        ]),
+    })
+}
+
+/// An OperateResp with one result.
+fn operated(command: String, resp: OperationResp) -> (msg::header::MsgType, msg::body::MsgBody) {
+    (
+        msg::header::MsgType::OperateResp,
+        msg::body::MsgBody::Response(msg::Response {
+            resp_type: Some(msg::response::RespType::OperateResp(msg::OperateResp {
+                operation_results: vec![msg::operate_resp::OperationResult {
+                    executed_command: command,
+                    operation_resp: Some(resp),
+                }],
+            })),
+        }),
+    )
 }
 
 /// What one request gets back: a response body, or a USP Error.
@@ -437,10 +637,9 @@ fn answer(
                         requested_path: path.clone(),
                         ..Default::default()
                     };
-                    let table = path.strip_suffix("*.").unwrap_or(path);
-                    if table == SSID_TABLE || path.starts_with(SSID_TABLE) {
+                    if let Some(table) = table_of(path) {
                         let chosen = match model.objects(path) {
-                            Ok(o) if o == [SSID_TABLE] => model.instances(),
+                            Ok(o) if o == [table.path] => model.instances(table),
                             Ok(o) => o,
                             Err((code, why)) => {
                                 r.err_code = code;
@@ -452,8 +651,8 @@ fn answer(
                             .into_iter()
                             .map(|o| msg::get_instances_resp::CurrInstance {
                                 unique_keys: HashMap::from([(
-                                    "Alias".to_owned(),
-                                    model.params[&format!("{o}Alias")].value.clone(),
+                                    table.key.to_owned(),
+                                    model.value(&format!("{o}{}", table.key)).to_owned(),
                                 )]),
                                 instantiated_obj_path: o,
                             })
@@ -486,19 +685,38 @@ fn answer(
         ),
         Q::Operate(op) if op.command == "Device.Reboot()" => {
             model.reboots += 1;
-            resp(
-                T::OperateResp,
-                R::OperateResp(msg::OperateResp {
-                    operation_results: vec![msg::operate_resp::OperationResult {
-                        executed_command: op.command,
-                        operation_resp: Some(
-                            msg::operate_resp::operation_result::OperationResp::ReqOutputArgs(
-                                Default::default(),
-                            ),
-                        ),
-                    }],
-                }),
-            )
+            // It comes back up at once, and says so.
+            let boot = msg::notify::Event {
+                obj_path: "Device.".into(),
+                event_name: "Boot!".into(),
+                params: HashMap::from([
+                    ("CommandKey".to_owned(), op.command_key.clone()),
+                    ("Cause".to_owned(), "RemoteReboot".to_owned()),
+                ]),
+            };
+            model.notify(
+                "Event",
+                "Device.Boot!",
+                msg::notify::Notification::Event(boot),
+            );
+            operated(op.command, OperationResp::ReqOutputArgs(Default::default()))
+        }
+        Q::Operate(op) if op.command == IPPING => {
+            model.requests += 1;
+            let request = format!("Device.LocalAgent.Request.{}.", model.requests);
+            let done = ipping(&op.input_args);
+            let complete = msg::notify::OperationComplete {
+                obj_path: "Device.IP.Diagnostics.".into(),
+                command_name: "IPPing()".into(),
+                command_key: op.command_key.clone(),
+                operation_resp: Some(done),
+            };
+            model.notify(
+                "OperationComplete",
+                IPPING,
+                msg::notify::Notification::OperComplete(complete),
+            );
+            operated(op.command, OperationResp::ReqObjPath(request))
         }
         Q::Operate(op) => (
             T::Error,
@@ -641,8 +859,19 @@ fn set_(model: &mut Model, set: msg::Set) -> Result<msg::SetResp, msg::Error> {
         });
     }
     for (path, value) in writes {
-        if let Some(p) = model.params.get_mut(&path) {
-            p.value = value;
+        if let Some(p) = model.params.get_mut(&path)
+            && p.value != value
+        {
+            p.value.clone_from(&value);
+            let change = msg::notify::ValueChange {
+                param_path: path.clone(),
+                param_value: value,
+            };
+            model.notify(
+                "ValueChange",
+                &path,
+                msg::notify::Notification::ValueChange(change),
+            );
         }
     }
     Ok(msg::SetResp {
@@ -657,7 +886,7 @@ fn add_(model: &mut Model, add: msg::Add) -> Result<msg::AddResp, msg::Error> {
     };
     let mut results = Vec::new();
     for c in add.create_objs {
-        if c.obj_path != SSID_TABLE {
+        let Some(table) = TABLES.iter().find(|t| t.path == c.obj_path) else {
             let why = format!("{} is not a table objects can be added to", c.obj_path);
             if !add.allow_partial {
                 return Err(error(INVALID_PATH, why));
@@ -672,13 +901,13 @@ fn add_(model: &mut Model, add: msg::Add) -> Result<msg::AddResp, msg::Error> {
                 }),
             });
             continue;
-        }
-        let known = ["Alias", "Enable", "SSID"];
-        if let Some(bad) = c
-            .param_settings
-            .iter()
-            .find(|p| !known.contains(&p.param.as_str()))
-        {
+        };
+        if let Some(bad) = c.param_settings.iter().find(|p| {
+            !table
+                .columns
+                .iter()
+                .any(|(name, writable, _)| *writable && *name == p.param)
+        }) {
             return Err(msg::Error {
                 err_code: INVALID_ARGUMENTS,
                 err_msg: format!("{} has no writable parameter {}", c.obj_path, bad.param),
@@ -694,15 +923,30 @@ fn add_(model: &mut Model, add: msg::Add) -> Result<msg::AddResp, msg::Error> {
             .iter()
             .map(|p| (p.param.as_str(), p.value.as_str()))
             .collect();
-        let object = model.add_ssid(&settings);
+        let object = model.add(table, &settings);
+        if table.path == SUBSCRIPTIONS {
+            model
+                .recipients
+                .insert(object.clone(), model.controller.clone());
+        }
+        let unique_keys = HashMap::from([(
+            table.key.to_owned(),
+            model.value(&format!("{object}{}", table.key)).to_owned(),
+        )]);
+        let created = msg::notify::ObjectCreation {
+            obj_path: object.clone(),
+            unique_keys: unique_keys.clone(),
+        };
+        model.notify(
+            "ObjectCreation",
+            &object,
+            msg::notify::Notification::ObjCreation(created),
+        );
         results.push(r::CreatedObjectResult {
             requested_path: c.obj_path,
             oper_status: Some(OperationStatus {
                 oper_status: Some(s::OperStatus::OperSuccess(s::OperationSuccess {
-                    unique_keys: HashMap::from([(
-                        "Alias".to_owned(),
-                        model.params[&format!("{object}Alias")].value.clone(),
-                    )]),
+                    unique_keys,
                     instantiated_path: object,
                     param_errs: Vec::new(),
                 })),
@@ -722,9 +966,18 @@ fn delete_(model: &mut Model, delete: msg::Delete) -> Result<msg::DeleteResp, ms
     let mut results = Vec::new();
     for path in delete.obj_paths {
         let status = match model.objects(&path) {
-            Ok(objects) if path.starts_with(SSID_TABLE) && path != SSID_TABLE => {
+            Ok(objects) if table_of(&path).is_some_and(|t| t.path != path) => {
                 for o in &objects {
                     model.params.retain(|p, _| !p.starts_with(o.as_str()));
+                    model.recipients.remove(o);
+                    let deleted = msg::notify::ObjectDeletion {
+                        obj_path: o.clone(),
+                    };
+                    model.notify(
+                        "ObjectDeletion",
+                        o,
+                        msg::notify::Notification::ObjDeletion(deleted),
+                    );
                 }
                 s::OperStatus::OperSuccess(s::OperationSuccess {
                     affected_paths: objects,
@@ -770,7 +1023,10 @@ pub struct UspAgent {
     pub endpoint_id: String,
     /// The topic it takes requests on.
     pub topic: String,
+    /// The topic its notifications go to (its controller's).
+    pub controller_topic: String,
     model: Arc<Mutex<Model>>,
+    acknowledged: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -795,18 +1051,26 @@ impl UspAgent {
     pub fn reboots(&self) -> u32 {
         self.model.lock().unwrap().reboots
     }
+
+    /// The subscription ids of the NotifyResps it got, in order.
+    pub fn acknowledged(&self) -> Vec<String> {
+        self.acknowledged.lock().unwrap().clone()
+    }
 }
 
 /// Starts an agent `endpoint_id` on the broker at `host:port`, taking
-/// requests on `topic`; returns once it is subscribed.
+/// requests on `topic` and sending notifications to `controller_topic`;
+/// returns once it is subscribed.
 pub async fn start(
     host: &str,
     port: u16,
     endpoint_id: &str,
     topic: &str,
+    controller_topic: &str,
 ) -> std::io::Result<UspAgent> {
     let serial = endpoint_id.rsplit('-').next().unwrap_or(endpoint_id);
     let model = Arc::new(Mutex::new(Model::new(serial)));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
     // A client id of its own: agents of several runs may share the broker.
     let client_id = format!("sim-{:016x}", rand::random::<u64>());
     let mut options = MqttOptions::new(client_id, host, port);
@@ -821,9 +1085,24 @@ pub async fn start(
     });
     let (client, mut events) = AsyncClient::new(options, 64);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (id, agent_topic, m) = (endpoint_id.to_owned(), topic.to_owned(), model.clone());
+    let agent = Agent {
+        id: endpoint_id.to_owned(),
+        model: model.clone(),
+        acknowledged: acknowledged.clone(),
+        notified: 0,
+    };
+    let (agent_topic, to_controller) = (topic.to_owned(), controller_topic.to_owned());
     let task = tokio::spawn(async move {
+        let mut agent = agent;
         let mut ready = Some(ready_tx);
+        let publish = |topic: String, record: Vec<u8>, reply_to: Option<String>| {
+            let properties = PublishProperties {
+                content_type: Some("usp.msg".into()),
+                response_topic: reply_to,
+                ..Default::default()
+            };
+            client.publish_with_properties(topic, QoS::AtLeastOnce, false, record, properties)
+        };
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -838,30 +1117,25 @@ pub async fn start(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let reply_to = p.properties.as_ref().and_then(|p| p.response_topic.clone());
-                    let Some(reply) = handle(&m, &id, &p.payload) else {
-                        continue;
-                    };
-                    let Some(reply_to) = reply_to else {
-                        tracing::info!(agent = %id, "USP request without a Response Topic: not answered");
-                        continue;
-                    };
-                    let properties = PublishProperties {
-                        content_type: Some("usp.msg".into()),
-                        ..Default::default()
-                    };
-                    let _ = client
-                        .publish_with_properties(
-                            reply_to,
-                            QoS::AtLeastOnce,
-                            false,
-                            reply,
-                            properties,
-                        )
-                        .await;
+                    let (reply, notifies) = agent.handle(&p.payload);
+                    if let Some(reply) = reply {
+                        match reply_to {
+                            Some(reply_to) => {
+                                let _ = publish(reply_to, reply, None).await;
+                            }
+                            None => {
+                                tracing::info!(agent = %agent.id, "USP request without a Response Topic: not answered");
+                            }
+                        }
+                    }
+                    for notify in notifies {
+                        let _ =
+                            publish(to_controller.clone(), notify, Some(agent_topic.clone())).await;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(agent = %id, error = %e, "simulated USP agent: broker connection lost");
+                    tracing::debug!(agent = %agent.id, error = %e, "simulated USP agent: broker connection lost");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -876,49 +1150,106 @@ pub async fn start(
     Ok(UspAgent {
         endpoint_id: endpoint_id.to_owned(),
         topic: topic.to_owned(),
+        controller_topic: controller_topic.to_owned(),
         model,
+        acknowledged,
         task,
     })
 }
 
-/// A request Record in, the reply Record out; None for what is not
-/// answered (not a Record, not for this agent, not a request).
-fn handle(model: &Mutex<Model>, id: &str, payload: &[u8]) -> Option<Vec<u8>> {
-    let record = rec::Record::decode(payload).ok()?;
-    if record.to_id != id {
-        return None;
+/// The agent as its connection's task sees it.
+struct Agent {
+    id: String,
+    model: Arc<Mutex<Model>>,
+    acknowledged: Arc<Mutex<Vec<String>>>,
+    /// Notify messages sent so far (their ids).
+    notified: u64,
+}
+
+impl Agent {
+    /// A Record in: the reply Record to send back (none for what is not
+    /// answered: not a Record, not for this agent, not a request), and the
+    /// Notify Records it caused.
+    fn handle(&mut self, payload: &[u8]) -> (Option<Vec<u8>>, Vec<Vec<u8>>) {
+        let Some((from, msg)) = self.read(payload) else {
+            return (None, Vec::new());
+        };
+        let Some(header) = msg.header else {
+            return (None, Vec::new());
+        };
+        let req = match msg.body.and_then(|b| b.msg_body) {
+            Some(msg::body::MsgBody::Request(msg::Request {
+                req_type: Some(req),
+            })) => req,
+            Some(msg::body::MsgBody::Response(msg::Response {
+                resp_type: Some(msg::response::RespType::NotifyResp(r)),
+            })) => {
+                self.acknowledged.lock().unwrap().push(r.subscription_id);
+                return (None, Vec::new());
+            }
+            _ => return (None, Vec::new()),
+        };
+        let mut model = self.model.lock().unwrap();
+        model.controller.clone_from(&from);
+        let (msg_type, body) = answer(&mut model, req);
+        let reply = self.record(&from, header.msg_id, msg_type, body);
+        let outbox = std::mem::take(&mut model.outbox);
+        drop(model);
+        let notifies = outbox
+            .into_iter()
+            .map(|(to, notify)| {
+                self.notified += 1;
+                let id = format!("notify-{}", self.notified);
+                let body = msg::body::MsgBody::Request(msg::Request {
+                    req_type: Some(msg::request::ReqType::Notify(notify)),
+                });
+                self.record(&to, id, msg::header::MsgType::Notify, body)
+            })
+            .collect();
+        (Some(reply), notifies)
     }
-    let Some(rec::record::RecordType::NoSessionContext(r)) = record.record_type else {
-        return None;
-    };
-    let request = msg::Msg::decode(r.payload.as_slice()).ok()?;
-    let header = request.header?;
-    let Some(msg::body::MsgBody::Request(msg::Request {
-        req_type: Some(req),
-    })) = request.body.and_then(|b| b.msg_body)
-    else {
-        return None;
-    };
-    let (msg_type, body) = answer(&mut model.lock().unwrap(), req);
-    let reply = msg::Msg {
-        header: Some(msg::Header {
-            msg_id: header.msg_id,
-            msg_type: msg_type as i32,
-        }),
-        body: Some(msg::Body {
-            msg_body: Some(body),
-        }),
-    };
-    let record = rec::Record {
-        version: "1.4".into(),
-        to_id: record.from_id.clone(),
-        from_id: id.to_owned(),
-        record_type: Some(rec::record::RecordType::NoSessionContext(
-            rec::NoSessionContextRecord {
-                payload: reply.encode_to_vec(),
-            },
-        )),
-        ..Default::default()
-    };
-    Some(record.encode_to_vec())
+
+    /// The sender and Msg of a Record addressed to this agent.
+    fn read(&self, payload: &[u8]) -> Option<(String, msg::Msg)> {
+        let record = rec::Record::decode(payload).ok()?;
+        if record.to_id != self.id {
+            return None;
+        }
+        let Some(rec::record::RecordType::NoSessionContext(r)) = record.record_type else {
+            return None;
+        };
+        let msg = msg::Msg::decode(r.payload.as_slice()).ok()?;
+        Some((record.from_id, msg))
+    }
+
+    /// A Msg to `to` in a plaintext no-session-context Record.
+    fn record(
+        &self,
+        to: &str,
+        msg_id: String,
+        msg_type: msg::header::MsgType,
+        body: msg::body::MsgBody,
+    ) -> Vec<u8> {
+        let msg = msg::Msg {
+            header: Some(msg::Header {
+                msg_id,
+                msg_type: msg_type as i32,
+            }),
+            body: Some(msg::Body {
+                msg_body: Some(body),
+            }),
+        };
+        rec::Record {
+            version: "1.4".into(),
+            to_id: to.to_owned(),
+            from_id: self.id.clone(),
+            record_type: Some(rec::record::RecordType::NoSessionContext(
+                rec::NoSessionContextRecord {
+                    payload: msg.encode_to_vec(),
+                },
+            )),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
 }

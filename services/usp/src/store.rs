@@ -1,0 +1,214 @@
+//! The USP service's tables: the subscriptions rdm made on tenants' agents
+//! and the notifications they brought. Every query names the tenant, and
+//! PostgreSQL's row-level security filters again. The migrations keep their
+//! own table (`_usp_migrations`).
+use base64::{Engine, engine::general_purpose::STANDARD};
+use prost::Message;
+use rdm_kit::{
+    Error, Result,
+    db::{Migrations, TenantTx, timestamp},
+};
+use rdm_proto::{usp_msg as msg, usp_v1 as pb};
+use sqlx::migrate::Migrator;
+use std::sync::LazyLock;
+
+fn own_table(mut m: Migrator) -> Migrator {
+    m.dangerous_set_table_name("_usp_migrations");
+    m
+}
+
+static SQLITE: LazyLock<Migrator> =
+    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/sqlite")));
+static POSTGRES: LazyLock<Migrator> =
+    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/postgres")));
+
+/// The USP service's migrations (after the inventory's: its tables refer to
+/// tenants and devices).
+pub static MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+});
+
+type SubscriptionRow = (String, String, String, String, String, i64, String, i64);
+
+const SUBSCRIPTION: &str = "select id, device_id, endpoint_id, notif_type, reference_list, \
+     notif_retry, obj_path, create_time from usp_subscriptions";
+
+fn subscription(
+    (id, device_id, endpoint_id, notif_type, refs, retry, obj_path, created): SubscriptionRow,
+) -> pb::Subscription {
+    pb::Subscription {
+        id,
+        device_id,
+        endpoint_id,
+        notif_type,
+        reference_list: refs.split(',').map(str::to_owned).collect(),
+        notif_retry: retry != 0,
+        obj_path,
+        create_time: Some(timestamp(created)),
+    }
+}
+
+pub async fn put_subscription(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    s: &pb::Subscription,
+    created: i64,
+) -> Result<()> {
+    sqlx::query(
+        "insert into usp_subscriptions (tenant_id, id, device_id, endpoint_id, notif_type, \
+         reference_list, notif_retry, obj_path, create_time) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(tenant_id)
+    .bind(&s.id)
+    .bind(&s.device_id)
+    .bind(&s.endpoint_id)
+    .bind(&s.notif_type)
+    .bind(s.reference_list.join(","))
+    .bind(i64::from(s.notif_retry))
+    .bind(&s.obj_path)
+    .bind(created)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Records the instance the agent made for a subscription.
+pub async fn set_obj_path(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    id: &str,
+    obj_path: &str,
+) -> Result<()> {
+    sqlx::query("update usp_subscriptions set obj_path = $3 where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .bind(obj_path)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+pub async fn subscription_by_id(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<pb::Subscription>> {
+    let row: Option<SubscriptionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SUBSCRIPTION} where tenant_id = $1 and id = $2"
+    )))
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(row.map(subscription))
+}
+
+/// Up to `limit` of the tenant's subscriptions after ID `after`, by ID
+/// (only `device_id`'s when it is not empty).
+pub async fn subscriptions(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    device_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<pb::Subscription>> {
+    let rows: Vec<SubscriptionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SUBSCRIPTION} where tenant_id = $1 and ($2 = '' or device_id = $2) and id > $3 order by id limit $4"
+    )))
+    .bind(tenant_id)
+    .bind(device_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows.into_iter().map(subscription).collect())
+}
+
+/// Deletes one; whether there was one.
+pub async fn delete_subscription(tx: &mut TenantTx, tenant_id: &str, id: &str) -> Result<bool> {
+    let done = sqlx::query("delete from usp_subscriptions where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Keeps a notification, once per agent and Msg id (an agent sending it
+/// again, or several replicas receiving it, store it once); whether it is
+/// new. Notifications received before `prune_before` go.
+pub async fn put_notification(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    n: &pb::Notification,
+    msg_id: &str,
+    prune_before: i64,
+) -> Result<bool> {
+    let received = n
+        .receive_time
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    let notify = STANDARD.encode(n.notify.clone().unwrap_or_default().encode_to_vec());
+    let done = sqlx::query(
+        "insert into usp_notifications (tenant_id, device_id, endpoint_id, msg_id, receive_time, notify) \
+         values ($1, $2, $3, $4, $5, $6) on conflict (tenant_id, endpoint_id, msg_id) do nothing",
+    )
+    .bind(tenant_id)
+    .bind(&n.device_id)
+    .bind(&n.endpoint_id)
+    .bind(msg_id)
+    .bind(received)
+    .bind(notify)
+    .execute(tx.conn())
+    .await?;
+    sqlx::query("delete from usp_notifications where tenant_id = $1 and receive_time < $2")
+        .bind(tenant_id)
+        .bind(prune_before)
+        .execute(tx.conn())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// How many notifications one read returns at most.
+pub const BATCH: usize = 256;
+
+/// Up to [`BATCH`] of the tenant's notifications after `after` (a sequence)
+/// received from `since` on, in order (only `device_id`'s when it is not
+/// empty).
+pub async fn notifications(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    device_id: &str,
+    after: i64,
+    since: i64,
+) -> Result<Vec<pb::Notification>> {
+    let rows: Vec<(i64, String, String, i64, String)> = sqlx::query_as(
+        "select seq, device_id, endpoint_id, receive_time, notify from usp_notifications \
+         where tenant_id = $1 and ($2 = '' or device_id = $2) and seq > $3 and receive_time >= $4 \
+         order by seq limit $5",
+    )
+    .bind(tenant_id)
+    .bind(device_id)
+    .bind(after)
+    .bind(since)
+    .bind(BATCH as i64)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.into_iter()
+        .map(|(sequence, device_id, endpoint_id, received, notify)| {
+            let bytes = STANDARD
+                .decode(notify)
+                .map_err(|e| Error::internal("reading a notification", e))?;
+            Ok(pb::Notification {
+                sequence,
+                receive_time: Some(timestamp(received)),
+                device_id,
+                endpoint_id,
+                notify: Some(
+                    msg::Notify::decode(bytes.as_slice())
+                        .map_err(|e| Error::internal("reading a notification", e))?,
+                ),
+            })
+        })
+        .collect()
+}
