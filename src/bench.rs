@@ -381,7 +381,12 @@ struct DemoMesh {
 async fn demo_mesh(mut settings: Settings, http: &reqwest::Client) -> anyhow::Result<DemoMesh> {
     let dir = tempfile::tempdir()?;
     settings.inventory.admin_password = Some("bench-admin-password".into());
-    settings.services = crate::service_settings(&["--snmp-trap-listen", "127.0.0.1:0"])?;
+    settings.services = crate::service_settings(&[
+        "--snmp-trap-listen",
+        "127.0.0.1:0",
+        "--usp-websocket-listen",
+        "127.0.0.1:0",
+    ])?;
     let (trigger, shutdown) = Shutdown::new();
     let options = UpOptions {
         data_dir: dir.path().to_owned(),
@@ -511,6 +516,8 @@ async fn start_to_ready(
             "--inventory-listen",
             "127.0.0.1:0",
             "--snmp-trap-listen",
+            "127.0.0.1:0",
+            "--usp-websocket-listen",
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
@@ -1359,7 +1366,10 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
             topic: format!("usp/bench/{}/controller", &run[..8]),
             notify_topic: String::new(),
         },
-        tokio::sync::mpsc::channel(16).0,
+        std::sync::Arc::new(rdm_usp::inbox::Inbox::new(
+            "self::bench".into(),
+            tokio::sync::mpsc::channel(16).0,
+        )),
     ));
     let raw = {
         let (broker, id, topic) = (
@@ -1372,7 +1382,7 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
             async move {
                 use rdm_proto::usp_msg as msg;
                 let request = record::request(
-                    &broker.msg_id(),
+                    &broker.inbox().msg_id(),
                     msg::header::MsgType::Get,
                     msg::request::ReqType::Get(msg::Get {
                         param_paths: params.iter().map(|p| (*p).to_owned()).collect(),

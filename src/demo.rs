@@ -79,12 +79,37 @@ async fn device_id(
         .id)
 }
 
-/// Two simulated USP agents on the broker at `RDM_USP_MQTT_URL`, and the
-/// demo devices pointing at them; none, said so, when no broker answers.
+/// Simulated USP agents and the demo devices pointing at them: one that
+/// is a WebSocket server (rdm connects to it), and two on the broker at
+/// `RDM_USP_MQTT_URL` (none, said so, when no broker answers).
 async fn usp_agents(
     devices: &mut Devices,
     existing: &HashMap<String, String>,
 ) -> anyhow::Result<Vec<UspAgent>> {
+    let ws = usp_agent::serve_websocket("os::012345-DEMOWS000001").await?;
+    let request = CreateDeviceRequest {
+        name: "demo-usp-ws".into(),
+        manufacturer: "rdm".into(),
+        model: "simulated USP agent (WebSocket)".into(),
+        serial: "DEMOWS000001".into(),
+        labels: HashMap::from([("demo".into(), "true".into())]),
+        ..Default::default()
+    };
+    let id = device_id(devices, existing, request).await?;
+    let endpoint = UspEndpoint {
+        transport: Some("websocket".into()),
+        endpoint_id: Some(ws.endpoint_id.clone()),
+        websocket_url: Some(ws.websocket_url.clone()),
+        timeout_ms: 5000,
+        ..Default::default()
+    };
+    devices
+        .put_endpoint(PutEndpointRequest {
+            device_id: id,
+            settings: Some(put_endpoint_request::Settings::Usp(endpoint)),
+        })
+        .await?;
+    let mut agents = vec![ws];
     let url = std::env::var("RDM_USP_MQTT_URL").unwrap_or("mqtt://127.0.0.1:1883".into());
     let parsed: url::Url = url.parse().context("RDM_USP_MQTT_URL")?;
     let (host, port) = (
@@ -98,15 +123,16 @@ async fn usp_agents(
     .await;
     if !matches!(reachable, Ok(Ok(_))) {
         tracing::warn!(%url, "no MQTT broker answers at RDM_USP_MQTT_URL: the demo has no USP agents");
-        println!("demo: no MQTT broker at {url} (RDM_USP_MQTT_URL), so no USP agents");
-        return Ok(Vec::new());
+        println!(
+            "demo: no MQTT broker at {url} (RDM_USP_MQTT_URL), so only the WebSocket USP agent"
+        );
+        return Ok(agents);
     }
     // Topics of this process's own: several demos may share the broker.
     let run = uuid::Uuid::new_v4().simple().to_string();
     // The agents' controller topic (where their notifications go) is this
     // demo's too.
     let controller_topic = format!("usp/controller/demo-{}", &run[..8]);
-    let mut agents = Vec::new();
     for i in 1..=2 {
         let endpoint_id = format!("os::012345-DEMO{i:08}");
         let topic = format!("usp/agent/demo-{i}-{}", &run[..8]);

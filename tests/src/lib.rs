@@ -91,6 +91,8 @@ pub struct TestMesh {
     pub inventory: SocketAddr,
     /// Where the SNMP service receives traps.
     pub traps: SocketAddr,
+    /// Where USP agents connect over WebSocket.
+    pub usp_websocket: SocketAddr,
     /// The internal port that serves `/metrics`.
     pub metrics: SocketAddr,
     pub http: reqwest::Client,
@@ -123,8 +125,13 @@ impl TestMesh {
             Store::Postgres => Some(PgDatabase::create().await),
         };
         let mut settings = Settings {
-            services: rdm::service_settings(&["--snmp-trap-listen", "127.0.0.1:0"])
-                .expect("service flags parse"),
+            services: rdm::service_settings(&[
+                "--snmp-trap-listen",
+                "127.0.0.1:0",
+                "--usp-websocket-listen",
+                "127.0.0.1:0",
+            ])
+            .expect("service flags parse"),
             ..Settings::default()
         };
         settings.inventory.admin_password = Some(ADMIN_PASSWORD.into());
@@ -149,12 +156,14 @@ impl TestMesh {
         .expect("the mesh starts");
         let (gateway, inventory) = (mesh.gateway_addr, mesh.inventory_addr);
         let traps = mesh.listeners.get("snmp-traps").copied();
+        let usp_websocket = mesh.listeners.get("usp-websocket").copied();
         let metrics = mesh.listeners.get("metrics").copied();
         tokio::spawn(mesh.wait());
         Self {
             gateway,
             inventory,
             traps: traps.expect("the test mesh listens for traps"),
+            usp_websocket: usp_websocket.expect("the test mesh listens for USP agents"),
             metrics: metrics.expect("the test mesh serves metrics"),
             http: reqwest::Client::new(),
             data_dir: dir.path().to_owned(),
@@ -457,6 +466,8 @@ impl Process {
             "--inventory-listen",
             "127.0.0.1:0",
             "--snmp-trap-listen",
+            "127.0.0.1:0",
+            "--usp-websocket-listen",
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",

@@ -619,10 +619,213 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
     );
 }
 
+/// A WebSocket connection to rdm's `/usp` as an agent would open it,
+/// with or without the v1.usp subprotocol.
+async fn raw_socket(
+    mesh: &TestMesh,
+    eid: &str,
+    subprotocol: bool,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{}/usp?eid={eid}", mesh.usp_websocket);
+    let mut request = url.into_client_request().unwrap();
+    if subprotocol {
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "v1.usp".parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+async fn every_request_over_websocket(mesh: TestMesh) {
+    let (tenant, token) = mesh.tenant_with_admin("usp-ws").await;
+    mesh.allow_targets(&tenant, &["127.0.0.1/32"]).await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    // An agent that connects to rdm, and one that rdm connects to.
+    let url = format!("ws://{}/usp", mesh.usp_websocket);
+    let inbound = usp_agent::connect_websocket(&url, &format!("os::012345-WSIN{}", &run[..8]))
+        .await
+        .expect("the agent connects to rdm's /usp");
+    let server = usp_agent::serve_websocket(&format!("os::012345-WSOUT{}", &run[..8]))
+        .await
+        .unwrap();
+    let endpoint = |agent: &UspAgent, url: &str| json!({"transport": "websocket", "endpoint_id": agent.endpoint_id, "websocket_url": url, "timeout_ms": 5000});
+    let in_id = device(&mesh, &token, "ws-in", endpoint(&inbound, "")).await;
+    let out_id = device(
+        &mesh,
+        &token,
+        "ws-out",
+        endpoint(&server, &server.websocket_url),
+    )
+    .await;
+    let mut lines = watch(&mesh, &token, 0).await;
+    for (id, agent) in [(&in_id, &inbound), (&out_id, &server)] {
+        let target = json!({"device_id": id});
+        let got = ok(
+            &mesh,
+            &token,
+            "/v1/usp/get",
+            json!({"target": target, "paths": ["Device.DeviceInfo.SerialNumber"]}),
+        )
+        .await;
+        assert_eq!(
+            got["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"]
+                .as_str(),
+            agent.endpoint_id.rsplit('-').next(),
+            "{got}"
+        );
+        let sub = ok(&mesh, &token, "/v1/usp/subscriptions", json!({"target": target,
+            "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.*.SSID"], "notif_retry": true})).await;
+        ok(
+            &mesh,
+            &token,
+            "/v1/usp/set",
+            json!({"target": target, "update_objs": [{"obj_path": "Device.WiFi.SSID.1.",
+            "param_settings": [{"param": "SSID", "value": "over-ws", "required": true}]}]}),
+        )
+        .await;
+        assert_eq!(
+            agent.value("Device.WiFi.SSID.1.SSID").as_deref(),
+            Some("over-ws")
+        );
+        let n = &lines.next(1).await[0];
+        assert_eq!(
+            (&n["device_id"], &n["notify"]["subscription_id"]),
+            (&json!(id), &sub["id"]),
+            "{n}"
+        );
+        let added = ok(&mesh, &token, "/v1/usp/add", json!({"target": target,
+            "create_objs": [{"obj_path": "Device.WiFi.SSID.", "param_settings": [{"param": "Alias", "value": "ws", "required": true}]}]})).await;
+        let path =
+            &added["created_obj_results"][0]["oper_status"]["oper_success"]["instantiated_path"];
+        let listed = ok(
+            &mesh,
+            &token,
+            "/v1/usp/get-instances",
+            json!({"target": target, "obj_paths": ["Device.WiFi.SSID."]}),
+        )
+        .await;
+        assert_eq!(
+            listed["req_path_results"][0]["curr_insts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3,
+            "{listed}"
+        );
+        ok(
+            &mesh,
+            &token,
+            "/v1/usp/delete",
+            json!({"target": target, "obj_paths": [path]}),
+        )
+        .await;
+        ok(
+            &mesh,
+            &token,
+            "/v1/usp/operate",
+            json!({"target": target, "command": "Device.Reboot()"}),
+        )
+        .await;
+        assert_eq!(agent.reboots(), 1);
+        let dm = ok(&mesh, &token, "/v1/usp/get-supported-dm",
+            json!({"target": target, "obj_paths": ["Device.IP.Diagnostics."], "return_commands": true})).await;
+        assert_eq!(
+            dm["req_obj_results"][0]["supported_objs"][0]["supported_commands"][0]["command_type"],
+            "CMD_ASYNC",
+            "{dm}"
+        );
+        let versions = ok(
+            &mesh,
+            &token,
+            "/v1/usp/get-supported-protocol",
+            json!({"target": target}),
+        )
+        .await;
+        assert_eq!(versions["agent_supported_protocol_versions"], "1.3,1.4");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while agent.acknowledged().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            agent.acknowledged().len(),
+            1,
+            "the NotifyResp went back on the socket"
+        );
+    }
+
+    // An agent that is not connected: 503 DEVICE_OFFLINE at once, not a
+    // wait for the timeout; a server that is not there, the same.
+    let absent = device(
+        &mesh,
+        &token,
+        "ws-absent",
+        json!({"transport": "websocket",
+        "endpoint_id": "os::012345-NEVER", "timeout_ms": 60000}),
+    )
+    .await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_url = format!("ws://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let refused = device(
+        &mesh,
+        &token,
+        "ws-refused",
+        json!({"transport": "websocket",
+        "endpoint_id": "os::012345-REFUSED", "websocket_url": closed_url, "timeout_ms": 60000}),
+    )
+    .await;
+    for id in [absent, refused] {
+        let (status, e) = mesh
+            .post(
+                "/v1/usp/get",
+                &token,
+                json!({"target": {"device_id": id}, "paths": ["Device."]}),
+            )
+            .await;
+        assert_eq!(
+            (status, &e["code"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &json!("DEVICE_OFFLINE")),
+            "{e}"
+        );
+    }
+
+    // Without the subprotocol the handshake is refused; a frame that is not
+    // a Record closes the connection with 1003, and rdm goes on.
+    assert!(raw_socket(&mesh, "os::012345-RAW", false).await.is_err());
+    let mut socket = raw_socket(&mesh, "os::012345-RAW", true).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    socket
+        .send(Message::Binary(b"not a USP record".to_vec().into()))
+        .await
+        .unwrap();
+    let closing = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("rdm answers the bad frame");
+    match closing {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1003),
+        other => panic!("not a close 1003: {other:?}"),
+    }
+    ok(
+        &mesh,
+        &token,
+        "/v1/usp/get",
+        json!({"target": {"device_id": in_id}, "paths": ["Device.DeviceInfo.Manufacturer"]}),
+    )
+    .await;
+}
+
 on_both_stores!(
     every_request_through_the_gateway,
     absent_agents_and_other_transports,
-    subscriptions_bring_notifications_to_their_tenant
+    subscriptions_bring_notifications_to_their_tenant,
+    every_request_over_websocket
 );
 
 /// Two `rdm serve usp` replicas (the Kubernetes shape) controlling the

@@ -5,7 +5,8 @@
 use rdm_proto::usp_msg as msg;
 use rdm_sims::usp_agent;
 use rdm_usp::{
-    mqtt::{Broker, BrokerSettings, RequestError},
+    inbox::{Inbox, RequestError},
+    mqtt::{Broker, BrokerSettings},
     record,
 };
 use std::time::Duration;
@@ -24,6 +25,8 @@ async fn pair() -> (Broker, usp_agent::UspAgent) {
     )
     .await
     .expect("the simulated agent subscribes (is Mosquitto running on 127.0.0.1:1883?)");
+    let endpoint_id = format!("self::rdm-{}", &run[..8]);
+    let inbox = Inbox::new(endpoint_id.clone(), tokio::sync::mpsc::channel(16).0);
     let broker = Broker::connect(
         BrokerSettings {
             host: BROKER.0.into(),
@@ -31,11 +34,11 @@ async fn pair() -> (Broker, usp_agent::UspAgent) {
             client_id: String::new(),
             username: None,
             password: None,
-            endpoint_id: format!("self::rdm-{}", &run[..8]),
+            endpoint_id,
             topic: format!("usp/controller/{run}"),
             notify_topic: String::new(),
         },
-        tokio::sync::mpsc::channel(16).0,
+        std::sync::Arc::new(inbox),
     );
     (broker, agent)
 }
@@ -47,7 +50,7 @@ async fn call(
     t: msg::header::MsgType,
     req: msg::request::ReqType,
 ) -> msg::body::MsgBody {
-    let request = record::request(&broker.msg_id(), t, req);
+    let request = record::request(&broker.inbox().msg_id(), t, req);
     let reply = broker
         .request(
             &agent.endpoint_id,
@@ -327,18 +330,29 @@ async fn lying_or_absent_agents_do_not_stop_the_controller() {
             .unwrap();
     }
     for _ in 0..100 {
-        if broker.dropped.load(std::sync::atomic::Ordering::Relaxed) >= 2 {
+        if broker
+            .inbox()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(broker.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        broker
+            .inbox()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
     pump.abort();
     // Still answering.
     call(&broker, &agent, T::GetSupportedProto, ping.clone()).await;
 
     // An agent nobody runs: a timeout, not a hang.
-    let request = record::request(&broker.msg_id(), T::GetSupportedProto, ping);
+    let request = record::request(&broker.inbox().msg_id(), T::GetSupportedProto, ping);
     let e = broker
         .request(
             "os::012345-NOBODY",

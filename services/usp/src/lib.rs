@@ -5,12 +5,16 @@
 //! comes back in USP's own structures. Subscriptions made through rdm
 //! bring notifications, kept per tenant in the database
 //! ([`notifications`]).
+pub mod inbox;
 pub mod mqtt;
 pub mod notifications;
 pub mod record;
 pub mod store;
+pub mod websocket;
 
-use mqtt::{Broker, BrokerSettings, Notified, RequestError};
+use anyhow::Context as _;
+use inbox::{Inbox, RequestError};
+use mqtt::{Broker, BrokerSettings};
 use notifications::Notifications;
 use rdm_kit::{
     Error, ErrorCode, Principal, Result,
@@ -23,6 +27,7 @@ use rdm_kit::{
 use rdm_proto::{
     inventory::endpoint::Settings,
     usp_msg::{self as msg, request::ReqType as Q, response::RespType as R},
+    usp_v1::UspEndpoint,
     usp_v1::{self as pb, usp_service_server::UspService},
 };
 use std::{
@@ -32,6 +37,7 @@ use std::{
     time::Duration,
 };
 use tonic::{Request, Response, Status};
+use websocket::{Dial, Sockets};
 
 pub const DOMAIN: &str = "usp";
 /// The agent's table of subscriptions.
@@ -55,6 +61,11 @@ pub struct Args {
         default_value = "usp/controller/rdm"
     )]
     pub usp_controller_topic: String,
+    /// The TCP address agents connect to over WebSocket (`GET /usp?eid=`,
+    /// subprotocol v1.usp); `rdm up` default 127.0.0.1:10180, none under
+    /// `rdm serve` unless set.
+    #[arg(long, env = "RDM_USP_WEBSOCKET_LISTEN")]
+    pub usp_websocket_listen: Option<SocketAddr>,
     /// How long notifications are kept for watchers that come late.
     #[arg(
         long,
@@ -79,6 +90,19 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     });
     let (inbound, received) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(notifications.clone().run(received));
+    let inbox = Arc::new(Inbox::new(args.usp_endpoint_id.clone(), inbound));
+    let sockets = Sockets::new(inbox.clone());
+    let listen = args.usp_websocket_listen.or(context
+        .all_in_one
+        .then(|| SocketAddr::from(([127, 0, 0, 1], 10180))));
+    let mut listeners = Vec::new();
+    if let Some(addr) = listen {
+        let local = sockets
+            .listen(addr)
+            .await
+            .with_context(|| format!("cannot listen for USP agents' WebSockets on {addr}"))?;
+        listeners.push(("usp-websocket", local));
+    }
     let usp = Usp(Arc::new(Controller {
         inventory: context.resolver(DOMAIN),
         addresses: context.addresses.clone(),
@@ -87,13 +111,14 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         // Each replica has reply topics of its own.
         replica: uuid::Uuid::new_v4().simple().to_string(),
         brokers: Mutex::default(),
-        inbound,
+        inbox,
+        sockets,
         notifications,
     }));
     let routes = tonic::service::Routes::new(pb::usp_service_server::UspServiceServer::new(usp));
     Ok(Started {
         router: rdm_kit::server::guarded(routes, context.guard()),
-        listeners: Vec::new(),
+        listeners,
     })
 }
 
@@ -115,8 +140,9 @@ struct Controller {
     controller_topic: String,
     replica: String,
     brokers: Mutex<HashMap<BrokerKey, Arc<Broker>>>,
-    /// Where brokers hand the Notify messages they receive.
-    inbound: tokio::sync::mpsc::Sender<Notified>,
+    /// Where every MTP connection hands what it receives.
+    inbox: Arc<Inbox>,
+    sockets: Arc<Sockets>,
     notifications: Arc<Notifications>,
 }
 
@@ -126,43 +152,53 @@ struct Usp(Arc<Controller>);
 /// An agent as a request reaches it.
 struct Agent {
     device_id: String,
-    broker: Arc<Broker>,
     endpoint_id: String,
-    topic: String,
+    route: Route,
     timeout: Duration,
+}
+
+/// The MTP a request goes over.
+enum Route {
+    /// The broker's connection, and the agent's topic.
+    Mqtt { broker: Arc<Broker>, topic: String },
+    /// The agent's WebSocket connection (rdm connects to the agent's
+    /// server first when it has one and is not connected).
+    Socket(Option<Dial>),
 }
 
 fn err(e: Error) -> Status {
     e.in_domain(DOMAIN).into()
 }
 
-/// Host and port of a broker URL rdm connects to (plain MQTT over TCP).
-fn broker_address(url: &str) -> Result<(String, u16)> {
-    let field = "usp.mqtt.broker_url";
+/// Host and port of a URL rdm connects to, over plain TCP: `schemes` are
+/// the ones it takes, the first port the default.
+fn host_port(field: &str, url: &str, schemes: &[(&str, u16)]) -> Result<(String, u16)> {
     let parsed: url::Url = url
         .parse()
         .map_err(|_| Error::invalid(field, "not a URL"))?;
-    match parsed.scheme() {
-        "mqtt" | "tcp" => {}
-        other => {
-            return Err(Error::new(
-                ErrorCode::FailedPrecondition,
-                format!("rdm reaches MQTT brokers over plain TCP (mqtt://) so far, not {other}://"),
-            )
-            .with_meta("field", field));
-        }
-    }
+    let Some((_, default_port)) = schemes.iter().find(|(s, _)| *s == parsed.scheme()) else {
+        let taken: Vec<String> = schemes.iter().map(|(s, _)| format!("{s}://")).collect();
+        return Err(Error::new(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "rdm connects over plain TCP ({}) so far, not {}://",
+                taken.join(", "),
+                parsed.scheme()
+            ),
+        )
+        .with_meta("field", field));
+    };
     let host = parsed
         .host_str()
         .ok_or_else(|| Error::invalid(field, "names no host"))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    Ok((host, parsed.port().unwrap_or(1883)))
+    Ok((host, parsed.port().unwrap_or(*default_port)))
 }
 
 impl Controller {
-    /// The agent a request's target names, on its broker's connection.
+    /// The agent a request's target names, and how it is reached.
     async fn agent<T>(&self, req: &Request<T>, target: Option<&pb::Target>) -> Result<Agent> {
         let p = Principal::of(req)?;
         let device_id = target.map(|t| t.device_id.clone()).unwrap_or_default();
@@ -176,22 +212,54 @@ impl Controller {
                 "no USP settings",
             ));
         };
-        let precondition = |why: String| Error::new(ErrorCode::FailedPrecondition, why);
-        match endpoint.transport() {
-            "mqtt" => {}
-            "controller" => {
-                return Err(precondition(
-                    "the device's usp endpoint says transport controller (another controller's HTTP API): rdm is the USP controller itself now; set transport mqtt, with the agent's endpoint_id and its broker and topic".into(),
+        let allowed: Vec<ipnet::IpNet> = resolved
+            .allowed_target_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let route = match endpoint.transport() {
+            "mqtt" => self.broker(&endpoint, &allowed).await?,
+            "websocket" => Route::Socket(match endpoint.websocket_url() {
+                "" => None,
+                url => {
+                    let field = "usp.websocket_url";
+                    let (host, port) = host_port(field, url, &[("ws", 80)])?;
+                    let addr = self.addresses.resolve(&host, port, &allowed).await?;
+                    Some(Dial {
+                        url: url.to_owned(),
+                        addr,
+                    })
+                }
+            }),
+            other => {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "the device's usp endpoint says transport {other} (another controller's HTTP API): rdm is the USP controller itself now; set transport mqtt (the agent's endpoint_id, broker and topic) or websocket (its endpoint_id)"
+                    ),
                 ));
             }
-            other => {
-                return Err(precondition(format!(
-                    "the device's usp endpoint says transport {other}: rdm speaks USP over MQTT so far"
-                )));
-            }
+        };
+        let mut timeout = match endpoint.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        if let Some(deadline) = CallDeadline::of(req) {
+            timeout = timeout.min(deadline.remaining());
         }
+        Ok(Agent {
+            device_id: resolved.device_id,
+            endpoint_id: endpoint.endpoint_id().to_owned(),
+            route,
+            timeout,
+        })
+    }
+
+    /// The connection to the broker of an MQTT endpoint (made on first use).
+    async fn broker(&self, endpoint: &UspEndpoint, allowed: &[ipnet::IpNet]) -> Result<Route> {
         let mqtt = endpoint.mqtt.clone().unwrap_or_default();
-        let (host, port) = broker_address(mqtt.broker_url())?;
+        let field = "usp.mqtt.broker_url";
+        let (host, port) = host_port(field, mqtt.broker_url(), &[("mqtt", 1883), ("tcp", 1883)])?;
         for (field, topic) in [
             ("usp.mqtt.agent_topic", mqtt.agent_topic()),
             ("usp.mqtt.controller_topic", mqtt.controller_topic()),
@@ -203,12 +271,7 @@ impl Controller {
                 ));
             }
         }
-        let allowed: Vec<ipnet::IpNet> = resolved
-            .allowed_target_cidrs
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        let addr = self.addresses.resolve(&host, port, &allowed).await?;
+        let addr = self.addresses.resolve(&host, port, allowed).await?;
         let key = BrokerKey {
             addr,
             client_id: mqtt.client_id().to_owned(),
@@ -239,22 +302,12 @@ impl Controller {
                     topic: key.topic.clone(),
                     notify_topic,
                 };
-                Arc::new(Broker::connect(settings, self.inbound.clone()))
+                Arc::new(Broker::connect(settings, self.inbox.clone()))
             })
             .clone();
-        let mut timeout = match endpoint.timeout_ms {
-            0 => DEFAULT_TIMEOUT,
-            ms => Duration::from_millis(u64::from(ms)),
-        };
-        if let Some(deadline) = CallDeadline::of(req) {
-            timeout = timeout.min(deadline.remaining());
-        }
-        Ok(Agent {
-            device_id: resolved.device_id,
+        Ok(Route::Mqtt {
             broker,
-            endpoint_id: endpoint.endpoint_id().to_owned(),
             topic: mqtt.agent_topic().to_owned(),
-            timeout,
         })
     }
 
@@ -263,38 +316,38 @@ impl Controller {
     async fn call(&self, agent: &Agent, body: msg::request::ReqType) -> Result<R> {
         let msg_type = msg_type(&body);
         let name = msg_type.as_str_name();
-        let request = record::request(&agent.broker.msg_id(), msg_type, body);
-        let reply = agent
-            .broker
-            .request(&agent.endpoint_id, &agent.topic, request, agent.timeout)
-            .await;
+        let request = record::request(&self.inbox.msg_id(), msg_type, body);
+        let (id, timeout) = (agent.endpoint_id.as_str(), agent.timeout);
+        let reply = match &agent.route {
+            Route::Mqtt { broker, topic } => broker.request(id, topic, request, timeout).await,
+            Route::Socket(dial) => {
+                self.sockets
+                    .request(id, dial.as_ref(), request, timeout)
+                    .await
+            }
+        };
         let outcome = match &reply {
             Ok(_) => "answered",
             Err(RequestError::Timeout(_)) => "timeout",
-            Err(RequestError::Broker(_)) => "broker",
+            Err(RequestError::Transport(_)) => "transport",
+            Err(RequestError::Offline(_)) => "offline",
         };
         metrics::counter!("rdm_usp_requests_total", "msg" => name, "outcome" => outcome)
             .increment(1);
         let reply = reply.map_err(|e| match e {
             RequestError::Timeout(t) => Error::new(
                 ErrorCode::DeviceTimeout,
-                format!(
-                    "no reply from USP agent {} within {} ms",
-                    agent.endpoint_id,
-                    t.as_millis()
-                ),
+                format!("no reply from USP agent {id} within {} ms", t.as_millis()),
             ),
-            RequestError::Broker(why) => Error::new(ErrorCode::UpstreamUnavailable, why),
+            RequestError::Transport(why) => Error::new(ErrorCode::UpstreamUnavailable, why),
+            RequestError::Offline(why) => Error::new(ErrorCode::DeviceOffline, why),
         })?;
         match reply.body.and_then(|b| b.msg_body) {
             Some(msg::body::MsgBody::Response(msg::Response { resp_type: Some(r) })) => Ok(r),
-            Some(msg::body::MsgBody::Error(e)) => Err(usp_error(&agent.endpoint_id, e)),
+            Some(msg::body::MsgBody::Error(e)) => Err(usp_error(id, e)),
             _ => Err(Error::new(
                 ErrorCode::DeviceError,
-                format!(
-                    "USP agent {} answered the {name} with no response in it",
-                    agent.endpoint_id
-                ),
+                format!("USP agent {id} answered the {name} with no response in it"),
             )),
         }
     }

@@ -4,7 +4,7 @@
 //! it was made on), answered with a NotifyResp when it asks, and streamed
 //! to the tenant's watchers. Watchers read the database, so a notification
 //! received by any replica reaches the watchers of every replica.
-use crate::{mqtt::Notified, store};
+use crate::{inbox::Notified, store};
 use rdm_kit::{
     Principal, Result,
     db::{Db, Scope, now_millis, timestamp},

@@ -1025,6 +1025,8 @@ pub struct UspAgent {
     pub topic: String,
     /// The topic its notifications go to (its controller's).
     pub controller_topic: String,
+    /// Its WebSocket server (when it is one; rdm connects to it).
+    pub websocket_url: String,
     model: Arc<Mutex<Model>>,
     acknowledged: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -1068,9 +1070,8 @@ pub async fn start(
     topic: &str,
     controller_topic: &str,
 ) -> std::io::Result<UspAgent> {
-    let serial = endpoint_id.rsplit('-').next().unwrap_or(endpoint_id);
-    let model = Arc::new(Mutex::new(Model::new(serial)));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let agent = Agent::new(endpoint_id);
+    let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
     // A client id of its own: agents of several runs may share the broker.
     let client_id = format!("sim-{:016x}", rand::random::<u64>());
     let mut options = MqttOptions::new(client_id, host, port);
@@ -1085,12 +1086,6 @@ pub async fn start(
     });
     let (client, mut events) = AsyncClient::new(options, 64);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let agent = Agent {
-        id: endpoint_id.to_owned(),
-        model: model.clone(),
-        acknowledged: acknowledged.clone(),
-        notified: 0,
-    };
     let (agent_topic, to_controller) = (topic.to_owned(), controller_topic.to_owned());
     let task = tokio::spawn(async move {
         let mut agent = agent;
@@ -1151,10 +1146,98 @@ pub async fn start(
         endpoint_id: endpoint_id.to_owned(),
         topic: topic.to_owned(),
         controller_topic: controller_topic.to_owned(),
+        websocket_url: String::new(),
         model,
         acknowledged,
         task,
     })
+}
+
+/// The subprotocol of TR-369's WebSocket binding.
+const SUBPROTOCOL: &str = "v1.usp";
+
+/// Starts an agent on the WebSocket MTP that connects to its controller at
+/// `url` (`ws://host:port/usp`), naming itself in `?eid=`; returns once
+/// connected. Its requests, replies and notifications are binary frames.
+pub async fn connect_websocket(url: &str, endpoint_id: &str) -> std::io::Result<UspAgent> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let eid: String = url_escape(endpoint_id);
+    let mut request = format!("{url}?eid={eid}")
+        .into_client_request()
+        .map_err(std::io::Error::other)?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut agent = Agent::new(endpoint_id);
+    let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
+    let task = tokio::spawn(async move { agent.over_websocket(ws).await });
+    Ok(UspAgent {
+        endpoint_id: endpoint_id.to_owned(),
+        topic: String::new(),
+        controller_topic: String::new(),
+        websocket_url: String::new(),
+        model,
+        acknowledged,
+        task,
+    })
+}
+
+/// Starts an agent on the WebSocket MTP that is a server on loopback: the
+/// controller connects to its `websocket_url` with the v1.usp subprotocol
+/// (a connection without it is refused); it serves one controller at a
+/// time.
+pub async fn serve_websocket(endpoint_id: &str) -> std::io::Result<UspAgent> {
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let websocket_url = format!("ws://{}/usp-agent", listener.local_addr()?);
+    let mut agent = Agent::new(endpoint_id);
+    let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            // The handshake callback's type is tungstenite's.
+            #[allow(clippy::result_large_err)]
+            let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                let offered = req
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|h| h.to_str().ok())
+                    .is_some_and(|h| h.split(',').any(|p| p.trim() == SUBPROTOCOL));
+                if !offered {
+                    return Err(ErrorResponse::new(Some("v1.usp is required".into())));
+                }
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
+                Ok(resp)
+            };
+            if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, check).await {
+                agent.over_websocket(ws).await;
+            }
+        }
+    });
+    Ok(UspAgent {
+        endpoint_id: endpoint_id.to_owned(),
+        topic: String::new(),
+        controller_topic: String::new(),
+        websocket_url,
+        model,
+        acknowledged,
+        task,
+    })
+}
+
+/// `s` with what a query value cannot hold percent-escaped.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The agent as its connection's task sees it.
@@ -1167,6 +1250,39 @@ struct Agent {
 }
 
 impl Agent {
+    fn new(endpoint_id: &str) -> Self {
+        let serial = endpoint_id.rsplit('-').next().unwrap_or(endpoint_id);
+        Self {
+            id: endpoint_id.to_owned(),
+            model: Arc::new(Mutex::new(Model::new(serial))),
+            acknowledged: Arc::new(Mutex::new(Vec::new())),
+            notified: 0,
+        }
+    }
+
+    /// Serves one WebSocket connection until it closes: each binary frame
+    /// a Record, answered (and its notifications sent) on the same
+    /// connection.
+    async fn over_websocket<S>(&mut self, ws: tokio_tungstenite::WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut sink, mut frames) = ws.split();
+        while let Some(Ok(frame)) = frames.next().await {
+            let Message::Binary(payload) = frame else {
+                continue;
+            };
+            let (reply, notifies) = self.handle(&payload);
+            for record in reply.into_iter().chain(notifies) {
+                if sink.send(Message::Binary(record.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
     /// A Record in: the reply Record to send back (none for what is not
     /// answered: not a Record, not for this agent, not a request), and the
     /// Notify Records it caused.

@@ -1,0 +1,300 @@
+//! The WebSocket MTP, controller side (TR-369 "WebSocket Binding", in
+//! `proto/third_party/usp/mtp-websocket.md`): agents connect to rdm's
+//! `GET /usp?eid=<endpoint id>` with the `v1.usp` subprotocol, or rdm
+//! connects to an agent that is a WebSocket server; either way the
+//! connection carries each Record as one binary frame in both directions,
+//! and rdm pings it (RFC 6455) to keep it open. A frame that is not a USP
+//! Record closes the connection with 1003.
+use crate::{
+    inbox::{Back, Delivered, Inbox, RequestError},
+    record,
+};
+use futures::{SinkExt, StreamExt};
+use rdm_proto::usp_msg as msg;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        client::IntoClientRequest,
+        handshake::server::{ErrorResponse, Request, Response},
+        http::{HeaderValue, StatusCode},
+        protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
+    },
+};
+
+/// The subprotocol both ends name.
+pub const SUBPROTOCOL: &str = "v1.usp";
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PROTOCOL_HEADER: &str = "sec-websocket-protocol";
+
+/// An agent's WebSocket server, as rdm connects to it.
+pub struct Dial {
+    pub url: String,
+    /// Its host, resolved and vetted by the address policy.
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// The agents' WebSocket connections, by endpoint id (the newest wins).
+pub struct Sockets {
+    inbox: Arc<Inbox>,
+    conns: Mutex<HashMap<String, Conn>>,
+    next: AtomicU64,
+}
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(record::MAX_RECORD))
+        .max_frame_size(Some(record::MAX_RECORD))
+}
+
+impl Sockets {
+    pub fn new(inbox: Arc<Inbox>) -> Arc<Self> {
+        Arc::new(Self {
+            inbox,
+            conns: Mutex::default(),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Takes agents' connections on `addr`; the address it listens on.
+    pub async fn listen(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        tokio::spawn(this.clone().accept(tcp, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "USP WebSocket listener cannot accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(local)
+    }
+
+    /// One agent's connection: the handshake (path `/usp`, `eid`, the
+    /// subprotocol), then its frames.
+    async fn accept(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let mut eid = String::new();
+        // The handshake callback's type is tungstenite's.
+        #[allow(clippy::result_large_err)]
+        let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+            let refuse = |status: StatusCode, why: &str| {
+                let mut e = ErrorResponse::new(Some(why.to_owned()));
+                *e.status_mut() = status;
+                e
+            };
+            if req.uri().path() != "/usp" {
+                return Err(refuse(StatusCode::NOT_FOUND, "USP agents connect to /usp"));
+            }
+            eid = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "eid")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            if eid.is_empty() || eid.len() > 256 {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the agent's endpoint id goes in ?eid=",
+                ));
+            }
+            if !offers_subprotocol(req.headers().get(PROTOCOL_HEADER)) {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the subprotocol v1.usp is required",
+                ));
+            }
+            resp.headers_mut()
+                .insert(PROTOCOL_HEADER, HeaderValue::from_static(SUBPROTOCOL));
+            Ok(resp)
+        };
+        match tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(config())).await {
+            Ok(ws) => {
+                tracing::info!(agent = %eid, %peer, "USP agent connected over WebSocket");
+                let (conn, rx) = self.register(&eid);
+                self.run(ws, eid, conn, rx).await;
+            }
+            Err(e) => tracing::info!(%peer, error = %e, "a WebSocket handshake failed"),
+        }
+    }
+
+    /// A new connection for `agent`, replacing any other it had.
+    fn register(&self, agent: &str) -> (Conn, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(64);
+        let conn = Conn {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            tx,
+        };
+        self.conns
+            .lock()
+            .unwrap()
+            .insert(agent.to_owned(), conn.clone());
+        (conn, rx)
+    }
+
+    /// Runs a connection until either end closes it: frames in to the
+    /// inbox, Records for the agent out, a ping now and then.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        ws: WebSocketStream<S>,
+        agent: String,
+        conn: Conn,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) {
+        let (mut sink, mut frames) = ws.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let close = loop {
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let back = Back::Socket(conn.tx.clone());
+                        if self.inbox.deliver(&bytes, back) == Delivered::Bad {
+                            break Some("not a USP Record");
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        self.inbox.count_dropped("bad_record");
+                        break Some("USP Records come in binary frames");
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
+                    Some(Ok(_)) => {}
+                },
+                out = rx.recv() => match out {
+                    Some(record) => {
+                        if sink.send(Message::Binary(record.into())).await.is_err() {
+                            break None;
+                        }
+                    }
+                    None => break None,
+                },
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        };
+        if let Some(reason) = close {
+            tracing::info!(%agent, reason, "closing a USP agent's WebSocket (1003)");
+            let frame = CloseFrame {
+                code: CloseCode::Unsupported,
+                reason: reason.into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        let mut conns = self.conns.lock().unwrap();
+        if conns.get(&agent).is_some_and(|c| c.id == conn.id) {
+            conns.remove(&agent);
+        }
+        tracing::info!(%agent, "USP agent's WebSocket closed");
+    }
+
+    /// Sends `request` to `agent` on its connection (made first, to `dial`,
+    /// when the agent is a server rdm connects to); its reply.
+    pub async fn request(
+        self: &Arc<Self>,
+        agent: &str,
+        dial: Option<&Dial>,
+        request: msg::Msg,
+        timeout: Duration,
+    ) -> Result<msg::Msg, RequestError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let open = self.conns.lock().unwrap().get(agent).cloned();
+        let conn = match (open, dial) {
+            (Some(conn), _) => conn,
+            (None, Some(dial)) => self.dial(agent, dial, deadline).await?,
+            (None, None) => {
+                return Err(RequestError::Offline(format!(
+                    "USP agent {agent} is not connected to rdm over WebSocket"
+                )));
+            }
+        };
+        let bytes = record::wrap(&self.inbox.endpoint_id, agent, &request);
+        let send = async {
+            conn.tx
+                .send(bytes)
+                .await
+                .map_err(|_| RequestError::Offline(format!("USP agent {agent}'s WebSocket closed")))
+        };
+        self.inbox
+            .exchange(agent, &request, deadline, timeout, send)
+            .await
+    }
+
+    /// Connects to an agent's WebSocket server; the connection, kept for
+    /// the requests that follow.
+    async fn dial(
+        self: &Arc<Self>,
+        agent: &str,
+        dial: &Dial,
+        deadline: tokio::time::Instant,
+    ) -> Result<Conn, RequestError> {
+        let failed = |why: String| {
+            RequestError::Offline(format!(
+                "cannot connect to USP agent {agent} at {}: {why}",
+                dial.url
+            ))
+        };
+        let mut request = dial
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| failed(e.to_string()))?;
+        request
+            .headers_mut()
+            .insert(PROTOCOL_HEADER, HeaderValue::from_static(SUBPROTOCOL));
+        let connect = async {
+            let tcp = TcpStream::connect(dial.addr)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config()))
+                .await
+                .map_err(|e| failed(e.to_string()))
+        };
+        let (ws, response) = tokio::time::timeout_at(deadline, connect)
+            .await
+            .map_err(|_| failed("no answer in time".into()))??;
+        if !offers_subprotocol(response.headers().get(PROTOCOL_HEADER)) {
+            return Err(failed("it did not take the subprotocol v1.usp".into()));
+        }
+        let (conn, rx) = self.register(agent);
+        let (this, agent) = (self.clone(), agent.to_owned());
+        let kept = conn.clone();
+        tokio::spawn(async move { this.run(ws, agent, kept, rx).await });
+        Ok(conn)
+    }
+}
+
+/// Whether a Sec-WebSocket-Protocol header names v1.usp.
+fn offers_subprotocol(header: Option<&HeaderValue>) -> bool {
+    header
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| h.split(',').any(|p| p.trim() == SUBPROTOCOL))
+}
