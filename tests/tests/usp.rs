@@ -386,13 +386,13 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
     // Subscriptions are instances of the agent's Subscription table, under
     // the IDs rdm gave them.
     let subscribe = |notif_type: &str, refs: Value, retry: bool| json!({"target": target, "notif_type": notif_type, "reference_list": refs, "notif_retry": retry});
-    let value_change = ok(
+    let value_change = &ok(
         &mesh,
         &token,
         "/v1/usp/subscriptions",
         subscribe("ValueChange", json!(["Device.WiFi.SSID.*.SSID"]), true),
     )
-    .await;
+    .await["subscription"];
     let sub_id = value_change["id"].as_str().unwrap().to_owned();
     assert_eq!(
         value_change["obj_path"], "Device.LocalAgent.Subscription.1.",
@@ -534,7 +534,8 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
         json!({"target": {"device_id": their_id},
         "notif_type": "ValueChange", "reference_list": ["Device.DeviceInfo.ProvisioningCode"]}),
     )
-    .await;
+    .await["subscription"]
+        .clone();
     ok(
         &mesh,
         &other_token,
@@ -680,7 +681,7 @@ async fn every_request_over_websocket(mesh: TestMesh) {
             "{got}"
         );
         let sub = ok(&mesh, &token, "/v1/usp/subscriptions", json!({"target": target,
-            "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.*.SSID"], "notif_retry": true})).await;
+            "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.*.SSID"], "notif_retry": true})).await["subscription"].clone();
         ok(
             &mesh,
             &token,
@@ -904,7 +905,7 @@ async fn two_usp_replicas_share_the_agents() {
             .send_json()
     };
     let sub = post(&bases[0], "/v1/usp/subscriptions", json!({"target": {"device_id": id},
-        "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.1.SSID"], "notif_retry": true})).await;
+        "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.1.SSID"], "notif_retry": true})).await["subscription"].clone();
     let mut watchers = Vec::new();
     for base in &bases {
         watchers.push(NdJson::get(&http, &format!("{base}/v1/usp/notifications"), &token).await);

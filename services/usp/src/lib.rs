@@ -733,7 +733,7 @@ impl UspService for Usp {
     async fn subscribe(
         &self,
         req: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<pb::Subscription>, Status> {
+    ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let run = async {
             rdm_kit::rules::checked(&req, "rdm.usp.v1.SubscribeRequest")?;
             let (p, r) = (Principal::of(&req)?, req.get_ref());
@@ -767,7 +767,9 @@ impl UspService for Usp {
                 }
             }
             tx.commit().await?;
-            Ok(sub)
+            Ok(pb::SubscribeResponse {
+                subscription: Some(sub),
+            })
         };
         run.await.map(Response::new).map_err(err)
     }
@@ -814,8 +816,9 @@ impl UspService for Usp {
         run.await.map(Response::new).map_err(err)
     }
 
-    type WatchNotificationsStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Notification, Status>> + Send>>;
+    type WatchNotificationsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::WatchNotificationsResponse, Status>> + Send>,
+    >;
 
     async fn watch_notifications(
         &self,

@@ -82,7 +82,7 @@ impl Notifications {
             return Ok(false);
         }
         let now = now_millis();
-        let note = pb::Notification {
+        let note = pb::WatchNotificationsResponse {
             sequence: 0,
             receive_time: Some(timestamp(now)),
             device_id: sub.device_id,
@@ -108,7 +108,7 @@ impl Notifications {
         p: Principal,
         device_id: String,
         replay_minutes: u32,
-    ) -> impl futures::Stream<Item = Result<pb::Notification>> + use<> {
+    ) -> impl futures::Stream<Item = Result<pb::WatchNotificationsResponse>> + use<> {
         let replay = Duration::from_secs(u64::from(replay_minutes) * 60).min(self.retention);
         let since = now_millis() - replay.as_millis() as i64;
         let mut stored = self.stored.subscribe();

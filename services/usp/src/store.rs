@@ -141,7 +141,7 @@ pub async fn delete_subscription(tx: &mut TenantTx, tenant_id: &str, id: &str) -
 pub async fn put_notification(
     tx: &mut TenantTx,
     tenant_id: &str,
-    n: &pb::Notification,
+    n: &pb::WatchNotificationsResponse,
     msg_id: &str,
     prune_before: i64,
 ) -> Result<bool> {
@@ -181,7 +181,7 @@ pub async fn notifications(
     device_id: &str,
     after: i64,
     since: i64,
-) -> Result<Vec<pb::Notification>> {
+) -> Result<Vec<pb::WatchNotificationsResponse>> {
     let rows: Vec<(i64, String, String, i64, String)> = sqlx::query_as(
         "select seq, device_id, endpoint_id, receive_time, notify from usp_notifications \
          where tenant_id = $1 and ($2 = '' or device_id = $2) and seq > $3 and receive_time >= $4 \
@@ -199,7 +199,7 @@ pub async fn notifications(
             let bytes = STANDARD
                 .decode(notify)
                 .map_err(|e| Error::internal("reading a notification", e))?;
-            Ok(pb::Notification {
+            Ok(pb::WatchNotificationsResponse {
                 sequence,
                 receive_time: Some(timestamp(received)),
                 device_id,
