@@ -444,6 +444,26 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
         .delete(&format!("/v1/usp/subscriptions/{sub_id}"), &other_token)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    // Nor claim the agent for a device of its own: an agent belongs to one
+    // device.
+    let (status, e) = mesh
+        .call(
+            Method::PUT,
+            &format!("/v1/devices/{their_id}/endpoints/usp"),
+            Some(&other_token),
+            Some(notifying_endpoint(&agent)),
+        )
+        .await;
+    assert_eq!(
+        (status, &e["code"], &e["field"]),
+        (
+            StatusCode::CONFLICT,
+            &json!("ALREADY_EXISTS"),
+            &json!("usp.endpoint_id")
+        ),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(&tenant), "{e}");
 
     // A Set brings a ValueChange, answered (NotifRetry) with a NotifyResp.
     let set = json!({"target": target, "update_objs": [{"obj_path": "Device.WiFi.SSID.1.",

@@ -1,7 +1,7 @@
 //! SQL for devices, their labels and endpoints, portable between SQLite and
 //! PostgreSQL. Every query names the tenant.
 use rdm_kit::{
-    Error, Result,
+    Error, ErrorCode, Result,
     db::{Backend, TenantTx, now_millis},
 };
 use sqlx::FromRow;
@@ -380,7 +380,18 @@ pub async fn put_endpoint(tx: &mut TenantTx, row: &EndpointRow) -> Result<()> {
     .bind(&row.secrets)
     .bind(row.update_time)
     .execute(tx.conn())
-    .await?;
+    .await
+    .map_err(|e| match &e {
+        // The one unique index on settings: a USP agent's endpoint id.
+        sqlx::Error::Database(db) if db.is_unique_violation() && row.protocol == "usp" => {
+            Error::new(
+                ErrorCode::AlreadyExists,
+                "another device has this USP endpoint_id: an agent belongs to one device",
+            )
+            .with_meta("field", "usp.endpoint_id")
+        }
+        _ => Error::from(e),
+    })?;
     Ok(())
 }
 
