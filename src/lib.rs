@@ -512,6 +512,7 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
             ),
         }),
         mesh_url: Some(format!("http://{}", reachable(mesh_addrs.1))),
+        own_url: None,
     };
     let mut backends = HashMap::from([(INVENTORY_PACKAGE.to_owned(), inventory_backend.clone())]);
     let mut names = server::service_names(INVENTORY_PACKAGE);
@@ -690,6 +691,9 @@ pub async fn serve_service(
             None => None,
         },
         mesh_url: None,
+        own_url: Some(listener.local_addr()?)
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| format!("http://{a}")),
     };
     let started = service.start(matches, context).await?;
     metrics.start(&shutdown);

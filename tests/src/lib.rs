@@ -406,6 +406,14 @@ pub struct Process {
 }
 
 impl Process {
+    /// Where it said its listener `name` is (`rdm serve ROLE: NAME on ADDR`).
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        let marker = format!(": {name} on ");
+        self.printed
+            .iter()
+            .find_map(|line| line.split_once(&marker)?.1.trim().parse().ok())
+    }
+
     /// Starts `rdm` with `args` (every port it binds is 0, so tests never
     /// collide) and waits (at most 30 s) for the line naming its address:
     /// `rdm is up: gateway http://ADDR ...` or `rdm serve ROLE: listening on ADDR`.

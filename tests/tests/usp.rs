@@ -853,7 +853,8 @@ on_both_stores!(
 /// same agent at once: each has its own reply topic on the broker, so each
 /// gets its own replies, through a gateway of its own. Both take the
 /// agent's notifications on the controller topic; each is stored once, and
-/// a watcher of either replica sees it.
+/// a watcher of either replica sees it. An agent on WebSocket connects to
+/// one replica: requests reaching the other are relayed to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_usp_replicas_share_the_agents() {
     use rdm_tests::{SendJson, Split, admin_on_loopback};
@@ -863,6 +864,7 @@ async fn two_usp_replicas_share_the_agents() {
         ("RDM_DATABASE_URL", split.pg.app_url.clone()),
         ("RDM_DATABASE_ADMIN_URL", split.pg.admin_url.clone()),
         ("RDM_USP_CONTROLLER_TOPIC", agent.controller_topic.clone()),
+        ("RDM_USP_WEBSOCKET_LISTEN", "127.0.0.1:0".into()),
     ];
     let mut bases = Vec::new();
     let mut processes = Vec::new();
@@ -957,4 +959,73 @@ async fn two_usp_replicas_share_the_agents() {
     );
     let again = late.next_within(Duration::from_millis(1500)).await;
     assert_eq!(again, None, "stored twice");
+
+    // A WebSocket agent held by the first replica answers through both.
+    let listener = processes[0]
+        .0
+        .listener("usp-websocket")
+        .expect("a WebSocket listener");
+    let ws_agent = usp_agent::connect_websocket(
+        &format!("ws://{listener}/usp"),
+        &format!(
+            "os::012345-WSRELAY{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        ),
+    )
+    .await
+    .unwrap();
+    let ws_device = http
+        .post(format!("{}/v1/devices", bases[0]))
+        .bearer_auth(&token)
+        .json(&json!({"name": "ws-agent"}))
+        .send_json()
+        .await;
+    let ws_id = ws_device["id"].as_str().unwrap().to_owned();
+    let put = http
+        .put(format!("{}/v1/devices/{ws_id}/endpoints/usp", bases[0]))
+        .bearer_auth(&token)
+        .json(&json!({"transport": "websocket", "endpoint_id": ws_agent.endpoint_id, "timeout_ms": 5000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let serial = ws_agent.endpoint_id.rsplit('-').next().unwrap();
+    for base in &bases {
+        let reply = post(
+            base,
+            "/v1/usp/get",
+            json!({"target": {"device_id": ws_id},
+            "paths": ["Device.DeviceInfo.SerialNumber"]}),
+        )
+        .await;
+        assert_eq!(
+            reply["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"],
+            serial,
+            "{base}: {reply}"
+        );
+    }
+    // Gone: both say DEVICE_OFFLINE.
+    drop(ws_agent);
+    for base in &bases {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let code = loop {
+            let reply = http
+                .post(format!("{base}/v1/usp/get"))
+                .bearer_auth(&token)
+                .json(&json!({"target": {"device_id": ws_id}, "paths": ["Device."]}))
+                .send()
+                .await
+                .unwrap();
+            let (status, body): (StatusCode, Value) = (reply.status(), reply.json().await.unwrap());
+            if status != StatusCode::OK || tokio::time::Instant::now() > deadline {
+                break (status, body["code"].clone());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            code,
+            (StatusCode::SERVICE_UNAVAILABLE, json!("DEVICE_OFFLINE")),
+            "{base}"
+        );
+    }
 }

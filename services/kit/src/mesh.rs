@@ -39,6 +39,10 @@ pub struct Context {
     /// service calls another there (under `rdm serve`, at the URL its
     /// settings give).
     pub mesh_url: Option<String>,
+    /// Under `rdm serve`, the URL this process answers gRPC at when its
+    /// listener has a specific address (not 0.0.0.0): how other replicas
+    /// of the service may reach this one.
+    pub own_url: Option<String>,
 }
 
 /// A service's database, and how its migrations run.

@@ -19,7 +19,9 @@ use notifications::Notifications;
 use rdm_kit::{
     Error, ErrorCode, Principal, Result,
     address::AddressPolicy,
+    client::Forward,
     db::{TenantTx, now_millis, page, timestamp},
+    invoke::Backend,
     mesh::{Context, Database, Spec, Started},
     server::CallDeadline,
     targets::{self, TargetRef},
@@ -66,6 +68,13 @@ pub struct Args {
     /// `rdm serve` unless set.
     #[arg(long, env = "RDM_USP_WEBSOCKET_LISTEN")]
     pub usp_websocket_listen: Option<SocketAddr>,
+    /// This replica's gRPC URL as the other replicas reach it
+    /// (http://<pod ip>:50058): the agents whose WebSocket it holds are
+    /// recorded under it, and requests for them that reach another
+    /// replica are relayed here. Default: the listener's address, when it
+    /// is a specific one.
+    #[arg(long, env = "RDM_USP_ADVERTISE_URL")]
+    pub usp_advertise_url: Option<String>,
     /// How long notifications are kept for watchers that come late.
     #[arg(
         long,
@@ -91,7 +100,17 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let (inbound, received) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(notifications.clone().run(received));
     let inbox = Arc::new(Inbox::new(args.usp_endpoint_id.clone(), inbound));
-    let sockets = Sockets::new(inbox.clone());
+    // Where agents' WebSockets are held, for the other replicas: this
+    // replica's URL (none under `rdm up`: one process holds them all).
+    let registry = args
+        .usp_advertise_url
+        .clone()
+        .or(context.own_url.clone())
+        .map(|url| websocket::Registry {
+            db: notifications.db.clone(),
+            url,
+        });
+    let sockets = Sockets::new(inbox.clone(), registry);
     let listen = args.usp_websocket_listen.or(context
         .all_in_one
         .then(|| SocketAddr::from(([127, 0, 0, 1], 10180))));
@@ -105,6 +124,8 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     }
     let usp = Usp(Arc::new(Controller {
         inventory: context.resolver(DOMAIN),
+        service_key: context.service_key.clone(),
+        peers: Mutex::default(),
         addresses: context.addresses.clone(),
         endpoint_id: args.usp_endpoint_id,
         controller_topic: args.usp_controller_topic,
@@ -115,9 +136,15 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         sockets,
         notifications,
     }));
+    // Relay is internal: the actor tokens of this service's other replicas.
+    let mut guard = context.guard();
+    guard.actors = Some(rdm_kit::auth::ActorVerifier::new(&[context
+        .service_key
+        .public_jwk()
+        .clone()])?);
     let routes = tonic::service::Routes::new(pb::usp_service_server::UspServiceServer::new(usp));
     Ok(Started {
-        router: rdm_kit::server::guarded(routes, context.guard()),
+        router: rdm_kit::server::guarded(routes, guard),
         listeners,
     })
 }
@@ -135,6 +162,9 @@ struct BrokerKey {
 
 struct Controller {
     inventory: targets::Inventory,
+    service_key: Arc<rdm_kit::auth::SigningKey>,
+    /// The other replicas this one relays to, by URL.
+    peers: Mutex<HashMap<String, Backend>>,
     addresses: AddressPolicy,
     endpoint_id: String,
     controller_topic: String,
@@ -164,6 +194,8 @@ enum Route {
     /// The agent's WebSocket connection (rdm connects to the agent's
     /// server first when it has one and is not connected).
     Socket(Option<Dial>),
+    /// Another replica, which holds the agent's WebSocket, as the caller.
+    Relay(Backend, Forward),
 }
 
 fn err(e: Error) -> Status {
@@ -220,7 +252,18 @@ impl Controller {
         let route = match endpoint.transport() {
             "mqtt" => self.broker(&endpoint, &allowed).await?,
             "websocket" => Route::Socket(match endpoint.websocket_url() {
-                "" => None,
+                "" => {
+                    if let Some(url) = self.sockets.elsewhere(endpoint.endpoint_id()).await? {
+                        let forward = Forward::acting(DOMAIN, &self.service_key, p, None)?;
+                        return Ok(Agent {
+                            device_id: resolved.device_id,
+                            endpoint_id: endpoint.endpoint_id().to_owned(),
+                            route: Route::Relay(self.peer(&url)?, forward),
+                            timeout: self.timeout(req, endpoint.timeout_ms),
+                        });
+                    }
+                    None
+                }
                 url => {
                     let field = "usp.websocket_url";
                     let (host, port) = host_port(field, url, &[("ws", 80)])?;
@@ -240,19 +283,34 @@ impl Controller {
                 ));
             }
         };
-        let mut timeout = match endpoint.timeout_ms {
-            0 => DEFAULT_TIMEOUT,
-            ms => Duration::from_millis(u64::from(ms)),
-        };
-        if let Some(deadline) = CallDeadline::of(req) {
-            timeout = timeout.min(deadline.remaining());
-        }
         Ok(Agent {
             device_id: resolved.device_id,
             endpoint_id: endpoint.endpoint_id().to_owned(),
             route,
-            timeout,
+            timeout: self.timeout(req, endpoint.timeout_ms),
         })
+    }
+
+    /// How long a request waits for its reply: the endpoint's timeout (30 s
+    /// when 0), within the call's deadline.
+    fn timeout<T>(&self, req: &Request<T>, timeout_ms: u32) -> Duration {
+        let timeout = match timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        CallDeadline::of(req).map_or(timeout, |d| timeout.min(d.remaining()))
+    }
+
+    /// The channel to another replica of the service.
+    fn peer(&self, url: &str) -> Result<Backend> {
+        let mut peers = self.peers.lock().unwrap();
+        if let Some(backend) = peers.get(url) {
+            return Ok(backend.clone());
+        }
+        let backend =
+            rdm_kit::invoke::remote(url).map_err(|e| Error::internal("a replica's URL", e))?;
+        peers.insert(url.to_owned(), backend.clone());
+        Ok(backend)
     }
 
     /// The connection to the broker of an MQTT endpoint (made on first use).
@@ -319,29 +377,35 @@ impl Controller {
         let request = record::request(&self.inbox.msg_id(), msg_type, body);
         let (id, timeout) = (agent.endpoint_id.as_str(), agent.timeout);
         let reply = match &agent.route {
-            Route::Mqtt { broker, topic } => broker.request(id, topic, request, timeout).await,
+            Route::Mqtt { broker, topic } => {
+                exchanged(id, name, broker.request(id, topic, request, timeout).await)?
+            }
             Route::Socket(dial) => {
-                self.sockets
+                let reply = self
+                    .sockets
                     .request(id, dial.as_ref(), request, timeout)
+                    .await;
+                exchanged(id, name, reply)?
+            }
+            Route::Relay(peer, forward) => {
+                let mut client = pb::usp_service_client::UspServiceClient::with_interceptor(
+                    peer.clone(),
+                    forward.clone(),
+                );
+                let mut relayed = tonic::Request::new(pb::RelayRequest {
+                    endpoint_id: id.to_owned(),
+                    msg: prost::Message::encode_to_vec(&request),
+                    timeout_ms: timeout.as_millis() as u32,
+                });
+                relayed.set_timeout(timeout + Duration::from_secs(1));
+                let reply = client
+                    .relay(relayed)
                     .await
+                    .map_err(|s| Error::from_status(&s))?;
+                prost::Message::decode(reply.into_inner().msg.as_slice())
+                    .map_err(|e| Error::internal("a relayed reply", e))?
             }
         };
-        let outcome = match &reply {
-            Ok(_) => "answered",
-            Err(RequestError::Timeout(_)) => "timeout",
-            Err(RequestError::Transport(_)) => "transport",
-            Err(RequestError::Offline(_)) => "offline",
-        };
-        metrics::counter!("rdm_usp_requests_total", "msg" => name, "outcome" => outcome)
-            .increment(1);
-        let reply = reply.map_err(|e| match e {
-            RequestError::Timeout(t) => Error::new(
-                ErrorCode::DeviceTimeout,
-                format!("no reply from USP agent {id} within {} ms", t.as_millis()),
-            ),
-            RequestError::Transport(why) => Error::new(ErrorCode::UpstreamUnavailable, why),
-            RequestError::Offline(why) => Error::new(ErrorCode::DeviceOffline, why),
-        })?;
         match reply.body.and_then(|b| b.msg_body) {
             Some(msg::body::MsgBody::Response(msg::Response { resp_type: Some(r) })) => Ok(r),
             Some(msg::body::MsgBody::Error(e)) => Err(usp_error(id, e)),
@@ -351,6 +415,30 @@ impl Controller {
             )),
         }
     }
+}
+
+/// An MTP's answer to a request (counted by its outcome), failures as
+/// rdm's errors.
+fn exchanged(
+    id: &str,
+    name: &'static str,
+    reply: std::result::Result<msg::Msg, RequestError>,
+) -> Result<msg::Msg> {
+    let outcome = match &reply {
+        Ok(_) => "answered",
+        Err(RequestError::Timeout(_)) => "timeout",
+        Err(RequestError::Transport(_)) => "transport",
+        Err(RequestError::Offline(_)) => "offline",
+    };
+    metrics::counter!("rdm_usp_requests_total", "msg" => name, "outcome" => outcome).increment(1);
+    reply.map_err(|e| match e {
+        RequestError::Timeout(t) => Error::new(
+            ErrorCode::DeviceTimeout,
+            format!("no reply from USP agent {id} within {} ms", t.as_millis()),
+        ),
+        RequestError::Transport(why) => Error::new(ErrorCode::UpstreamUnavailable, why),
+        RequestError::Offline(why) => Error::new(ErrorCode::DeviceOffline, why),
+    })
 }
 
 /// A USP Error message as rdm's DEVICE_ERROR: its code, message and each
@@ -811,6 +899,32 @@ impl UspService for Usp {
             Ok(pb::ListSubscriptionsResponse {
                 subscriptions,
                 next_page_token,
+            })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn relay(
+        &self,
+        req: Request<pb::RelayRequest>,
+    ) -> Result<Response<pb::RelayResponse>, Status> {
+        let run = async {
+            rdm_kit::rules::checked(&req, "rdm.usp.v1.RelayRequest")?;
+            let r = req.get_ref();
+            let request: msg::Msg = prost::Message::decode(r.msg.as_slice())
+                .map_err(|e| Error::invalid("msg", format!("not a USP Msg: {e}")))?;
+            let timeout = self.0.timeout(&req, r.timeout_ms);
+            let id = &r.endpoint_id;
+            let name = request
+                .header
+                .as_ref()
+                .and_then(|h| msg::header::MsgType::try_from(h.msg_type).ok())
+                .map_or("unknown", |t| t.as_str_name());
+            // This replica's own connection, or none: never relayed again.
+            let reply = self.0.sockets.request(id, None, request, timeout).await;
+            let reply = exchanged(id, name, reply)?;
+            Ok(pb::RelayResponse {
+                msg: prost::Message::encode_to_vec(&reply),
             })
         };
         run.await.map(Response::new).map_err(err)

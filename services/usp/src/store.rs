@@ -212,3 +212,38 @@ pub async fn notifications(
         })
         .collect()
 }
+
+/// Records that the replica at `url` holds `endpoint_id`'s WebSocket.
+pub async fn put_connection(tx: &mut TenantTx, endpoint_id: &str, url: &str) -> Result<()> {
+    sqlx::query(
+        "insert into usp_connections (endpoint_id, url, connect_time) values ($1, $2, $3) \
+         on conflict (endpoint_id) do update set url = $2, connect_time = $3",
+    )
+    .bind(endpoint_id)
+    .bind(url)
+    .bind(rdm_kit::db::now_millis())
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Forgets that the replica at `url` holds `endpoint_id`'s WebSocket (not
+/// another replica's newer one).
+pub async fn delete_connection(tx: &mut TenantTx, endpoint_id: &str, url: &str) -> Result<()> {
+    sqlx::query("delete from usp_connections where endpoint_id = $1 and url = $2")
+        .bind(endpoint_id)
+        .bind(url)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// The replica that holds `endpoint_id`'s WebSocket.
+pub async fn connection(tx: &mut TenantTx, endpoint_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("select url from usp_connections where endpoint_id = $1")
+            .bind(endpoint_id)
+            .fetch_optional(tx.conn())
+            .await?;
+    Ok(row.map(|(url,)| url))
+}

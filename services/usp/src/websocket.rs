@@ -7,9 +7,10 @@
 //! Record closes the connection with 1003.
 use crate::{
     inbox::{Back, Delivered, Inbox, RequestError},
-    record,
+    record, store,
 };
 use futures::{SinkExt, StreamExt};
+use rdm_kit::db::{Db, Scope};
 use rdm_proto::usp_msg as msg;
 use std::{
     collections::HashMap,
@@ -54,11 +55,20 @@ struct Conn {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
+/// Where this replica records the agents whose WebSocket it holds, so the
+/// other replicas relay their requests for them here.
+pub struct Registry {
+    pub db: Db,
+    /// This replica's gRPC URL, as the others reach it.
+    pub url: String,
+}
+
 /// The agents' WebSocket connections, by endpoint id (the newest wins).
 pub struct Sockets {
     inbox: Arc<Inbox>,
     conns: Mutex<HashMap<String, Conn>>,
     next: AtomicU64,
+    registry: Option<Registry>,
 }
 
 fn config() -> WebSocketConfig {
@@ -68,12 +78,47 @@ fn config() -> WebSocketConfig {
 }
 
 impl Sockets {
-    pub fn new(inbox: Arc<Inbox>) -> Arc<Self> {
+    pub fn new(inbox: Arc<Inbox>, registry: Option<Registry>) -> Arc<Self> {
         Arc::new(Self {
             inbox,
             conns: Mutex::default(),
             next: AtomicU64::new(1),
+            registry,
         })
+    }
+
+    /// The gRPC URL of the replica holding `agent`'s WebSocket, when it is
+    /// another replica (None: this one holds it, or none does).
+    pub async fn elsewhere(&self, agent: &str) -> rdm_kit::Result<Option<String>> {
+        let Some(registry) = &self.registry else {
+            return Ok(None);
+        };
+        if self.conns.lock().unwrap().contains_key(agent) {
+            return Ok(None);
+        }
+        let mut tx = registry.db.begin(Scope::Platform).await?;
+        let url = store::connection(&mut tx, agent).await?;
+        Ok(url.filter(|u| *u != registry.url))
+    }
+
+    /// Records (or forgets) in the database that this replica holds
+    /// `agent`'s WebSocket.
+    async fn announce(&self, agent: &str, held: bool) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let done = async {
+            let mut tx = registry.db.begin_write(Scope::Platform).await?;
+            if held {
+                store::put_connection(&mut tx, agent, &registry.url).await?;
+            } else {
+                store::delete_connection(&mut tx, agent, &registry.url).await?;
+            }
+            tx.commit().await
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(%agent, error = %e, "cannot record where the agent's WebSocket is");
+        }
     }
 
     /// Takes agents' connections on `addr`; the address it listens on.
@@ -137,6 +182,7 @@ impl Sockets {
             Ok(ws) => {
                 tracing::info!(agent = %eid, %peer, "USP agent connected over WebSocket");
                 let (conn, rx) = self.register(&eid);
+                self.announce(&eid, true).await;
                 self.run(ws, eid, conn, rx).await;
             }
             Err(e) => tracing::info!(%peer, error = %e, "a WebSocket handshake failed"),
@@ -208,9 +254,16 @@ impl Sockets {
             };
             let _ = sink.send(Message::Close(Some(frame))).await;
         }
-        let mut conns = self.conns.lock().unwrap();
-        if conns.get(&agent).is_some_and(|c| c.id == conn.id) {
-            conns.remove(&agent);
+        let gone = {
+            let mut conns = self.conns.lock().unwrap();
+            let current = conns.get(&agent).is_some_and(|c| c.id == conn.id);
+            if current {
+                conns.remove(&agent);
+            }
+            current
+        };
+        if gone {
+            self.announce(&agent, false).await;
         }
         tracing::info!(%agent, "USP agent's WebSocket closed");
     }
