@@ -444,6 +444,30 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
         .delete(&format!("/v1/usp/subscriptions/{sub_id}"), &other_token)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    // An agent is addressed by its device or by its endpoint id, by the
+    // tenant whose device names it only.
+    let by_agent = json!({"target": {"endpoint_id": agent.endpoint_id}, "paths": ["Device.DeviceInfo.SerialNumber"]});
+    let got = ok(&mesh, &token, "/v1/usp/get", by_agent.clone()).await;
+    assert_eq!(
+        got["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"]
+            .as_str(),
+        agent.endpoint_id.rsplit('-').next(),
+        "{got}"
+    );
+    let (status, e) = mesh.post("/v1/usp/get", &other_token, by_agent).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    let (status, e) = mesh
+        .post(
+            "/v1/usp/get",
+            &token,
+            json!({"target": {}, "paths": ["Device."]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &e["field"]),
+        (StatusCode::BAD_REQUEST, &json!("target")),
+        "{e}"
+    );
     // Nor claim the agent for a device of its own: an agent belongs to one
     // device.
     let (status, e) = mesh

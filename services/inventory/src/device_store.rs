@@ -395,6 +395,28 @@ pub async fn put_endpoint(tx: &mut TenantTx, row: &EndpointRow) -> Result<()> {
     Ok(())
 }
 
+/// The device of the tenant whose usp endpoint names agent `endpoint_id`.
+pub async fn usp_agent_device(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    endpoint_id: &str,
+) -> Result<Option<String>> {
+    // The expression of the unique index on it (migration 0009).
+    let agent = match tx.backend() {
+        Backend::Sqlite => "json_extract(config, '$.endpoint_id')",
+        Backend::Postgres => "((config::jsonb) ->> 'endpoint_id')",
+    };
+    let sql = format!(
+        "select device_id from endpoints where tenant_id = $1 and protocol = 'usp' and {agent} = $2"
+    );
+    let row: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(endpoint_id)
+        .fetch_optional(tx.conn())
+        .await?;
+    Ok(row.map(|(id,)| id))
+}
+
 pub async fn delete_endpoint(
     tx: &mut TenantTx,
     tenant_id: &str,

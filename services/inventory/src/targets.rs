@@ -87,6 +87,20 @@ impl Inventory {
         match &req.target {
             Some(Target::DeviceId(id)) => self.resolve_device(p, protocol, id).await,
             Some(Target::Inline(inline)) => self.resolve_inline(p, protocol, inline).await,
+            Some(Target::UspEndpointId(agent)) if protocol == "usp" => {
+                let mut tx = self.db().begin(tenant_scope(p)).await?;
+                let id = ds::usp_agent_device(&mut tx, &p.tenant_id, agent)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::not_found(format!("no device of yours has USP agent {agent}"))
+                    })?;
+                drop(tx);
+                self.resolve_device(p, protocol, &id).await
+            }
+            Some(Target::UspEndpointId(_)) => Err(Error::invalid(
+                "target.usp_endpoint_id",
+                "names a USP agent: for protocol usp only",
+            )),
             None => Err(Error::invalid(
                 "target",
                 "name a device_id or inline settings",

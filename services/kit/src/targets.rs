@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub enum TargetRef {
     Device(String),
     Inline(Box<Settings>),
+    /// The device whose usp endpoint names this agent endpoint id.
+    UspAgent(String),
 }
 
 /// The inventory as a protocol service reaches it.
@@ -56,6 +58,7 @@ impl Inventory {
                 settings: Some(*settings),
                 ..Default::default()
             }),
+            TargetRef::UspAgent(id) => resolve_target_request::Target::UspEndpointId(id),
         };
         let reply = self
             .client(p)?

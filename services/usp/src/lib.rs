@@ -233,11 +233,18 @@ impl Controller {
     /// The agent a request's target names, and how it is reached.
     async fn agent<T>(&self, req: &Request<T>, target: Option<&pb::Target>) -> Result<Agent> {
         let p = Principal::of(req)?;
-        let device_id = target.map(|t| t.device_id.clone()).unwrap_or_default();
-        let resolved = self
-            .inventory
-            .resolve(p, TargetRef::Device(device_id))
-            .await?;
+        use pb::target::Target as T;
+        let target = match target.and_then(|t| t.target.clone()) {
+            Some(T::DeviceId(id)) => TargetRef::Device(id),
+            Some(T::EndpointId(agent)) => TargetRef::UspAgent(agent),
+            None => {
+                return Err(Error::invalid(
+                    "target",
+                    "name a device_id or the agent's endpoint_id",
+                ));
+            }
+        };
+        let resolved = self.inventory.resolve(p, target).await?;
         let Some(Settings::Usp(endpoint)) = resolved.endpoint.and_then(|e| e.settings) else {
             return Err(Error::internal(
                 "reading a resolved endpoint",
@@ -871,7 +878,7 @@ impl UspService for Usp {
             let p = Principal::of(&req)?;
             let sub = self.0.subscription(p, &req.get_ref().id).await?;
             let target = pb::Target {
-                device_id: sub.device_id.clone(),
+                target: Some(pb::target::Target::DeviceId(sub.device_id.clone())),
             };
             let agent = self.0.agent(&req, Some(&target)).await?;
             self.0.delete_subscription(&agent, &sub).await?;
