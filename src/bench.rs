@@ -1390,7 +1390,7 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
                     }),
                 );
                 broker
-                    .request(&id, &topic, request, Duration::from_secs(10))
+                    .request(&id, &topic, false, request, Duration::from_secs(10))
                     .await
                     .is_ok()
             }

@@ -866,8 +866,68 @@ async fn every_request_over_websocket(mesh: TestMesh) {
     .await;
 }
 
+/// An agent on MQTT 3.1.1: requests and its replies name their reply
+/// topics after `/reply-to=`, notifications and NotifyResps too.
+async fn an_mqtt_3_1_1_agent(mesh: TestMesh) {
+    let (tenant, token) = mesh.tenant_with_admin("usp-311").await;
+    mesh.allow_targets(&tenant, &["127.0.0.1/32"]).await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let agent = usp_agent::start_mqtt311(
+        "127.0.0.1",
+        1883,
+        &format!("os::012345-V311{}", &run[..8]),
+        &format!("usp/agent/{run}"),
+        &format!("usp/controller/{run}"),
+    )
+    .await
+    .expect("the 3.1.1 agent subscribes");
+    let mut endpoint = notifying_endpoint(&agent);
+    endpoint["mqtt"]["version"] = json!("3.1.1");
+    let id = device(&mesh, &token, "agent-311", endpoint).await;
+    let target = json!({"device_id": id});
+    let got = ok(
+        &mesh,
+        &token,
+        "/v1/usp/get",
+        json!({"target": target, "paths": ["Device.DeviceInfo.SerialNumber"]}),
+    )
+    .await;
+    assert_eq!(
+        got["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"]
+            .as_str(),
+        agent.endpoint_id.rsplit('-').next(),
+        "{got}"
+    );
+    let mut lines = watch(&mesh, &token, 0).await;
+    let sub = ok(&mesh, &token, "/v1/usp/subscriptions", json!({"target": target,
+        "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.1.SSID"], "notif_retry": true})).await;
+    ok(
+        &mesh,
+        &token,
+        "/v1/usp/set",
+        json!({"target": target, "update_objs": [{"obj_path": "Device.WiFi.SSID.1.",
+        "param_settings": [{"param": "SSID", "value": "v311", "required": true}]}]}),
+    )
+    .await;
+    let n = &lines.next(1).await[0];
+    assert_eq!(
+        n["notify"]["subscription_id"], sub["subscription"]["id"],
+        "{n}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while agent.acknowledged().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        agent.acknowledged().len(),
+        1,
+        "the NotifyResp reached the 3.1.1 agent"
+    );
+}
+
 on_both_stores!(
     every_request_through_the_gateway,
+    an_mqtt_3_1_1_agent,
     absent_agents_and_other_transports,
     subscriptions_bring_notifications_to_their_tenant,
     every_request_over_websocket

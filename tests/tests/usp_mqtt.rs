@@ -55,6 +55,7 @@ async fn call(
         .request(
             &agent.endpoint_id,
             &agent.topic,
+            false,
             request,
             Duration::from_secs(5),
         )
@@ -357,6 +358,7 @@ async fn lying_or_absent_agents_do_not_stop_the_controller() {
         .request(
             "os::012345-NOBODY",
             "usp/agent/nobody",
+            false,
             request,
             Duration::from_millis(300),
         )

@@ -189,8 +189,13 @@ struct Agent {
 
 /// The MTP a request goes over.
 enum Route {
-    /// The broker's connection, and the agent's topic.
-    Mqtt { broker: Arc<Broker>, topic: String },
+    /// The broker's connection, the agent's topic, and whether the agent
+    /// speaks MQTT 3.1.1.
+    Mqtt {
+        broker: Arc<Broker>,
+        topic: String,
+        v311: bool,
+    },
     /// The agent's WebSocket connection (rdm connects to the agent's
     /// server first when it has one and is not connected).
     Socket(Option<Dial>),
@@ -373,6 +378,7 @@ impl Controller {
         Ok(Route::Mqtt {
             broker,
             topic: mqtt.agent_topic().to_owned(),
+            v311: mqtt.version() == "3.1.1",
         })
     }
 
@@ -384,8 +390,13 @@ impl Controller {
         let request = record::request(&self.inbox.msg_id(), msg_type, body);
         let (id, timeout) = (agent.endpoint_id.as_str(), agent.timeout);
         let reply = match &agent.route {
-            Route::Mqtt { broker, topic } => {
-                exchanged(id, name, broker.request(id, topic, request, timeout).await)?
+            Route::Mqtt {
+                broker,
+                topic,
+                v311,
+            } => {
+                let reply = broker.request(id, topic, *v311, request, timeout).await;
+                exchanged(id, name, reply)?
             }
             Route::Socket(dial) => {
                 let reply = self

@@ -131,13 +131,15 @@ impl Broker {
         &self.inbox
     }
 
-    /// Sends `request` to the agent `agent_id` on `agent_topic`; its reply.
-    /// While the controller is not subscribed to its topic (connecting, or
-    /// after a loss) the request waits, within `timeout`.
+    /// Sends `request` to the agent `agent_id` on `agent_topic` (as to an
+    /// MQTT 3.1.1 endpoint when `v311`: the reply topic in the topic name);
+    /// its reply. While the controller is not subscribed to its topic
+    /// (connecting, or after a loss) the request waits, within `timeout`.
     pub async fn request(
         &self,
         agent_id: &str,
         agent_topic: &str,
+        v311: bool,
         request: msg::Msg,
         timeout: Duration,
     ) -> Result<msg::Msg, RequestError> {
@@ -153,10 +155,17 @@ impl Broker {
             )));
         }
         let bytes = record::wrap(&self.settings.endpoint_id, agent_id, &request);
+        let topic = match v311 {
+            true => format!(
+                "{agent_topic}/reply-to={}",
+                self.settings.topic.replace('/', "%2F")
+            ),
+            false => agent_topic.to_owned(),
+        };
         let send = async {
             publish(
                 &self.client,
-                agent_topic,
+                &topic,
                 bytes,
                 Some(self.settings.topic.clone()),
             )
@@ -182,9 +191,11 @@ async fn run(
     inbox: Arc<Inbox>,
     subscribed: tokio::sync::watch::Sender<bool>,
 ) {
-    let mut topics = vec![settings.topic.clone()];
+    // Each topic with what is under it: MQTT 3.1.1 endpoints publish to
+    // `<topic>/reply-to=<theirs>`.
+    let mut topics = vec![format!("{}/#", settings.topic)];
     if !settings.notify_topic.is_empty() && settings.notify_topic != settings.topic {
-        topics.push(settings.notify_topic.clone());
+        topics.push(format!("{}/#", settings.notify_topic));
     }
     let mut backoff = Duration::from_millis(100);
     let mut unacked = 0;
@@ -216,7 +227,10 @@ async fn run(
                     tracing::debug!(?content_type, "not a USP record: dropped");
                     continue;
                 }
-                let topic = p.properties.and_then(|p| p.response_topic);
+                let topic = p
+                    .properties
+                    .and_then(|p| p.response_topic)
+                    .or_else(|| reply_to(&p.topic));
                 let back = Back::Mqtt {
                     client: client.clone(),
                     topic,
@@ -232,5 +246,26 @@ async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// The reply topic an MQTT 3.1.1 endpoint names in a topic name
+/// (`.../reply-to=usp%2Fagent%2Fx`: `usp/agent/x`).
+fn reply_to(topic: &[u8]) -> Option<String> {
+    let topic = std::str::from_utf8(topic).ok()?;
+    let (_, escaped) = topic.rsplit_once("/reply-to=")?;
+    Some(escaped.replace("%2F", "/").replace("%2f", "/")).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reply_to_topics_of_mqtt_3_1_1_endpoints() {
+        assert_eq!(
+            super::reply_to(b"usp/controller/rdm/reply-to=usp%2Fagents%2Fcid:3AA3F8:x").as_deref(),
+            Some("usp/agents/cid:3AA3F8:x")
+        );
+        assert_eq!(super::reply_to(b"usp/controller/rdm"), None);
+        assert_eq!(super::reply_to(b"usp/controller/rdm/reply-to="), None);
     }
 }

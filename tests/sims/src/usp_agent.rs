@@ -1153,6 +1153,88 @@ pub async fn start(
     })
 }
 
+/// Starts an agent on MQTT 3.1.1, as TR-369 has such endpoints work (no
+/// properties): it subscribes to `topic/#`, takes the topic to answer on
+/// from `.../reply-to=` at the end of a request's topic name, and names its
+/// own the same way in what it publishes; returns once it is subscribed.
+pub async fn start_mqtt311(
+    host: &str,
+    port: u16,
+    endpoint_id: &str,
+    topic: &str,
+    controller_topic: &str,
+) -> std::io::Result<UspAgent> {
+    let mut agent = Agent::new(endpoint_id);
+    let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
+    let client_id = format!("sim311-{:016x}", rand::random::<u64>());
+    let mut options = rumqttc::MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let own = format!("/reply-to={}", topic.replace('/', "%2F"));
+    let (filter, to_controller) = (format!("{topic}/#"), controller_topic.to_owned());
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client
+                        .subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce)
+                        .await;
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let reply_to = p
+                        .topic
+                        .rsplit_once("/reply-to=")
+                        .map(|(_, t)| t.replace("%2F", "/"));
+                    let (reply, notifies) = agent.handle(&p.payload);
+                    let out = reply.map(|r| (reply_to, r)).into_iter().chain(
+                        notifies
+                            .into_iter()
+                            .map(|n| (Some(to_controller.clone()), n)),
+                    );
+                    for (to, record) in out {
+                        let Some(to) = to else { continue };
+                        let _ = client
+                            .publish(
+                                format!("{to}{own}"),
+                                rumqttc::QoS::AtLeastOnce,
+                                false,
+                                record,
+                            )
+                            .await;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .map_err(|_| {
+            std::io::Error::other("the MQTT broker did not take the agent's subscription in 10 s")
+        })?
+        .map_err(|_| std::io::Error::other("the agent stopped"))?;
+    Ok(UspAgent {
+        endpoint_id: endpoint_id.to_owned(),
+        topic: topic.to_owned(),
+        controller_topic: controller_topic.to_owned(),
+        websocket_url: String::new(),
+        model,
+        acknowledged,
+        task,
+    })
+}
+
 /// The subprotocol of TR-369's WebSocket binding.
 const SUBPROTOCOL: &str = "v1.usp";
 
