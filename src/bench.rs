@@ -1283,7 +1283,15 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
         let endpoint_id = format!("os::012345-BENCH{i:07}");
         let topic = format!("usp/bench/{}/{i}", &run[..8]);
         let notify_to = format!("usp/bench/{}/controller", &run[..8]);
-        let agent = usp_agent::start("127.0.0.1", port, &endpoint_id, &topic, &notify_to).await?;
+        let agent = usp_agent::start(
+            "127.0.0.1",
+            port,
+            &endpoint_id,
+            &topic,
+            &notify_to,
+            "self::rdm",
+        )
+        .await?;
         let endpoint = json!({"transport": "mqtt", "endpoint_id": endpoint_id, "timeout_ms": 10000,
             "mqtt": {"broker_url": format!("mqtt://127.0.0.1:{port}"), "agent_topic": topic}});
         ids.push(

@@ -133,10 +133,19 @@ async fn usp_agents(
     // The agents' controller topic (where their notifications go) is this
     // demo's too.
     let controller_topic = format!("usp/controller/demo-{}", &run[..8]);
+    let controller = std::env::var("RDM_USP_ENDPOINT_ID").unwrap_or("self::rdm".into());
     for i in 1..=2 {
         let endpoint_id = format!("os::012345-DEMO{i:08}");
         let topic = format!("usp/agent/demo-{i}-{}", &run[..8]);
-        let agent = usp_agent::start(&host, port, &endpoint_id, &topic, &controller_topic).await?;
+        let agent = usp_agent::start(
+            &host,
+            port,
+            &endpoint_id,
+            &topic,
+            &controller_topic,
+            &controller,
+        )
+        .await?;
         let name = format!("demo-usp-{i}");
         let request = CreateDeviceRequest {
             name: name.clone(),

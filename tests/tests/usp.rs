@@ -16,6 +16,7 @@ async fn agent() -> UspAgent {
         &format!("os::012345-{}", &run[..12]),
         &format!("usp/agent/{run}"),
         &format!("usp/controller/{run}"),
+        "self::rdm",
     )
     .await
     .expect("the simulated agent subscribes (is Mosquitto running on 127.0.0.1:1883?)")
@@ -306,6 +307,47 @@ async fn absent_agents_and_other_transports(mesh: TestMesh) {
         (StatusCode::GATEWAY_TIMEOUT, &json!("DEVICE_TIMEOUT")),
         "{e}"
     );
+    // An agent that says it is disconnecting (a DisconnectRecord) is 503
+    // DEVICE_OFFLINE at once, not after its 60 s timeout; back (its
+    // MQTTConnectRecord), it answers again.
+    let leaving = agent().await;
+    let mut endpoint = notifying_endpoint(&leaving);
+    endpoint["timeout_ms"] = json!(60000);
+    let id = device(&mesh, &token, "leaving", endpoint).await;
+    let get = json!({"target": {"device_id": id}, "paths": ["Device.DeviceInfo.SerialNumber"]});
+    ok(&mesh, &token, "/v1/usp/get", get.clone()).await;
+    let (eid, topic, controller) = (
+        leaving.endpoint_id.clone(),
+        leaving.topic.clone(),
+        leaving.controller_topic.clone(),
+    );
+    leaving.shut_down().await;
+    let (status, e) = mesh.post("/v1/usp/get", &token, get.clone()).await;
+    assert_eq!(
+        (status, &e["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("DEVICE_OFFLINE")),
+        "{e}"
+    );
+    assert!(
+        e["detail"].as_str().unwrap().contains("disconnecting"),
+        "{e}"
+    );
+    let _back = usp_agent::start("127.0.0.1", 1883, &eid, &topic, &controller, "self::rdm")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, reply) = mesh.post("/v1/usp/get", &token, get.clone()).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {status}: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The seed's "controller" transport: refused, saying how to switch.
     // The device had MQTT settings with a broker password: the PUT without
     // `mqtt` forgets them, the password with them.

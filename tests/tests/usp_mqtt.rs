@@ -16,16 +16,17 @@ const BROKER: (&str, u16) = ("127.0.0.1", 1883);
 /// A controller and one agent on the broker, with names no other test uses.
 async fn pair() -> (Broker, usp_agent::UspAgent) {
     let run = uuid::Uuid::new_v4().simple().to_string();
+    let endpoint_id = format!("self::rdm-{}", &run[..8]);
     let agent = usp_agent::start(
         BROKER.0,
         BROKER.1,
         &format!("os::012345-{}", &run[..12]),
         &format!("usp/agent/{run}"),
         &format!("usp/controller/{run}"),
+        &endpoint_id,
     )
     .await
     .expect("the simulated agent subscribes (is Mosquitto running on 127.0.0.1:1883?)");
-    let endpoint_id = format!("self::rdm-{}", &run[..8]);
     let inbox = Inbox::new(endpoint_id.clone(), tokio::sync::mpsc::channel(16).0);
     let broker = Broker::connect(
         BrokerSettings {

@@ -100,6 +100,9 @@ pub struct Inbox {
     next_id: AtomicU64,
     /// Records received that answered no request (late, unknown, or bad).
     pub dropped: AtomicU64,
+    /// The agents that said they were disconnecting (a DisconnectRecord),
+    /// with their reason, until they speak again.
+    gone: Mutex<HashMap<String, String>>,
 }
 
 /// What became of a received Record.
@@ -121,6 +124,7 @@ impl Inbox {
             notifications,
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            gone: Mutex::default(),
         }
     }
 
@@ -131,6 +135,17 @@ impl Inbox {
             std::process::id(),
             self.next_id.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// Why `agent` is known to be away: it said it was disconnecting (a
+    /// DisconnectRecord) and has not spoken since.
+    pub fn away(&self, agent: &str) -> Option<RequestError> {
+        let gone = self.gone.lock().unwrap();
+        gone.get(agent).map(|reason| {
+            RequestError::Offline(format!(
+                "USP agent {agent} said it was disconnecting ({reason:?}) and has not reconnected"
+            ))
+        })
     }
 
     /// Sends `request` to `agent` with `send`, and waits until `deadline`
@@ -177,6 +192,8 @@ impl Inbox {
                     return Delivered::Dropped;
                 }
                 let msg_id = record::msg_id(&msg).to_owned();
+                // It speaks, so it is there.
+                self.gone.lock().unwrap().remove(&from);
                 if let Some(msg::body::MsgBody::Request(msg::Request {
                     req_type: Some(msg::request::ReqType::Notify(notify)),
                 })) = msg.body.as_ref().and_then(|b| b.msg_body.as_ref())
@@ -213,13 +230,22 @@ impl Inbox {
                     }
                 }
             }
-            Ok(Received::Connect { from }) => {
+            Ok(Received::Connect { from, to }) if to == self.endpoint_id => {
                 tracing::info!(agent = %from, "USP agent connected");
+                self.gone.lock().unwrap().remove(&from);
                 Delivered::Taken
             }
-            Ok(Received::Disconnect { from, reason }) => {
+            Ok(Received::Disconnect { from, to, reason }) if to == self.endpoint_id => {
                 tracing::info!(agent = %from, %reason, "USP agent disconnected");
+                self.gone.lock().unwrap().insert(from, reason);
                 Delivered::Taken
+            }
+            Ok(Received::Connect { to, .. } | Received::Disconnect { to, .. }) => {
+                drop(
+                    "misaddressed",
+                    &format!("addressed to {to:?}, not this controller"),
+                );
+                Delivered::Dropped
             }
             Err(e) => {
                 drop("bad_record", &e);

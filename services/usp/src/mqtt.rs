@@ -143,6 +143,9 @@ impl Broker {
         request: msg::Msg,
         timeout: Duration,
     ) -> Result<msg::Msg, RequestError> {
+        if let Some(away) = self.inbox.away(agent_id) {
+            return Err(away);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut subscribed = self.subscribed.clone();
         if tokio::time::timeout_at(deadline, subscribed.wait_for(|s| *s))

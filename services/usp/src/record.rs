@@ -36,9 +36,13 @@ pub enum Received {
         msg: msg::Msg,
     },
     /// An agent announced itself on an MTP (`mqtt_connect`, ...).
-    Connect { from: String },
+    Connect { from: String, to: String },
     /// The endpoint is going away.
-    Disconnect { from: String, reason: String },
+    Disconnect {
+        from: String,
+        to: String,
+        reason: String,
+    },
 }
 
 /// Why a Record was not read.
@@ -77,9 +81,10 @@ pub fn read(bytes: &[u8]) -> Result<Received, BadRecord> {
         }
         Some(
             T::MqttConnect(_) | T::WebsocketConnect(_) | T::StompConnect(_) | T::UdsConnect(_),
-        ) => Ok(Received::Connect { from }),
+        ) => Ok(Received::Connect { from, to }),
         Some(T::Disconnect(d)) => Ok(Received::Disconnect {
             from,
+            to,
             reason: d.reason,
         }),
         Some(T::SessionContext(_)) => Err(BadRecord::Unsupported("session_context")),

@@ -1030,6 +1030,11 @@ pub struct UspAgent {
     model: Arc<Mutex<Model>>,
     acknowledged: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Asks an MQTT 5 agent to say goodbye; answered once it has.
+    stop: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )>,
 }
 
 impl Drop for UspAgent {
@@ -1054,6 +1059,15 @@ impl UspAgent {
         self.model.lock().unwrap().reboots
     }
 
+    /// Shuts down as an agent does: a DisconnectRecord to its controller
+    /// first (MQTT 5 agents; the others just go).
+    pub async fn shut_down(mut self) {
+        if let Some((stop, said)) = self.stop.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), said).await;
+        }
+    }
+
     /// The subscription ids of the NotifyResps it got, in order.
     pub fn acknowledged(&self) -> Vec<String> {
         self.acknowledged.lock().unwrap().clone()
@@ -1062,13 +1076,16 @@ impl UspAgent {
 
 /// Starts an agent `endpoint_id` on the broker at `host:port`, taking
 /// requests on `topic` and sending notifications to `controller_topic`;
-/// returns once it is subscribed.
+/// returns once it is subscribed. Each time it has subscribed it tells its
+/// controller (`controller_id`) with an MQTTConnectRecord, and
+/// [`UspAgent::shut_down`] with a DisconnectRecord.
 pub async fn start(
     host: &str,
     port: u16,
     endpoint_id: &str,
     topic: &str,
     controller_topic: &str,
+    controller_id: &str,
 ) -> std::io::Result<UspAgent> {
     let agent = Agent::new(endpoint_id);
     let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
@@ -1087,9 +1104,22 @@ pub async fn start(
     let (client, mut events) = AsyncClient::new(options, 64);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (agent_topic, to_controller) = (topic.to_owned(), controller_topic.to_owned());
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (said_tx, said_rx) = tokio::sync::oneshot::channel();
+    let mut said_tx = Some(said_tx);
+    let controller = controller_id.to_owned();
     let task = tokio::spawn(async move {
         let mut agent = agent;
         let mut ready = Some(ready_tx);
+        let mut said = None;
+        let connect = rec::record::RecordType::MqttConnect(rec::MqttConnectRecord {
+            version: rec::mqtt_connect_record::MqttVersion::V5 as i32,
+            subscribed_topic: agent_topic.clone(),
+        });
+        let disconnect = rec::record::RecordType::Disconnect(rec::DisconnectRecord {
+            reason: "shutting down".into(),
+            reason_code: 0,
+        });
         let publish = |topic: String, record: Vec<u8>, reply_to: Option<String>| {
             let properties = PublishProperties {
                 content_type: Some("usp.msg".into()),
@@ -1099,16 +1129,34 @@ pub async fn start(
             client.publish_with_properties(topic, QoS::AtLeastOnce, false, record, properties)
         };
         loop {
-            match events.poll().await {
+            let event = tokio::select! {
+                event = events.poll() => event,
+                Ok(()) = &mut stop_rx, if said.is_none() => {
+                    let bye = agent.mtp_record(&controller, disconnect.clone());
+                    let _ = publish(to_controller.clone(), bye, None).await;
+                    said = said_tx.take();
+                    continue;
+                }
+            };
+            match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     let _ = client
                         .subscribe(agent_topic.clone(), QoS::AtLeastOnce)
                         .await;
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let hello = agent.mtp_record(&controller, connect.clone());
+                    let _ = publish(to_controller.clone(), hello, None).await;
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(());
                     }
+                }
+                // The broker took the goodbye (the only publish after it).
+                Ok(Event::Incoming(Packet::PubAck(_))) if said.is_some() => {
+                    if let Some(tx) = said.take() {
+                        let _ = tx.send(());
+                    }
+                    return;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let reply_to = p.properties.as_ref().and_then(|p| p.response_topic.clone());
@@ -1150,6 +1198,7 @@ pub async fn start(
         model,
         acknowledged,
         task,
+        stop: Some((stop_tx, said_rx)),
     })
 }
 
@@ -1232,6 +1281,7 @@ pub async fn start_mqtt311(
         model,
         acknowledged,
         task,
+        stop: None,
     })
 }
 
@@ -1264,6 +1314,7 @@ pub async fn connect_websocket(url: &str, endpoint_id: &str) -> std::io::Result<
         model,
         acknowledged,
         task,
+        stop: None,
     })
 }
 
@@ -1307,6 +1358,7 @@ pub async fn serve_websocket(endpoint_id: &str) -> std::io::Result<UspAgent> {
         model,
         acknowledged,
         task,
+        stop: None,
     })
 }
 
@@ -1418,6 +1470,18 @@ impl Agent {
         };
         let msg = msg::Msg::decode(r.payload.as_slice()).ok()?;
         Some((record.from_id, msg))
+    }
+
+    /// An MTP record (connect, disconnect) for `to`.
+    fn mtp_record(&self, to: &str, record_type: rec::record::RecordType) -> Vec<u8> {
+        rec::Record {
+            version: "1.4".into(),
+            to_id: to.to_owned(),
+            from_id: self.id.clone(),
+            record_type: Some(record_type),
+            ..Default::default()
+        }
+        .encode_to_vec()
     }
 
     /// A Msg to `to` in a plaintext no-session-context Record.
