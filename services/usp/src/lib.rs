@@ -99,7 +99,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     });
     let (inbound, received) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(notifications.clone().run(received));
-    let inbox = Arc::new(Inbox::new(args.usp_endpoint_id.clone(), inbound));
+    let inbox = Arc::new(Inbox::new(args.usp_endpoint_id, inbound));
     // Where agents' WebSockets are held, for the other replicas: this
     // replica's URL (none under `rdm up`: one process holds them all).
     let registry = args
@@ -127,7 +127,6 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         service_key: context.service_key.clone(),
         peers: Mutex::default(),
         addresses: context.addresses.clone(),
-        endpoint_id: args.usp_endpoint_id,
         controller_topic: args.usp_controller_topic,
         // Each replica has reply topics of its own.
         replica: uuid::Uuid::new_v4().simple().to_string(),
@@ -166,7 +165,6 @@ struct Controller {
     /// The other replicas this one relays to, by URL.
     peers: Mutex<HashMap<String, Backend>>,
     addresses: AddressPolicy,
-    endpoint_id: String,
     controller_topic: String,
     replica: String,
     brokers: Mutex<HashMap<BrokerKey, Arc<Broker>>>,
@@ -368,7 +366,7 @@ impl Controller {
                     client_id: key.client_id.clone(),
                     username: key.username.clone(),
                     password: key.password.clone(),
-                    endpoint_id: self.endpoint_id.clone(),
+                    endpoint_id: self.inbox.endpoint_id.clone(),
                     topic: key.topic.clone(),
                     notify_topic,
                 };

@@ -40,6 +40,8 @@ use tokio_tungstenite::{
 /// The subprotocol both ends name.
 pub const SUBPROTOCOL: &str = "v1.usp";
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a connection may take to finish its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 const PROTOCOL_HEADER: &str = "sec-websocket-protocol";
 
 /// An agent's WebSocket server, as rdm connects to it.
@@ -178,14 +180,16 @@ impl Sockets {
                 .insert(PROTOCOL_HEADER, HeaderValue::from_static(SUBPROTOCOL));
             Ok(resp)
         };
-        match tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(config())).await {
-            Ok(ws) => {
+        let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(config()));
+        match tokio::time::timeout(HANDSHAKE, handshake).await {
+            Err(_) => tracing::info!(%peer, "a WebSocket handshake took too long"),
+            Ok(Ok(ws)) => {
                 tracing::info!(agent = %eid, %peer, "USP agent connected over WebSocket");
                 let (conn, rx) = self.register(&eid);
                 self.announce(&eid, true).await;
                 self.run(ws, eid, conn, rx).await;
             }
-            Err(e) => tracing::info!(%peer, error = %e, "a WebSocket handshake failed"),
+            Ok(Err(e)) => tracing::info!(%peer, error = %e, "a WebSocket handshake failed"),
         }
     }
 
