@@ -87,15 +87,6 @@ async fn usp_agents(
     existing: &HashMap<String, String>,
 ) -> anyhow::Result<Vec<UspAgent>> {
     let ws = usp_agent::serve_websocket("os::012345-DEMOWS000001").await?;
-    let request = CreateDeviceRequest {
-        name: "demo-usp-ws".into(),
-        manufacturer: "rdm".into(),
-        model: "simulated USP agent (WebSocket)".into(),
-        serial: "DEMOWS000001".into(),
-        labels: HashMap::from([("demo".into(), "true".into())]),
-        ..Default::default()
-    };
-    let id = device_id(devices, existing, request).await?;
     let endpoint = UspEndpoint {
         transport: Some("websocket".into()),
         endpoint_id: Some(ws.endpoint_id.clone()),
@@ -103,12 +94,16 @@ async fn usp_agents(
         timeout_ms: 5000,
         ..Default::default()
     };
-    devices
-        .put_endpoint(PutEndpointRequest {
-            device_id: id,
-            settings: Some(put_endpoint_request::Settings::Usp(endpoint)),
-        })
-        .await?;
+    let model = "simulated USP agent (WebSocket)";
+    usp_device(
+        devices,
+        existing,
+        "demo-usp-ws",
+        "DEMOWS000001",
+        model,
+        endpoint,
+    )
+    .await?;
     let mut agents = vec![ws];
     let url = std::env::var("RDM_USP_MQTT_URL").unwrap_or("mqtt://127.0.0.1:1883".into());
     let parsed: url::Url = url.parse().context("RDM_USP_MQTT_URL")?;
@@ -146,16 +141,6 @@ async fn usp_agents(
             &controller,
         )
         .await?;
-        let name = format!("demo-usp-{i}");
-        let request = CreateDeviceRequest {
-            name: name.clone(),
-            manufacturer: "rdm".into(),
-            model: "simulated USP agent".into(),
-            serial: format!("DEMO{i:08}"),
-            labels: HashMap::from([("demo".into(), "true".into())]),
-            ..Default::default()
-        };
-        let id = device_id(devices, existing, request).await?;
         let endpoint = UspEndpoint {
             transport: Some("mqtt".into()),
             endpoint_id: Some(endpoint_id),
@@ -168,16 +153,48 @@ async fn usp_agents(
             timeout_ms: 5000,
             ..Default::default()
         };
-        devices
-            .put_endpoint(PutEndpointRequest {
-                device_id: id,
-                settings: Some(put_endpoint_request::Settings::Usp(endpoint)),
-            })
-            .await?;
+        let (name, serial) = (format!("demo-usp-{i}"), format!("DEMO{i:08}"));
+        usp_device(
+            devices,
+            existing,
+            &name,
+            &serial,
+            "simulated USP agent",
+            endpoint,
+        )
+        .await?;
         agents.push(agent);
     }
     tracing::info!(%url, "demo USP agents on the MQTT broker");
     Ok(agents)
+}
+
+/// The demo device `name` (made when missing) with `endpoint` as its usp
+/// endpoint.
+async fn usp_device(
+    devices: &mut Devices,
+    existing: &HashMap<String, String>,
+    name: &str,
+    serial: &str,
+    model: &str,
+    endpoint: UspEndpoint,
+) -> anyhow::Result<()> {
+    let request = CreateDeviceRequest {
+        name: name.into(),
+        manufacturer: "rdm".into(),
+        model: model.into(),
+        serial: serial.into(),
+        labels: HashMap::from([("demo".into(), "true".into())]),
+        ..Default::default()
+    };
+    let id = device_id(devices, existing, request).await?;
+    devices
+        .put_endpoint(PutEndpointRequest {
+            device_id: id,
+            settings: Some(put_endpoint_request::Settings::Usp(endpoint)),
+        })
+        .await?;
+    Ok(())
 }
 
 /// `Bearer <token>` of a user of the demo, signed in.

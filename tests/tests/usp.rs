@@ -403,6 +403,29 @@ fn notifying_endpoint(agent: &UspAgent) -> Value {
     endpoint
 }
 
+/// Asserts that `agent` answers a Get of its serial number through the
+/// gateway, addressed as `target`.
+async fn answers(mesh: &TestMesh, token: &str, target: Value, agent: &UspAgent) {
+    let get = json!({"target": target, "paths": ["Device.DeviceInfo.SerialNumber"]});
+    let got = ok(mesh, token, "/v1/usp/get", get).await;
+    assert_eq!(
+        got["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"]
+            .as_str(),
+        agent.endpoint_id.rsplit('-').next(),
+        "{got}"
+    );
+}
+
+/// The subscription ids of the NotifyResps `agent` got, once there is one
+/// (within 5 s: rdm answers after storing the notification).
+async fn acknowledged(agent: &UspAgent) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while agent.acknowledged().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.acknowledged()
+}
+
 /// The tenant's notification stream (from `replay_minutes` ago), open by
 /// the time this returns.
 async fn watch(mesh: &TestMesh, token: &str, replay_minutes: u32) -> NdJson {
@@ -488,15 +511,10 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
     assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
     // An agent is addressed by its device or by its endpoint id, by the
     // tenant whose device names it only.
-    let by_agent = json!({"target": {"endpoint_id": agent.endpoint_id}, "paths": ["Device.DeviceInfo.SerialNumber"]});
-    let got = ok(&mesh, &token, "/v1/usp/get", by_agent.clone()).await;
-    assert_eq!(
-        got["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"]
-            .as_str(),
-        agent.endpoint_id.rsplit('-').next(),
-        "{got}"
-    );
-    let (status, e) = mesh.post("/v1/usp/get", &other_token, by_agent).await;
+    let by_agent = json!({"endpoint_id": agent.endpoint_id});
+    answers(&mesh, &token, by_agent.clone(), &agent).await;
+    let get = json!({"target": by_agent, "paths": ["Device."]});
+    let (status, e) = mesh.post("/v1/usp/get", &other_token, get).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
     let (status, e) = mesh
         .post(
@@ -547,11 +565,7 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
         json!({"param_path": "Device.WiFi.SSID.1.SSID", "param_value": "watched"}),
         "{n}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while agent.acknowledged().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(agent.acknowledged(), std::slice::from_ref(&sub_id));
+    assert_eq!(acknowledged(&agent).await, std::slice::from_ref(&sub_id));
 
     // An async command answers with its request object; its result comes
     // as OperationComplete.
@@ -753,19 +767,7 @@ async fn every_request_over_websocket(mesh: TestMesh) {
     let mut lines = watch(&mesh, &token, 0).await;
     for (id, agent) in [(&in_id, &inbound), (&out_id, &server)] {
         let target = json!({"device_id": id});
-        let got = ok(
-            &mesh,
-            &token,
-            "/v1/usp/get",
-            json!({"target": target, "paths": ["Device.DeviceInfo.SerialNumber"]}),
-        )
-        .await;
-        assert_eq!(
-            got["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"]
-                .as_str(),
-            agent.endpoint_id.rsplit('-').next(),
-            "{got}"
-        );
+        answers(&mesh, &token, target.clone(), agent).await;
         let sub = ok(&mesh, &token, "/v1/usp/subscriptions", json!({"target": target,
             "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.*.SSID"], "notif_retry": true})).await["subscription"].clone();
         ok(
@@ -835,13 +837,9 @@ async fn every_request_over_websocket(mesh: TestMesh) {
         )
         .await;
         assert_eq!(versions["agent_supported_protocol_versions"], "1.3,1.4");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while agent.acknowledged().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         assert_eq!(
-            agent.acknowledged().len(),
-            1,
+            acknowledged(agent).await,
+            [sub["id"].as_str().unwrap()],
             "the NotifyResp went back on the socket"
         );
     }
@@ -927,19 +925,7 @@ async fn an_mqtt_3_1_1_agent(mesh: TestMesh) {
     endpoint["mqtt"]["version"] = json!("3.1.1");
     let id = device(&mesh, &token, "agent-311", endpoint).await;
     let target = json!({"device_id": id});
-    let got = ok(
-        &mesh,
-        &token,
-        "/v1/usp/get",
-        json!({"target": target, "paths": ["Device.DeviceInfo.SerialNumber"]}),
-    )
-    .await;
-    assert_eq!(
-        got["req_path_results"][0]["resolved_path_results"][0]["result_params"]["SerialNumber"]
-            .as_str(),
-        agent.endpoint_id.rsplit('-').next(),
-        "{got}"
-    );
+    answers(&mesh, &token, target.clone(), &agent).await;
     let mut lines = watch(&mesh, &token, 0).await;
     let sub = ok(&mesh, &token, "/v1/usp/subscriptions", json!({"target": target,
         "notif_type": "ValueChange", "reference_list": ["Device.WiFi.SSID.1.SSID"], "notif_retry": true})).await;
@@ -956,13 +942,9 @@ async fn an_mqtt_3_1_1_agent(mesh: TestMesh) {
         n["notify"]["subscription_id"], sub["subscription"]["id"],
         "{n}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while agent.acknowledged().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert_eq!(
-        agent.acknowledged().len(),
-        1,
+        acknowledged(&agent).await,
+        [sub["subscription"]["id"].as_str().unwrap()],
         "the NotifyResp reached the 3.1.1 agent"
     );
 }

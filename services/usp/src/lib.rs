@@ -540,26 +540,18 @@ impl Controller {
         });
         use msg::add_resp::created_object_result::operation_status::OperStatus;
         let answer = self.call(agent, add).await?;
-        let status = match &answer {
+        let outcome = match &answer {
             R::AddResp(a) => a
                 .created_obj_results
                 .first()
-                .and_then(|r| r.oper_status.as_ref())
-                .and_then(|s| s.oper_status.as_ref()),
+                .and_then(|r| r.oper_status.as_ref()?.oper_status.as_ref())
+                .map(|s| match s {
+                    OperStatus::OperSuccess(s) => Ok(s.instantiated_path.clone()),
+                    OperStatus::OperFailure(f) => Err((f.err_code, f.err_msg.clone())),
+                }),
             _ => None,
         };
-        match status {
-            Some(OperStatus::OperSuccess(s)) => Ok(s.instantiated_path.clone()),
-            Some(OperStatus::OperFailure(f)) => Err(usp_error(
-                &agent.endpoint_id,
-                msg::Error {
-                    err_code: f.err_code,
-                    err_msg: f.err_msg.clone(),
-                    param_errs: Vec::new(),
-                },
-            )),
-            None => Err(wrong_answer(&answer)),
-        }
+        one_outcome(&agent.endpoint_id, &answer, outcome)
     }
 
     /// Deletes `sub` from its agent (by its ID: the instance number may
@@ -571,26 +563,40 @@ impl Controller {
             obj_paths: vec![format!("{SUBSCRIPTIONS}[ID==\"{}\"].", sub.id)],
         });
         let answer = self.call(agent, delete).await?;
-        let status = match &answer {
+        let outcome = match &answer {
             R::DeleteResp(d) => d
                 .deleted_obj_results
                 .first()
-                .and_then(|r| r.oper_status.as_ref())
-                .and_then(|s| s.oper_status.as_ref()),
+                .and_then(|r| r.oper_status.as_ref()?.oper_status.as_ref())
+                .map(|s| match s {
+                    OperStatus::OperSuccess(_) => Ok(()),
+                    OperStatus::OperFailure(f) => Err((f.err_code, f.err_msg.clone())),
+                }),
             _ => None,
         };
-        match status {
-            Some(OperStatus::OperSuccess(_)) => Ok(()),
-            Some(OperStatus::OperFailure(f)) => Err(usp_error(
-                &agent.endpoint_id,
-                msg::Error {
-                    err_code: f.err_code,
-                    err_msg: f.err_msg.clone(),
-                    param_errs: Vec::new(),
-                },
-            )),
-            None => Err(wrong_answer(&answer)),
-        }
+        one_outcome(&agent.endpoint_id, &answer, outcome)
+    }
+}
+
+/// What became of the one object a request named: its success, or its
+/// failure (code, message) as a USP Error of `agent`'s; None: the answer
+/// was not the response to the request.
+fn one_outcome<T>(
+    agent: &str,
+    answer: &R,
+    outcome: Option<std::result::Result<T, (u32, String)>>,
+) -> Result<T> {
+    match outcome {
+        Some(Ok(done)) => Ok(done),
+        Some(Err((err_code, err_msg))) => Err(usp_error(
+            agent,
+            msg::Error {
+                err_code,
+                err_msg,
+                param_errs: Vec::new(),
+            },
+        )),
+        None => Err(wrong_answer(answer)),
     }
 }
 
