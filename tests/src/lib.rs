@@ -303,6 +303,18 @@ impl TestMesh {
     }
 
     /// What the internal metrics port serves now.
+    /// The mesh's database as the services reach it (PostgreSQL as
+    /// rdm_app, or the SQLite file in the data dir).
+    pub async fn database(&self) -> rdm_kit::db::Db {
+        let url = match &self.pg {
+            Some(pg) => pg.app_url.clone(),
+            None => format!("sqlite:{}", self.data_dir.join("inventory.db").display()),
+        };
+        rdm_kit::db::Db::connect(&url, 1)
+            .await
+            .expect("the mesh's database")
+    }
+
     pub async fn metrics_text(&self) -> String {
         self.http
             .get(format!("http://{}/metrics", self.metrics))

@@ -718,6 +718,18 @@ async fn subscriptions_bring_notifications_to_their_tenant(mesh: TestMesh) {
         metrics.contains(r#"rdm_usp_notifications_total{type="ValueChange"}"#),
         "{metrics}"
     );
+    // Past the retention they go, every tenant's (the service prunes in the
+    // platform's scope each minute): a late watcher gets none.
+    let db = mesh.database().await;
+    let mut tx = db.begin_write(rdm_kit::db::Scope::Platform).await.unwrap();
+    let future = rdm_kit::db::now_millis() + 60_000;
+    let pruned = rdm_usp::store::prune_notifications(&mut tx, future)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(pruned, 6, "this tenant's five and the other's one");
+    let mut late = watch(&mesh, &token, 5).await;
+    assert_eq!(late.next_within(Duration::from_millis(300)).await, None);
 }
 
 /// A WebSocket connection to rdm's `/usp` as an agent would open it,

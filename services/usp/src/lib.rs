@@ -99,6 +99,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     });
     let (inbound, received) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(notifications.clone().run(received));
+    tokio::spawn(notifications.clone().prune());
     let inbox = Arc::new(Inbox::new(args.usp_endpoint_id, inbound));
     // Where agents' WebSockets are held, for the other replicas: this
     // replica's URL (none under `rdm up`: one process holds them all).

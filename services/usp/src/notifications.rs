@@ -45,6 +45,26 @@ pub(crate) fn scope(p: &Principal) -> Scope<'_> {
 }
 
 impl Notifications {
+    /// Forgets, every minute, the notifications older than the retention.
+    pub async fn prune(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let before = now_millis() - self.retention.as_millis() as i64;
+            let pruned = async {
+                let mut tx = self.db.begin_write(Scope::Platform).await?;
+                let n = store::prune_notifications(&mut tx, before).await?;
+                tx.commit().await?;
+                Ok::<_, rdm_kit::Error>(n)
+            };
+            match pruned.await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "old USP notifications forgotten"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune old USP notifications"),
+            }
+        }
+    }
+
     /// Takes the Notify messages the brokers hand over, one at a time.
     pub async fn run(self: Arc<Self>, mut inbound: mpsc::Receiver<Notified>) {
         while let Some(n) = inbound.recv().await {
@@ -89,9 +109,7 @@ impl Notifications {
             endpoint_id: sub.endpoint_id,
             notify: Some(n.notify.clone()),
         };
-        let prune_before = now - self.retention.as_millis() as i64;
-        let new =
-            store::put_notification(&mut tx, tenant_id, &note, &n.msg_id, prune_before).await?;
+        let new = store::put_notification(&mut tx, tenant_id, &note, &n.msg_id).await?;
         tx.commit().await?;
         if new {
             metrics::counter!("rdm_usp_notifications_total", "type" => notif_type(&n.notify))

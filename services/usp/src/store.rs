@@ -137,13 +137,12 @@ pub async fn delete_subscription(tx: &mut TenantTx, tenant_id: &str, id: &str) -
 
 /// Keeps a notification, once per agent and Msg id (an agent sending it
 /// again, or several replicas receiving it, store it once); whether it is
-/// new. Notifications received before `prune_before` go.
+/// new.
 pub async fn put_notification(
     tx: &mut TenantTx,
     tenant_id: &str,
     n: &pb::WatchNotificationsResponse,
     msg_id: &str,
-    prune_before: i64,
 ) -> Result<bool> {
     let received = n
         .receive_time
@@ -161,12 +160,17 @@ pub async fn put_notification(
     .bind(notify)
     .execute(tx.conn())
     .await?;
-    sqlx::query("delete from usp_notifications where tenant_id = $1 and receive_time < $2")
-        .bind(tenant_id)
-        .bind(prune_before)
+    Ok(done.rows_affected() > 0)
+}
+
+/// Forgets every tenant's notifications received before `before` (in the
+/// platform's scope); how many.
+pub async fn prune_notifications(tx: &mut TenantTx, before: i64) -> Result<u64> {
+    let done = sqlx::query("delete from usp_notifications where receive_time < $1")
+        .bind(before)
         .execute(tx.conn())
         .await?;
-    Ok(done.rows_affected() > 0)
+    Ok(done.rows_affected())
 }
 
 /// How many notifications one read returns at most.

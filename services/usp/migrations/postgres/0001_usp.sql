@@ -34,4 +34,7 @@ ALTER TABLE usp_notifications ENABLE ROW LEVEL SECURITY;
 ALTER TABLE usp_notifications FORCE ROW LEVEL SECURITY;
 CREATE POLICY usp_notifications_tenant ON usp_notifications
     USING (tenant_id = current_setting('app.tenant_id', true));
+-- The platform scope prunes every tenant's old notifications.
+CREATE POLICY usp_notifications_platform ON usp_notifications
+    USING (current_setting('app.platform', true) = 'on');
 GRANT SELECT, INSERT, UPDATE, DELETE ON usp_subscriptions, usp_notifications TO rdm_app;
