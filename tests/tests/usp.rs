@@ -961,6 +961,41 @@ async fn an_mqtt_3_1_1_agent(mesh: TestMesh) {
     );
 }
 
+/// Nobody signs in on the WebSocket port: what strangers may hold there
+/// is bounded (here one connection); one more is closed at once, and the
+/// room comes back when a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_connections_are_bounded() {
+    let mesh = TestMesh::start_with(rdm_tests::Store::Sqlite, |s| {
+        s.services = rdm::service_settings(&[
+            "--snmp-trap-listen",
+            "127.0.0.1:0",
+            "--usp-websocket-listen",
+            "127.0.0.1:0",
+            "--usp-websocket-max",
+            "1",
+        ])
+        .unwrap();
+    })
+    .await;
+    let first = raw_socket(&mesh, "os::012345-FIRST", true).await.unwrap();
+    assert!(raw_socket(&mesh, "os::012345-SECOND", true).await.is_err());
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while raw_socket(&mesh, "os::012345-THIRD", true).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the room never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = mesh.metrics_text().await;
+    assert!(
+        metrics.contains("rdm_usp_websockets_refused_total"),
+        "{metrics}"
+    );
+}
+
 on_both_stores!(
     every_request_through_the_gateway,
     an_mqtt_3_1_1_agent,

@@ -68,6 +68,9 @@ pub struct Args {
     /// `rdm serve` unless set.
     #[arg(long, env = "RDM_USP_WEBSOCKET_LISTEN")]
     pub usp_websocket_listen: Option<SocketAddr>,
+    /// The most WebSocket connections (and handshakes) held at once.
+    #[arg(long, env = "RDM_USP_WEBSOCKET_MAX", default_value_t = 20_000)]
+    pub usp_websocket_max: usize,
     /// This replica's gRPC URL as the other replicas reach it
     /// (http://<pod ip>:50058): the agents whose WebSocket it holds are
     /// recorded under it, and requests for them that reach another
@@ -118,7 +121,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let mut listeners = Vec::new();
     if let Some(addr) = listen {
         let local = sockets
-            .listen(addr)
+            .listen(addr, args.usp_websocket_max)
             .await
             .with_context(|| format!("cannot listen for USP agents' WebSockets on {addr}"))?;
         listeners.push(("usp-websocket", local));

@@ -123,17 +123,33 @@ impl Sockets {
         }
     }
 
-    /// Takes agents' connections on `addr`; the address it listens on.
-    pub async fn listen(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    /// Takes agents' connections on `addr`, at most `max` at once (one
+    /// more is closed at once: nobody has signed in on this port); the
+    /// address it listens on.
+    pub async fn listen(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        max: usize,
+    ) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let this = self.clone();
+        let room = Arc::new(tokio::sync::Semaphore::new(max));
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((tcp, peer)) => {
+                        let Ok(permit) = room.clone().try_acquire_owned() else {
+                            metrics::counter!("rdm_usp_websockets_refused_total").increment(1);
+                            tracing::warn!(%peer, max, "USP WebSocket connections are at their limit: one refused");
+                            continue;
+                        };
                         let _ = tcp.set_nodelay(true);
-                        tokio::spawn(this.clone().accept(tcp, peer));
+                        let this = this.clone();
+                        tokio::spawn(async move {
+                            this.accept(tcp, peer).await;
+                            drop(permit);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "USP WebSocket listener cannot accept");
