@@ -91,6 +91,21 @@ impl Notified {
     }
 }
 
+/// Says whether a key is new, to log what strangers send once per sender
+/// rather than once per record (it forgets all after 10,000 keys).
+#[derive(Default)]
+pub struct Once(Mutex<std::collections::HashSet<String>>);
+
+impl Once {
+    pub fn first(&self, key: &str) -> bool {
+        let mut seen = self.0.lock().unwrap();
+        if seen.len() >= 10_000 {
+            seen.clear();
+        }
+        seen.insert(key.to_owned())
+    }
+}
+
 /// The controller's inbox: one per service, shared by every MTP connection.
 pub struct Inbox {
     /// rdm's endpoint id: what Records to it are addressed to.
@@ -103,6 +118,8 @@ pub struct Inbox {
     /// The agents that said they were disconnecting (a DisconnectRecord),
     /// with their reason, until they speak again.
     gone: Mutex<HashMap<String, String>>,
+    /// The agents whose unanswerable records were logged.
+    logged: Once,
 }
 
 /// What became of a received Record.
@@ -125,6 +142,7 @@ impl Inbox {
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
             gone: Mutex::default(),
+            logged: Once::default(),
         }
     }
 
@@ -218,11 +236,15 @@ impl Inbox {
                         let _ = tx.send(msg);
                         Delivered::Taken
                     }
+                    None if !self.logged.first(&key.0) => {
+                        self.count_dropped("unanswered");
+                        Delivered::Dropped
+                    }
                     None => {
                         drop(
                             "unanswered",
                             &format!(
-                                "msg {:?} from {:?} answers no request (late or unknown)",
+                                "msg {:?} from {:?} answers no request (late or unknown; said once per agent)",
                                 key.1, key.0
                             ),
                         );

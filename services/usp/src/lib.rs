@@ -99,6 +99,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         db,
         retention: Duration::from_secs(u64::from(args.usp_notification_retention_minutes) * 60),
         stored: tokio::sync::watch::channel(0).0,
+        logged: Default::default(),
     });
     let (inbound, received) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(notifications.clone().run(received));

@@ -22,6 +22,8 @@ pub struct Notifications {
     pub retention: Duration,
     /// Moves each time this replica stores one.
     pub stored: watch::Sender<u64>,
+    /// The agents whose Notify for no subscription was logged.
+    pub logged: crate::inbox::Once,
 }
 
 /// A new subscription ID for `tenant_id` (at most 57 characters: TR-181's
@@ -73,7 +75,9 @@ impl Notifications {
                 Ok(false) => {
                     metrics::counter!("rdm_usp_records_dropped_total", "reason" => "unsubscribed")
                         .increment(1);
-                    tracing::info!(agent = %n.from, subscription = %n.notify.subscription_id, "a Notify for no subscription of this agent's: dropped");
+                    if self.logged.first(&n.from) {
+                        tracing::info!(agent = %n.from, subscription = %n.notify.subscription_id, "a Notify for no subscription of this agent's: dropped (said once per agent)");
+                    }
                 }
                 // Not answered: an agent with NotifRetry sends it again.
                 Err(e) => {
