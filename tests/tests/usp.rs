@@ -348,6 +348,32 @@ async fn absent_agents_and_other_transports(mesh: TestMesh) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // One whose connection is lost without a goodbye: its broker sends its
+    // Will, a DisconnectRecord, and it is DEVICE_OFFLINE too.
+    let lost = agent().await;
+    let id = device(&mesh, &token, "lost", notifying_endpoint(&lost)).await;
+    let get = json!({"target": {"device_id": id}, "paths": ["Device.DeviceInfo.SerialNumber"]});
+    ok(&mesh, &token, "/v1/usp/get", get.clone()).await;
+    drop(lost);
+    // (A Get sent before the Will arrives waits out the 5 s timeout.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, e) = mesh.post("/v1/usp/get", &token, get.clone()).await;
+        if e["code"] == "DEVICE_OFFLINE" {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                e["detail"].as_str().unwrap().contains("connection lost"),
+                "{e}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {status}: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The seed's "controller" transport: refused, saying how to switch.
     // The device had MQTT settings with a broker password: the PUT without
     // `mqtt` forgets them, the password with them.

@@ -1078,7 +1078,9 @@ impl UspAgent {
 /// requests on `topic` and sending notifications to `controller_topic`;
 /// returns once it is subscribed. Each time it has subscribed it tells its
 /// controller (`controller_id`) with an MQTTConnectRecord, and
-/// [`UspAgent::shut_down`] with a DisconnectRecord.
+/// [`UspAgent::shut_down`] with a DisconnectRecord; its MQTT Will (sent by
+/// the broker when the connection is lost without a DISCONNECT) is a
+/// DisconnectRecord too, as a deployment may configure it.
 pub async fn start(
     host: &str,
     port: u16,
@@ -1101,6 +1103,20 @@ pub async fn start(
         user_properties: vec![("usp-endpoint-id".into(), endpoint_id.to_owned())],
         ..ConnectProperties::new()
     });
+    let will = agent.mtp_record(
+        controller_id,
+        rec::record::RecordType::Disconnect(rec::DisconnectRecord {
+            reason: "connection lost".into(),
+            reason_code: 0,
+        }),
+    );
+    options.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+        controller_topic,
+        will,
+        QoS::AtLeastOnce,
+        false,
+        None,
+    ));
     let (client, mut events) = AsyncClient::new(options, 64);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (agent_topic, to_controller) = (topic.to_owned(), controller_topic.to_owned());
@@ -1151,8 +1167,15 @@ pub async fn start(
                         let _ = tx.send(());
                     }
                 }
-                // The broker took the goodbye (the only publish after it).
+                // The broker took the goodbye (the only publish after it):
+                // a clean DISCONNECT, so the broker drops the Will.
                 Ok(Event::Incoming(Packet::PubAck(_))) if said.is_some() => {
+                    let _ = client.disconnect().await;
+                    while let Ok(event) = events.poll().await {
+                        if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                            break;
+                        }
+                    }
                     if let Some(tx) = said.take() {
                         let _ = tx.send(());
                     }
