@@ -903,6 +903,20 @@ async fn every_request_over_websocket(mesh: TestMesh) {
         "endpoint_id": "os::012345-REFUSED", "websocket_url": closed_url, "timeout_ms": 60000}),
     )
     .await;
+    // A subscription the agent never took is not kept.
+    let (status, e) = mesh
+        .post(
+            "/v1/usp/subscriptions",
+            &token,
+            json!({"target": {"device_id": absent},
+            "notif_type": "ValueChange", "reference_list": ["Device."]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    let (_, listed) = mesh
+        .get(&format!("/v1/usp/subscriptions?device_id={absent}"), &token)
+        .await;
+    assert_eq!(listed["subscriptions"], json!([]), "{listed}");
     for id in [absent, refused] {
         let (status, e) = mesh
             .post(

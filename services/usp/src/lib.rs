@@ -621,7 +621,7 @@ impl Usp {
     /// rules (a 400 naming the field), `body` sent to the target's agent,
     /// and `pick` taking the response it should answer with (anything else
     /// is DEVICE_ERROR).
-    async fn relay<T: prost::Message, Out>(
+    async fn one<T: prost::Message, Out>(
         &self,
         req: &Request<T>,
         message: &str,
@@ -683,7 +683,7 @@ impl UspService for Usp {
             param_paths: r.paths.clone(),
             max_depth: r.max_depth,
         });
-        self.relay(&req, "GetRequest", r.target.as_ref(), body, |a| match a {
+        self.one(&req, "GetRequest", r.target.as_ref(), body, |a| match a {
             R::GetResp(g) => Some(pb::GetResponse {
                 req_path_results: g.req_path_results,
             }),
@@ -710,7 +710,7 @@ impl UspService for Usp {
             allow_partial: r.allow_partial,
             update_objs: r.update_objs.clone(),
         });
-        self.relay(&req, "SetRequest", r.target.as_ref(), body, |a| match a {
+        self.one(&req, "SetRequest", r.target.as_ref(), body, |a| match a {
             R::SetResp(s) => Some(pb::SetResponse {
                 updated_obj_results: s.updated_obj_results,
             }),
@@ -725,7 +725,7 @@ impl UspService for Usp {
             allow_partial: r.allow_partial,
             create_objs: r.create_objs.clone(),
         });
-        self.relay(&req, "AddRequest", r.target.as_ref(), body, |a| match a {
+        self.one(&req, "AddRequest", r.target.as_ref(), body, |a| match a {
             R::AddResp(s) => Some(pb::AddResponse {
                 created_obj_results: s.created_obj_results,
             }),
@@ -743,7 +743,7 @@ impl UspService for Usp {
             allow_partial: r.allow_partial,
             obj_paths: r.obj_paths.clone(),
         });
-        self.relay(
+        self.one(
             &req,
             "DeleteRequest",
             r.target.as_ref(),
@@ -770,7 +770,7 @@ impl UspService for Usp {
             send_resp: true,
             input_args: r.input_args.clone(),
         });
-        self.relay(
+        self.one(
             &req,
             "OperateRequest",
             r.target.as_ref(),
@@ -799,7 +799,7 @@ impl UspService for Usp {
             return_unique_key_sets: r.return_unique_key_sets,
         });
         let message = "GetSupportedDMRequest";
-        self.relay(&req, message, r.target.as_ref(), body, |a| match a {
+        self.one(&req, message, r.target.as_ref(), body, |a| match a {
             R::GetSupportedDmResp(s) => Some(pb::GetSupportedDmResponse {
                 req_obj_results: s.req_obj_results,
             }),
@@ -818,7 +818,7 @@ impl UspService for Usp {
             first_level_only: r.first_level_only,
         });
         let message = "GetInstancesRequest";
-        self.relay(&req, message, r.target.as_ref(), body, |a| match a {
+        self.one(&req, message, r.target.as_ref(), body, |a| match a {
             R::GetInstancesResp(s) => Some(pb::GetInstancesResponse {
                 req_path_results: s.req_path_results,
             }),
@@ -836,7 +836,7 @@ impl UspService for Usp {
             controller_supported_protocol_versions: "1.3,1.4".into(),
         });
         let message = "GetSupportedProtocolRequest";
-        self.relay(&req, message, r.target.as_ref(), body, |a| match a {
+        self.one(&req, message, r.target.as_ref(), body, |a| match a {
             R::GetSupportedProtocolResp(s) => Some(pb::GetSupportedProtocolResponse {
                 agent_supported_protocol_versions: s.agent_supported_protocol_versions,
             }),
@@ -869,19 +869,16 @@ impl UspService for Usp {
             store::put_subscription(&mut tx, &p.tenant_id, &sub, now).await?;
             tx.commit().await?;
             let made = self.0.add_subscription(&agent, &sub, r.persistent).await;
+            // The instance it got, or (not made) no row left behind.
             let mut tx = self.0.tx(p, true).await?;
-            match made {
-                Ok(path) => {
-                    store::set_obj_path(&mut tx, &p.tenant_id, &sub.id, &path).await?;
-                    sub.obj_path = path;
-                }
-                Err(e) => {
+            match &made {
+                Ok(path) => store::set_obj_path(&mut tx, &p.tenant_id, &sub.id, path).await?,
+                Err(_) => {
                     store::delete_subscription(&mut tx, &p.tenant_id, &sub.id).await?;
-                    tx.commit().await?;
-                    return Err(e);
                 }
             }
             tx.commit().await?;
+            sub.obj_path = made?;
             Ok(pb::SubscribeResponse {
                 subscription: Some(sub),
             })
