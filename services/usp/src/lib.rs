@@ -1,9 +1,11 @@
 //! rdm's USP service: rdm as a USP (TR-369) controller. Each request is a
-//! USP Msg in a Record sent over the MQTT 5 MTP to the agent a device's
-//! `usp` endpoint names, through a connection per distinct broker (vetted
-//! by the address policy, shared by every agent on it); the reply's body
-//! comes back in USP's own structures. Subscriptions made through rdm
-//! bring notifications, kept per tenant in the database
+//! USP Msg in a Record sent to the agent a device's `usp` endpoint names:
+//! over MQTT ([`mqtt`]), through a connection per distinct broker (vetted
+//! by the address policy, shared by every agent on it), or over the
+//! agent's WebSocket ([`websocket`]), held by this replica or relayed to
+//! the one holding it. What comes back goes through one [`inbox`]: the
+//! reply's body in USP's own structures, and the notifications of the
+//! subscriptions made through rdm, kept per tenant in the database
 //! ([`notifications`]).
 pub mod inbox;
 pub mod mqtt;
@@ -72,7 +74,7 @@ pub struct Args {
     #[arg(long, env = "RDM_USP_WEBSOCKET_MAX", default_value_t = 20_000)]
     pub usp_websocket_max: usize,
     /// This replica's gRPC URL as the other replicas reach it
-    /// (http://<pod ip>:50058): the agents whose WebSocket it holds are
+    /// (`http://<pod ip>:50058`): the agents whose WebSocket it holds are
     /// recorded under it, and requests for them that reach another
     /// replica are relayed here. Default: the listener's address, when it
     /// is a specific one.
