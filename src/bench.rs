@@ -381,12 +381,7 @@ struct DemoMesh {
 async fn demo_mesh(mut settings: Settings, http: &reqwest::Client) -> anyhow::Result<DemoMesh> {
     let dir = tempfile::tempdir()?;
     settings.inventory.admin_password = Some("bench-admin-password".into());
-    settings.services = crate::service_settings(&[
-        "--snmp-trap-listen",
-        "127.0.0.1:0",
-        "--usp-websocket-listen",
-        "127.0.0.1:0",
-    ])?;
+    settings.services = crate::service_settings(&crate::EPHEMERAL_SERVICE_LISTENERS)?;
     let (trigger, shutdown) = Shutdown::new();
     let options = UpOptions {
         data_dir: dir.path().to_owned(),
@@ -515,15 +510,12 @@ async fn start_to_ready(
             &format!("127.0.0.1:{port}"),
             "--inventory-listen",
             "127.0.0.1:0",
-            "--snmp-trap-listen",
-            "127.0.0.1:0",
-            "--usp-websocket-listen",
-            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(crate::EPHEMERAL_SERVICE_LISTENERS)
         .env("RDM_ADMIN_PASSWORD", "bench-admin-password")
         .env("RDM_LOG", "warn")
         .env("RDM_SHUTDOWN_DELAY_MS", "0")
@@ -1248,7 +1240,6 @@ const FIVE_NAMES: [&str; 5] = [
     "Device.WiFi.SSID.1.Enable",
 ];
 
-/// A device of the demo tenant with `endpoint` as its `protocol` endpoint.
 async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyhow::Result<()> {
     use rdm_sims::usp_agent;
     use rdm_usp::{mqtt, record};
@@ -1425,6 +1416,7 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
     Ok(())
 }
 
+/// A device of the demo tenant with `endpoint` as its `protocol` endpoint.
 async fn device_with(
     http: &reqwest::Client,
     base: &str,

@@ -250,6 +250,15 @@ pub fn with_service_args(command: clap::Command) -> clap::Command {
     SERVICES.iter().fold(command, |c, s| s.args(c))
 }
 
+/// The services' own listeners on port 0, as flags for [`service_settings`]
+/// or `rdm up`: what tests and benchmarks start with, so they never collide.
+pub const EPHEMERAL_SERVICE_LISTENERS: [&str; 4] = [
+    "--snmp-trap-listen",
+    "127.0.0.1:0",
+    "--usp-websocket-listen",
+    "127.0.0.1:0",
+];
+
 /// The registered services' settings from flags as typed on the command
 /// line (`["--snmp-trap-listen", "127.0.0.1:0"]`) and `RDM_*` variables.
 pub fn service_settings<S: AsRef<str>>(flags: &[S]) -> anyhow::Result<clap::ArgMatches> {

@@ -125,13 +125,8 @@ impl TestMesh {
             Store::Postgres => Some(PgDatabase::create().await),
         };
         let mut settings = Settings {
-            services: rdm::service_settings(&[
-                "--snmp-trap-listen",
-                "127.0.0.1:0",
-                "--usp-websocket-listen",
-                "127.0.0.1:0",
-            ])
-            .expect("service flags parse"),
+            services: rdm::service_settings(&rdm::EPHEMERAL_SERVICE_LISTENERS)
+                .expect("service flags parse"),
             ..Settings::default()
         };
         settings.inventory.admin_password = Some(ADMIN_PASSWORD.into());
@@ -485,15 +480,12 @@ impl Process {
             "127.0.0.1:0",
             "--inventory-listen",
             "127.0.0.1:0",
-            "--snmp-trap-listen",
-            "127.0.0.1:0",
-            "--usp-websocket-listen",
-            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--data-dir",
             dir,
         ];
+        args.extend_from_slice(&rdm::EPHEMERAL_SERVICE_LISTENERS);
         args.extend_from_slice(extra);
         Self::start(&args, env).await
     }

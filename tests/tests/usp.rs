@@ -34,6 +34,21 @@ async fn device(mesh: &TestMesh, token: &str, name: &str, endpoint: Value) -> St
         .await
 }
 
+/// A Get of `Device.` from device `id`'s agent that fails with `status`
+/// and `code`; the problem.
+async fn get_fails(
+    mesh: &TestMesh,
+    token: &str,
+    id: &str,
+    status: StatusCode,
+    code: &str,
+) -> Value {
+    let get = json!({"target": {"device_id": id}, "paths": ["Device."]});
+    let (got, e) = mesh.post("/v1/usp/get", token, get).await;
+    assert_eq!((got, e["code"].as_str()), (status, Some(code)), "{e}");
+    e
+}
+
 async fn ok(mesh: &TestMesh, token: &str, path: &str, body: Value) -> Value {
     let (status, reply) = mesh.post(path, token, body).await;
     assert_eq!(status, StatusCode::OK, "{path}: {reply}");
@@ -295,18 +310,14 @@ async fn absent_agents_and_other_transports(mesh: TestMesh) {
         mqtt_endpoint("os::012345-GONE", "usp/agent/gone", 300),
     )
     .await;
-    let (status, e) = mesh
-        .post(
-            "/v1/usp/get",
-            &token,
-            json!({"target": {"device_id": nobody}, "paths": ["Device."]}),
-        )
-        .await;
-    assert_eq!(
-        (status, &e["code"]),
-        (StatusCode::GATEWAY_TIMEOUT, &json!("DEVICE_TIMEOUT")),
-        "{e}"
-    );
+    get_fails(
+        &mesh,
+        &token,
+        &nobody,
+        StatusCode::GATEWAY_TIMEOUT,
+        "DEVICE_TIMEOUT",
+    )
+    .await;
     // An agent that says it is disconnecting (a DisconnectRecord) is 503
     // DEVICE_OFFLINE at once, not after its 60 s timeout; back (its
     // MQTTConnectRecord), it answers again.
@@ -322,12 +333,8 @@ async fn absent_agents_and_other_transports(mesh: TestMesh) {
         leaving.controller_topic.clone(),
     );
     leaving.shut_down().await;
-    let (status, e) = mesh.post("/v1/usp/get", &token, get.clone()).await;
-    assert_eq!(
-        (status, &e["code"]),
-        (StatusCode::SERVICE_UNAVAILABLE, &json!("DEVICE_OFFLINE")),
-        "{e}"
-    );
+    let offline = StatusCode::SERVICE_UNAVAILABLE;
+    let e = get_fails(&mesh, &token, &id, offline, "DEVICE_OFFLINE").await;
     assert!(
         e["detail"].as_str().unwrap().contains("disconnecting"),
         "{e}"
@@ -918,18 +925,14 @@ async fn every_request_over_websocket(mesh: TestMesh) {
         .await;
     assert_eq!(listed["subscriptions"], json!([]), "{listed}");
     for id in [absent, refused] {
-        let (status, e) = mesh
-            .post(
-                "/v1/usp/get",
-                &token,
-                json!({"target": {"device_id": id}, "paths": ["Device."]}),
-            )
-            .await;
-        assert_eq!(
-            (status, &e["code"]),
-            (StatusCode::SERVICE_UNAVAILABLE, &json!("DEVICE_OFFLINE")),
-            "{e}"
-        );
+        get_fails(
+            &mesh,
+            &token,
+            &id,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DEVICE_OFFLINE",
+        )
+        .await;
     }
 
     // Without the subprotocol the handshake is refused; a frame that is not
@@ -1007,15 +1010,11 @@ async fn an_mqtt_3_1_1_agent(mesh: TestMesh) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_connections_are_bounded() {
     let mesh = TestMesh::start_with(rdm_tests::Store::Sqlite, |s| {
-        s.services = rdm::service_settings(&[
-            "--snmp-trap-listen",
-            "127.0.0.1:0",
-            "--usp-websocket-listen",
-            "127.0.0.1:0",
-            "--usp-websocket-max",
-            "1",
-        ])
-        .unwrap();
+        let flags = [
+            &rdm::EPHEMERAL_SERVICE_LISTENERS[..],
+            &["--usp-websocket-max", "1"],
+        ];
+        s.services = rdm::service_settings(&flags.concat()).unwrap();
     })
     .await;
     let first = raw_socket(&mesh, "os::012345-FIRST", true).await.unwrap();
