@@ -91,7 +91,7 @@ pub fn router(
     let access = AccessTable::from_pool(pool);
     let exposed = |rpc: &prost_reflect::MethodDescriptor| {
         let path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
-        !matches!(access.get(&path), Some(Access::Internal))
+        !access.get(&path).is_some_and(Access::internal)
     };
     let bindings = routes::bindings(pool, exposed).map_err(anyhow::Error::msg)?;
     let openapi = serde_json::to_string_pretty(&openapi::document())?;
@@ -237,7 +237,7 @@ async fn proxy(gw: &Gateway, mut req: Request) -> Response {
             format!("unknown method {path}"),
         ));
     };
-    if *access == Access::Internal {
+    if access.internal() {
         return grpc_error(Error::new(
             ErrorCode::Unimplemented,
             format!("unknown method {path}"),

@@ -107,7 +107,7 @@ pub fn document() -> Value {
     let bindings = routes::bindings(pool, |_| true).unwrap_or_default();
     let bindings: Vec<Binding> = bindings
         .into_iter()
-        .filter(|b| !matches!(access.get(&grpc_path(b)), Some(Access::Internal)))
+        .filter(|b| !access.get(&grpc_path(b)).is_some_and(Access::internal))
         .collect();
 
     let mut schemas = BTreeMap::new();

@@ -1035,6 +1035,239 @@ async fn websocket_connections_are_bounded() {
     );
 }
 
+/// Waits (up to 10 s) for `agent` to get the NotifyResp to its
+/// OnBoardRequest (no subscription id); whether it did.
+async fn welcomed(agent: &UspAgent, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if agent.acknowledged().iter().any(String::is_empty) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The tenant's devices with the label `onboarded=usp`, by name.
+async fn onboarded(mesh: &TestMesh, token: &str) -> Vec<Value> {
+    let (status, list) = mesh
+        .get("/v1/devices?label_selector=onboarded%3Dusp", token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["devices"].as_array().cloned().unwrap_or_default()
+}
+
+/// Auto-registration: an admin turns it on and gets a secret topic and
+/// path; agents announcing themselves there (OnBoardRequest) become devices
+/// of that tenant only, made as that admin, and answer requests at once,
+/// over MQTT (on rdm's own broker) and WebSocket. A wrong secret, or an
+/// admin demoted since, registers nothing.
+async fn agents_register_themselves(mesh: TestMesh) {
+    let (_, alice) = mesh.tenant_with_admin("usp-onboard").await;
+    let (_, other) = mesh.tenant_with_admin("usp-onboard-b").await;
+    let (status, e) = mesh.get("/v1/usp/auto-registration", &alice).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NOT_FOUND")),
+        "{e}"
+    );
+    let put = |label: &str| json!({"label": label});
+    let (status, e) = mesh
+        .call(
+            Method::PUT,
+            "/v1/usp/auto-registration",
+            Some(&alice),
+            Some(put("no label")),
+        )
+        .await;
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("label")),
+        "{e}"
+    );
+    // Operators cannot turn it on.
+    let (status, bob) = mesh
+        .post(
+            "/v1/users",
+            &alice,
+            json!({"username": "bob", "password": "pass-word-1", "roles": ["admin"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{bob}");
+    let (status, _) = mesh
+        .post(
+            "/v1/users",
+            &alice,
+            json!({"username": "olga", "password": "pass-word-1", "roles": ["operator"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let olga = mesh.token("usp-onboard", "olga", "pass-word-1").await;
+    let (status, _) = mesh
+        .call(
+            Method::PUT,
+            "/v1/usp/auto-registration",
+            Some(&olga),
+            Some(put("onboarded=usp")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, on) = mesh
+        .call(
+            Method::PUT,
+            "/v1/usp/auto-registration",
+            Some(&alice),
+            Some(put("onboarded=usp")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{on}");
+    let on = &on["auto_registration"];
+    let topic = on["mqtt_topic"].as_str().unwrap().to_owned();
+    let path = on["websocket_path"].as_str().unwrap().to_owned();
+    assert!(topic.starts_with("usp/controller/rdm/onboard/"), "{on}");
+    assert!(path.starts_with("/usp/onboard/"), "{on}");
+    // The secret is shown when made, not after.
+    let (status, shown) = mesh.get("/v1/usp/auto-registration", &alice).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            &shown["auto_registration"]["label"],
+            &shown["auto_registration"]["mqtt_topic"]
+        ),
+        (&json!("onboarded=usp"), &json!("")),
+        "{shown}"
+    );
+
+    // Over MQTT: the agent announces itself on the tenant's topic.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let eid = format!("os::00D09E-{}", &run[..12]);
+    let agent = usp_agent::start_announcing(
+        "127.0.0.1",
+        1883,
+        &eid,
+        &format!("usp/agent/{run}"),
+        &topic,
+        "self::rdm",
+    )
+    .await
+    .expect("the agent subscribes");
+    assert!(
+        welcomed(&agent, Duration::from_secs(10)).await,
+        "no NotifyResp to the OnBoardRequest"
+    );
+    let devices = onboarded(&mesh, &alice).await;
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(
+        (
+            &devices[0]["name"],
+            &devices[0]["model"],
+            &devices[0]["manufacturer"]
+        ),
+        (&json!(eid), &json!("RDM-SIM"), &json!("00D09E")),
+    );
+    answers(&mesh, &alice, json!({"endpoint_id": eid}), &agent).await;
+    // Only for its tenant.
+    assert!(onboarded(&mesh, &other).await.is_empty());
+    let get = json!({"target": {"endpoint_id": eid}, "paths": ["Device."]});
+    let (status, _) = mesh.post("/v1/usp/get", &other, get).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Over WebSocket; announcing again (a reboot, a reconnect) makes no
+    // second device.
+    let url = format!("ws://{}{path}", mesh.usp_websocket);
+    let ws_eid = format!("os::00D09E-ws{}", &run[..10]);
+    for _ in 0..2 {
+        let ws = usp_agent::connect_websocket_announcing(&url, &ws_eid, "self::rdm")
+            .await
+            .expect("the agent connects");
+        assert!(welcomed(&ws, Duration::from_secs(10)).await);
+        answers(&mesh, &alice, json!({"endpoint_id": ws_eid}), &ws).await;
+    }
+    let devices = onboarded(&mesh, &alice).await;
+    assert_eq!(devices.len(), 2, "{devices:?}");
+
+    // A wrong secret registers nothing (and is not answered).
+    let wrong = format!("ws://{}/usp/onboard/{}", mesh.usp_websocket, "0".repeat(32));
+    let stranger =
+        usp_agent::connect_websocket_announcing(&wrong, "os::00D09E-stranger", "self::rdm")
+            .await
+            .expect("the agent connects");
+    assert!(!welcomed(&stranger, Duration::from_millis(1500)).await);
+
+    // Bob turns it on (a new secret); once demoted, his topic registers
+    // nobody: devices are made with the roles their admin has now.
+    let bob_token = mesh.token("usp-onboard", "bob", "pass-word-1").await;
+    let body = json!({"label": "onboarded=usp", "new_secret": true});
+    let (status, on) = mesh
+        .call(
+            Method::PUT,
+            "/v1/usp/auto-registration",
+            Some(&bob_token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{on}");
+    let new_path = on["auto_registration"]["websocket_path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_path, path);
+    let old = usp_agent::connect_websocket_announcing(&url, "os::00D09E-old-secret", "self::rdm")
+        .await
+        .expect("the agent connects");
+    assert!(
+        !welcomed(&old, Duration::from_millis(1500)).await,
+        "the old secret still registers"
+    );
+    let bob_id = bob["id"].as_str().unwrap();
+    let (status, _) = mesh
+        .patch(
+            &format!("/v1/users/{bob_id}"),
+            &alice,
+            json!({"roles": ["operator"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let url = format!("ws://{}{new_path}", mesh.usp_websocket);
+    let late = usp_agent::connect_websocket_announcing(&url, "os::00D09E-late", "self::rdm")
+        .await
+        .expect("the agent connects");
+    assert!(!welcomed(&late, Duration::from_millis(1500)).await);
+    assert_eq!(onboarded(&mesh, &alice).await.len(), 2);
+
+    let (status, _) = mesh.delete("/v1/usp/auto-registration", &alice).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = mesh.get("/v1/usp/auto-registration", &alice).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A test mesh with rdm's own broker (for auto-registration over MQTT).
+async fn with_own_broker(store: rdm_tests::Store) -> TestMesh {
+    TestMesh::start_with(store, |s| {
+        let mut flags = rdm::EPHEMERAL_SERVICE_LISTENERS.to_vec();
+        flags.extend(["--usp-mqtt-url", "mqtt://127.0.0.1:1883"]);
+        s.services = rdm::service_settings(&flags).expect("service flags parse");
+    })
+    .await
+}
+
+mod auto_registration {
+    use rdm_tests::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::agents_register_themselves(super::with_own_broker(Store::Sqlite).await).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::agents_register_themselves(super::with_own_broker(Store::Postgres).await).await
+    }
+}
+
 on_both_stores!(
     every_request_through_the_gateway,
     an_mqtt_3_1_1_agent,

@@ -328,11 +328,6 @@ mod tests {
                 "auth.password",
             ),
             (
-                "usp",
-                json!({"transport": "mqtt", "endpoint_id": "os::1", "mqtt": {"agent_topic": "a"}}),
-                "mqtt.broker_url",
-            ),
-            (
                 "hg630",
                 json!({"base_url": "http://192.168.1.1"}),
                 "password",

@@ -522,6 +522,14 @@ impl AuthService for Inventory {
         )
     }
 
+    async fn issue_user_token(
+        &self,
+        req: Request<pb::IssueUserTokenRequest>,
+    ) -> Result<Response<pb::IssueUserTokenResponse>, Status> {
+        let p = Principal::of(&req).map_err(err)?;
+        reply(self.user_token(p).await)
+    }
+
     async fn exchange_api_key(
         &self,
         req: Request<pb::ExchangeApiKeyRequest>,

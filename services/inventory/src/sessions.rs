@@ -15,6 +15,9 @@ use rdm_proto::inventory as pb;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+/// How long a token issued for a user a service acts for is valid.
+const SERVICE_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// At most this many revoked sessions a call (the rest come next poll).
 const REVOKED_PAGE: i64 = 10_000;
 
@@ -63,8 +66,25 @@ impl Inventory {
 
     /// An access token for `user` in session `sid`, with `refresh`.
     fn tokens(&self, sid: &str, user: &UserRow, refresh: String) -> Result<pb::LoginResponse> {
+        let ttl = self.config.token_ttl;
+        Ok(pb::LoginResponse {
+            access_token: self.tokens_for(sid, user, ttl)?,
+            token_type: "Bearer".into(),
+            expires_in: ttl.as_secs().try_into().unwrap_or(u32::MAX),
+            refresh_token: refresh,
+            refresh_expires_in: self
+                .config
+                .refresh_ttl
+                .as_secs()
+                .try_into()
+                .unwrap_or(u32::MAX),
+        })
+    }
+
+    /// A signed access token for `user` in session `sid`, valid for `ttl`.
+    fn tokens_for(&self, sid: &str, user: &UserRow, ttl: std::time::Duration) -> Result<String> {
         let now_s = (now_millis() / 1000) as u64;
-        let ttl = self.config.token_ttl.as_secs();
+        let ttl = ttl.as_secs();
         let claims = Claims {
             sub: user.id.clone(),
             tid: user.tenant_id.clone(),
@@ -76,17 +96,31 @@ impl Inventory {
             jti: uuid::Uuid::new_v4().to_string(),
             sid: sid.to_owned(),
         };
-        Ok(pb::LoginResponse {
-            access_token: self.config.signing_key.sign(&claims)?,
-            token_type: "Bearer".into(),
-            expires_in: ttl.try_into().unwrap_or(u32::MAX),
-            refresh_token: refresh,
-            refresh_expires_in: self
-                .config
-                .refresh_ttl
-                .as_secs()
-                .try_into()
-                .unwrap_or(u32::MAX),
+        self.config.signing_key.sign(&claims)
+    }
+
+    /// A one-minute token for `p` (a user a service acts for), with the
+    /// user's roles as they are now; none for a disabled or deleted user.
+    pub(crate) async fn user_token(&self, p: &Principal) -> Result<pb::IssueUserTokenResponse> {
+        let mut tx = self
+            .db()
+            .begin(Scope::Tenant {
+                tenant_id: &p.tenant_id,
+                user_id: &p.user_id,
+            })
+            .await?;
+        let user = crate::store::user_by_id(&mut tx, &p.tenant_id, &p.user_id).await?;
+        let Some(user) = user.filter(|u| u.disabled == 0) else {
+            return Err(Error::permission_denied(format!(
+                "user {} of tenant {} is disabled or deleted: nothing runs for them",
+                p.user_id, p.tenant_id
+            )));
+        };
+        let sid = format!("service-{}", uuid::Uuid::new_v4());
+        let token = self.tokens_for(&sid, &user, SERVICE_TOKEN_TTL)?;
+        Ok(pb::IssueUserTokenResponse {
+            access_token: token,
+            expires_in: SERVICE_TOKEN_TTL.as_secs() as u32,
         })
     }
 

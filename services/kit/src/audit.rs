@@ -211,7 +211,7 @@ fn changing_method(path: &str) -> Option<MethodDescriptor> {
     static ACCESS: std::sync::LazyLock<crate::auth::AccessTable> = std::sync::LazyLock::new(|| {
         crate::auth::AccessTable::from_pool(rdm_proto::descriptor_pool())
     });
-    if ACCESS.get(path) == Some(&crate::auth::Access::Internal) {
+    if ACCESS.get(path).is_some_and(crate::auth::Access::internal) {
         return None;
     }
     let (service, method) = path.trim_start_matches('/').split_once('/')?;

@@ -95,6 +95,18 @@ impl Principal {
         &self.token
     }
 
+    /// The user a service's actor token names, for a call of the service's
+    /// own (no roles, no token: the handler decides what the user may do).
+    pub fn acted(actor: ActorClaims) -> Self {
+        Self {
+            user_id: actor.act,
+            tenant_id: actor.tid,
+            roles: Vec::new(),
+            session_id: String::new(),
+            token: Arc::from(""),
+        }
+    }
+
     /// The principal a handler runs for; the auth layer put it there.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<&Principal> {
         request
@@ -602,20 +614,22 @@ fn actor_policy() -> TokenPolicy {
 impl SigningKey {
     /// An actor token: this service (`service`) acting for `caller`.
     pub fn actor_token(&self, service: &str, caller: &Principal) -> Result<String> {
+        self.actor_token_for(service, &caller.tenant_id, &caller.user_id)
+    }
+
+    /// An actor token: this service (`service`) acting for user `user_id`
+    /// of tenant `tenant_id`.
+    pub fn actor_token_for(&self, service: &str, tenant_id: &str, user_id: &str) -> Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
-        let who = (
-            service.to_owned(),
-            caller.tenant_id.clone(),
-            caller.user_id.clone(),
-        );
+        let who = (service.to_owned(), tenant_id.to_owned(), user_id.to_owned());
         if let Some(token) = self.actors.get(&who, now + ACTOR_TTL / 2) {
             return Ok(token);
         }
         let policy = actor_policy();
         let claims = ActorClaims {
             sub: service.to_owned(),
-            tid: caller.tenant_id.clone(),
-            act: caller.user_id.clone(),
+            tid: tenant_id.to_owned(),
+            act: user_id.to_owned(),
             iat: now,
             exp: now + ACTOR_TTL,
             iss: policy.issuer,
@@ -668,6 +682,10 @@ impl ActorVerifier {
     }
 }
 
+fn service_only() -> Error {
+    Error::permission_denied("this call is a service's own: only a service of the mesh may make it")
+}
+
 /// The token of an `Authorization: Bearer <token>` header; the scheme is
 /// matched case-insensitively (RFC 6750 / RFC 9110).
 pub fn bearer_token(header: &str) -> Option<&str> {
@@ -683,13 +701,21 @@ pub enum Access {
     Role(Role),
     /// Only for a service acting for a caller (never through the gateway).
     Internal,
+    /// Only for a service acting on its own for the user its actor token
+    /// names, who is not calling (never through the gateway).
+    Service,
     /// No rule, or one that does not parse: nobody may call it.
     Denied,
 }
 
 impl Access {
-    /// The rule of one method. Exactly one of `public`, `role` and
-    /// `internal` must be set; anything else fails closed.
+    /// Calls between services only: the gateway neither routes nor lists them.
+    pub fn internal(&self) -> bool {
+        matches!(self, Access::Internal | Access::Service)
+    }
+
+    /// The rule of one method. Exactly one of `public`, `role`, `internal`
+    /// and `service` must be set; anything else fails closed.
     fn of(method: &prost_reflect::MethodDescriptor, ext: Option<&ExtensionDescriptor>) -> Self {
         let Some(ext) = ext.filter(|ext| method.options().has_extension(ext)) else {
             return Access::Denied;
@@ -708,10 +734,11 @@ impl Access {
         let role = rule
             .get_field_by_name("role")
             .and_then(|v| v.as_enum_number());
-        match (set("public"), set("internal"), set("role")) {
-            (true, false, false) => Access::Public,
-            (false, true, false) => Access::Internal,
-            (false, false, true) => match role {
+        match (set("public"), set("internal"), set("role"), set("service")) {
+            (true, false, false, false) => Access::Public,
+            (false, true, false, false) => Access::Internal,
+            (false, false, false, true) => Access::Service,
+            (false, false, true, false) => match role {
                 Some(1) => Access::Role(Role::Viewer),
                 Some(2) => Access::Role(Role::Operator),
                 Some(3) => Access::Role(Role::Admin),
@@ -771,6 +798,12 @@ impl AccessTable {
                     "this call has no valid access rule: nobody may make it",
                 ));
             }
+            Access::Service => {
+                let (actors, Some(actor)) = actors.ok_or_else(service_only)? else {
+                    return Err(service_only());
+                };
+                return Ok(Some(Principal::acted(actors.verify(actor)?)));
+            }
             _ => {}
         }
         let token = authorization
@@ -800,7 +833,7 @@ impl AccessTable {
                 }
                 Ok(Some(principal))
             }
-            Access::Public | Access::Denied => unreachable!("handled above"),
+            Access::Public | Access::Denied | Access::Service => unreachable!("handled above"),
         }
     }
 }

@@ -43,6 +43,23 @@ impl Forward {
         })
     }
 
+    /// As `service` acting on its own for user `user_id` of `tenant_id`,
+    /// with no token of the user's (for the inventory's `service` RPCs).
+    pub fn service(
+        service: &str,
+        key: &SigningKey,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Self> {
+        Ok(Self {
+            actor: key
+                .actor_token_for(service, tenant_id, user_id)?
+                .parse()
+                .ok(),
+            ..Self::new(None, None)
+        })
+    }
+
     /// For the handler of `request`: its principal and trace context.
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
         Self::new(request.extensions().get(), request.extensions().get())

@@ -75,6 +75,30 @@ impl Inventory {
         }
     }
 
+    /// User `user_id` of `tenant_id` as a caller, with the roles they have
+    /// now (a one-minute token the inventory issues to this service), for
+    /// work done for a user who is not calling.
+    pub async fn user(
+        &self,
+        verifier: &crate::auth::Verifier,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Principal> {
+        let forward = Forward::service(self.protocol, &self.service_key, tenant_id, user_id)?;
+        let mut client =
+            rdm_proto::inventory::auth_service_client::AuthServiceClient::with_interceptor(
+                self.backend.clone(),
+                forward,
+            );
+        let token = client
+            .issue_user_token(inv::IssueUserTokenRequest {})
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner()
+            .access_token;
+        verifier.verify(&token)
+    }
+
     /// Many devices of `p`'s tenant, the inventory's answer for each, in
     /// order: one call per thousand.
     pub async fn resolve_devices(

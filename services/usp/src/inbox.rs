@@ -34,6 +34,8 @@ pub enum Back {
     Mqtt {
         client: rumqttc::v5::AsyncClient,
         topic: Option<String>,
+        /// The agent speaks MQTT 3.1.1 (its reply topic came in the topic name).
+        v311: bool,
     },
     /// Send on the agent's WebSocket connection.
     Socket(mpsc::Sender<Vec<u8>>),
@@ -42,7 +44,7 @@ pub enum Back {
 impl Back {
     pub async fn send(&self, record: Vec<u8>) -> Result<(), String> {
         match self {
-            Back::Mqtt { client, topic } => {
+            Back::Mqtt { client, topic, .. } => {
                 let topic = topic.as_deref().ok_or("the agent gave no Response Topic")?;
                 crate::mqtt::publish(client, topic, record, None)
                     .await
@@ -61,11 +63,24 @@ pub struct Notified {
     pub from: String,
     pub msg_id: String,
     pub notify: msg::Notify,
+    /// The onboarding secret of the topic or path it came on, if any.
+    pub onboarding: Option<String>,
     back: Back,
     endpoint_id: String,
 }
 
 impl Notified {
+    /// The MTP it came over, as a usp endpoint for its agent would say.
+    pub fn came(&self) -> crate::onboarding::Came {
+        match &self.back {
+            Back::Mqtt { topic, v311, .. } => crate::onboarding::Came::Mqtt {
+                topic: topic.clone(),
+                v311: *v311,
+            },
+            Back::Socket(_) => crate::onboarding::Came::WebSocket,
+        }
+    }
+
     /// Sends the agent its NotifyResp (when the Notify asked for one).
     pub async fn answer(&self) {
         if !self.notify.send_resp {
@@ -194,8 +209,9 @@ impl Inbox {
     }
 
     /// Hands a received Record's Msg to the request it answers, or a
-    /// Notify to the service (with `back`, the way to answer it).
-    pub fn deliver(&self, payload: &[u8], back: Back) -> Delivered {
+    /// Notify to the service (with `back`, the way to answer it, and the
+    /// `onboarding` secret of the topic or path it came on).
+    pub fn deliver(&self, payload: &[u8], back: Back, onboarding: Option<&str>) -> Delivered {
         let drop = |reason: &'static str, why: &dyn std::fmt::Display| {
             self.count_dropped(reason);
             tracing::info!(reason = %why, "USP record dropped");
@@ -220,6 +236,7 @@ impl Inbox {
                         from,
                         msg_id,
                         notify: notify.clone(),
+                        onboarding: onboarding.map(str::to_owned),
                         back,
                         endpoint_id: self.endpoint_id.clone(),
                     };

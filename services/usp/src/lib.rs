@@ -10,6 +10,7 @@
 pub mod inbox;
 pub mod mqtt;
 pub mod notifications;
+pub mod onboarding;
 pub mod record;
 pub mod store;
 pub mod websocket;
@@ -65,6 +66,13 @@ pub struct Args {
         default_value = "usp/controller/rdm"
     )]
     pub usp_controller_topic: String,
+    /// rdm's own MQTT broker (mqtt://host:port): connected at start, where
+    /// agents of tenants with auto-registration announce themselves, and
+    /// the broker of every usp endpoint that names none (the devices made
+    /// for such agents). The operator's, not a tenant's: the address policy
+    /// does not vet it.
+    #[arg(long, env = "RDM_USP_MQTT_URL")]
+    pub usp_mqtt_url: Option<String>,
     /// The TCP address agents connect to over WebSocket (`GET /usp?eid=`,
     /// subprotocol v1.usp); `rdm up` default 127.0.0.1:10180, none under
     /// `rdm serve` unless set.
@@ -97,11 +105,20 @@ pub const SERVICE: Spec<Args> = Spec::new("usp", "rdm.usp.v1", 50058, |args, con
 
 async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
     let db = Database::migrated(&context, "usp", &store::MIGRATIONS).await?;
+    let onboarding = onboarding::Onboarding {
+        db: db.clone(),
+        inventory: context.resolver(DOMAIN),
+        verifier: context.verifier.clone(),
+        own_broker: args.usp_mqtt_url.is_some(),
+        controller_topic: args.usp_controller_topic.clone(),
+        logged: Default::default(),
+    };
     let notifications = Arc::new(Notifications {
         db,
         retention: Duration::from_secs(u64::from(args.usp_notification_retention_minutes) * 60),
         stored: tokio::sync::watch::channel(0).0,
         logged: Default::default(),
+        onboarding,
     });
     let (inbound, received) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(notifications.clone().run(received));
@@ -141,7 +158,16 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         inbox,
         sockets,
         notifications,
+        own_broker: args.usp_mqtt_url,
     }));
+    // rdm's own broker, at once: agents announce themselves there.
+    if usp.0.own_broker.is_some() {
+        let endpoint = UspEndpoint::default();
+        usp.0
+            .broker(&endpoint, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("RDM_USP_MQTT_URL: {e}"))?;
+    }
     // Relay is internal: the actor tokens of this service's other replicas.
     let mut guard = context.guard();
     guard.actors = Some(rdm_kit::auth::ActorVerifier::new(&[context
@@ -179,6 +205,9 @@ struct Controller {
     inbox: Arc<Inbox>,
     sockets: Arc<Sockets>,
     notifications: Arc<Notifications>,
+    /// `RDM_USP_MQTT_URL`: the broker of endpoints that name none (the
+    /// operator's, not a tenant's: the address policy does not vet it).
+    own_broker: Option<String>,
 }
 
 #[derive(Clone)]
@@ -334,7 +363,18 @@ impl Controller {
     async fn broker(&self, endpoint: &UspEndpoint, allowed: &[ipnet::IpNet]) -> Result<Route> {
         let mqtt = endpoint.mqtt.clone().unwrap_or_default();
         let field = "usp.mqtt.broker_url";
-        let (host, port) = host_port(field, mqtt.broker_url(), &[("mqtt", 1883), ("tcp", 1883)])?;
+        let url = match (mqtt.broker_url(), &self.own_broker) {
+            ("", Some(own)) => own.as_str(),
+            ("", None) => {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    "the endpoint names no broker and rdm has none of its own (RDM_USP_MQTT_URL): set usp.mqtt.broker_url",
+                )
+                .with_meta("field", field));
+            }
+            (url, _) => url,
+        };
+        let (host, port) = host_port(field, url, &[("mqtt", 1883), ("tcp", 1883)])?;
         for (field, topic) in [
             ("usp.mqtt.agent_topic", mqtt.agent_topic()),
             ("usp.mqtt.controller_topic", mqtt.controller_topic()),
@@ -346,7 +386,20 @@ impl Controller {
                 ));
             }
         }
-        let addr = self.addresses.resolve(&host, port, allowed).await?;
+        let addr = match mqtt.broker_url() {
+            // rdm's own, as the operator configured it: not a tenant's address.
+            "" => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .ok()
+                .and_then(|mut found| found.next())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::UpstreamUnavailable,
+                        format!("cannot resolve the host of rdm's MQTT broker, {host}"),
+                    )
+                })?,
+            _ => self.addresses.resolve(&host, port, allowed).await?,
+        };
         let key = BrokerKey {
             addr,
             client_id: mqtt.client_id().to_owned(),
@@ -926,6 +979,44 @@ impl UspService for Usp {
                 subscriptions,
                 next_page_token,
             })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn get_auto_registration(
+        &self,
+        req: Request<pb::GetAutoRegistrationRequest>,
+    ) -> Result<Response<pb::GetAutoRegistrationResponse>, Status> {
+        let run = async {
+            let p = Principal::of(&req)?;
+            let auto_registration = Some(self.0.notifications.onboarding.get(p).await?);
+            Ok(pb::GetAutoRegistrationResponse { auto_registration })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn update_auto_registration(
+        &self,
+        req: Request<pb::UpdateAutoRegistrationRequest>,
+    ) -> Result<Response<pb::UpdateAutoRegistrationResponse>, Status> {
+        let run = async {
+            rdm_kit::rules::checked(&req, "rdm.usp.v1.UpdateAutoRegistrationRequest")?;
+            let (p, r) = (Principal::of(&req)?, req.get_ref());
+            let onboarding = &self.0.notifications.onboarding;
+            let auto_registration = Some(onboarding.update(p, &r.label, r.new_secret).await?);
+            Ok(pb::UpdateAutoRegistrationResponse { auto_registration })
+        };
+        run.await.map(Response::new).map_err(err)
+    }
+
+    async fn delete_auto_registration(
+        &self,
+        req: Request<pb::DeleteAutoRegistrationRequest>,
+    ) -> Result<Response<pb::DeleteAutoRegistrationResponse>, Status> {
+        let run = async {
+            let p = Principal::of(&req)?;
+            self.0.notifications.onboarding.delete(p).await?;
+            Ok(pb::DeleteAutoRegistrationResponse {})
         };
         run.await.map(Response::new).map_err(err)
     }

@@ -230,15 +230,17 @@ async fn run(
                     tracing::debug!(?content_type, "not a USP record: dropped");
                     continue;
                 }
-                let topic = p
-                    .properties
-                    .and_then(|p| p.response_topic)
-                    .or_else(|| reply_to(&p.topic));
+                let (topic, v311) = match p.properties.and_then(|p| p.response_topic) {
+                    Some(topic) => (Some(topic), false),
+                    None => (reply_to(&p.topic), true),
+                };
                 let back = Back::Mqtt {
                     client: client.clone(),
                     topic,
+                    v311,
                 };
-                inbox.deliver(&p.payload, back);
+                let name = std::str::from_utf8(&p.topic).unwrap_or_default();
+                inbox.deliver(&p.payload, back, crate::onboarding::secret_in_topic(name));
             }
             Ok(_) => {}
             Err(rumqttc::v5::ConnectionError::RequestsDone) => return,

@@ -24,6 +24,8 @@ pub struct Notifications {
     pub stored: watch::Sender<u64>,
     /// The agents whose Notify for no subscription was logged.
     pub logged: crate::inbox::Once,
+    /// Where agents that are no device yet register themselves.
+    pub onboarding: crate::onboarding::Onboarding,
 }
 
 /// A new subscription ID for `tenant_id` (at most 57 characters: TR-181's
@@ -72,6 +74,15 @@ impl Notifications {
         while let Some(n) = inbound.recv().await {
             match self.receive(&n).await {
                 Ok(true) => n.answer().await,
+                // An agent announcing itself where a tenant registers them.
+                Ok(false)
+                    if match &n.onboarding {
+                        Some(secret) => self.onboarding.register(&n, secret).await,
+                        None => false,
+                    } =>
+                {
+                    n.answer().await
+                }
                 Ok(false) => {
                     metrics::counter!("rdm_usp_records_dropped_total", "reason" => "unsubscribed")
                         .increment(1);

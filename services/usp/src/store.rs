@@ -251,3 +251,70 @@ pub async fn connection(tx: &mut TenantTx, endpoint_id: &str) -> Result<Option<S
             .await?;
     Ok(row.map(|(url,)| url))
 }
+
+/// A tenant's auto-registration: label, the hash of its onboarding secret,
+/// the admin devices are made as, when it changed.
+#[derive(sqlx::FromRow)]
+pub struct AutoRegistrationRow {
+    pub tenant_id: String,
+    pub label: String,
+    pub secret_hash: String,
+    pub user_id: String,
+    pub update_time: i64,
+}
+
+const AUTO_REGISTRATION: &str =
+    "select tenant_id, label, secret_hash, user_id, update_time from usp_auto_registrations";
+
+/// The tenant's auto-registration.
+pub async fn auto_registration(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+) -> Result<Option<AutoRegistrationRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{AUTO_REGISTRATION} where tenant_id = $1"
+    )))
+    .bind(tenant_id)
+    .fetch_optional(tx.conn())
+    .await?)
+}
+
+/// The auto-registration whose secret hashes to `secret_hash` (in the
+/// platform's scope: the secret names the tenant).
+pub async fn auto_registration_by_secret(
+    tx: &mut TenantTx,
+    secret_hash: &str,
+) -> Result<Option<AutoRegistrationRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{AUTO_REGISTRATION} where secret_hash = $1"
+    )))
+    .bind(secret_hash)
+    .fetch_optional(tx.conn())
+    .await?)
+}
+
+/// Makes or replaces the tenant's auto-registration.
+pub async fn put_auto_registration(tx: &mut TenantTx, row: &AutoRegistrationRow) -> Result<()> {
+    sqlx::query(
+        "insert into usp_auto_registrations (tenant_id, label, secret_hash, user_id, update_time) \
+         values ($1, $2, $3, $4, $5) on conflict (tenant_id) do update \
+         set label = $2, secret_hash = $3, user_id = $4, update_time = $5",
+    )
+    .bind(&row.tenant_id)
+    .bind(&row.label)
+    .bind(&row.secret_hash)
+    .bind(&row.user_id)
+    .bind(row.update_time)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Ends the tenant's auto-registration; whether it had one.
+pub async fn delete_auto_registration(tx: &mut TenantTx, tenant_id: &str) -> Result<bool> {
+    let done = sqlx::query("delete from usp_auto_registrations where tenant_id = $1")
+        .bind(tenant_id)
+        .execute(tx.conn())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}

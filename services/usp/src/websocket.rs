@@ -1,12 +1,14 @@
 //! The WebSocket MTP, controller side (TR-369 "WebSocket Binding", in
 //! `proto/third_party/usp/mtp-websocket.md`): agents connect to rdm's
-//! `GET /usp?eid=<endpoint id>` with the `v1.usp` subprotocol, or rdm
+//! `GET /usp?eid=<endpoint id>` with the `v1.usp` subprotocol (new agents
+//! of a tenant with auto-registration: its `/usp/onboard/<secret>`), or rdm
 //! connects to an agent that is a WebSocket server; either way the
 //! connection carries each Record as one binary frame in both directions,
 //! and rdm pings it (RFC 6455) to keep it open. A frame that is not a USP
 //! Record closes the connection with 1003.
 use crate::{
     inbox::{Back, Delivered, Inbox, RequestError},
+    onboarding::WEBSOCKET_PATH,
     record, store,
 };
 use futures::{SinkExt, StreamExt};
@@ -165,6 +167,7 @@ impl Sockets {
     /// subprotocol), then its frames.
     async fn accept(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let mut eid = String::new();
+        let mut onboarding = None;
         // The handshake callback's type is tungstenite's.
         #[allow(clippy::result_large_err)]
         let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -173,8 +176,17 @@ impl Sockets {
                 *e.status_mut() = status;
                 e
             };
-            if req.uri().path() != "/usp" {
-                return Err(refuse(StatusCode::NOT_FOUND, "USP agents connect to /usp"));
+            let path = req.uri().path();
+            if let Some(secret) = path.strip_prefix(WEBSOCKET_PATH) {
+                if secret.is_empty() || secret.len() > 64 {
+                    return Err(refuse(StatusCode::NOT_FOUND, "no such onboarding path"));
+                }
+                onboarding = Some(secret.to_owned());
+            } else if path != "/usp" {
+                return Err(refuse(
+                    StatusCode::NOT_FOUND,
+                    "USP agents connect to /usp (or their tenant's onboarding path)",
+                ));
             }
             eid = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                 .find(|(k, _)| k == "eid")
@@ -203,7 +215,7 @@ impl Sockets {
                 tracing::info!(agent = %eid, %peer, "USP agent connected over WebSocket");
                 let (conn, rx) = self.register(&eid);
                 self.announce(&eid, true).await;
-                self.run(ws, eid, conn, rx).await;
+                self.run(ws, eid, onboarding, conn, rx).await;
             }
             Ok(Err(e)) => tracing::info!(%peer, error = %e, "a WebSocket handshake failed"),
         }
@@ -224,11 +236,13 @@ impl Sockets {
     }
 
     /// Runs a connection until either end closes it: frames in to the
-    /// inbox, Records for the agent out, a ping now and then.
+    /// inbox (with the `onboarding` secret of its path), Records for the
+    /// agent out, a ping now and then.
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         ws: WebSocketStream<S>,
         agent: String,
+        onboarding: Option<String>,
         conn: Conn,
         mut rx: mpsc::Receiver<Vec<u8>>,
     ) {
@@ -240,7 +254,7 @@ impl Sockets {
                 frame = frames.next() => match frame {
                     Some(Ok(Message::Binary(bytes))) => {
                         let back = Back::Socket(conn.tx.clone());
-                        if self.inbox.deliver(&bytes, back) == Delivered::Bad {
+                        if self.inbox.deliver(&bytes, back, onboarding.as_deref()) == Delivered::Bad {
                             break Some("not a USP Record");
                         }
                     }
@@ -360,7 +374,7 @@ impl Sockets {
         let (conn, rx) = self.register(agent);
         let (this, agent) = (self.clone(), agent.to_owned());
         let kept = conn.clone();
-        tokio::spawn(async move { this.run(ws, agent, kept, rx).await });
+        tokio::spawn(async move { this.run(ws, agent, None, kept, rx).await });
         Ok(conn)
     }
 }

@@ -1089,6 +1089,50 @@ pub async fn start(
     controller_topic: &str,
     controller_id: &str,
 ) -> std::io::Result<UspAgent> {
+    start_with(
+        host,
+        port,
+        endpoint_id,
+        topic,
+        controller_topic,
+        controller_id,
+        false,
+    )
+    .await
+}
+
+/// [`start`] for an agent new to its controller: once subscribed it sends
+/// an OnBoardRequest (send_resp set) to `controller_topic`, again each
+/// second until the controller answers it (at most 30 times).
+pub async fn start_announcing(
+    host: &str,
+    port: u16,
+    endpoint_id: &str,
+    topic: &str,
+    controller_topic: &str,
+    controller_id: &str,
+) -> std::io::Result<UspAgent> {
+    start_with(
+        host,
+        port,
+        endpoint_id,
+        topic,
+        controller_topic,
+        controller_id,
+        true,
+    )
+    .await
+}
+
+async fn start_with(
+    host: &str,
+    port: u16,
+    endpoint_id: &str,
+    topic: &str,
+    controller_topic: &str,
+    controller_id: &str,
+    announce: bool,
+) -> std::io::Result<UspAgent> {
     let agent = Agent::new(endpoint_id);
     let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
     // A client id of its own: agents of several runs may share the broker.
@@ -1144,9 +1188,18 @@ pub async fn start(
             };
             client.publish_with_properties(topic, QoS::AtLeastOnce, false, record, properties)
         };
+        let mut again = tokio::time::interval(Duration::from_secs(1));
+        let mut announcements = 0;
         loop {
             let event = tokio::select! {
                 event = events.poll() => event,
+                _ = again.tick(), if announce && ready.is_none() && announcements < 30
+                    && !agent.acknowledged.lock().unwrap().iter().any(String::is_empty) => {
+                    announcements += 1;
+                    let hello = agent.on_board_request(&controller);
+                    let _ = publish(to_controller.clone(), hello, Some(agent_topic.clone())).await;
+                    continue;
+                }
                 Ok(()) = &mut stop_rx, if said.is_none() => {
                     let bye = agent.mtp_record(&controller, disconnect.clone());
                     let _ = publish(to_controller.clone(), bye, None).await;
@@ -1315,6 +1368,24 @@ const SUBPROTOCOL: &str = "v1.usp";
 /// `url` (`ws://host:port/usp`), naming itself in `?eid=`; returns once
 /// connected. Its requests, replies and notifications are binary frames.
 pub async fn connect_websocket(url: &str, endpoint_id: &str) -> std::io::Result<UspAgent> {
+    connect_websocket_with(url, endpoint_id, None).await
+}
+
+/// [`connect_websocket`] for an agent new to its controller
+/// (`controller_id`): its first frame is an OnBoardRequest (send_resp set).
+pub async fn connect_websocket_announcing(
+    url: &str,
+    endpoint_id: &str,
+    controller_id: &str,
+) -> std::io::Result<UspAgent> {
+    connect_websocket_with(url, endpoint_id, Some(controller_id)).await
+}
+
+async fn connect_websocket_with(
+    url: &str,
+    endpoint_id: &str,
+    announce_to: Option<&str>,
+) -> std::io::Result<UspAgent> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let eid: String = url_escape(endpoint_id);
     let mut request = format!("{url}?eid={eid}")
@@ -1323,10 +1394,19 @@ pub async fn connect_websocket(url: &str, endpoint_id: &str) -> std::io::Result<
     request
         .headers_mut()
         .insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(request)
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(std::io::Error::other)?;
     let mut agent = Agent::new(endpoint_id);
+    if let Some(controller) = announce_to {
+        use futures::SinkExt;
+        let hello = agent.on_board_request(controller);
+        ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+            hello.into(),
+        ))
+        .await
+        .map_err(std::io::Error::other)?;
+    }
     let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
     let task = tokio::spawn(async move { agent.over_websocket(ws).await });
     Ok(UspAgent {
@@ -1493,6 +1573,35 @@ impl Agent {
         };
         let msg = msg::Msg::decode(r.payload.as_slice()).ok()?;
         Some((record.from_id, msg))
+    }
+
+    /// An OnBoardRequest Notify for `to` (TR-369: sent with send_resp, and
+    /// no subscription).
+    fn on_board_request(&mut self, to: &str) -> Vec<u8> {
+        self.notified += 1;
+        let serial = self
+            .model
+            .lock()
+            .unwrap()
+            .value("Device.DeviceInfo.SerialNumber")
+            .to_owned();
+        let notify = msg::Notify {
+            subscription_id: String::new(),
+            send_resp: true,
+            notification: Some(msg::notify::Notification::OnBoardReq(
+                msg::notify::OnBoardRequest {
+                    oui: "00D09E".into(),
+                    product_class: "RDM-SIM".into(),
+                    serial_number: serial,
+                    agent_supported_protocol_versions: "1.3,1.4".into(),
+                },
+            )),
+        };
+        let body = msg::body::MsgBody::Request(msg::Request {
+            req_type: Some(msg::request::ReqType::Notify(notify)),
+        });
+        let id = format!("onboard-{}", self.notified);
+        self.record(to, id, msg::header::MsgType::Notify, body)
     }
 
     /// An MTP record (connect, disconnect) for `to`.
