@@ -1364,6 +1364,7 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
             endpoint_id: "self::bench".into(),
             topic: format!("usp/bench/{}/controller", &run[..8]),
             notify_topic: String::new(),
+            tls: None,
         },
         std::sync::Arc::new(rdm_usp::inbox::Inbox::new(
             "self::bench".into(),

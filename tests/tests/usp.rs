@@ -1254,6 +1254,252 @@ async fn with_own_broker(store: rdm_tests::Store) -> TestMesh {
     .await
 }
 
+/// A CA, and certificates it signed, in files for rdm and Mosquitto.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "rdm test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pki = Self {
+            dir: tempfile::tempdir().unwrap(),
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        };
+        std::fs::write(pki.path("ca.pem"), pki.issuer.pem()).unwrap();
+        pki
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// A certificate with `sans` (host names, or `urn:` URIs), in
+    /// `<name>.pem` and `<name>.key`; the certificate and its key.
+    fn issue(
+        &self,
+        name: &str,
+        sans: &[&str],
+    ) -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        for san in sans {
+            params
+                .subject_alt_names
+                .push(match san.strip_prefix("urn:") {
+                    Some(_) => rcgen::SanType::URI(san.to_string().try_into().unwrap()),
+                    None => rcgen::SanType::DnsName(san.to_string().try_into().unwrap()),
+                });
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (cert.der().clone(), der)
+    }
+
+    /// A client trusting this CA, showing `cert` when given.
+    fn client(
+        &self,
+        cert: Option<(
+            rustls::pki_types::CertificateDer<'static>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        )>,
+    ) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        std::sync::Arc::new(match cert {
+            Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).unwrap(),
+            None => builder.with_no_client_auth(),
+        })
+    }
+}
+
+/// A Mosquitto of the test's own: plain MQTT on one port (for the
+/// simulated agents), TLS with the `broker` certificate on another (for
+/// rdm); stopped when dropped.
+struct TlsBroker {
+    plain: u16,
+    tls: u16,
+    _child: tokio::process::Child,
+}
+
+async fn tls_broker(pki: &Pki) -> TlsBroker {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (plain, tls) = (free(), free());
+    let config = format!(
+        "listener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\n",
+        pki.path("ca.pem"),
+        pki.path("broker.pem"),
+        pki.path("broker.key"),
+    );
+    std::fs::write(pki.path("mosquitto.conf"), config).unwrap();
+    let child = tokio::process::Command::new("mosquitto")
+        .args(["-c", &pki.path("mosquitto.conf")])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto runs (./test.sh installs it)");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", tls))
+            .await
+            .is_ok()
+        {
+            return TlsBroker {
+                plain,
+                tls,
+                _child: child,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the TLS Mosquitto did not listen within 5 s");
+}
+
+/// TLS on every MTP: rdm connects to an `mqtts://` broker and a `wss://`
+/// agent, checking their certificates for the URL's host name (the
+/// address connected to is the one the policy vetted); agents connect to
+/// rdm over `wss://` with client certificates, each taken only for the
+/// endpoint id its certificate names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_every_mtp() {
+    let pki = Pki::new();
+    let (server_cert, server_key) = pki.issue("broker", &["localhost"]);
+    let flags = [
+        "--usp-tls-ca-file",
+        &pki.path("ca.pem"),
+        "--usp-websocket-tls-cert",
+        &pki.path("broker.pem"),
+        "--usp-websocket-tls-key",
+        &pki.path("broker.key"),
+        "--usp-websocket-client-ca",
+        &pki.path("ca.pem"),
+    ]
+    .map(str::to_owned);
+    let mesh = TestMesh::start_with(rdm_tests::Store::Sqlite, |s| {
+        let mut all: Vec<String> = rdm::EPHEMERAL_SERVICE_LISTENERS.map(str::to_owned).to_vec();
+        all.extend(flags);
+        s.services = rdm::service_settings(&all).expect("service flags parse");
+    })
+    .await;
+    let (tenant, token) = mesh.tenant_with_admin("usp-tls").await;
+    mesh.allow_targets(&tenant, &["127.0.0.1/32"]).await;
+
+    // mqtts://: the agent on the broker's plain port, rdm on its TLS port.
+    let broker = tls_broker(&pki).await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let eid = format!("os::012345-{}", &run[..12]);
+    let topic = format!("usp/agent/{run}");
+    let agent = usp_agent::start(
+        "127.0.0.1",
+        broker.plain,
+        &eid,
+        &topic,
+        "usp/controller/rdm",
+        "self::rdm",
+    )
+    .await
+    .expect("the agent subscribes");
+    let endpoint = |broker_url: String| {
+        json!({"transport": "mqtt", "endpoint_id": eid, "timeout_ms": 3000,
+        "mqtt": {"broker_url": broker_url, "agent_topic": topic}})
+    };
+    let id = device(
+        &mesh,
+        &token,
+        "tls-mqtt",
+        endpoint(format!("mqtts://localhost:{}", broker.tls)),
+    )
+    .await;
+    answers(&mesh, &token, json!({"device_id": id}), &agent).await;
+    // The same broker by its address: its certificate does not name it.
+    let (status, e) = mesh
+        .call(
+            Method::PUT,
+            &format!("/v1/devices/{id}/endpoints/usp"),
+            Some(&token),
+            Some(endpoint(format!("mqtts://127.0.0.1:{}", broker.tls))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    let e = get_fails(
+        &mesh,
+        &token,
+        &id,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+    )
+    .await;
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("certificate not valid for name"),
+        "{e}"
+    );
+
+    // wss:// to an agent's own server.
+    let ws_eid = format!("os::012345-ws{}", &run[..10]);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert], server_key)
+        .unwrap();
+    let served = usp_agent::serve_websocket_tls(&ws_eid, std::sync::Arc::new(server))
+        .await
+        .unwrap();
+    let endpoint = json!({"transport": "websocket", "endpoint_id": ws_eid, "websocket_url": served.websocket_url});
+    let id = device(&mesh, &token, "tls-ws-server", endpoint).await;
+    answers(&mesh, &token, json!({"device_id": id}), &served).await;
+
+    // wss:// to rdm, with a client certificate naming the agent.
+    let in_eid = format!("os::012345-in{}", &run[..10]);
+    let endpoint = json!({"transport": "websocket", "endpoint_id": in_eid});
+    device(&mesh, &token, "tls-ws-client", endpoint).await;
+    let url = format!("wss://localhost:{}/usp", mesh.usp_websocket.port());
+    let named = pki.issue("agent", &[&format!("urn:bbf:usp:id:{in_eid}")]);
+    let client = pki.client(Some(named));
+    let agent = usp_agent::connect_websocket_tls(&url, &in_eid, client.clone())
+        .await
+        .expect("an agent with its certificate connects");
+    answers(&mesh, &token, json!({"endpoint_id": in_eid}), &agent).await;
+    // Its certificate does not make it another agent, and no certificate
+    // gets nobody in.
+    let e = usp_agent::connect_websocket_tls(&url, &eid, client)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("403"), "{e}");
+    assert!(
+        usp_agent::connect_websocket_tls(&url, &in_eid, pki.client(None))
+            .await
+            .is_err()
+    );
+}
+
 mod auto_registration {
     use rdm_tests::Store;
 

@@ -38,6 +38,7 @@ async fn pair() -> (Broker, usp_agent::UspAgent) {
             endpoint_id,
             topic: format!("usp/controller/{run}"),
             notify_topic: String::new(),
+            tls: None,
         },
         std::sync::Arc::new(inbox),
     );

@@ -13,6 +13,7 @@ pub mod notifications;
 pub mod onboarding;
 pub mod record;
 pub mod store;
+pub mod tls;
 pub mod websocket;
 
 use anyhow::Context as _;
@@ -78,6 +79,35 @@ pub struct Args {
     /// `rdm serve` unless set.
     #[arg(long, env = "RDM_USP_WEBSOCKET_LISTEN")]
     pub usp_websocket_listen: Option<SocketAddr>,
+    /// A PEM file of CAs rdm trusts besides the public ones, for `mqtts://`
+    /// brokers and `wss://` agents.
+    #[arg(long, env = "RDM_USP_TLS_CA_FILE")]
+    pub usp_tls_ca_file: Option<std::path::PathBuf>,
+    /// rdm's certificate chain (PEM) for agents' WebSockets: with it (and
+    /// its key) the listener speaks TLS only (wss://).
+    #[arg(
+        long,
+        env = "RDM_USP_WEBSOCKET_TLS_CERT",
+        requires = "usp_websocket_tls_key"
+    )]
+    pub usp_websocket_tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `RDM_USP_WEBSOCKET_TLS_CERT`.
+    #[arg(
+        long,
+        env = "RDM_USP_WEBSOCKET_TLS_KEY",
+        requires = "usp_websocket_tls_cert"
+    )]
+    pub usp_websocket_tls_key: Option<std::path::PathBuf>,
+    /// The CAs (PEM) of agents' client certificates: with it every agent
+    /// connecting over WebSocket needs one, and is taken only for an
+    /// endpoint id its certificate names (subjectAltName URI
+    /// `urn:bbf:usp:id:<id>`).
+    #[arg(
+        long,
+        env = "RDM_USP_WEBSOCKET_CLIENT_CA",
+        requires = "usp_websocket_tls_cert"
+    )]
+    pub usp_websocket_client_ca: Option<std::path::PathBuf>,
     /// The most WebSocket connections (and handshakes) held at once.
     #[arg(long, env = "RDM_USP_WEBSOCKET_MAX", default_value_t = 20_000)]
     pub usp_websocket_max: usize,
@@ -134,14 +164,27 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
             db: notifications.db.clone(),
             url,
         });
-    let sockets = Sockets::new(inbox.clone(), registry);
+    let tls = tls::Tls::new(args.usp_tls_ca_file.as_deref()).context("RDM_USP_TLS_CA_FILE")?;
+    let sockets = Sockets::new(inbox.clone(), registry, tls.client());
+    let server_tls = match (&args.usp_websocket_tls_cert, &args.usp_websocket_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tls::server(cert, key, args.usp_websocket_client_ca.as_deref())
+                .context("the WebSocket listener's TLS settings")?,
+        ),
+        _ => None,
+    };
     let listen = args.usp_websocket_listen.or(context
         .all_in_one
         .then(|| SocketAddr::from(([127, 0, 0, 1], 10180))));
     let mut listeners = Vec::new();
     if let Some(addr) = listen {
         let local = sockets
-            .listen(addr, args.usp_websocket_max)
+            .listen(
+                addr,
+                args.usp_websocket_max,
+                server_tls,
+                args.usp_websocket_client_ca.is_some(),
+            )
             .await
             .with_context(|| format!("cannot listen for USP agents' WebSockets on {addr}"))?;
         listeners.push(("usp-websocket", local));
@@ -159,6 +202,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         sockets,
         notifications,
         own_broker: args.usp_mqtt_url,
+        tls,
     }));
     // rdm's own broker, at once: agents announce themselves there.
     if usp.0.own_broker.is_some() {
@@ -186,6 +230,8 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
 #[derive(Clone, Hash, PartialEq, Eq)]
 struct BrokerKey {
     addr: SocketAddr,
+    /// The host name its certificate must have (mqtts://), else none.
+    tls_name: Option<String>,
     client_id: String,
     username: Option<String>,
     password: Option<String>,
@@ -208,6 +254,7 @@ struct Controller {
     /// `RDM_USP_MQTT_URL`: the broker of endpoints that name none (the
     /// operator's, not a tenant's: the address policy does not vet it).
     own_broker: Option<String>,
+    tls: tls::Tls,
 }
 
 #[derive(Clone)]
@@ -241,9 +288,9 @@ fn err(e: Error) -> Status {
     e.in_domain(DOMAIN).into()
 }
 
-/// Host and port of a URL rdm connects to, over plain TCP: `schemes` are
-/// the ones it takes, the first port the default.
-fn host_port(field: &str, url: &str, schemes: &[(&str, u16)]) -> Result<(String, u16)> {
+/// Scheme, host and port of a URL rdm connects to: `schemes` are the ones
+/// it takes, each with its default port.
+fn host_port(field: &str, url: &str, schemes: &[(&str, u16)]) -> Result<(String, String, u16)> {
     let parsed: url::Url = url
         .parse()
         .map_err(|_| Error::invalid(field, "not a URL"))?;
@@ -252,7 +299,7 @@ fn host_port(field: &str, url: &str, schemes: &[(&str, u16)]) -> Result<(String,
         return Err(Error::new(
             ErrorCode::FailedPrecondition,
             format!(
-                "rdm connects over plain TCP ({}) so far, not {}://",
+                "rdm connects with {}, not {}://",
                 taken.join(", "),
                 parsed.scheme()
             ),
@@ -265,7 +312,11 @@ fn host_port(field: &str, url: &str, schemes: &[(&str, u16)]) -> Result<(String,
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    Ok((host, parsed.port().unwrap_or(*default_port)))
+    Ok((
+        parsed.scheme().to_owned(),
+        host,
+        parsed.port().unwrap_or(*default_port),
+    ))
 }
 
 impl Controller {
@@ -312,7 +363,7 @@ impl Controller {
                 }
                 url => {
                     let field = "usp.websocket_url";
-                    let (host, port) = host_port(field, url, &[("ws", 80)])?;
+                    let (_, host, port) = host_port(field, url, &[("ws", 80), ("wss", 443)])?;
                     let addr = self.addresses.resolve(&host, port, &allowed).await?;
                     Some(Dial {
                         url: url.to_owned(),
@@ -374,7 +425,14 @@ impl Controller {
             }
             (url, _) => url,
         };
-        let (host, port) = host_port(field, url, &[("mqtt", 1883), ("tcp", 1883)])?;
+        let schemes = [
+            ("mqtt", 1883),
+            ("tcp", 1883),
+            ("mqtts", 8883),
+            ("ssl", 8883),
+        ];
+        let (scheme, host, port) = host_port(field, url, &schemes)?;
+        let tls_name = matches!(scheme.as_str(), "mqtts" | "ssl").then(|| host.clone());
         for (field, topic) in [
             ("usp.mqtt.agent_topic", mqtt.agent_topic()),
             ("usp.mqtt.controller_topic", mqtt.controller_topic()),
@@ -402,6 +460,7 @@ impl Controller {
         };
         let key = BrokerKey {
             addr,
+            tls_name,
             client_id: mqtt.client_id().to_owned(),
             username: mqtt.username.clone().filter(|u| !u.is_empty()),
             password: mqtt.password.clone().filter(|p| !p.is_empty()),
@@ -409,6 +468,14 @@ impl Controller {
                 "" => format!("usp/controller/rdm-{}", self.replica),
                 topic => topic.to_owned(),
             },
+        };
+        let tls = match &key.tls_name {
+            Some(name) => Some(
+                self.tls
+                    .client_for(name)
+                    .map_err(|why| Error::invalid(field, why))?,
+            ),
+            None => None,
         };
         let broker = self
             .brokers
@@ -429,6 +496,7 @@ impl Controller {
                     endpoint_id: self.inbox.endpoint_id.clone(),
                     topic: key.topic.clone(),
                     notify_topic,
+                    tls,
                 };
                 Arc::new(Broker::connect(settings, self.inbox.clone()))
             })

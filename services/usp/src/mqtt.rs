@@ -40,6 +40,8 @@ pub struct BrokerSettings {
     pub topic: String,
     /// The topic agents send notifications to, when not `topic`.
     pub notify_topic: String,
+    /// TLS (mqtts://), checking the broker's certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Publishes a Record with Content Type `usp.msg` (and a Response Topic).
@@ -70,8 +72,9 @@ pub struct Broker {
     client: AsyncClient,
     settings: BrokerSettings,
     inbox: Arc<Inbox>,
-    /// Subscribed to the controller topic (replies can arrive).
-    subscribed: tokio::sync::watch::Receiver<bool>,
+    /// Subscribed to the controller topic (replies can arrive), or why
+    /// the connection failed last.
+    subscribed: tokio::sync::watch::Receiver<Result<(), String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -97,6 +100,11 @@ impl Broker {
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
         options.set_max_packet_size(Some(record::MAX_RECORD as u32 + 1024));
+        if let Some(tls) = &settings.tls {
+            options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             options.set_credentials(user.clone(), password.clone());
         }
@@ -105,7 +113,7 @@ impl Broker {
             ..ConnectProperties::new()
         });
         let (client, events) = AsyncClient::new(options, 256);
-        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
+        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(Err("connecting".to_owned()));
         let task = tokio::spawn(run(
             events,
             client.clone(),
@@ -148,12 +156,13 @@ impl Broker {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut subscribed = self.subscribed.clone();
-        if tokio::time::timeout_at(deadline, subscribed.wait_for(|s| *s))
+        if tokio::time::timeout_at(deadline, subscribed.wait_for(Result::is_ok))
             .await
             .is_err()
         {
+            let why = subscribed.borrow().clone().err().unwrap_or_default();
             return Err(RequestError::Transport(format!(
-                "not connected to the MQTT broker {}:{} within {timeout:?}",
+                "not connected to the MQTT broker {}:{} within {timeout:?} ({why})",
                 self.settings.host, self.settings.port
             )));
         }
@@ -192,7 +201,7 @@ async fn run(
     client: AsyncClient,
     settings: BrokerSettings,
     inbox: Arc<Inbox>,
-    subscribed: tokio::sync::watch::Sender<bool>,
+    subscribed: tokio::sync::watch::Sender<Result<(), String>>,
 ) {
     // Each topic with what is under it: MQTT 3.1.1 endpoints publish to
     // `<topic>/reply-to=<theirs>`.
@@ -217,7 +226,7 @@ async fn run(
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 unacked = unacked.saturating_sub(1);
                 if unacked == 0 {
-                    subscribed.send_replace(true);
+                    subscribed.send_modify(|s| *s = Ok(()));
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -245,7 +254,7 @@ async fn run(
             Ok(_) => {}
             Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                subscribed.send_replace(false);
+                subscribed.send_modify(|s| *s = Err(e.to_string()));
                 tracing::warn!(host = %settings.host, port = settings.port, error = %e, retry_ms = backoff.as_millis() as u64, "MQTT broker connection lost");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -5,7 +5,8 @@
 //! connects to an agent that is a WebSocket server; either way the
 //! connection carries each Record as one binary frame in both directions,
 //! and rdm pings it (RFC 6455) to keep it open. A frame that is not a USP
-//! Record closes the connection with 1003.
+//! Record closes the connection with 1003. Either side may speak TLS
+//! ([`crate::tls`]).
 use crate::{
     inbox::{Back, Delivered, Inbox, RequestError},
     onboarding::WEBSOCKET_PATH,
@@ -70,6 +71,8 @@ pub struct Registry {
 /// The agents' WebSocket connections, by endpoint id (the newest wins).
 pub struct Sockets {
     inbox: Arc<Inbox>,
+    /// For agents' `wss://` servers.
+    tls: Arc<rustls::ClientConfig>,
     conns: Mutex<HashMap<String, Conn>>,
     next: AtomicU64,
     registry: Option<Registry>,
@@ -82,9 +85,14 @@ fn config() -> WebSocketConfig {
 }
 
 impl Sockets {
-    pub fn new(inbox: Arc<Inbox>, registry: Option<Registry>) -> Arc<Self> {
+    pub fn new(
+        inbox: Arc<Inbox>,
+        registry: Option<Registry>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inbox,
+            tls,
             conns: Mutex::default(),
             next: AtomicU64::new(1),
             registry,
@@ -126,13 +134,17 @@ impl Sockets {
     }
 
     /// Takes agents' connections on `addr`, at most `max` at once (one
-    /// more is closed at once: nobody has signed in on this port); the
-    /// address it listens on.
+    /// more is closed at once: nobody has signed in on this port), over
+    /// TLS with `tls`, and then (`by_certificate`) only for an endpoint id
+    /// the agent's certificate names; the address it listens on.
     pub async fn listen(
         self: &Arc<Self>,
         addr: SocketAddr,
         max: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        by_certificate: bool,
     ) -> std::io::Result<SocketAddr> {
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let this = self.clone();
@@ -147,9 +159,33 @@ impl Sockets {
                             continue;
                         };
                         let _ = tcp.set_nodelay(true);
-                        let this = this.clone();
+                        let (this, tls) = (this.clone(), tls.clone());
                         tokio::spawn(async move {
-                            this.accept(tcp, peer).await;
+                            match tls {
+                                None => this.accept(tcp, peer, None).await,
+                                Some(tls) => {
+                                    let handshake =
+                                        tokio::time::timeout(HANDSHAKE, tls.accept(tcp));
+                                    match handshake.await {
+                                        Ok(Ok(stream)) => {
+                                            let ids = by_certificate.then(|| {
+                                                let certs = stream.get_ref().1.peer_certificates();
+                                                certs
+                                                    .and_then(|c| c.first())
+                                                    .map(crate::tls::endpoint_ids)
+                                                    .unwrap_or_default()
+                                            });
+                                            this.accept(stream, peer, ids).await
+                                        }
+                                        Ok(Err(e)) => {
+                                            tracing::info!(%peer, error = %e, "a TLS handshake failed")
+                                        }
+                                        Err(_) => {
+                                            tracing::info!(%peer, "a TLS handshake took too long")
+                                        }
+                                    }
+                                }
+                            }
                             drop(permit);
                         });
                     }
@@ -163,9 +199,15 @@ impl Sockets {
         Ok(local)
     }
 
-    /// One agent's connection: the handshake (path `/usp`, `eid`, the
+    /// One agent's connection: the handshake (path `/usp`, `eid`, which
+    /// must be one of `ids` when the agent's certificate names them, the
     /// subprotocol), then its frames.
-    async fn accept(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        ids: Option<Vec<String>>,
+    ) {
         let mut eid = String::new();
         let mut onboarding = None;
         // The handshake callback's type is tungstenite's.
@@ -198,6 +240,14 @@ impl Sockets {
                     "the agent's endpoint id goes in ?eid=",
                 ));
             }
+            if let Some(ids) = &ids
+                && !ids.contains(&eid)
+            {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    "the agent's certificate does not name this endpoint id (urn:bbf:usp:id:...)",
+                ));
+            }
             if !offers_subprotocol(req.headers().get(PROTOCOL_HEADER)) {
                 return Err(refuse(
                     StatusCode::BAD_REQUEST,
@@ -208,7 +258,8 @@ impl Sockets {
                 .insert(PROTOCOL_HEADER, HeaderValue::from_static(SUBPROTOCOL));
             Ok(resp)
         };
-        let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(config()));
+        let handshake =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config()));
         match tokio::time::timeout(HANDSHAKE, handshake).await {
             Err(_) => tracing::info!(%peer, "a WebSocket handshake took too long"),
             Ok(Ok(ws)) => {
@@ -361,7 +412,9 @@ impl Sockets {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config()))
+            // TLS for wss:// (checked for the URL's host), none for ws://.
+            let tls = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config()), Some(tls))
                 .await
                 .map_err(|e| failed(e.to_string()))
         };

@@ -1368,7 +1368,17 @@ const SUBPROTOCOL: &str = "v1.usp";
 /// `url` (`ws://host:port/usp`), naming itself in `?eid=`; returns once
 /// connected. Its requests, replies and notifications are binary frames.
 pub async fn connect_websocket(url: &str, endpoint_id: &str) -> std::io::Result<UspAgent> {
-    connect_websocket_with(url, endpoint_id, None).await
+    connect_websocket_with(url, endpoint_id, None, None).await
+}
+
+/// [`connect_websocket`] to a `wss://` URL, with `tls` (the CAs it trusts
+/// and the client certificate it shows, if any).
+pub async fn connect_websocket_tls(
+    url: &str,
+    endpoint_id: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<UspAgent> {
+    connect_websocket_with(url, endpoint_id, None, Some(tls)).await
 }
 
 /// [`connect_websocket`] for an agent new to its controller
@@ -1378,13 +1388,14 @@ pub async fn connect_websocket_announcing(
     endpoint_id: &str,
     controller_id: &str,
 ) -> std::io::Result<UspAgent> {
-    connect_websocket_with(url, endpoint_id, Some(controller_id)).await
+    connect_websocket_with(url, endpoint_id, Some(controller_id), None).await
 }
 
 async fn connect_websocket_with(
     url: &str,
     endpoint_id: &str,
     announce_to: Option<&str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> std::io::Result<UspAgent> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let eid: String = url_escape(endpoint_id);
@@ -1394,9 +1405,11 @@ async fn connect_websocket_with(
     request
         .headers_mut()
         .insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(std::io::Error::other)?;
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+            .map_err(std::io::Error::other)?;
     let mut agent = Agent::new(endpoint_id);
     if let Some(controller) = announce_to {
         use futures::SinkExt;
@@ -1426,9 +1439,30 @@ async fn connect_websocket_with(
 /// (a connection without it is refused); it serves one controller at a
 /// time.
 pub async fn serve_websocket(endpoint_id: &str) -> std::io::Result<UspAgent> {
+    serve_websocket_with(endpoint_id, None).await
+}
+
+/// [`serve_websocket`] over TLS with `tls` (its certificate): its URL is
+/// `wss://localhost:<port>/usp-agent`.
+pub async fn serve_websocket_tls(
+    endpoint_id: &str,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<UspAgent> {
+    serve_websocket_with(endpoint_id, Some(tls)).await
+}
+
+async fn serve_websocket_with(
+    endpoint_id: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<UspAgent> {
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let websocket_url = format!("ws://{}/usp-agent", listener.local_addr()?);
+    let port = listener.local_addr()?.port();
+    let websocket_url = match tls {
+        Some(_) => format!("wss://localhost:{port}/usp-agent"),
+        None => format!("ws://127.0.0.1:{port}/usp-agent"),
+    };
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut agent = Agent::new(endpoint_id);
     let (model, acknowledged) = (agent.model.clone(), agent.acknowledged.clone());
     let task = tokio::spawn(async move {
@@ -1448,8 +1482,20 @@ pub async fn serve_websocket(endpoint_id: &str) -> std::io::Result<UspAgent> {
                     .insert("sec-websocket-protocol", SUBPROTOCOL.parse().unwrap());
                 Ok(resp)
             };
-            if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, check).await {
-                agent.over_websocket(ws).await;
+            match &tls {
+                None => {
+                    if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, check).await {
+                        agent.over_websocket(ws).await;
+                    }
+                }
+                Some(tls) => {
+                    let Ok(stream) = tls.accept(tcp).await else {
+                        continue;
+                    };
+                    if let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, check).await {
+                        agent.over_websocket(ws).await;
+                    }
+                }
             }
         }
     });
