@@ -986,6 +986,41 @@ mod tests {
         );
     }
 
+    /// A service's own call (IssueUserToken) takes the actor token of a
+    /// trusted service key alone, and nothing else: no user token, however
+    /// mighty, and no actor token of another key.
+    #[test]
+    fn service_calls_need_a_trusted_actor_token_and_nothing_more() {
+        let table = AccessTable::from_pool(rdm_proto::descriptor_pool());
+        let path = "/rdm.inventory.v1.AuthService/IssueUserToken";
+        assert_eq!(table.get(path), Some(&Access::Service));
+        let (user_key, service_key, stranger) = (key(), key(), key());
+        let verifier =
+            Verifier::new(&[user_key.public_jwk().clone()], &TokenPolicy::default()).unwrap();
+        let actors = ActorVerifier::new(&[service_key.public_jwk().clone()]).unwrap();
+        let root = format!(
+            "Bearer {}",
+            user_key.sign(&claims(&["platform-admin"], 60)).unwrap()
+        );
+        let denied = table
+            .authorize(&verifier, path, Some(&root), Some((&actors, None)))
+            .unwrap_err();
+        assert_eq!(denied.code, crate::ErrorCode::PermissionDenied);
+        let forged = stranger.actor_token_for("usp", "t1", "u1").unwrap();
+        assert!(
+            table
+                .authorize(&verifier, path, None, Some((&actors, Some(&forged))))
+                .is_err()
+        );
+        let actor = service_key.actor_token_for("usp", "t1", "u1").unwrap();
+        let p = table
+            .authorize(&verifier, path, None, Some((&actors, Some(&actor))))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.tenant_id.as_str(), p.user_id.as_str()), ("t1", "u1"));
+        assert!(p.roles.is_empty());
+    }
+
     /// Rules that are missing, empty, say two things or name no role deny
     /// the RPC to everybody, platform admins included.
     #[test]
