@@ -1701,4 +1701,30 @@ async fn two_usp_replicas_share_the_agents() {
             "{base}"
         );
     }
+
+    // Both replicas go and a new one comes up: it reaches the subscribed
+    // agent's broker at start (as the user who subscribed), so what the
+    // device changes on its own is stored before any request is made.
+    for (usp, _) in &mut processes {
+        usp.child.kill().await.unwrap();
+    }
+    let usp = split.serve("usp", &settings).await;
+    let gateway = split
+        .serve(
+            "gateway",
+            &[("RDM_USP_URL", format!("http://{}", usp.addr))],
+        )
+        .await;
+    let url = format!("{}/v1/usp/notifications", gateway.url(""));
+    let mut watcher = NdJson::get(&http, &url, &token).await;
+    let mut seen = None;
+    for i in 0..30 {
+        agent.change("Device.WiFi.SSID.1.SSID", &format!("restarted-{i}"));
+        seen = watcher.next_within(Duration::from_millis(300)).await;
+        if seen.is_some() {
+            break;
+        }
+    }
+    let n = seen.expect("the new replica took no notification");
+    assert_eq!(n["notify"]["subscription_id"], sub["id"], "{n}");
 }

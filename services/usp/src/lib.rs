@@ -212,6 +212,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
             .await
             .map_err(|e| anyhow::anyhow!("RDM_USP_MQTT_URL: {e}"))?;
     }
+    tokio::spawn(usp.0.clone().reach_subscribed(context.verifier.clone()));
     // Relay is internal: the actor tokens of this service's other replicas.
     let mut guard = context.guard();
     guard.actors = Some(rdm_kit::auth::ActorVerifier::new(&[context
@@ -334,6 +335,22 @@ impl Controller {
                 ));
             }
         };
+        let (device_id, endpoint, route) = self.reach(p, target).await?;
+        Ok(Agent {
+            device_id,
+            endpoint_id: endpoint.endpoint_id().to_owned(),
+            route,
+            timeout: self.timeout(req, endpoint.timeout_ms),
+        })
+    }
+
+    /// The device `target` names for `p`, its usp endpoint, and the route
+    /// to its agent (a broker's connection is made on first use).
+    async fn reach(
+        &self,
+        p: &Principal,
+        target: TargetRef,
+    ) -> Result<(String, UspEndpoint, Route)> {
         let resolved = self.inventory.resolve(p, target).await?;
         let Some(Settings::Usp(endpoint)) = resolved.endpoint.and_then(|e| e.settings) else {
             return Err(Error::internal(
@@ -352,12 +369,8 @@ impl Controller {
                 "" => {
                     if let Some(url) = self.sockets.elsewhere(endpoint.endpoint_id()).await? {
                         let forward = Forward::acting(DOMAIN, &self.service_key, p, None)?;
-                        return Ok(Agent {
-                            device_id: resolved.device_id,
-                            endpoint_id: endpoint.endpoint_id().to_owned(),
-                            route: Route::Relay(self.peer(&url)?, forward),
-                            timeout: self.timeout(req, endpoint.timeout_ms),
-                        });
+                        let route = Route::Relay(self.peer(&url)?, forward);
+                        return Ok((resolved.device_id, endpoint, route));
                     }
                     None
                 }
@@ -380,12 +393,49 @@ impl Controller {
                 ));
             }
         };
-        Ok(Agent {
-            device_id: resolved.device_id,
-            endpoint_id: endpoint.endpoint_id().to_owned(),
-            route,
-            timeout: self.timeout(req, endpoint.timeout_ms),
-        })
+        Ok((resolved.device_id, endpoint, route))
+    }
+
+    /// Reaches, at start, the brokers of the agents with subscriptions (as
+    /// a user who made one), so their notifications are taken before any
+    /// request; what fails (the inventory not up yet) is tried again every
+    /// 10 s, six times at most.
+    async fn reach_subscribed(self: Arc<Self>, verifier: rdm_kit::auth::Verifier) {
+        let mut left = {
+            let listed = async {
+                let mut tx = self
+                    .notifications
+                    .db
+                    .begin(rdm_kit::db::Scope::Platform)
+                    .await?;
+                store::subscribed_devices(&mut tx).await
+            };
+            match listed.await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the subscribed USP agents");
+                    return;
+                }
+            }
+        };
+        for _ in 0..6 {
+            let mut failed = Vec::new();
+            for (tenant_id, device_id, user_id) in left {
+                let reached = async {
+                    let p = self.inventory.user(&verifier, &tenant_id, &user_id).await?;
+                    self.reach(&p, TargetRef::Device(device_id.clone())).await
+                };
+                if let Err(e) = reached.await {
+                    tracing::info!(%tenant_id, %device_id, error = %e, "cannot reach a subscribed USP agent yet");
+                    failed.push((tenant_id, device_id, user_id));
+                }
+            }
+            if failed.is_empty() {
+                return;
+            }
+            left = failed;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
     }
 
     /// How long a request waits for its reply: the endpoint's timeout (30 s
@@ -989,7 +1039,7 @@ impl UspService for Usp {
             };
             // Kept first: the agent may notify before its AddResp arrives.
             let mut tx = self.0.tx(p, true).await?;
-            store::put_subscription(&mut tx, &p.tenant_id, &sub, now).await?;
+            store::put_subscription(&mut tx, &p.tenant_id, &p.user_id, &sub, now).await?;
             tx.commit().await?;
             let made = self.0.add_subscription(&agent, &sub, r.persistent).await;
             // The instance it got, or (not made) no row left behind.

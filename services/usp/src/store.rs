@@ -49,15 +49,18 @@ fn subscription(
     }
 }
 
+/// Keeps subscription `s`, made by user `user_id` of `tenant_id`.
 pub async fn put_subscription(
     tx: &mut TenantTx,
     tenant_id: &str,
+    user_id: &str,
     s: &pb::Subscription,
     created: i64,
 ) -> Result<()> {
     sqlx::query(
         "insert into usp_subscriptions (tenant_id, id, device_id, endpoint_id, notif_type, \
-         reference_list, notif_retry, obj_path, create_time) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         reference_list, notif_retry, obj_path, create_time, user_id) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(tenant_id)
     .bind(&s.id)
@@ -68,9 +71,21 @@ pub async fn put_subscription(
     .bind(i64::from(s.notif_retry))
     .bind(&s.obj_path)
     .bind(created)
+    .bind(user_id)
     .execute(tx.conn())
     .await?;
     Ok(())
+}
+
+/// Every tenant's devices with subscriptions, each with a user who made
+/// one: (tenant, device, user), in the platform's scope.
+pub async fn subscribed_devices(tx: &mut TenantTx) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "select tenant_id, device_id, min(user_id) from usp_subscriptions \
+         where user_id <> '' group by tenant_id, device_id",
+    )
+    .fetch_all(tx.conn())
+    .await?)
 }
 
 /// Records the instance the agent made for a subscription.

@@ -209,6 +209,25 @@ impl Model {
         self.params.get(path).map_or("", |p| p.value.as_str())
     }
 
+    /// Gives parameter `path` a new value, and queues its ValueChange
+    /// notifications (nothing when the value is the same).
+    fn change(&mut self, path: &str, value: String) {
+        if let Some(p) = self.params.get_mut(path)
+            && p.value != value
+        {
+            p.value.clone_from(&value);
+            let change = msg::notify::ValueChange {
+                param_path: path.to_owned(),
+                param_value: value,
+            };
+            self.notify(
+                "ValueChange",
+                path,
+                msg::notify::Notification::ValueChange(change),
+            );
+        }
+    }
+
     /// Queues a notification of `notif_type` about `path` for each enabled
     /// subscription whose ReferenceList names it.
     fn notify(&mut self, notif_type: &str, path: &str, notification: msg::notify::Notification) {
@@ -859,20 +878,7 @@ fn set_(model: &mut Model, set: msg::Set) -> Result<msg::SetResp, msg::Error> {
         });
     }
     for (path, value) in writes {
-        if let Some(p) = model.params.get_mut(&path)
-            && p.value != value
-        {
-            p.value.clone_from(&value);
-            let change = msg::notify::ValueChange {
-                param_path: path.clone(),
-                param_value: value,
-            };
-            model.notify(
-                "ValueChange",
-                &path,
-                msg::notify::Notification::ValueChange(change),
-            );
-        }
+        model.change(&path, value);
     }
     Ok(msg::SetResp {
         updated_obj_results: results,
@@ -1030,6 +1036,8 @@ pub struct UspAgent {
     model: Arc<Mutex<Model>>,
     acknowledged: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Changes a parameter as the device itself would (MQTT 5 agents).
+    local: Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>,
     /// Asks an MQTT 5 agent to say goodbye; answered once it has.
     stop: Option<(
         tokio::sync::oneshot::Sender<()>,
@@ -1052,6 +1060,14 @@ impl UspAgent {
             .params
             .get(path)
             .map(|p| p.value.clone())
+    }
+
+    /// Changes parameter `path` on the device itself (not through a
+    /// controller), which notifies its ValueChange subscriptions (MQTT 5
+    /// agents only).
+    pub fn change(&self, path: &str, value: &str) {
+        let local = self.local.as_ref().expect("an MQTT 5 agent");
+        let _ = local.send((path.to_owned(), value.to_owned()));
     }
 
     /// How many times `Device.Reboot()` ran.
@@ -1165,6 +1181,7 @@ async fn start_with(
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (agent_topic, to_controller) = (topic.to_owned(), controller_topic.to_owned());
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (local, local_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let (said_tx, said_rx) = tokio::sync::oneshot::channel();
     let mut said_tx = Some(said_tx);
     let controller = controller_id.to_owned();
@@ -1188,6 +1205,7 @@ async fn start_with(
             };
             client.publish_with_properties(topic, QoS::AtLeastOnce, false, record, properties)
         };
+        let mut changes = local_rx;
         let mut again = tokio::time::interval(Duration::from_secs(1));
         let mut announcements = 0;
         loop {
@@ -1198,6 +1216,13 @@ async fn start_with(
                     announcements += 1;
                     let hello = agent.on_board_request(&controller);
                     let _ = publish(to_controller.clone(), hello, Some(agent_topic.clone())).await;
+                    continue;
+                }
+                Some((path, value)) = changes.recv() => {
+                    agent.model.lock().unwrap().change(&path, value);
+                    for notify in agent.notifies() {
+                        let _ = publish(to_controller.clone(), notify, Some(agent_topic.clone())).await;
+                    }
                     continue;
                 }
                 Ok(()) = &mut stop_rx, if said.is_none() => {
@@ -1274,6 +1299,7 @@ async fn start_with(
         model,
         acknowledged,
         task,
+        local: Some(local),
         stop: Some((stop_tx, said_rx)),
     })
 }
@@ -1357,6 +1383,7 @@ pub async fn start_mqtt311(
         model,
         acknowledged,
         task,
+        local: None,
         stop: None,
     })
 }
@@ -1430,6 +1457,7 @@ async fn connect_websocket_with(
         model,
         acknowledged,
         task,
+        local: None,
         stop: None,
     })
 }
@@ -1507,6 +1535,7 @@ async fn serve_websocket_with(
         model,
         acknowledged,
         task,
+        local: None,
         stop: None,
     })
 }
@@ -1591,10 +1620,15 @@ impl Agent {
         let mut model = self.model.lock().unwrap();
         model.controller.clone_from(&from);
         let (msg_type, body) = answer(&mut model, req);
-        let reply = self.record(&from, header.msg_id, msg_type, body);
-        let outbox = std::mem::take(&mut model.outbox);
         drop(model);
-        let notifies = outbox
+        let reply = self.record(&from, header.msg_id, msg_type, body);
+        (Some(reply), self.notifies())
+    }
+
+    /// The Notify Records of the notifications queued so far.
+    fn notifies(&mut self) -> Vec<Vec<u8>> {
+        let outbox = std::mem::take(&mut self.model.lock().unwrap().outbox);
+        outbox
             .into_iter()
             .map(|(to, notify)| {
                 self.notified += 1;
@@ -1604,8 +1638,7 @@ impl Agent {
                 });
                 self.record(&to, id, msg::header::MsgType::Notify, body)
             })
-            .collect();
-        (Some(reply), notifies)
+            .collect()
     }
 
     /// The sender and Msg of a Record addressed to this agent.
