@@ -163,28 +163,7 @@ impl Sockets {
                         tokio::spawn(async move {
                             match tls {
                                 None => this.accept(tcp, peer, None).await,
-                                Some(tls) => {
-                                    let handshake =
-                                        tokio::time::timeout(HANDSHAKE, tls.accept(tcp));
-                                    match handshake.await {
-                                        Ok(Ok(stream)) => {
-                                            let ids = by_certificate.then(|| {
-                                                let certs = stream.get_ref().1.peer_certificates();
-                                                certs
-                                                    .and_then(|c| c.first())
-                                                    .map(crate::tls::endpoint_ids)
-                                                    .unwrap_or_default()
-                                            });
-                                            this.accept(stream, peer, ids).await
-                                        }
-                                        Ok(Err(e)) => {
-                                            tracing::info!(%peer, error = %e, "a TLS handshake failed")
-                                        }
-                                        Err(_) => {
-                                            tracing::info!(%peer, "a TLS handshake took too long")
-                                        }
-                                    }
-                                }
+                                Some(tls) => this.accept_tls(&tls, tcp, peer, by_certificate).await,
                             }
                             drop(permit);
                         });
@@ -197,6 +176,30 @@ impl Sockets {
             }
         });
         Ok(local)
+    }
+
+    /// One agent's connection over TLS: the TLS handshake, then as
+    /// [`Self::accept`], for the endpoint ids its certificate names when
+    /// `by_certificate`.
+    async fn accept_tls(
+        self: Arc<Self>,
+        tls: &tokio_rustls::TlsAcceptor,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        by_certificate: bool,
+    ) {
+        match tokio::time::timeout(HANDSHAKE, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => {
+                let ids = by_certificate.then(|| {
+                    let certs = stream.get_ref().1.peer_certificates();
+                    let first = certs.and_then(|c| c.first());
+                    first.map(crate::tls::endpoint_ids).unwrap_or_default()
+                });
+                self.accept(stream, peer, ids).await
+            }
+            Ok(Err(e)) => tracing::info!(%peer, error = %e, "a TLS handshake failed"),
+            Err(_) => tracing::info!(%peer, "a TLS handshake took too long"),
+        }
     }
 
     /// One agent's connection: the handshake (path `/usp`, `eid`, which
