@@ -1365,6 +1365,7 @@ async fn usp(agents: usize, concurrency: usize, calls: usize, port: u16) -> anyh
             topic: format!("usp/bench/{}/controller", &run[..8]),
             notify_topic: String::new(),
             tls: None,
+            own: false,
         },
         std::sync::Arc::new(rdm_usp::inbox::Inbox::new(
             "self::bench".into(),

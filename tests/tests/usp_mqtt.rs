@@ -39,6 +39,7 @@ async fn pair() -> (Broker, usp_agent::UspAgent) {
             topic: format!("usp/controller/{run}"),
             notify_topic: String::new(),
             tls: None,
+            own: false,
         },
         std::sync::Arc::new(inbox),
     );

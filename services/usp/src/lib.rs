@@ -547,6 +547,7 @@ impl Controller {
                     topic: key.topic.clone(),
                     notify_topic,
                     tls,
+                    own: mqtt.broker_url().is_empty(),
                 };
                 Arc::new(Broker::connect(settings, self.inbox.clone()))
             })

@@ -42,6 +42,9 @@ pub struct BrokerSettings {
     pub notify_topic: String,
     /// TLS (mqtts://), checking the broker's certificate.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// rdm's own broker: agents announce themselves on it (onboarding
+    /// topics are read only here).
+    pub own: bool,
 }
 
 /// Publishes a Record with Content Type `usp.msg` (and a Response Topic).
@@ -249,7 +252,11 @@ async fn run(
                     v311,
                 };
                 let name = std::str::from_utf8(&p.topic).unwrap_or_default();
-                inbox.deliver(&p.payload, back, crate::onboarding::secret_in_topic(name));
+                let secret = settings
+                    .own
+                    .then(|| crate::onboarding::secret_in_topic(name))
+                    .flatten();
+                inbox.deliver(&p.payload, back, secret);
             }
             Ok(_) => {}
             Err(rumqttc::v5::ConnectionError::RequestsDone) => return,

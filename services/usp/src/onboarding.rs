@@ -102,19 +102,18 @@ impl Onboarding {
         new_secret: bool,
     ) -> Result<pb::AutoRegistration> {
         let mut tx = self.db.begin_write(crate::notifications::scope(p)).await?;
-        let had = store::auto_registration(&mut tx, &p.tenant_id).await?;
-        let secret = match &had {
-            Some(_) if !new_secret => None,
-            _ => Some(uuid::Uuid::new_v4().simple().to_string()),
+        let (secret, secret_hash) = match store::auto_registration(&mut tx, &p.tenant_id).await? {
+            Some(had) if !new_secret => (None, had.secret_hash),
+            _ => {
+                let secret = uuid::Uuid::new_v4().simple().to_string();
+                let hashed = hash(&secret);
+                (Some(secret), hashed)
+            }
         };
         let row = store::AutoRegistrationRow {
             tenant_id: p.tenant_id.clone(),
             label: label.to_owned(),
-            secret_hash: match (&secret, had) {
-                (Some(s), _) => hash(s),
-                (None, Some(had)) => had.secret_hash,
-                (None, None) => unreachable!("a tenant without one gets a secret"),
-            },
+            secret_hash,
             user_id: p.user_id.clone(),
             update_time: now_millis(),
         };
@@ -143,7 +142,7 @@ impl Onboarding {
         if !announces {
             return false;
         }
-        let outcome = self.registered(n, secret, n.came()).await;
+        let outcome = self.registered(n, secret).await;
         let label = match &outcome {
             Ok(true) => "registered",
             Ok(false) => "known",
@@ -162,7 +161,7 @@ impl Onboarding {
     }
 
     /// Makes the device (true), or finds the agent is one already (false).
-    async fn registered(&self, n: &Notified, secret: &str, came: Came) -> Result<bool> {
+    async fn registered(&self, n: &Notified, secret: &str) -> Result<bool> {
         let row = {
             let mut tx = self.db.begin(Scope::Platform).await?;
             store::auto_registration_by_secret(&mut tx, &hash(secret)).await?
@@ -186,6 +185,7 @@ impl Onboarding {
             Err(e) if e.code == ErrorCode::NotFound => {}
             Err(e) => return Err(e),
         }
+        let came = n.came();
         let endpoint = UspEndpoint {
             endpoint_id: Some(n.from.clone()),
             transport: Some(match came {
