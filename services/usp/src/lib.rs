@@ -37,7 +37,7 @@ use rdm_proto::{
     usp_v1::{self as pb, usp_service_server::UspService},
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -464,6 +464,8 @@ impl Controller {
     async fn broker(&self, endpoint: &UspEndpoint, allowed: &[ipnet::IpNet]) -> Result<Route> {
         let mqtt = endpoint.mqtt.clone().unwrap_or_default();
         let field = "usp.mqtt.broker_url";
+        // No broker named: rdm's own.
+        let own = mqtt.broker_url().is_empty();
         let url = match (mqtt.broker_url(), &self.own_broker) {
             ("", Some(own)) => own.as_str(),
             ("", None) => {
@@ -494,9 +496,9 @@ impl Controller {
                 ));
             }
         }
-        let addr = match mqtt.broker_url() {
-            // rdm's own, as the operator configured it: not a tenant's address.
-            "" => tokio::net::lookup_host((host.as_str(), port))
+        let addr = match own {
+            // As the operator configured it: not a tenant's address.
+            true => tokio::net::lookup_host((host.as_str(), port))
                 .await
                 .ok()
                 .and_then(|mut found| found.next())
@@ -506,7 +508,7 @@ impl Controller {
                         format!("cannot resolve the host of rdm's MQTT broker, {host}"),
                     )
                 })?,
-            _ => self.addresses.resolve(&host, port, allowed).await?,
+            false => self.addresses.resolve(&host, port, allowed).await?,
         };
         let key = BrokerKey {
             addr,
@@ -519,23 +521,18 @@ impl Controller {
                 topic => topic.to_owned(),
             },
         };
-        let tls = match &key.tls_name {
-            Some(name) => Some(
-                self.tls
-                    .client_for(name)
-                    .map_err(|why| Error::invalid(field, why))?,
-            ),
-            None => None,
-        };
-        let broker = self
-            .brokers
-            .lock()
-            .unwrap()
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let notify_topic = match mqtt.controller_topic() {
-                    "" => self.controller_topic.clone(),
-                    topic => topic.to_owned(),
+        // A connection per distinct broker; its TLS settings made once.
+        let broker = match self.brokers.lock().unwrap().entry(key) {
+            Entry::Occupied(held) => held.get().clone(),
+            Entry::Vacant(new) => {
+                let key = new.key();
+                let tls = match &key.tls_name {
+                    Some(name) => Some(
+                        self.tls
+                            .client_for(name)
+                            .map_err(|why| Error::invalid(field, why))?,
+                    ),
+                    None => None,
                 };
                 let settings = BrokerSettings {
                     host: addr.ip().to_string(),
@@ -545,13 +542,17 @@ impl Controller {
                     password: key.password.clone(),
                     endpoint_id: self.inbox.endpoint_id.clone(),
                     topic: key.topic.clone(),
-                    notify_topic,
+                    notify_topic: match mqtt.controller_topic() {
+                        "" => self.controller_topic.clone(),
+                        topic => topic.to_owned(),
+                    },
                     tls,
-                    own: mqtt.broker_url().is_empty(),
+                    own,
                 };
-                Arc::new(Broker::connect(settings, self.inbox.clone()))
-            })
-            .clone();
+                let broker = Arc::new(Broker::connect(settings, self.inbox.clone()));
+                new.insert(broker).clone()
+            }
+        };
         Ok(Route::Mqtt {
             broker,
             topic: mqtt.agent_topic().to_owned(),

@@ -1285,12 +1285,7 @@ async fn start_with(
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .map_err(|_| {
-            std::io::Error::other("the MQTT broker did not take the agent's subscription in 10 s")
-        })?
-        .map_err(|_| std::io::Error::other("the agent stopped"))?;
+    subscribed(ready_rx).await?;
     Ok(UspAgent {
         endpoint_id: endpoint_id.to_owned(),
         topic: topic.to_owned(),
@@ -1369,12 +1364,7 @@ pub async fn start_mqtt311(
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .map_err(|_| {
-            std::io::Error::other("the MQTT broker did not take the agent's subscription in 10 s")
-        })?
-        .map_err(|_| std::io::Error::other("the agent stopped"))?;
+    subscribed(ready_rx).await?;
     Ok(UspAgent {
         endpoint_id: endpoint_id.to_owned(),
         topic: topic.to_owned(),
@@ -1386,6 +1376,16 @@ pub async fn start_mqtt311(
         local: None,
         stop: None,
     })
+}
+
+/// Waits (10 s at most) for an MQTT agent's task to say it is subscribed.
+async fn subscribed(ready: tokio::sync::oneshot::Receiver<()>) -> std::io::Result<()> {
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .map_err(|_| {
+            std::io::Error::other("the MQTT broker did not take the agent's subscription in 10 s")
+        })?
+        .map_err(|_| std::io::Error::other("the agent stopped"))
 }
 
 /// The subprotocol of TR-369's WebSocket binding.
