@@ -34,6 +34,7 @@ pub static SERVICES: &[&dyn Service] = &[
     &rdm_identity_mellophone::SERVICE,
     &rdm_catalog::SERVICE,
     &rdm_usp::SERVICE,
+    &rdm_jobs::SERVICE,
 ];
 
 const INVENTORY_PACKAGE: &str = "rdm.inventory.v1";
@@ -810,6 +811,10 @@ pub async fn migrate(database: &DatabaseArgs, data_dir: &Path) -> anyhow::Result
         .await
         .context("migrating the USP service's tables")?;
     println!("usp: migrations applied");
+    Db::migrate(&url, &rdm_jobs::store::MIGRATIONS)
+        .await
+        .context("migrating the jobs service's tables")?;
+    println!("jobs: migrations applied");
     Ok(())
 }
 

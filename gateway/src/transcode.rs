@@ -96,7 +96,28 @@ async fn transcode(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let message = build_request(binding, vars, parts.uri.query(), &body, content_type)?;
+    // SSE clients resume with Last-Event-ID: the request's last_event_id.
+    let mut vars = vars.clone();
+    if let Some(last) = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| {
+            binding
+                .rpc
+                .input()
+                .get_field_by_name(LAST_EVENT_ID)
+                .is_some()
+        })
+        && !parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .contains(LAST_EVENT_ID)
+    {
+        vars.push((LAST_EVENT_ID.to_owned(), last.trim().to_owned()));
+    }
+    let message = build_request(binding, &vars, parts.uri.query(), &body, content_type)?;
 
     let mut metadata = tonic::metadata::MetadataMap::new();
     if let Some(ip) = rdm_kit::server::peer_ip(&parts.extensions).and_then(|ip| ip.parse().ok()) {
@@ -123,6 +144,9 @@ async fn transcode(
         {
             metadata.insert(name, v);
         }
+    }
+    if prefers_async(&parts.headers) && rpc.parent_service().package_name() != JOBS_PACKAGE {
+        return submit_job(gw, rpc, &message, metadata).await;
     }
     let output = rpc.output();
     let response_body = binding.response_body.clone();
@@ -171,6 +195,7 @@ async fn transcode(
     }
     let rid = request_id(&parts.headers);
     let has_struct = binding.has_struct;
+    let named = sse && names_events(&output, response_body.as_deref());
     let frames: FrameStream = Box::pin(stream.map(move |item| {
         let (event, json) = match item
             .map_err(|s| Error::from_status(&s))
@@ -184,7 +209,10 @@ async fn transcode(
             ),
         };
         let frame = if sse {
-            let mut f = format!("event: {event}\ndata: ").into_bytes();
+            let mut f = match named.then(|| event_name(&json)).flatten() {
+                Some((id, name)) => format!("id: {id}\nevent: {name}\ndata: ").into_bytes(),
+                None => format!("event: {event}\ndata: ").into_bytes(),
+            };
             f.extend_from_slice(&json);
             f.extend_from_slice(b"\n\n");
             f
@@ -204,6 +232,107 @@ async fn transcode(
         Body::from_stream(frames),
     )
         .into_response())
+}
+
+/// A request field REST clients may fill with the Last-Event-ID header.
+const LAST_EVENT_ID: &str = "last_event_id";
+const JOBS_PACKAGE: &str = "rdm.jobs.v1";
+const SUBMIT_JOB: &str = "/rdm.jobs.v1.JobService/SubmitJob";
+
+/// `Prefer: respond-async` (RFC 7240): the call is to run as a job.
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// Submits the call as a job of the jobs service, as the caller: 202 with
+/// the job and its `Location`.
+async fn submit_job(
+    gw: &Gateway,
+    rpc: &prost_reflect::MethodDescriptor,
+    message: &[u8],
+    metadata: tonic::metadata::MetadataMap,
+) -> Result<Response, Error> {
+    let submit = rdm_proto::descriptor_pool()
+        .get_service_by_name("rdm.jobs.v1.JobService")
+        .and_then(|s| s.methods().find(|m| m.name() == "SubmitJob"))
+        .ok_or_else(|| Error::internal("running a call as a job", "no SubmitJob"))?;
+    let request = DynamicMessage::decode(rpc.input(), message)
+        .map_err(|e| Error::internal("reading the request", e))?
+        .serialize_with_options(
+            serde_json::value::Serializer,
+            &SerializeOptions::new().use_proto_field_name(true),
+        )
+        .map_err(|e| Error::internal("reading the request", e))?;
+    let job = serde_json::json!({
+        "method": format!("{}/{}", rpc.parent_service().full_name(), rpc.name()),
+        "request": request,
+    });
+    let job = DynamicMessage::deserialize(submit.input(), job)
+        .map_err(|e| Error::internal("making the job", e))?;
+    let backend = gw.backend(JOBS_PACKAGE)?;
+    let reply = invoke::unary(
+        backend,
+        SUBMIT_JOB,
+        Bytes::from(job.encode_to_vec()),
+        metadata,
+    )
+    .await
+    .map_err(|s| Error::from_status(&s))?;
+    let json = reply_json(&submit.output(), &reply, Some("job"), true)?;
+    let id = serde_json::from_slice::<Value>(&json)
+        .ok()
+        .and_then(|j| j["id"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Ok((
+        http::StatusCode::ACCEPTED,
+        [
+            (header::CONTENT_TYPE, JSON.to_owned()),
+            (header::LOCATION, format!("/v1/jobs/{id}")),
+            (
+                http::HeaderName::from_static("preference-applied"),
+                "respond-async".to_owned(),
+            ),
+        ],
+        json,
+    )
+        .into_response())
+}
+
+/// Whether a stream's messages name their SSE events: an int64 `id` (the
+/// `id:` a client resumes after) and a string `type` (the `event:`).
+fn names_events(output: &MessageDescriptor, response_body: Option<&str>) -> bool {
+    let message = match response_body.and_then(|f| output.get_field_by_name(f)) {
+        Some(field) => match field.kind() {
+            Kind::Message(m) => m,
+            _ => return false,
+        },
+        None => output.clone(),
+    };
+    matches!(
+        message.get_field_by_name("id").map(|f| f.kind()),
+        Some(Kind::Int64)
+    ) && matches!(
+        message.get_field_by_name("type").map(|f| f.kind()),
+        Some(Kind::String)
+    )
+}
+
+/// An event's SSE id and name, from its JSON.
+fn event_name(json: &[u8]) -> Option<(String, String)> {
+    let v: Value = serde_json::from_slice(json).ok()?;
+    let id = match &v["id"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let name = v["type"].as_str()?;
+    // An event name is one line of its own.
+    (!name.contains(['\n', '\r'])).then(|| (id, name.to_owned()))
 }
 
 type FrameStream =

@@ -23,6 +23,7 @@ include!(concat!(env!("OUT_DIR"), "/rdm_modules.rs"));
 pub use rdm::catalog::v1 as catalog;
 pub use rdm::hg630::v1 as hg630;
 pub use rdm::inventory::v1 as inventory;
+pub use rdm::jobs::v1 as jobs;
 pub use rdm::mellophone::v1 as mellophone;
 pub use rdm::snmp::v1 as snmp;
 pub use rdm::tr069::v1 as tr069;

@@ -670,6 +670,24 @@ impl NdJson {
         }
     }
 
+    /// The next value; None when the stream has ended. Panics when none
+    /// comes within `wait`.
+    pub async fn next_within_or_end(&mut self, wait: std::time::Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.find('\n') {
+                let line: String = self.buf.drain(..=end).collect();
+                return Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+            }
+            let chunk =
+                tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut self.chunks))
+                    .await
+                    .expect("the stream neither went on nor ended in time")?
+                    .expect("the stream failed");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
     /// The next `n` values, within 10 s.
     pub async fn next(&mut self, n: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);

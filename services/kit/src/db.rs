@@ -45,10 +45,20 @@ pub enum Scope<'a> {
     Login { slug: &'a str },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// The URL it was opened with (may hold a password: never shown).
+    url: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .finish()
+    }
 }
 
 fn install_drivers() {
@@ -97,7 +107,11 @@ impl Db {
                  row-level security; connect as the app role the migrations create (rdm_app)"
             );
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: url.into(),
+        })
     }
 
     /// Applies the migrations with an owner's connection (`rdm migrate`).
@@ -127,6 +141,12 @@ impl Db {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The URL it was opened with, for a connection of another kind
+    /// (PostgreSQL's LISTEN). It may hold a password: never log it.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Begins a read transaction that sees only what `scope` allows.
