@@ -140,6 +140,26 @@ pub enum Which {
         #[arg(long, default_value_t = 100)]
         logins: usize,
     },
+    /// The jobs service on PostgreSQL with two workers (this process and an
+    /// `rdm serve jobs` child): trivial jobs from enqueue to succeeded, and
+    /// the same work in Celery on the local Redis (CELERY_PYTHON with
+    /// scripts/celery_bench.py; scripts/bench-jobs.sh sets it up); SNMP GET
+    /// jobs against the local snmpd; the delay from enqueue to start with
+    /// an idle queue.
+    Jobs {
+        /// Trivial jobs (GetJwks) per side.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// SNMP GET jobs.
+        #[arg(long, default_value_t = 2_000)]
+        snmp_jobs: usize,
+        /// Jobs submitted one at a time for the start delay.
+        #[arg(long, default_value_t = 200)]
+        latency_jobs: usize,
+        /// The agent the SNMP jobs GET from (v2c, community public).
+        #[arg(long, default_value = "127.0.0.1:11161")]
+        agent: std::net::SocketAddr,
+    },
     /// The catalog in this process: parsing and resolving the standard MIB
     /// modules, the memory they take, TranslateOids both ways, and parsing
     /// the TR-181 XML.
@@ -207,6 +227,12 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             logins,
         } => mellophone(calls.max(10), concurrency.max(1), logins.max(1)).await,
         Which::Catalog { runs, oids } => catalog(runs.max(1), oids.max(1)),
+        Which::Jobs {
+            jobs: n,
+            snmp_jobs,
+            latency_jobs,
+            agent,
+        } => jobs(n.max(10), snmp_jobs.max(1), latency_jobs.max(2), agent).await,
     }
 }
 
@@ -1777,4 +1803,278 @@ fn catalog(runs: usize, oids: usize) -> anyhow::Result<()> {
     );
     println!("  e.g. {} -> {}", queries[1], names[1]);
     Ok(())
+}
+
+/// A fresh PostgreSQL database for a benchmark: its owner's and rdm_app's
+/// URLs (RDM_TEST_PG_URL or postgres://postgres@127.0.0.1:5432).
+async fn bench_database(name: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let server = std::env::var("RDM_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    let name = format!("{name}_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {name}"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut admin)
+        .await?;
+    Ok((
+        format!("{server}/{name}"),
+        format!("{}/{name}", server.replacen("postgres@", "rdm_app@", 1)),
+    ))
+}
+
+async fn jobs(
+    n: usize,
+    snmp_n: usize,
+    latency_n: usize,
+    agent: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    use rdm_proto::jobs::{
+        SubmitJobRequest, WatchJobRequest, job_service_client::JobServiceClient,
+    };
+    use sqlx::Connection;
+    let (admin_url, app_url) = bench_database("rdm_bench_jobs").await?;
+    let mut settings = Settings::default();
+    settings.inventory.database.database_admin_url = Some(admin_url.clone());
+    settings.inventory.database.database_url = Some(app_url.clone());
+    let http = reqwest::Client::new();
+    let demo = demo_mesh(settings, &http).await?;
+    // The second worker: a process of its own on the same queue.
+    let inventory = format!("http://{}", demo.mesh.inventory_addr);
+    let mut other = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "jobs", "--listen", "127.0.0.1:0"])
+        .env("RDM_DATABASE_URL", &app_url)
+        .env("RDM_INVENTORY_URL", &inventory)
+        .env("RDM_JOBS_MESH_URL", &inventory)
+        .env(
+            "RDM_SERVICE_KEY_FILE",
+            demo._dir.path().join("service-ed25519.pem"),
+        )
+        .env("RDM_METRICS_LISTEN", "127.0.0.1:0")
+        .env("RDM_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let (channel, bearer) = grpc(&demo.mesh, &demo.token).await?;
+    let mut db = sqlx::PgConnection::connect(&admin_url).await?;
+    println!(
+        "rdm bench jobs: PostgreSQL, two workers (this process and `rdm serve jobs`), {} cores shared with the database",
+        cores()
+    );
+    let submit = {
+        let (channel, bearer) = (channel.clone(), bearer.clone());
+        move |method: &str, request: serde_json::Value, label: &str| {
+            let mut client = JobServiceClient::new(channel.clone());
+            let bearer = bearer.clone();
+            let job = SubmitJobRequest {
+                method: method.into(),
+                request: Some(rdm_jobs::method::json_struct(&request)),
+                labels: [("bench".to_owned(), label.to_owned())].into(),
+                ..Default::default()
+            };
+            async move {
+                let mut req = tonic::Request::new(job);
+                req.metadata_mut().insert("authorization", bearer);
+                client
+                    .submit_job(req)
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().job)
+                    .map(|j| j.id)
+            }
+        }
+    };
+    // Submits `count` jobs 64 at a time, and waits until none of `label`'s
+    // is queued or running: the time it took, and how many succeeded.
+    async fn round<F, Fut>(
+        db: &mut sqlx::PgConnection,
+        count: usize,
+        label: &str,
+        submit: F,
+    ) -> anyhow::Result<(Duration, i64)>
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Option<String>> + Send,
+    {
+        let started = Instant::now();
+        let submitted = load_calls_once(count, 64, move || {
+            let submit = submit.clone();
+            async move { submit().await.is_some() }
+        })
+        .await;
+        anyhow::ensure!(
+            submitted == count,
+            "{} of {count} jobs were refused",
+            count - submitted
+        );
+        let pattern = format!("%\"bench\":\"{label}\"%");
+        loop {
+            let (open, ok): (i64, i64) = sqlx::query_as(
+                "select count(*) filter (where status in ('queued', 'running')), \
+                 count(*) filter (where status = 'succeeded') from jobs where labels like $1",
+            )
+            .bind(&pattern)
+            .fetch_one(&mut *db)
+            .await?;
+            if open == 0 {
+                return Ok((started.elapsed(), ok));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let jwks = {
+        let submit = submit.clone();
+        move |label: &'static str| {
+            let submit = submit.clone();
+            move || {
+                submit(
+                    "rdm.inventory.v1.AuthService/GetJwks",
+                    serde_json::json!({}),
+                    label,
+                )
+            }
+        }
+    };
+    round(&mut db, n / 10, "warm", jwks("warm")).await?;
+    let (took, ok) = round(&mut db, n, "trivial", jwks("trivial")).await?;
+    let rdm_rate = ok as f64 / took.as_secs_f64();
+    println!(
+        "rdm:    {n} trivial jobs (GetJwks) enqueued and succeeded in {:.2} s: {rdm_rate:.0} jobs/s ({ok} succeeded)",
+        took.as_secs_f64()
+    );
+    match std::env::var("CELERY_PYTHON") {
+        Ok(python) => {
+            let out = tokio::process::Command::new(python)
+                .args(["scripts/celery_bench.py", &n.to_string(), "2", "2"])
+                .output()
+                .await?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let secs: Option<f64> = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("celery: {n} jobs in ")))
+                .and_then(|rest| rest.trim_end_matches(" s").parse().ok());
+            match secs {
+                Some(secs) => {
+                    let rate = n as f64 / secs;
+                    println!(
+                        "celery: {n} no-op tasks (2 prefork workers x 2, Redis broker and results) in {secs:.2} s: {rate:.0} jobs/s"
+                    );
+                    println!("rdm/celery: {:.1}x (goal >= 3x)", rdm_rate / rate);
+                }
+                None => println!(
+                    "celery: did not run: {}{}",
+                    text.trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            }
+        }
+        Err(_) => println!("celery: not run (CELERY_PYTHON unset: scripts/bench-jobs.sh sets it)"),
+    }
+
+    // SNMP GETs, one job each, against a real agent.
+    let device: serde_json::Value = http
+        .post(format!("{}/v1/devices", demo.base))
+        .bearer_auth(&demo.token)
+        .json(&serde_json::json!({"name": "bench-agent"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let device_id = device["id"].as_str().unwrap_or_default().to_owned();
+    http.put(format!("{}/v1/devices/{device_id}/endpoints/snmp", demo.base))
+        .bearer_auth(&demo.token)
+        .json(&serde_json::json!({"host": agent.ip().to_string(), "port": agent.port(), "version": "2c", "community": "public"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let get = {
+        let submit = submit.clone();
+        move || {
+            submit(
+                "rdm.snmp.v1.SnmpService/Get",
+                serde_json::json!({"target": {"device_id": device_id}, "oids": ["1.3.6.1.2.1.1.3.0"]}),
+                "snmp",
+            )
+        }
+    };
+    let (took, ok) = round(&mut db, snmp_n, "snmp", get).await?;
+    println!(
+        "rdm:    {snmp_n} SNMP GET jobs against {agent}: {:.0} jobs/s ({ok} succeeded)",
+        ok as f64 / took.as_secs_f64()
+    );
+
+    // One job at a time on an idle queue: enqueue to start.
+    for _ in 0..latency_n {
+        let Some(id) = submit(
+            "rdm.inventory.v1.AuthService/GetJwks",
+            serde_json::json!({}),
+            "latency",
+        )
+        .await
+        else {
+            anyhow::bail!("a latency job was refused");
+        };
+        let mut client = JobServiceClient::new(channel.clone());
+        let mut req = tonic::Request::new(WatchJobRequest {
+            job_id: id,
+            last_event_id: Some(0),
+        });
+        req.metadata_mut().insert("authorization", bearer.clone());
+        let mut events = client.watch_job(req).await?.into_inner();
+        while events.message().await?.is_some() {}
+    }
+    let mut delays: Vec<i64> = sqlx::query_scalar(
+        "select start_time - create_time from jobs where labels like '%\"bench\":\"latency\"%'",
+    )
+    .fetch_all(&mut db)
+    .await?;
+    delays.sort();
+    let at = |p: f64| delays[((delays.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "rdm:    enqueue to start on an idle queue, {latency_n} jobs one at a time: p50 {} ms, p99 {} ms (goal < 10 ms; stored to the millisecond)",
+        at(0.5),
+        at(0.99)
+    );
+    let _ = other.start_kill();
+    let _ = other.wait().await;
+    demo.trigger.trigger();
+    Ok(())
+}
+
+/// Makes `total` calls from `concurrency` tasks, once (no warm-up): how
+/// many succeeded.
+async fn load_calls_once<F, Fut>(total: usize, concurrency: usize, call: F) -> usize
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let left = Arc::new(AtomicUsize::new(total));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (call, left) = (call.clone(), left.clone());
+        tasks.spawn(async move {
+            let mut ok = 0;
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                ok += usize::from(call().await);
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(Ok(n)) = tasks.join_next().await {
+        ok += n;
+    }
+    ok
 }

@@ -233,7 +233,7 @@ pub async fn insert(tx: &mut TenantTx, job: &Job, now: i64) -> Result<bool> {
     }
     let mut event = job.event("queued", now);
     event.id = 1;
-    insert_events(tx, &job.id, &job.tenant_id, &[event]).await?;
+    insert_events(tx, &[(&job.id, &job.tenant_id, event)]).await?;
     Ok(true)
 }
 
@@ -335,11 +335,15 @@ pub async fn claim(
     .fetch_all(tx.conn())
     .await?;
     let claimed = jobs(rows)?;
-    for job in &claimed {
-        let mut event = job.event("started", now);
-        event.id = job.last_event;
-        insert_events(tx, &job.id, &job.tenant_id, &[event]).await?;
-    }
+    let started: Vec<(&str, &str, pb::JobEvent)> = claimed
+        .iter()
+        .map(|job| {
+            let mut event = job.event("started", now);
+            event.id = job.last_event;
+            (job.id.as_str(), job.tenant_id.as_str(), event)
+        })
+        .collect();
+    insert_events(tx, &started).await?;
     Ok(claimed)
 }
 
@@ -485,11 +489,16 @@ pub async fn apply(tx: &mut TenantTx, id: &str, change: Change<'_>, now: i64) ->
             .await?;
     }
     let first = last - change.events.len() as i64 + 1;
-    let mut events = change.events;
-    for (i, e) in events.iter_mut().enumerate() {
-        e.id = first + i as i64;
-    }
-    insert_events(tx, id, &tenant_id, &events).await?;
+    let events: Vec<(&str, &str, pb::JobEvent)> = change
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.id = first + i as i64;
+            (id, tenant_id.as_str(), e)
+        })
+        .collect();
+    insert_events(tx, &events).await?;
     insert_results(tx, id, &tenant_id, &change.results).await?;
     Ok(true)
 }
@@ -509,19 +518,15 @@ fn placeholders(rows: usize, columns: usize) -> String {
         .join(", ")
 }
 
-async fn insert_events(
-    tx: &mut TenantTx,
-    job_id: &str,
-    tenant_id: &str,
-    events: &[pb::JobEvent],
-) -> Result<()> {
+/// Events of any jobs: (job, tenant, event).
+async fn insert_events(tx: &mut TenantTx, events: &[(&str, &str, pb::JobEvent)]) -> Result<()> {
     for chunk in events.chunks(BATCH) {
         let sql = format!(
             "insert into job_events (job_id, id, tenant_id, event) values {}",
             placeholders(chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
+        for (job_id, tenant_id, e) in chunk {
             query = query
                 .bind(job_id)
                 .bind(e.id)
