@@ -652,39 +652,39 @@ impl NdJson {
         Self::of(http.get(url).bearer_auth(token).send().await.unwrap())
     }
 
-    /// The next value, if one comes within `wait`.
+    /// The next value, if one comes within `wait` (panics when the stream ends).
     pub async fn next_within(&mut self, wait: std::time::Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(end) = self.buf.find('\n') {
-                let line: String = self.buf.drain(..=end).collect();
-                return Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
-            }
-            let chunk =
-                tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut self.chunks))
-                    .await
-                    .ok()?
-                    .expect("the stream ended")
-                    .expect("the stream failed");
-            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
+        let next = self.read(wait).await.ok()?;
+        Some(next.expect("the stream ended"))
     }
 
-    /// The next value; None when the stream has ended. Panics when none
-    /// comes within `wait`.
+    /// The next value; None when the stream has ended. Panics when neither
+    /// happens within `wait`.
     pub async fn next_within_or_end(&mut self, wait: std::time::Duration) -> Option<Value> {
+        self.read(wait)
+            .await
+            .expect("the stream neither went on nor ended in time")
+    }
+
+    /// The next value (None: the stream ended), or Err when none came in time.
+    async fn read(&mut self, wait: std::time::Duration) -> Result<Option<Value>, ()> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(end) = self.buf.find('\n') {
                 let line: String = self.buf.drain(..=end).collect();
-                return Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+                return Ok(Some(
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")),
+                ));
             }
             let chunk =
                 tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut self.chunks))
                     .await
-                    .expect("the stream neither went on nor ended in time")?
-                    .expect("the stream failed");
-            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+                    .map_err(|_| ())?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            self.buf
+                .push_str(std::str::from_utf8(&chunk.expect("the stream failed")).unwrap());
         }
     }
 

@@ -397,6 +397,28 @@ async fn tenant_modules_uploaded_resolved_and_deleted(mesh: TestMesh) {
         first["missing_imports"],
         json!([{"module": "UCD-DISKIO-MIB", "from": "UCD-SNMP-MIB", "symbols": ["ucdExperimental"]}])
     );
+    // Parsed by a job of the uploader's; parsing it again changes nothing.
+    let job_id = first["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{first}"));
+    let job = get(&mesh, &token, &format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(
+        (&job["method"], &job["status"]),
+        (
+            &json!("rdm.catalog.v1.MibService/ParseMibUpload"),
+            &json!("JOB_STATUS_SUCCEEDED")
+        ),
+        "{job}"
+    );
+    let (status, parsed) = mesh
+        .post(
+            &format!("/v1/mibs/uploads/{}:parse", first["id"].as_str().unwrap()),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{parsed}");
+    assert_eq!(parsed, first);
     // The import, as a .tar.gz: the module resolves.
     let second = upload(
         &mesh,
@@ -805,6 +827,8 @@ async fn serve_catalog_as_its_own_process() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(done["added"], json!(["UCD-SNMP-MIB"]), "{done}");
+    // No jobs service given: parsed in the catalog's own process.
+    assert_eq!(done["job_id"], "", "{done}");
     let object = http
         .get(format!("{base}/v1/mibs/objects/UCD-SNMP-MIB::memTotalReal"))
         .bearer_auth(&token)

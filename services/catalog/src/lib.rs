@@ -39,6 +39,10 @@ pub struct Args {
     /// start (they are loaded either way).
     #[arg(long, env = "RDM_CATALOG_LOG_DIAGNOSTICS", default_value_t = false)]
     pub catalog_log_diagnostics: bool,
+    /// The jobs service (gRPC): each upload is parsed as a job of the
+    /// uploader's there. `rdm up`: its own; none: parsed in this process.
+    #[arg(long = "catalog-jobs-url", env = "RDM_JOBS_URL")]
+    pub catalog_jobs_url: Option<String>,
 }
 
 /// The service as the mesh's registry lists it.
@@ -71,10 +75,15 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         "standard data model loaded"
     );
     let db = Database::migrated(&context, "catalog", &store::MIGRATIONS).await?;
+    let jobs = match args.catalog_jobs_url.or(context.mesh_url.clone()) {
+        Some(url) => Some(rdm_kit::invoke::remote(&url)?),
+        None => None,
+    };
     let service = Catalog {
         standard: set,
         model,
         db,
+        jobs,
         mib_sets: Arc::default(),
         data_models: Arc::default(),
     };
@@ -100,6 +109,8 @@ struct Catalog {
     standard: &'static MibSet,
     model: &'static Model,
     db: Db,
+    /// Where uploads are parsed as jobs (None: in this process).
+    jobs: Option<rdm_kit::invoke::Backend>,
     /// Each tenant's modules resolved with the standard set.
     mib_sets: Arc<PerTenant<MibSet>>,
     /// Each tenant's own data models.
@@ -286,9 +297,44 @@ impl Catalog {
             }
         }
         store::put_upload(&mut tx, &p.tenant_id, &upload).await?;
+        store::put_upload_data(&mut tx, &p.tenant_id, &upload.id, None).await?;
         tx.commit().await?;
         tracing::info!(tenant_id = %p.tenant_id, upload = %upload.id, added = upload.added.len(), failed = upload.failed.len(), status = %upload.status, "MIB upload parsed");
         Ok(())
+    }
+}
+
+impl Catalog {
+    /// Submits the parse of upload `id` as a job of the caller's: its id,
+    /// or None when there is no jobs service to take it (the caller then
+    /// parses it in this process).
+    async fn parse_as_job<T>(&self, req: &Request<T>, id: &str) -> Option<String> {
+        use prost_types::{Struct, Value, value::Kind};
+        use rdm_proto::jobs::{SubmitJobRequest, job_service_client::JobServiceClient};
+        let jobs = self.jobs.clone()?;
+        let mut client =
+            JobServiceClient::with_interceptor(jobs, rdm_kit::client::Forward::of(req));
+        let job = SubmitJobRequest {
+            method: "rdm.catalog.v1.MibService/ParseMibUpload".into(),
+            request: Some(Struct {
+                fields: [(
+                    "id".to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(id.to_owned())),
+                    },
+                )]
+                .into(),
+            }),
+            labels: [("mib_upload".to_owned(), id.to_owned())].into(),
+            ..Default::default()
+        };
+        match client.submit_job(job).await {
+            Ok(reply) => reply.into_inner().job.map(|j| j.id),
+            Err(status) => {
+                tracing::warn!(upload = %id, error = %status.message(), "the jobs service did not take a MIB upload: parsed here");
+                None
+            }
+        }
     }
 }
 
@@ -417,7 +463,7 @@ impl MibService for Catalog {
                     "the upload is empty: post the file itself",
                 ));
             }
-            let upload = pb::MibUpload {
+            let mut upload = pb::MibUpload {
                 id: uuid::Uuid::now_v7().to_string(),
                 status: "parsing".into(),
                 filename: r.filename.trim().to_owned(),
@@ -425,15 +471,57 @@ impl MibService for Catalog {
             };
             let mut tx = self.db.begin_write(scope(&p)).await?;
             store::put_upload(&mut tx, &p.tenant_id, &upload).await?;
+            store::put_upload_data(&mut tx, &p.tenant_id, &upload.id, Some(&data)).await?;
             tx.commit().await?;
-            let (this, pending) = (self.clone(), upload.clone());
-            tokio::spawn(async move {
-                let id = pending.id.clone();
-                if let Err(e) = this.process(p, pending, data).await {
-                    tracing::error!(upload = %id, error = %e.message, "MIB upload not processed");
+            match self.parse_as_job(&req, &upload.id).await {
+                Some(job_id) => {
+                    let mut tx = self.db.begin_write(scope(&p)).await?;
+                    store::put_upload_job(&mut tx, &p.tenant_id, &upload.id, &job_id).await?;
+                    tx.commit().await?;
+                    upload.job_id = job_id;
                 }
-            });
+                None => {
+                    let (this, pending) = (self.clone(), upload.clone());
+                    tokio::spawn(async move {
+                        let id = pending.id.clone();
+                        if let Err(e) = this.process(p, pending, data).await {
+                            tracing::error!(upload = %id, error = %e.message, "MIB upload not processed");
+                        }
+                    });
+                }
+            }
             Ok(pb::UploadMibsResponse {
+                upload: Some(upload),
+            })
+        };
+        reply(run.await)
+    }
+
+    async fn parse_mib_upload(
+        &self,
+        req: Request<pb::ParseMibUploadRequest>,
+    ) -> Result<Response<pb::ParseMibUploadResponse>, Status> {
+        let run = async {
+            checked(&req, "ParseMibUploadRequest")?;
+            let p = Principal::of(&req)?;
+            let id = req.get_ref().id.trim();
+            let mut tx = self.db.begin(scope(p)).await?;
+            let upload = store::upload(&mut tx, &p.tenant_id, id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))?;
+            let data = store::upload_data(&mut tx, &p.tenant_id, id).await?;
+            drop(tx);
+            let upload = match data {
+                Some(data) if upload.status == "parsing" => {
+                    self.process(p.clone(), upload, data).await?;
+                    let mut tx = self.db.begin(scope(p)).await?;
+                    store::upload(&mut tx, &p.tenant_id, id)
+                        .await?
+                        .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))?
+                }
+                _ => upload,
+            };
+            Ok(pb::ParseMibUploadResponse {
                 upload: Some(upload),
             })
         };

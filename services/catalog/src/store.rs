@@ -149,8 +149,13 @@ pub async fn put_module(
     Ok(())
 }
 
+/// The report as stored (its job is a column of its own).
 fn encode(upload: &pb::MibUpload) -> String {
-    STANDARD.encode(upload.encode_to_vec())
+    let report = pb::MibUpload {
+        job_id: String::new(),
+        ..upload.clone()
+    };
+    STANDARD.encode(report.encode_to_vec())
 }
 
 /// Records an upload (new or with what became of it).
@@ -179,18 +184,64 @@ pub async fn put_upload(tx: &mut TenantTx, tenant_id: &str, upload: &pb::MibUplo
     Ok(())
 }
 
-pub async fn upload(tx: &mut TenantTx, tenant_id: &str, id: &str) -> Result<Option<pb::MibUpload>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("select report from mib_uploads where tenant_id = $1 and id = $2")
+/// Keeps an upload's file until it is parsed (None: forgets it).
+pub async fn put_upload_data(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    id: &str,
+    data: Option<&[u8]>,
+) -> Result<()> {
+    sqlx::query("update mib_uploads set data = $3 where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .bind(data)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// An upload's file, while it waits to be parsed.
+pub async fn upload_data(tx: &mut TenantTx, tenant_id: &str, id: &str) -> Result<Option<Vec<u8>>> {
+    let row: Option<(Option<Vec<u8>>,)> =
+        sqlx::query_as("select data from mib_uploads where tenant_id = $1 and id = $2")
             .bind(tenant_id)
             .bind(id)
             .fetch_optional(tx.conn())
             .await?;
-    row.map(|(report,)| {
+    Ok(row.and_then(|(data,)| data))
+}
+
+/// Records the job that parses an upload (apart from its report, which
+/// the job may be writing).
+pub async fn put_upload_job(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    id: &str,
+    job_id: &str,
+) -> Result<()> {
+    sqlx::query("update mib_uploads set job_id = $3 where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .bind(job_id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+pub async fn upload(tx: &mut TenantTx, tenant_id: &str, id: &str) -> Result<Option<pb::MibUpload>> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("select report, job_id from mib_uploads where tenant_id = $1 and id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?;
+    row.map(|(report, job_id)| {
         let bytes = STANDARD
             .decode(report)
             .map_err(|e| Error::internal("reading an upload", e))?;
-        pb::MibUpload::decode(bytes.as_slice()).map_err(|e| Error::internal("reading an upload", e))
+        let upload = pb::MibUpload::decode(bytes.as_slice())
+            .map_err(|e| Error::internal("reading an upload", e))?;
+        Ok(pb::MibUpload { job_id, ..upload })
     })
     .transpose()
 }

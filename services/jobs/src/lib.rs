@@ -74,14 +74,16 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
         .context("RDM_JOBS_MESH_URL is required: where the workers call the mesh's RPCs")?;
     let access = AccessTable::from_pool(rdm_proto::descriptor_pool());
     let lease = Duration::from_secs(args.jobs_lease_s.max(1));
+    let owner = uuid::Uuid::new_v4().simple().to_string();
     let runner = Arc::new(runner::Runner {
+        writer: runner::writer(db.clone(), hub.clone(), owner.clone()),
         db: db.clone(),
         hub: hub.clone(),
         mesh: invoke::remote(&mesh_url)?,
         inventory: context.resolver(DOMAIN),
         verifier: context.verifier.clone(),
         access: access.clone(),
-        owner: uuid::Uuid::new_v4().simple().to_string(),
+        owner,
         workers: args.jobs_workers,
         lease,
         result_limit: args.jobs_result_limit,

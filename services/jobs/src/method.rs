@@ -56,16 +56,19 @@ impl Method {
         Ok(Self { rpc, path, role })
     }
 
-    /// A method with side effects runs at most once unless the user asks
-    /// for more attempts, and is not run again after a lost worker.
+    /// A method that may not be repeated (neither `NO_SIDE_EFFECTS` nor
+    /// `IDEMPOTENT`) runs at most once unless the user asks for more
+    /// attempts, and is not run again after a lost worker.
     pub fn side_effects(&self) -> bool {
-        use prost_reflect::prost_types::method_options::IdempotencyLevel;
-        self.rpc
-            .method_descriptor_proto()
-            .options
-            .as_ref()
-            .map(|o| o.idempotency_level())
-            != Some(IdempotencyLevel::NoSideEffects)
+        use prost_reflect::prost_types::method_options::IdempotencyLevel as L;
+        !matches!(
+            self.rpc
+                .method_descriptor_proto()
+                .options
+                .as_ref()
+                .map(|o| o.idempotency_level()),
+            Some(L::NoSideEffects | L::Idempotent)
+        )
     }
 
     /// May `p` call it?
@@ -119,6 +122,15 @@ impl Method {
             )
         })?;
         rdm_kit::rules::check(&message, "request.")?;
+        if let Some(path) = secret_in(&message, "request.") {
+            return Err(Error::invalid(
+                path.clone(),
+                format!(
+                    "{path} is a secret, and a job's request is kept and shown: \
+                     name a device (target.device_id), whose secrets the inventory keeps sealed"
+                ),
+            ));
+        }
         Ok(message)
     }
 
@@ -133,6 +145,25 @@ impl Method {
             .serialize_with_options(serde_json::value::Serializer, &options)
             .map_err(|e| Error::internal("encoding a reply as JSON", e))
     }
+}
+
+/// The path of the first secret (`(rdm.api.v1.secret)`) `msg` holds.
+fn secret_in(msg: &DynamicMessage, prefix: &str) -> Option<String> {
+    use prost_reflect::Value as V;
+    msg.fields().find_map(|(field, value)| {
+        let path = format!("{prefix}{}", field.name());
+        if rdm_kit::rules::is_secret(&field) {
+            return Some(path);
+        }
+        let nested = |v: &V| match v {
+            V::Message(m) => secret_in(m, &format!("{path}.")),
+            _ => None,
+        };
+        match value {
+            V::List(items) => items.iter().find_map(nested),
+            other => nested(other),
+        }
+    })
 }
 
 /// A `google.protobuf.Struct` as a JSON object.
@@ -204,6 +235,8 @@ mod tests {
         assert!(!walk.side_effects() && walk.has_target() && walk.rpc.is_server_streaming());
         let set = Method::find("rdm.snmp.v1.SnmpService/Set", &access()).unwrap();
         assert!(set.side_effects());
+        let parse = Method::find("rdm.catalog.v1.MibService/ParseMibUpload", &access()).unwrap();
+        assert!(!parse.side_effects(), "IDEMPOTENT: safe to run again");
         for bad in [
             "rdm.snmp.v1.SnmpService/Nope",
             "nothing",
@@ -236,6 +269,19 @@ mod tests {
         // The proto's own rules: a target is required.
         let err = get.message(request.as_object().unwrap(), None).unwrap_err();
         assert_eq!(err.field(), Some("request.target"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_jobs() {
+        let get = Method::find("rdm.snmp.v1.SnmpService/Get", &access()).unwrap();
+        let inline = serde_json::json!({"oids": ["1.3.6.1.2.1.1.1.0"],
+            "target": {"endpoint": {"host": "127.0.0.1", "version": "2c", "community": "public"}}});
+        let err = get.message(inline.as_object().unwrap(), None).unwrap_err();
+        assert_eq!(err.field(), Some("request.target.endpoint.community"));
+        assert!(!err.message.contains("public"), "{}", err.message);
+        let inline = serde_json::json!({"oids": ["1.3.6.1.2.1.1.1.0"],
+            "target": {"endpoint": {"host": "127.0.0.1", "version": "3", "username": "u", "security_level": "noAuthNoPriv"}}});
+        assert!(get.message(inline.as_object().unwrap(), None).is_ok());
     }
 
     #[test]

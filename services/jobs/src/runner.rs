@@ -54,6 +54,8 @@ pub struct Runner {
     pub result_limit: usize,
     pub retention: Duration,
     pub tokens: Mutex<HashMap<(String, String), (Principal, Instant)>>,
+    /// Where its jobs' results, events and progress are written ([`writer`]).
+    pub writer: tokio::sync::mpsc::Sender<Write>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -97,7 +99,7 @@ impl Runner {
 
     async fn claim(&self, n: usize) -> Result<Vec<store::Job>> {
         let now = now_millis();
-        let mut tx = self.db.begin_write(Scope::Platform).await?;
+        let mut tx = self.db.begin_write_unsynced(Scope::Platform).await?;
         let jobs = store::claim(&mut tx, &self.owner, now, now + ms(self.lease), n as i64).await?;
         tx.commit().await?;
         for job in &jobs {
@@ -131,8 +133,16 @@ impl Runner {
     }
 
     async fn renew(&self) -> Result<()> {
-        let mut tx = self.db.begin_write(Scope::Platform).await?;
-        let held = store::renew(&mut tx, &self.owner, now_millis() + ms(self.lease)).await?;
+        // Taken first: a job claimed while the renewal runs is not in it.
+        let running = self.hub.running();
+        let mut tx = self.db.begin_write_unsynced(Scope::Platform).await?;
+        let held = store::renew(
+            &mut tx,
+            &self.owner,
+            &running,
+            now_millis() + ms(self.lease),
+        )
+        .await?;
         tx.commit().await?;
         let ids: HashSet<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
         for (id, cancel) in &held {
@@ -141,7 +151,9 @@ impl Runner {
             }
         }
         // Running here but no longer ours: another replica took it back.
-        for id in self.hub.running() {
+        // (A job whose run ended without its last write is renewed no
+        // more: its lease runs out and it is taken back.)
+        for id in running {
             if !ids.contains(id.as_str()) {
                 self.hub.cancel(&id);
             }
@@ -151,7 +163,7 @@ impl Runner {
 
     async fn reap(&self) -> Result<()> {
         let now = now_millis();
-        let mut tx = self.db.begin_write(Scope::Platform).await?;
+        let mut tx = self.db.begin_write_unsynced(Scope::Platform).await?;
         for job in store::expired(&mut tx, now).await? {
             let again = !job.side_effects && job.attempts < MAX_RUNS;
             let lost = pb::JobError {
@@ -199,7 +211,7 @@ impl Runner {
     }
 
     async fn prune(&self) -> Result<()> {
-        let mut tx = self.db.begin_write(Scope::Platform).await?;
+        let mut tx = self.db.begin_write_unsynced(Scope::Platform).await?;
         let n = store::prune(&mut tx, now_millis() - ms(self.retention)).await?;
         tx.commit().await?;
         if n > 0 {
@@ -462,10 +474,8 @@ fn job_error(e: &Error) -> pb::JobError {
 /// What a running job has to write: gathered from its targets, written
 /// every [`FLUSH`] and at its end, each time in one transaction.
 struct Recorder {
-    db: Db,
-    hub: Arc<Hub>,
+    writer: tokio::sync::mpsc::Sender<Write>,
     job: store::Job,
-    owner: String,
     limit: usize,
     state: Mutex<Pending>,
 }
@@ -486,10 +496,8 @@ struct Pending {
 impl Recorder {
     fn new(runner: &Runner, job: &store::Job) -> Self {
         Self {
-            db: runner.db.clone(),
-            hub: runner.hub.clone(),
+            writer: runner.writer.clone(),
             job: job.clone(),
-            owner: runner.owner.clone(),
             limit: runner.result_limit,
             state: Mutex::default(),
         }
@@ -670,7 +678,6 @@ impl Recorder {
             return Ok(true);
         };
         self.write(Change {
-            owner: Some(&self.owner),
             progress: Some(progress),
             events,
             results,
@@ -689,29 +696,124 @@ impl Recorder {
             error: error.clone(),
             ..Default::default()
         });
-        let written = self
-            .write(Change {
-                owner: Some(&self.owner),
-                progress: Some(progress),
-                status: Some(status),
-                // Clears the error of an earlier, lost attempt.
-                error: Some(error.unwrap_or_default()),
-                events,
-                results,
-                ..Default::default()
-            })
-            .await?;
+        let change = Change {
+            progress: Some(progress),
+            status: Some(status),
+            // Clears the error of an earlier, lost attempt.
+            error: Some(error.unwrap_or_default()),
+            events,
+            results,
+            ..Default::default()
+        };
+        // The end is worth a few tries: a job left running would be taken
+        // back when its lease runs out, and a write then marked interrupted.
+        let mut tries = 0;
+        let written = loop {
+            match self.write(change.clone()).await {
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(job = %self.job.id, error = %e.message, "recording a job's end; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                other => break other?,
+            }
+        };
         if written {
             metrics::counter!("rdm_jobs_finished_total", "status" => status).increment(1);
         }
         Ok(written)
     }
 
-    async fn write(&self, change: Change<'_>) -> Result<bool> {
-        let mut tx = self.db.begin_write(Scope::Platform).await?;
-        let ok = store::apply(&mut tx, &self.job.id, change, now_millis()).await?;
-        tx.commit().await?;
-        self.hub.changed(&self.job.id);
-        Ok(ok)
+    async fn write(&self, change: Change<'static>) -> Result<bool> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let write = Write {
+            id: self.job.id.clone(),
+            change,
+            done,
+        };
+        if self.writer.send(write).await.is_err() {
+            return Err(Error::internal("recording a job", "the writer has stopped"));
+        }
+        written
+            .await
+            .unwrap_or_else(|_| Err(Error::internal("recording a job", "the writer has stopped")))
     }
+}
+
+/// A worker's write to one of its jobs, and who waits for it.
+pub struct Write {
+    id: String,
+    /// Its `owner` is set by the writer (this worker's).
+    change: Change<'static>,
+    done: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+/// Most writes one transaction takes.
+const WRITE_BATCH: usize = 64;
+
+/// Writes the worker's jobs' changes: those that come together (jobs
+/// finishing at once) share one transaction.
+pub fn writer(db: Db, hub: Arc<Hub>, owner: String) -> tokio::sync::mpsc::Sender<Write> {
+    let (queue, mut writes) = tokio::sync::mpsc::channel::<Write>(4 * WRITE_BATCH);
+    tokio::spawn(async move {
+        while let Some(first) = writes.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < WRITE_BATCH {
+                match writes.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let ids: Vec<String> = batch.iter().map(|w| w.id.clone()).collect();
+            let (changes, waiting): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|w| ((w.id, w.change), w.done))
+                .unzip();
+            match write_all(&db, &owner, changes).await {
+                Ok(held) => {
+                    for (done, held) in waiting.into_iter().zip(held) {
+                        let _ = done.send(Ok(held));
+                    }
+                }
+                Err(e) => {
+                    for done in waiting {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+            for id in ids {
+                hub.changed(&id);
+            }
+        }
+    });
+    queue
+}
+
+/// Applies each change in one transaction: whether `owner` still held each job.
+async fn write_all(
+    db: &Db,
+    owner: &str,
+    changes: Vec<(String, Change<'static>)>,
+) -> Result<Vec<bool>> {
+    let now = now_millis();
+    // Rows are locked in id order, as the lease renewal locks them: two
+    // transactions never wait for each other in a circle.
+    let mut order: Vec<usize> = (0..changes.len()).collect();
+    order.sort_by(|a, b| changes[*a].0.cmp(&changes[*b].0));
+    let mut changes: Vec<Option<(String, Change<'static>)>> =
+        changes.into_iter().map(Some).collect();
+    let mut tx = db.begin_write_unsynced(Scope::Platform).await?;
+    let mut held = vec![false; changes.len()];
+    for i in order {
+        let Some((id, change)) = changes[i].take() else {
+            continue;
+        };
+        let change = Change {
+            owner: Some(owner),
+            ..change
+        };
+        held[i] = store::apply(&mut tx, &id, change, now).await?;
+    }
+    tx.commit().await?;
+    Ok(held)
 }

@@ -347,22 +347,33 @@ pub async fn claim(
     Ok(claimed)
 }
 
-/// Renews `owner`'s leases; the jobs it still holds, and whether each has
-/// a cancel asked for.
+/// Renews `owner`'s leases on `ids` (the jobs running in its process),
+/// in id order (as every multi-job write here locks rows); those it still
+/// holds, and whether each has a cancel asked for.
 pub async fn renew(
     tx: &mut TenantTx,
     owner: &str,
+    ids: &[String],
     lease_until: i64,
 ) -> Result<Vec<(String, bool)>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "update jobs set lease_until = $1 where lease_owner = $2 and status = 'running' \
-         returning id, cancel_requested",
-    )
-    .bind(lease_until)
-    .bind(owner)
-    .fetch_all(tx.conn())
-    .await?;
-    Ok(rows.into_iter().map(|(id, c)| (id, c != 0)).collect())
+    let mut ids = ids.to_vec();
+    ids.sort();
+    let mut held = Vec::with_capacity(ids.len());
+    for id in ids {
+        let cancel: Option<i64> = sqlx::query_scalar(
+            "update jobs set lease_until = $1 where id = $2 and lease_owner = $3 \
+             and status = 'running' returning cancel_requested",
+        )
+        .bind(lease_until)
+        .bind(&id)
+        .bind(owner)
+        .fetch_optional(tx.conn())
+        .await?;
+        if let Some(cancel) = cancel {
+            held.push((id, cancel != 0));
+        }
+    }
+    Ok(held)
 }
 
 /// Running jobs whose lease ran out (their worker is gone), locked.
@@ -381,7 +392,7 @@ pub async fn expired(tx: &mut TenantTx, now: i64) -> Result<Vec<Job>> {
 }
 
 /// What a worker (or a cancel, or the reaper) writes to a job at once.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Change<'a> {
     /// Only while `owner` holds the job's lease.
     pub owner: Option<&'a str>,
@@ -401,6 +412,7 @@ pub struct Change<'a> {
 }
 
 /// A result to store.
+#[derive(Clone)]
 pub struct ResultRow {
     pub seq: i64,
     pub device_id: String,
@@ -506,11 +518,17 @@ pub async fn apply(tx: &mut TenantTx, id: &str, change: Change<'_>, now: i64) ->
 /// Rows per insert statement.
 const BATCH: usize = 500;
 
-fn placeholders(rows: usize, columns: usize) -> String {
+/// `(..), (..)` for `rows` rows of `columns` values bound in order: plain
+/// `?` on SQLite (numbered parameters make a big statement quadratic
+/// there), `$n` on PostgreSQL.
+fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
     (0..rows)
         .map(|r| {
             let cols: Vec<String> = (1..=columns)
-                .map(|c| format!("${}", r * columns + c))
+                .map(|c| match backend {
+                    Backend::Sqlite => "?".to_owned(),
+                    Backend::Postgres => format!("${}", r * columns + c),
+                })
                 .collect();
             format!("({})", cols.join(", "))
         })
@@ -523,7 +541,7 @@ async fn insert_events(tx: &mut TenantTx, events: &[(&str, &str, pb::JobEvent)])
     for chunk in events.chunks(BATCH) {
         let sql = format!(
             "insert into job_events (job_id, id, tenant_id, event) values {}",
-            placeholders(chunk.len(), 4)
+            placeholders(tx.backend(), chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (job_id, tenant_id, e) in chunk {
@@ -547,7 +565,7 @@ async fn insert_results(
     for chunk in results.chunks(BATCH) {
         let sql = format!(
             "insert into job_results (job_id, seq, tenant_id, device_id, item, error_kind, error_message) values {}",
-            placeholders(chunk.len(), 7)
+            placeholders(tx.backend(), chunk.len(), 7)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {

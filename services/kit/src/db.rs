@@ -151,7 +151,7 @@ impl Db {
 
     /// Begins a read transaction that sees only what `scope` allows.
     pub async fn begin(&self, scope: Scope<'_>) -> Result<TenantTx> {
-        self.begin_as(scope, false).await
+        self.begin_as(scope, false, true).await
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write
@@ -159,10 +159,20 @@ impl Db {
     /// then writes would fail outright, not wait, when another write
     /// committed in between.
     pub async fn begin_write(&self, scope: Scope<'_>) -> Result<TenantTx> {
-        self.begin_as(scope, true).await
+        self.begin_as(scope, true, true).await
     }
 
-    async fn begin_as(&self, scope: Scope<'_>, write: bool) -> Result<TenantTx> {
+    /// A write whose commit does not wait for the database's log to reach
+    /// the disk (PostgreSQL's `synchronous_commit = off`): a crash of the
+    /// database may lose the last moments of such commits, whole, never
+    /// half of one. For state that is safe to lose that way (a worker's
+    /// progress, which its lease recovers), not for what a caller was told
+    /// is stored.
+    pub async fn begin_write_unsynced(&self, scope: Scope<'_>) -> Result<TenantTx> {
+        self.begin_as(scope, true, false).await
+    }
+
+    async fn begin_as(&self, scope: Scope<'_>, write: bool, synced: bool) -> Result<TenantTx> {
         let mut tx = match (self.backend, write) {
             (Backend::Sqlite, true) => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             _ => self.pool.begin().await?,
@@ -173,10 +183,15 @@ impl Db {
                 Scope::Platform => ("", "", "on", ""),
                 Scope::Login { slug } => ("", "", "off", slug),
             };
-            sqlx::query(
+            let unsynced = if synced {
+                ""
+            } else {
+                ", set_config('synchronous_commit', 'off', true)"
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "select set_config('app.tenant_id', $1, true), set_config('app.user_id', $2, true), \
-                 set_config('app.platform', $3, true), set_config('app.login_slug', $4, true)",
-            )
+                 set_config('app.platform', $3, true), set_config('app.login_slug', $4, true){unsynced}"
+            )))
             .bind(tenant)
             .bind(user)
             .bind(platform)
