@@ -604,7 +604,7 @@ impl ScheduleService for Service {
             let now = now_millis();
             self.0
                 .prepare(&p.tenant_id, &p.user_id, &job, None, "", now)
-                .map_err(|e| in_job(e))?;
+                .map_err(in_job)?;
             Method::find(&job.method, &self.0.access)?.allowed(p)?;
             job.idempotency_key.clear();
             job.run_after = None;
