@@ -401,7 +401,15 @@ async fn tenant_modules_uploaded_resolved_and_deleted(mesh: TestMesh) {
     let job_id = first["job_id"]
         .as_str()
         .unwrap_or_else(|| panic!("{first}"));
-    let job = get(&mesh, &token, &format!("/v1/jobs/{job_id}")).await;
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        // The upload is done when the parse is; the job's end is written after.
+        job = get(&mesh, &token, &format!("/v1/jobs/{job_id}")).await;
+        if job["status"] != "JOB_STATUS_RUNNING" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(
         (&job["method"], &job["status"]),
         (
