@@ -305,6 +305,14 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// One of `p`'s tenant's uploads.
+    async fn upload(&self, p: &Principal, id: &str) -> Result<pb::MibUpload> {
+        let mut tx = self.db.begin(scope(p)).await?;
+        store::upload(&mut tx, &p.tenant_id, id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))
+    }
+
     /// Submits the parse of upload `id` as a job of the caller's: its id,
     /// or None when there is no jobs service to take it (the caller then
     /// parses it in this process).
@@ -505,19 +513,14 @@ impl MibService for Catalog {
             checked(&req, "ParseMibUploadRequest")?;
             let p = Principal::of(&req)?;
             let id = req.get_ref().id.trim();
+            let upload = self.upload(p, id).await?;
             let mut tx = self.db.begin(scope(p)).await?;
-            let upload = store::upload(&mut tx, &p.tenant_id, id)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))?;
             let data = store::upload_data(&mut tx, &p.tenant_id, id).await?;
             drop(tx);
             let upload = match data {
                 Some(data) if upload.status == "parsing" => {
                     self.process(p.clone(), upload, data).await?;
-                    let mut tx = self.db.begin(scope(p)).await?;
-                    store::upload(&mut tx, &p.tenant_id, id)
-                        .await?
-                        .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))?
+                    self.upload(p, id).await?
                 }
                 _ => upload,
             };
@@ -535,11 +538,7 @@ impl MibService for Catalog {
         let run = async {
             checked(&req, "GetMibUploadRequest")?;
             let p = Principal::of(&req)?;
-            let id = req.get_ref().id.trim();
-            let mut tx = self.db.begin(scope(p)).await?;
-            let upload = store::upload(&mut tx, &p.tenant_id, id)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))?;
+            let upload = self.upload(p, req.get_ref().id.trim()).await?;
             Ok(pb::GetMibUploadResponse {
                 upload: Some(upload),
             })

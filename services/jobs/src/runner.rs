@@ -361,6 +361,7 @@ impl Runner {
         rec: &Recorder,
     ) {
         let device_id = device.clone().unwrap_or_default();
+        let streamed = method.rpc.is_server_streaming();
         let mut attempt = 1;
         loop {
             let outcome = match method.encode(request, device.as_deref()) {
@@ -368,14 +369,14 @@ impl Runner {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(items) => return rec.device_done(&device_id, Ok(items)),
+                Ok(items) => return rec.device_done(&device_id, Ok(items), streamed),
                 Err(e) if retryable(&e) && attempt < max_attempts => {
                     let delay = Duration::from_millis(500 << (attempt - 1).min(6));
                     rec.retry(&device_id, attempt, delay, &e);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err(e) => return rec.device_done(&device_id, Err(e)),
+                Err(e) => return rec.device_done(&device_id, Err(e), streamed),
             }
         }
     }
@@ -577,13 +578,14 @@ impl Recorder {
         });
     }
 
-    fn device_done(&self, device_id: &str, outcome: Result<Vec<Value>>) {
+    /// A target's end: its items stored (a stream's were counted as they
+    /// came, `streamed`), or its error.
+    fn device_done(&self, device_id: &str, outcome: Result<Vec<Value>>, streamed: bool) {
         self.with(|s| {
             s.progress.devices_done += 1;
             s.moved = true;
             let error = match outcome {
                 Ok(items) => {
-                    let streamed = self.job_streams();
                     for item in items {
                         if !streamed {
                             s.progress.items += 1;
@@ -627,16 +629,6 @@ impl Recorder {
             event.error = error;
             s.events.push(event);
         });
-    }
-
-    fn job_streams(&self) -> bool {
-        rdm_proto::descriptor_pool()
-            .get_service_by_name(self.job.method.split('/').next().unwrap_or_default())
-            .and_then(|s| {
-                s.methods()
-                    .find(|m| Some(m.name()) == self.job.method.split('/').nth(1))
-            })
-            .is_some_and(|m| m.is_server_streaming())
     }
 
     /// The status a job that ran to its end has, by its targets.
