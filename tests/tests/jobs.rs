@@ -619,21 +619,9 @@ async fn schedules_fire_ordinary_jobs(mesh: TestMesh) {
         .await;
     assert_eq!(status, StatusCode::OK, "{paused}");
     assert_eq!(paused["paused"], true);
-    let keys: Vec<i64> = fired
-        .iter()
-        .map(|j| {
-            j["idempotency_key"]
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let keys = firing_times(&fired);
     assert!(
-        keys.windows(2).all(|w| w[0] - w[1] == 1000),
+        keys.windows(2).all(|w| w[1] - w[0] == 1000),
         "one job a second: {keys:?}"
     );
     let id = fired[0]["id"].as_str().unwrap();
@@ -643,6 +631,19 @@ async fn schedules_fire_ordinary_jobs(mesh: TestMesh) {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = mesh.get(&format!("/v1/schedules/{sid}"), &token).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The firing times (ms) in the keys of a schedule's jobs, in order.
+fn firing_times(jobs: &[Value]) -> Vec<i64> {
+    let mut times: Vec<i64> = jobs
+        .iter()
+        .map(|j| {
+            let key = j["idempotency_key"].as_str().unwrap();
+            key.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    times.sort();
+    times
 }
 
 /// The jobs a schedule fired, newest first, once there are at least `n`.
@@ -833,20 +834,7 @@ async fn two_workers_run_each_of_1000_jobs_once_and_fire_each_second_once() {
     assert_eq!(status, StatusCode::OK, "{schedule}");
     let sid = schedule["id"].as_str().unwrap();
     let fired = fired_jobs(&mesh, &token, sid, 5).await;
-    let mut keys: Vec<i64> = fired
-        .iter()
-        .map(|j| {
-            j["idempotency_key"]
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    keys.sort();
+    let keys = firing_times(&fired);
     assert!(
         keys.windows(2).all(|w| w[1] - w[0] == 1000),
         "one firing a second, none twice: {keys:?}"

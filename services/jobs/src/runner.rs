@@ -538,18 +538,20 @@ impl Recorder {
         .with_meta("kind", "RESULT_TOO_LARGE")
     }
 
-    fn check_size(&self, item: &Value) -> Result<()> {
-        if self.with(|s| s.bytes) + item.to_string().len() > self.limit {
+    /// The size `item` will take, or an error when it would take the
+    /// job's results past the limit.
+    fn check_size(&self, item: &Value) -> Result<usize> {
+        let size = item.to_string().len();
+        if self.with(|s| s.bytes) + size > self.limit {
             return Err(self.too_large());
         }
-        Ok(())
+        Ok(size)
     }
 
     /// A stream brought an item: counted, or refused when the results
     /// would grow past the limit.
     fn streamed(&self, item: &Value) -> Result<()> {
-        self.check_size(item)?;
-        let size = item.to_string().len();
+        let size = self.check_size(item)?;
         self.with(|s| {
             s.progress.items += 1;
             s.moved = true;
