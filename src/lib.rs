@@ -253,10 +253,12 @@ pub fn with_service_args(command: clap::Command) -> clap::Command {
 
 /// The services' own listeners on port 0, as flags for [`service_settings`]
 /// or `rdm up`: what tests and benchmarks start with, so they never collide.
-pub const EPHEMERAL_SERVICE_LISTENERS: [&str; 4] = [
+pub const EPHEMERAL_SERVICE_LISTENERS: [&str; 6] = [
     "--snmp-trap-listen",
     "127.0.0.1:0",
     "--usp-websocket-listen",
+    "127.0.0.1:0",
+    "--tr069-cwmp-listen",
     "127.0.0.1:0",
 ];
 

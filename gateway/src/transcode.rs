@@ -17,6 +17,7 @@ use http::{HeaderMap, Method, header};
 use prost::Message;
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+    Value as ReflectValue,
 };
 use rdm_kit::{Error, ErrorCode, invoke};
 use serde_json::{Map, Value};
@@ -72,7 +73,15 @@ async fn transcode(
         .authorize(&gw.verifier, &grpc_path, authorization, None)?;
     let backend = gw.backend(rpc.parent_service().package_name())?;
 
+    // A client-streaming upload goes on as it comes: each piece of the
+    // body is one message, the first with the path's fields. The service
+    // holds it to its own limit.
+    let mut upload = None;
     let body = match &binding.body {
+        Some(_) if rpc.is_client_streaming() => {
+            upload = Some(body);
+            Bytes::new()
+        }
         Some(_) => {
             let limit = if binding.raw_request {
                 gw.upload_limit
@@ -85,7 +94,11 @@ async fn transcode(
     };
     // A call that takes a body gets one: an empty JSON body is a mistake,
     // not "change nothing" (`{}` says that).
-    if binding.body.is_some() && !binding.raw_request && body.trim_ascii().is_empty() {
+    if binding.body.is_some()
+        && !binding.raw_request
+        && upload.is_none()
+        && body.trim_ascii().is_empty()
+    {
         return Err(Error::invalid(
             "body",
             "this call takes a JSON body (send {} for none)",
@@ -151,9 +164,21 @@ async fn transcode(
     let output = rpc.output();
     let response_body = binding.response_body.clone();
     if !rpc.is_server_streaming() {
-        let reply = invoke::unary(backend, &grpc_path, message, metadata)
-            .await
-            .map_err(|s| Error::from_status(&s))?;
+        let reply = match (upload, &binding.body) {
+            (Some(upload), Some(field)) => {
+                let (input, field, ct) = (rpc.input(), field.clone(), content_type.to_owned());
+                let pieces = upload.into_data_stream().map(move |piece| match piece {
+                    Ok(data) => upload_piece(&input, &field, &ct, data),
+                    // A body cut short must not store as a whole file: a
+                    // message that does not decode fails the call.
+                    Err(_) => Bytes::from_static(&[0xff]),
+                });
+                let messages = futures::stream::once(async move { message }).chain(pieces);
+                invoke::client_streaming(backend, &grpc_path, messages, metadata).await
+            }
+            _ => invoke::unary(backend, &grpc_path, message, metadata).await,
+        }
+        .map_err(|s| Error::from_status(&s))?;
         if binding.raw_response {
             let (content_type, data) = raw_reply(&output, &reply, response_body.as_deref())?;
             return Ok(([(header::CONTENT_TYPE, content_type)], data).into_response());
@@ -465,6 +490,24 @@ fn depth(value: &Value) -> usize {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
         _ => 0,
     }
+}
+
+/// One piece of a streamed upload: the input message with only its body
+/// field (a `google.api.HttpBody`) set.
+fn upload_piece(input: &MessageDescriptor, field: &str, content_type: &str, data: Bytes) -> Bytes {
+    let mut message = DynamicMessage::new(input.clone());
+    if let Some(f) = input.get_field_by_name(field)
+        && let Kind::Message(body) = f.kind()
+    {
+        let mut piece = DynamicMessage::new(body);
+        piece.set_field_by_name(
+            "content_type",
+            ReflectValue::String(content_type.to_owned()),
+        );
+        piece.set_field_by_name("data", ReflectValue::Bytes(data));
+        message.set_field(&f, ReflectValue::Message(piece));
+    }
+    message.encode_to_vec().into()
 }
 
 fn build_request(

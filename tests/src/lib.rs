@@ -95,6 +95,8 @@ pub struct TestMesh {
     pub usp_websocket: SocketAddr,
     /// The internal port that serves `/metrics`.
     pub metrics: SocketAddr,
+    /// Where rdm's own ACS takes CPEs (CWMP).
+    pub cwmp: SocketAddr,
     pub http: reqwest::Client,
     pub data_dir: PathBuf,
     pub pg: Option<PgDatabase>,
@@ -124,9 +126,14 @@ impl TestMesh {
             Store::Sqlite => None,
             Store::Postgres => Some(PgDatabase::create().await),
         };
+        let files = dir.path().join("tr069-files");
+        let mut flags: Vec<&str> = rdm::EPHEMERAL_SERVICE_LISTENERS.to_vec();
+        flags.extend([
+            "--tr069-files-dir",
+            files.to_str().expect("a UTF-8 temp dir"),
+        ]);
         let mut settings = Settings {
-            services: rdm::service_settings(&rdm::EPHEMERAL_SERVICE_LISTENERS)
-                .expect("service flags parse"),
+            services: rdm::service_settings(&flags).expect("service flags parse"),
             ..Settings::default()
         };
         settings.inventory.admin_password = Some(ADMIN_PASSWORD.into());
@@ -153,6 +160,7 @@ impl TestMesh {
         let traps = mesh.listeners.get("snmp-traps").copied();
         let usp_websocket = mesh.listeners.get("usp-websocket").copied();
         let metrics = mesh.listeners.get("metrics").copied();
+        let cwmp = mesh.listeners.get("tr069-cwmp").copied();
         tokio::spawn(mesh.wait());
         Self {
             gateway,
@@ -160,6 +168,7 @@ impl TestMesh {
             traps: traps.expect("the test mesh listens for traps"),
             usp_websocket: usp_websocket.expect("the test mesh listens for USP agents"),
             metrics: metrics.expect("the test mesh serves metrics"),
+            cwmp: cwmp.expect("the test mesh runs rdm's ACS"),
             http: reqwest::Client::new(),
             data_dir: dir.path().to_owned(),
             pg,

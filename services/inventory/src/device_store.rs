@@ -402,16 +402,46 @@ pub async fn usp_agent_device(
     endpoint_id: &str,
 ) -> Result<Option<String>> {
     // The expression of the unique index on it (migration 0009).
-    let agent = match tx.backend() {
-        Backend::Sqlite => "json_extract(config, '$.endpoint_id')",
-        Backend::Postgres => "((config::jsonb) ->> 'endpoint_id')",
-    };
+    let agent = config_field(tx.backend(), "endpoint_id");
+    device_where(tx, tenant_id, "usp", &format!("{agent} = $2"), endpoint_id).await
+}
+
+/// The device of the tenant whose builtin tr069 endpoint names CPE
+/// `acs_id` (the unique index of migration 0010).
+pub async fn cwmp_device(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    acs_id: &str,
+) -> Result<Option<String>> {
+    let (id, acs) = (
+        config_field(tx.backend(), "device_id"),
+        config_field(tx.backend(), "acs"),
+    );
+    let condition = format!("{id} = $2 and {acs} = 'builtin'");
+    device_where(tx, tenant_id, "tr069", &condition, acs_id).await
+}
+
+/// A top-level field of an endpoint's stored settings, as SQL.
+fn config_field(backend: Backend, name: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("json_extract(config, '$.{name}')"),
+        Backend::Postgres => format!("((config::jsonb) ->> '{name}')"),
+    }
+}
+
+async fn device_where(
+    tx: &mut TenantTx,
+    tenant_id: &str,
+    protocol: &'static str,
+    condition: &str,
+    value: &str,
+) -> Result<Option<String>> {
     let sql = format!(
-        "select device_id from endpoints where tenant_id = $1 and protocol = 'usp' and {agent} = $2"
+        "select device_id from endpoints where tenant_id = $1 and protocol = '{protocol}' and {condition}"
     );
     let row: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id)
-        .bind(endpoint_id)
+        .bind(value)
         .fetch_optional(tx.conn())
         .await?;
     Ok(row.map(|(id,)| id))

@@ -32,14 +32,14 @@ const MAX_LABELS: usize = 64;
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct DeviceFields {
-    name: String,
-    serial: String,
-    manufacturer: String,
-    model: String,
-    firmware: String,
-    notes: String,
-    address: String,
-    labels: BTreeMap<String, String>,
+    pub name: String,
+    pub serial: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub firmware: String,
+    pub notes: String,
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl DeviceFields {
@@ -238,6 +238,23 @@ fn parent_given(config: &Map<String, Value>, name: &str) -> bool {
 }
 
 impl Inventory {
+    /// Stores a new device with its labels (its fields checked, its
+    /// address vetted).
+    pub(crate) async fn insert_device(
+        &self,
+        tx: &mut TenantTx,
+        tenant_id: &str,
+        fields: DeviceFields,
+        allowed: &[IpNet],
+    ) -> Result<DeviceRow> {
+        fields.check()?;
+        let (row, labels) = fields.row(tenant_id);
+        self.vet_stored("address", &row.address, 0, allowed)?;
+        ds::insert_device(tx, &row).await?;
+        ds::set_labels(tx, tenant_id, &row.id, &labels).await?;
+        Ok(row)
+    }
+
     async fn device_in(&self, tx: &mut TenantTx, p: &Principal, id: &str) -> Result<pb::Device> {
         let row = ds::device(tx, &p.tenant_id, id)
             .await?
@@ -255,7 +272,7 @@ impl Inventory {
     /// With `imported`, secrets marked as set (`<name>_set: true`, as an
     /// export writes them) but not given count as present: the endpoint is
     /// stored, and using it says which secret to PUT again.
-    fn endpoint_row(
+    pub(crate) fn endpoint_row(
         &self,
         device: &DeviceRow,
         protocol: &str,
@@ -323,17 +340,12 @@ impl DeviceService for Inventory {
             labels: r.labels.clone().into_iter().collect(),
         };
         let run = async {
-            fields.check()?;
-            let (row, labels) = fields.row(&p.tenant_id);
+            let labels = fields.labels.clone();
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
-            self.vet_stored(
-                "address",
-                &row.address,
-                0,
-                &allowed_nets(&mut tx, &p.tenant_id).await?,
-            )?;
-            ds::insert_device(&mut tx, &row).await?;
-            ds::set_labels(&mut tx, &p.tenant_id, &row.id, &labels).await?;
+            let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
+            let row = self
+                .insert_device(&mut tx, &p.tenant_id, fields, &allowed)
+                .await?;
             tx.commit().await?;
             tracing::info!(tenant_id = %p.tenant_id, device_id = %row.id, "device created");
             Ok(pb::CreateDeviceResponse {
@@ -341,6 +353,13 @@ impl DeviceService for Inventory {
             })
         };
         reply(run.await)
+    }
+
+    async fn find_cpe(
+        &self,
+        req: Request<pb::FindCpeRequest>,
+    ) -> Result<Response<pb::FindCpeResponse>, Status> {
+        reply(self.find_cpe(req.get_ref()).await)
     }
 
     async fn get_device(

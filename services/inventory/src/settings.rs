@@ -23,9 +23,68 @@ fn encode(settings: &pb::TenantSettings) -> String {
     STANDARD.encode(settings.encode_to_vec())
 }
 
+/// Where a tenant's CWMP bootstrap password is sealed.
+fn cwmp_place(tenant_id: &str) -> String {
+    format!("{tenant_id}/settings/tr069.cwmp_password")
+}
+
+/// Settings as replies show them: the bootstrap password as
+/// `cwmp_password_set`, never itself.
+pub(crate) fn shown(mut settings: pb::TenantSettings) -> pb::TenantSettings {
+    if let Some(t) = settings.tr069.as_mut() {
+        t.cwmp_password_set = Some(!t.cwmp_password.is_empty());
+        t.cwmp_password.clear();
+    }
+    settings
+}
+
+impl Inventory {
+    /// New settings to store: a bootstrap password given is sealed, one
+    /// left out keeps the stored one (unless `cwmp_password_set: false`).
+    fn sealed(
+        &self,
+        tenant_id: &str,
+        mut new: pb::TenantSettings,
+        stored: &pb::TenantSettings,
+    ) -> Result<pb::TenantSettings> {
+        let kept = stored
+            .tr069
+            .as_ref()
+            .map(|t| t.cwmp_password.clone())
+            .unwrap_or_default();
+        if let Some(t) = new.tr069.as_mut() {
+            t.cwmp_password = match (t.cwmp_password.as_str(), t.cwmp_password_set) {
+                ("", Some(false)) => String::new(),
+                ("", _) => kept,
+                (given, _) => self.config.keyring.seal(given, &cwmp_place(tenant_id))?,
+            };
+            t.cwmp_password_set = None;
+        }
+        Ok(new)
+    }
+
+    /// The tenant's TR-069 policy with its bootstrap password opened.
+    pub(crate) fn opened_policy(
+        &self,
+        tenant_id: &str,
+        settings: pb::TenantSettings,
+    ) -> Result<rdm_proto::tr069::Tr069Policy> {
+        let mut policy = settings.tr069.unwrap_or_default();
+        if !policy.cwmp_password.is_empty() {
+            policy.cwmp_password = self
+                .config
+                .keyring
+                .open(&policy.cwmp_password, &cwmp_place(tenant_id))?;
+        }
+        Ok(policy)
+    }
+}
+
 /// Refuses settings a protocol service could not use: an ACS device query
 /// must be a JSON object.
 fn check(settings: &pb::TenantSettings) -> Result<()> {
+    let rules = rdm_kit::endpoint::dynamic(settings, "rdm.inventory.v1.TenantSettings")?;
+    rdm_kit::rules::check(&rules, "")?;
     let query = settings
         .tr069
         .as_ref()
@@ -57,7 +116,7 @@ impl SettingsService for Inventory {
             let mut tx = self.db().begin(tenant_scope(p)).await?;
             let tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             Ok(pb::GetSettingsResponse {
-                settings: Some(decode(&tenant.settings)?),
+                settings: Some(shown(decode(&tenant.settings)?)),
             })
         };
         reply(run.await)
@@ -73,12 +132,13 @@ impl SettingsService for Inventory {
             check(&settings)?;
             let mut tx = self.db().begin_write(tenant_scope(p)).await?;
             let mut tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
+            let settings = self.sealed(&p.tenant_id, settings, &decode(&tenant.settings)?)?;
             tenant.settings = encode(&settings);
             store::update_tenant(&mut tx, &tenant).await?;
             tx.commit().await?;
             tracing::info!(tenant_id = %p.tenant_id, user_id = %p.user_id, "tenant settings changed");
             Ok(pb::UpdateSettingsResponse {
-                settings: Some(settings),
+                settings: Some(shown(settings)),
             })
         };
         reply(run.await)
@@ -131,6 +191,7 @@ mod tests {
         pb::TenantSettings {
             tr069: Some(Tr069Policy {
                 acs_device_query: q.into(),
+                ..Default::default()
             }),
         }
     }

@@ -9,7 +9,11 @@ use crate::{
     endpoints, settings, store, tenant_scope,
 };
 use ipnet::IpNet;
-use rdm_kit::{Error, Principal, Result, address, db::TenantTx, endpoint};
+use rdm_kit::{
+    Error, Principal, Result, address,
+    db::{Scope, TenantTx},
+    endpoint,
+};
 use rdm_proto::inventory::{self as pb, resolve_target_request::Target};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -47,7 +51,7 @@ async fn tenant_policy(
     let tenant = store::token_tenant(tx, tenant_id).await?;
     Ok((
         address::parse_allowed(&tenant.inline_cidrs),
-        settings::decode(&tenant.settings)?,
+        settings::shown(settings::decode(&tenant.settings)?),
     ))
 }
 
@@ -123,8 +127,8 @@ impl Inventory {
             .endpoint(protocol)
             .ok_or_else(|| no_endpoint(id, protocol))?;
         let allowed = address::parse_allowed(&found.inline_cidrs);
-        let settings = settings::decode(&found.settings)?;
-        let mut target = self.opened(p, protocol, found.device, &row, &allowed)?;
+        let settings = settings::shown(settings::decode(&found.settings)?);
+        let mut target = self.opened(protocol, found.device, &row, &allowed)?;
         self.vet_resolved(&mut target, &allowed).await?;
         target.tenant_settings = Some(settings);
         Ok(target)
@@ -176,7 +180,7 @@ impl Inventory {
                 |id| match (devices.remove(id), endpoints.get(id.as_str())) {
                     (None, _) => Err(device_not_found(id)),
                     (Some(_), None) => Err(no_endpoint(id, protocol)),
-                    (Some(device), Some(row)) => self.opened(p, protocol, device, row, &allowed),
+                    (Some(device), Some(row)) => self.opened(protocol, device, row, &allowed),
                 },
             )
             .collect();
@@ -208,7 +212,6 @@ impl Inventory {
     /// A device's endpoint with its secrets opened.
     fn opened(
         &self,
-        p: &Principal,
         protocol: &str,
         device: ds::DeviceRow,
         row: &ds::EndpointRow,
@@ -236,7 +239,7 @@ impl Inventory {
             )
         })?;
         // Debug, not info: a poll resolves every device it names, each time.
-        tracing::debug!(tenant_id = %p.tenant_id, device_id = %device.id, %protocol, "target resolved");
+        tracing::debug!(tenant_id = %row.tenant_id, device_id = %device.id, %protocol, "target resolved");
         // XMiDT and an ACS know a device by its serial unless the endpoint
         // says otherwise.
         if matches!(protocol, "webpa" | "tr069") && !device.serial.is_empty() {
@@ -252,6 +255,112 @@ impl Inventory {
             &device.address,
             allowed,
         )
+    }
+
+    /// A CPE calling rdm's ACS: its tenant by slug, its device by the id
+    /// its Inform gives, and the tenant's TR-069 policy (FindCpe).
+    pub(crate) async fn find_cpe(&self, req: &pb::FindCpeRequest) -> Result<pb::FindCpeResponse> {
+        let unknown = || Error::not_found(format!("no tenant {:?}", req.tenant_slug));
+        let mut tx = self
+            .db()
+            .begin(Scope::Login {
+                slug: &req.tenant_slug,
+            })
+            .await?;
+        let tenant = store::tenant_by_slug(&mut tx, &req.tenant_slug)
+            .await?
+            .ok_or_else(unknown)?;
+        drop(tx);
+        let policy = self.opened_policy(&tenant.id, settings::decode(&tenant.settings)?)?;
+        let allowed = address::parse_allowed(&tenant.inline_cidrs);
+        let scope = || Scope::Tenant {
+            tenant_id: &tenant.id,
+            user_id: "",
+        };
+        let mut tx = self.db().begin(scope()).await?;
+        let found = ds::cwmp_device(&mut tx, &tenant.id, &req.acs_device_id).await?;
+        drop(tx);
+        let mut reply = pb::FindCpeResponse {
+            tenant_id: tenant.id.clone(),
+            allowed_target_cidrs: allowed.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        };
+        let device_id = match found {
+            Some(id) => id,
+            None if req.register => {
+                let id = self
+                    .register_cpe(&tenant.id, &policy, &allowed, req)
+                    .await?;
+                reply.registered = true;
+                id
+            }
+            None => {
+                reply.policy = Some(policy);
+                return Ok(reply);
+            }
+        };
+        reply.policy = Some(policy);
+        let mut tx = self.db().begin(scope()).await?;
+        let found = ds::device_to_resolve(&mut tx, &tenant.id, &device_id, "tr069")
+            .await?
+            .ok_or_else(|| device_not_found(&device_id))?;
+        drop(tx);
+        let row = found
+            .endpoint("tr069")
+            .ok_or_else(|| no_endpoint(&device_id, "tr069"))?;
+        let target = self.opened("tr069", found.device, &row, &allowed)?;
+        reply.device_id = device_id;
+        if let Some(pb::endpoint::Settings::Tr069(e)) = target.endpoint.and_then(|e| e.settings) {
+            reply.endpoint = Some(e);
+        }
+        Ok(reply)
+    }
+
+    /// Makes the device a CPE's Inform describes, with the tenant's
+    /// auto-registration label and a builtin tr069 endpoint naming it.
+    async fn register_cpe(
+        &self,
+        tenant_id: &str,
+        policy: &rdm_proto::tr069::Tr069Policy,
+        allowed: &[IpNet],
+        req: &pb::FindCpeRequest,
+    ) -> Result<String> {
+        let Some((key, value)) = policy.cwmp_auto_register_label.split_once('=') else {
+            return Err(Error::new(
+                rdm_kit::ErrorCode::FailedPrecondition,
+                "the tenant does not register unknown CPEs (tr069.cwmp_auto_register_label is empty)",
+            ));
+        };
+        let fields = crate::devices::DeviceFields {
+            name: req.acs_device_id.clone(),
+            serial: req.serial_number.clone(),
+            manufacturer: req.manufacturer.clone(),
+            model: req.product_class.clone(),
+            labels: [(key.to_owned(), value.to_owned())].into(),
+            ..Default::default()
+        };
+        let endpoint = rdm_proto::tr069::Tr069Endpoint {
+            acs: Some("builtin".into()),
+            device_id: Some(req.acs_device_id.clone()),
+            ..Default::default()
+        };
+        let settings =
+            endpoint::checked(&endpoint::dynamic(&endpoint, "rdm.tr069.v1.Tr069Endpoint")?)?;
+        let mut tx = self
+            .db()
+            .begin_write(Scope::Tenant {
+                tenant_id,
+                user_id: "",
+            })
+            .await?;
+        let device = self
+            .insert_device(&mut tx, tenant_id, fields, allowed)
+            .await?;
+        let row = self.endpoint_row(&device, "tr069", settings, None, allowed, false)?;
+        ds::put_endpoint(&mut tx, &row).await?;
+        tx.commit().await?;
+        tracing::info!(%tenant_id, device_id = %device.id, cpe = %req.acs_device_id, "CPE registered");
+        Ok(device.id)
     }
 
     /// Settings given inline: checked as a stored endpoint is (every secret

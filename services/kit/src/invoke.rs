@@ -174,3 +174,20 @@ pub async fn server_streaming(
         .await?;
     Ok(reply.into_inner())
 }
+
+/// A client-streaming call: the messages as they come, one reply.
+pub async fn client_streaming(
+    backend: Backend,
+    grpc_path: &str,
+    messages: impl futures::Stream<Item = Bytes> + Send + 'static,
+    metadata: MetadataMap,
+) -> Result<Bytes, Status> {
+    let path = path(grpc_path)?;
+    let mut req = tonic::Request::new(messages);
+    *req.metadata_mut() = metadata;
+    let reply = ready(backend)
+        .await?
+        .client_streaming(req, path, RawCodec)
+        .await?;
+    Ok(reply.into_inner())
+}

@@ -156,17 +156,6 @@ impl Acs {
         Ok(Page { items, total })
     }
 
-    /// One document of a collection by its `_id`.
-    pub async fn get(&self, collection: &str, id: &str, projection: &str) -> Result<Option<Value>> {
-        let query = serde_json::json!({"_id": id});
-        Ok(self
-            .find(collection, &query, projection, 0, 1)
-            .await?
-            .items
-            .into_iter()
-            .next())
-    }
-
     /// `DELETE` or `POST` on a path; a 404 is NOT_FOUND saying `missing`.
     pub async fn call(&self, method: Method, path: &str, missing: &str) -> Result<()> {
         let reply = self

@@ -6,17 +6,24 @@
 //! listed by their tenant tag, task ids are signed for the tenant, and a
 //! tenant's ACS device query bounds every device it reaches.
 mod acs;
+mod builtin;
+pub mod cwmp;
+mod files;
+pub mod soap;
+mod store;
 mod tree;
 pub mod xsd;
 
-use acs::{Acs, Outcome};
+use acs::{Acs, Outcome, Page};
+use anyhow::Context as _;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use builtin::Builtin;
 use rdm_kit::{
     Error, ErrorCode, Principal, Result,
     address::HttpClients,
     auth::SigningKey,
-    mesh::{Context, Spec, Started},
-    server::{CallDeadline, Guard},
+    mesh::{Context, Database, Spec, Started},
+    server::CallDeadline,
     targets::{self, TargetRef},
 };
 use rdm_proto::{
@@ -25,39 +32,109 @@ use rdm_proto::{
 };
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 pub const DOMAIN: &str = "tr069";
 /// How long `wait` waits for the CPE when the request names no timeout.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
-/// The TR-069 service's own settings: none yet.
+/// The TR-069 service's own settings: rdm's own ACS.
 #[derive(clap::Args, Clone, Debug, Default)]
 #[group(id = "tr069")]
-pub struct Args {}
-
-/// The TR-069 service as the mesh's registry lists it.
-pub const SERVICE: Spec<Args> = Spec::new("tr069", "rdm.tr069.v1", 50055, |_, context| {
-    Box::pin(start(context))
-});
-
-async fn start(context: Context) -> anyhow::Result<Started> {
-    let tr069 = Tr069 {
-        inventory: context.resolver(DOMAIN),
-        clients: HttpClients::new(context.addresses.clone()),
-        ids: context.service_key.clone(),
-    };
-    Ok(Started {
-        router: service(tr069, context.guard()),
-        listeners: Vec::new(),
-    })
+pub struct Args {
+    /// Where rdm's own ACS listens for CPEs (CWMP over HTTP, one URL per
+    /// tenant: /cwmp/{tenant_slug}); `rdm up` default 127.0.0.1:7547, none
+    /// under `rdm serve` unless set. It needs the service's database.
+    #[arg(long, env = "RDM_TR069_CWMP_LISTEN")]
+    pub tr069_cwmp_listen: Option<SocketAddr>,
+    /// The URL CPEs reach that listener at, behind any load balancer
+    /// (download URLs start with it); http://<listen address> when not set.
+    #[arg(long, env = "RDM_TR069_CWMP_URL")]
+    pub tr069_cwmp_url: Option<String>,
+    /// Where the files CPEs download are kept (shared by the replicas).
+    #[arg(
+        long,
+        env = "RDM_TR069_FILES_DIR",
+        default_value = "./rdm-data/tr069-files"
+    )]
+    pub tr069_files_dir: PathBuf,
+    /// The largest file a tenant may upload, in MiB.
+    #[arg(long, env = "RDM_TR069_FILE_LIMIT_MB", default_value_t = 256)]
+    pub tr069_file_limit_mb: u64,
 }
 
-fn service(tr069: Tr069, guard: Guard) -> axum::Router {
-    let routes =
+/// The TR-069 service as the mesh's registry lists it.
+pub const SERVICE: Spec<Args> = Spec::new("tr069", "rdm.tr069.v1", 50055, |args, context| {
+    Box::pin(start(args, context))
+})
+.with_database();
+
+async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
+    let clients = HttpClients::new(context.addresses.clone());
+    let listen = args.tr069_cwmp_listen.or(context
+        .all_in_one
+        .then(|| SocketAddr::from(([127, 0, 0, 1], 7547))));
+    let mut listeners = Vec::new();
+    // rdm's own ACS needs a database; without one, only external ACSes.
+    let builtin = match (&context.database, listen) {
+        (Some(_), Some(addr)) => {
+            let db = Database::migrated(&context, "tr069", &store::MIGRATIONS).await?;
+            let socket = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for CPEs on {addr}"))?;
+            let local = socket.local_addr()?;
+            let acs = Arc::new(cwmp::Acs {
+                db,
+                inventory: context.resolver(DOMAIN),
+                key: context.service_key.clone(),
+                clients: clients.clone(),
+                public_url: args
+                    .tr069_cwmp_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{local}")),
+                files_dir: args.tr069_files_dir.clone(),
+                file_limit: args.tr069_file_limit_mb << 20,
+                settled: Default::default(),
+            });
+            tokio::spawn(acs.clone().expire());
+            let app = cwmp::router(acs.clone());
+            let shutdown = context.shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(socket, app)
+                    .with_graceful_shutdown(shutdown.requested())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the CWMP listener stopped");
+                }
+            });
+            listeners.push(("tr069-cwmp", local));
+            Some(acs)
+        }
+        (None, Some(addr)) if args.tr069_cwmp_listen.is_some() => {
+            anyhow::bail!(
+                "RDM_TR069_CWMP_LISTEN ({addr}) needs RDM_DATABASE_URL: rdm's ACS keeps its sessions and tasks there"
+            )
+        }
+        _ => None,
+    };
+    let tr069 = Tr069 {
+        inventory: context.resolver(DOMAIN),
+        clients,
+        ids: context.service_key.clone(),
+        builtin: builtin.clone(),
+    };
+    let mut routes =
         tonic::service::Routes::new(pb::tr069_service_server::Tr069ServiceServer::new(tr069));
-    rdm_kit::server::guarded(routes, guard)
+    if let Some(acs) = builtin {
+        routes = routes.add_service(pb::tr069_file_service_server::Tr069FileServiceServer::new(
+            files::Files(acs),
+        ));
+    }
+    Ok(Started {
+        router: rdm_kit::server::guarded(routes, context.guard()),
+        listeners,
+    })
 }
 
 struct Tr069 {
@@ -65,6 +142,52 @@ struct Tr069 {
     clients: HttpClients,
     /// Signs the task ids handed to a tenant.
     ids: Arc<SigningKey>,
+    /// rdm's own ACS, when this process runs it.
+    builtin: Option<Arc<cwmp::Acs>>,
+}
+
+/// Where a CPE's tasks go: an external ACS, or rdm's own.
+enum Backend {
+    Nbi(Acs),
+    Builtin(Builtin),
+}
+
+impl Backend {
+    async fn add_task(
+        &self,
+        acs_id: &str,
+        task: &Value,
+        wait: Option<Duration>,
+    ) -> Result<Outcome> {
+        match self {
+            Backend::Nbi(acs) => acs.add_task(acs_id, task, wait).await,
+            Backend::Builtin(b) => b.add_task(task, wait).await,
+        }
+    }
+
+    async fn find(
+        &self,
+        collection: &str,
+        query: &Value,
+        projection: &str,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Page> {
+        match self {
+            Backend::Nbi(acs) => acs.find(collection, query, projection, skip, limit).await,
+            Backend::Builtin(b) => b.find(collection, query, projection, skip, limit).await,
+        }
+    }
+
+    async fn get(&self, collection: &str, id: &str, projection: &str) -> Result<Option<Value>> {
+        let query = json!({"_id": id});
+        Ok(self
+            .find(collection, &query, projection, 0, 1)
+            .await?
+            .items
+            .into_iter()
+            .next())
+    }
 }
 
 fn err(e: Error) -> Status {
@@ -80,7 +203,7 @@ fn checked<'r, T: prost::Message>(req: &'r Request<T>, name: &str) -> Result<&'r
 /// A CPE as a request names it: its ACS, the ACS's id for it, and the
 /// tenant's bound on which ACS devices it may reach.
 struct Cpe {
-    acs: Acs,
+    acs: Backend,
     acs_id: String,
     /// The device of the caller's tenant; empty for inline settings.
     device_id: String,
@@ -148,6 +271,32 @@ impl Tr069 {
                 "no TR-069 settings",
             ));
         };
+        if endpoint.acs() == "builtin" {
+            let Some(acs) = &self.builtin else {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    "the endpoint says acs: builtin, and this tr069 service runs no ACS of its own (RDM_TR069_CWMP_LISTEN and a database)",
+                ));
+            };
+            if resolved.device_id.is_empty() {
+                return Err(Error::invalid(
+                    "target",
+                    "rdm's own ACS knows its CPEs as devices: name a device_id",
+                ));
+            }
+            return Ok(Cpe {
+                acs: Backend::Builtin(Builtin {
+                    acs: acs.clone(),
+                    tenant_id: Principal::of(req)?.tenant_id.clone(),
+                    device_id: resolved.device_id.clone(),
+                    acs_id: endpoint.device_id().to_owned(),
+                    allowed: resolved.allowed_target_cidrs,
+                }),
+                acs_id: endpoint.device_id().to_owned(),
+                device_id: resolved.device_id,
+                scope: Value::Null,
+            });
+        }
         let (_, http) = self
             .clients
             .for_target(endpoint.base_url(), &resolved.allowed_target_cidrs)
@@ -164,7 +313,7 @@ impl Tr069 {
                 .map_err(|e| Error::internal("reading the tenant's ACS device query", e))?,
         };
         Ok(Cpe {
-            acs: Acs::new(http, &endpoint, deadline),
+            acs: Backend::Nbi(Acs::new(http, &endpoint, deadline)),
             acs_id: endpoint.device_id().to_owned(),
             device_id: resolved.device_id,
             scope,
@@ -327,7 +476,12 @@ impl Tr069 {
             command_id: command_id.to_owned(),
             device_id: cpe.device_id.clone(),
             name: task["name"].as_str().unwrap_or_default().to_owned(),
-            status: if fault.is_some() { "FAULTED" } else { "QUEUED" }.to_owned(),
+            status: match task["status"].as_str() {
+                Some(status) => status.to_owned(),
+                None if fault.is_some() => "FAULTED".to_owned(),
+                None => "QUEUED".to_owned(),
+            },
+            transfer: transfer_pb(&task["transfer"]),
             create_time: tree::timestamp(&task["timestamp"]),
             user_id: task["rdm_user"].as_str().unwrap_or_default().to_owned(),
             fault,
@@ -731,6 +885,7 @@ impl Tr069Service for Tr069 {
                     "name a file the ACS serves (file_name) or a url, one of them",
                 )));
             }
+            (true, false) if self.builtin.is_some() => {}
             (true, false) => {
                 return Err(err(Error::new(
                     ErrorCode::FailedPrecondition,
@@ -744,12 +899,20 @@ impl Tr069Service for Tr069 {
             .operation_cpe(&req, r.target.as_ref())
             .await
             .map_err(err)?;
-        if cpe
-            .acs
-            .get("files", &r.file_name, "_id")
-            .await
-            .map_err(err)?
-            .is_none()
+        if !r.url.is_empty() && matches!(cpe.acs, Backend::Nbi(_)) {
+            return Err(err(Error::new(
+                ErrorCode::FailedPrecondition,
+                "this ACS (GenieACS NBI) serves the files it sends itself: upload the file to the ACS and name it in file_name",
+            )
+            .with_meta("field", "url")));
+        }
+        if r.url.is_empty()
+            && cpe
+                .acs
+                .get("files", &r.file_name, "_id")
+                .await
+                .map_err(err)?
+                .is_none()
         {
             return Err(err(Error::new(
                 ErrorCode::FailedPrecondition,
@@ -762,6 +925,9 @@ impl Tr069Service for Tr069 {
         }
         let mut task =
             json!({"name": "download", "fileType": r.file_type, "fileName": r.file_name});
+        if !r.url.is_empty() {
+            task["url"] = r.url.clone().into();
+        }
         if !r.target_file_name.is_empty() {
             task["targetFileName"] = r.target_file_name.clone().into();
         }
@@ -926,11 +1092,15 @@ impl Tr069Service for Tr069 {
         let Some(task) = task else {
             return Err(err(done_already(task_id)));
         };
-        let path = format!("/tasks/{}/retry", acs::segment(&command_id));
-        cpe.acs
-            .call(Method::POST, &path, &format!("task {task_id} not found"))
-            .await
-            .map_err(err)?;
+        let missing = format!("task {task_id} not found");
+        match &cpe.acs {
+            Backend::Nbi(acs) => {
+                let path = format!("/tasks/{}/retry", acs::segment(&command_id));
+                acs.call(Method::POST, &path, &missing).await
+            }
+            Backend::Builtin(b) => b.retry_task(&command_id, &missing).await,
+        }
+        .map_err(err)?;
         Ok(Response::new(pb::RetryTaskResponse {
             task: Some(self.task_pb(p, &cpe, &task, &[])),
         }))
@@ -946,11 +1116,15 @@ impl Tr069Service for Tr069 {
         if task.is_none() {
             return Err(err(done_already(task_id)));
         }
-        let path = format!("/tasks/{}", acs::segment(&command_id));
-        cpe.acs
-            .call(Method::DELETE, &path, &format!("task {task_id} not found"))
-            .await
-            .map_err(err)?;
+        let missing = format!("task {task_id} not found");
+        match &cpe.acs {
+            Backend::Nbi(acs) => {
+                let path = format!("/tasks/{}", acs::segment(&command_id));
+                acs.call(Method::DELETE, &path, &missing).await
+            }
+            Backend::Builtin(b) => b.delete_task(&command_id, &missing).await,
+        }
+        .map_err(err)?;
         Ok(Response::new(pb::DeleteTaskResponse {}))
     }
 
@@ -994,20 +1168,32 @@ impl Tr069Service for Tr069 {
                 return Err(not_found());
             }
         }
-        let path = format!(
-            "/faults/{}",
-            acs::segment(&format!("{}:{channel}", cpe.acs_id))
-        );
-        cpe.acs
-            .call(
-                Method::DELETE,
-                &path,
-                &format!("fault {fault_id} not found"),
-            )
-            .await
-            .map_err(err)?;
+        let missing = format!("fault {fault_id} not found");
+        match (&cpe.acs, channel.strip_prefix("task_")) {
+            (Backend::Nbi(acs), _) => {
+                let path = format!(
+                    "/faults/{}",
+                    acs::segment(&format!("{}:{channel}", cpe.acs_id))
+                );
+                acs.call(Method::DELETE, &path, &missing).await
+            }
+            // rdm's ACS faults tasks only: the fault goes with its task.
+            (Backend::Builtin(b), Some(command)) => b.delete_task(command, &missing).await,
+            (Backend::Builtin(_), None) => Err(Error::not_found(missing)),
+        }
+        .map_err(err)?;
         Ok(Response::new(pb::DeleteFaultResponse {}))
     }
+}
+
+/// A Download's transfer as a task document records it.
+fn transfer_pb(t: &Value) -> Option<pb::Transfer> {
+    t.is_object().then(|| pb::Transfer {
+        start_time: tree::timestamp(&t["start_time"]),
+        complete_time: tree::timestamp(&t["complete_time"]),
+        fault_code: t["fault_code"].as_u64().unwrap_or(0) as u32,
+        fault_string: t["fault_string"].as_str().unwrap_or_default().to_owned(),
+    })
 }
 
 fn done_already(task_id: &str) -> Error {
