@@ -44,8 +44,24 @@ const DEVICES: [(&str, &str, &str, &str); 2] = [
     ("demo-cpe-2", "lon", "London, cabinet 7", "mac:112233445567"),
 ];
 
+/// The demo CPEs' bootstrap credentials on rdm's own ACS (the README's).
+pub const CWMP_USER: &str = "demo-cpe";
+pub const CWMP_PASSWORD: &str = "demo-cpe-password";
+
+/// Tasks that stop when dropped (the demo CPEs' periodic informs).
+struct Running(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// The simulators the demo devices point at; they stop when dropped.
 pub struct Sims {
+    _cwmp: Running,
     _agents: Vec<SnmpAgent>,
     _webpa: WebpaSim,
     _router: Hg630Sim,
@@ -281,7 +297,7 @@ async fn mellophone(inventory: &Backend) -> anyhow::Result<MellophoneSim> {
 
 /// Starts a simulated SNMP agent per demo device and one XMiDT server for
 /// all, and points each device's `snmp` and `webpa` endpoints at them.
-pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
+pub async fn start(inventory: Backend, cwmp: Option<std::net::SocketAddr>) -> anyhow::Result<Sims> {
     let bearer = bearer(&inventory, "demo", "demo", "demo").await?;
     let mut devices: Devices = DeviceServiceClient::with_interceptor(
         inventory.clone(),
@@ -421,7 +437,12 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
     tracing::info!(acs = %acs_sim.addr, "demo CPEs on a simulated ACS");
     let mellophone = mellophone(&inventory).await?;
     let usp = usp_agents(&mut devices, &existing).await?;
+    let cwmp = match cwmp {
+        Some(addr) => cwmp_cpes(&inventory, &mut devices, addr).await?,
+        None => Running(Vec::new()),
+    };
     Ok(Sims {
+        _cwmp: cwmp,
         _agents: agents,
         _webpa: webpa_sim,
         _router: sim,
@@ -429,4 +450,89 @@ pub async fn start(inventory: Backend) -> anyhow::Result<Sims> {
         _mellophone: mellophone,
         _usp: usp,
     })
+}
+
+/// Three CPEs (two TR-181, one TR-098) of rdm's own ACS: the demo tenant's
+/// bootstrap credentials and auto-registration are set, each CPE
+/// bootstraps (becoming `demo-cwmp-1` to `-3`), then informs every
+/// PeriodicInformInterval rdm set.
+async fn cwmp_cpes(
+    inventory: &Backend,
+    devices: &mut Devices,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Running> {
+    use rdm_sims::cwmp_cpe::{Cpe, CpeConfig};
+    let bearer = bearer(inventory, "demo", "demo", "demo").await?;
+    let mut settings = SettingsServiceClient::with_interceptor(
+        inventory.clone(),
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bearer.clone());
+            Ok(req)
+        },
+    );
+    let mut current = settings
+        .get_settings(rdm_proto::inventory::GetSettingsRequest {})
+        .await?
+        .into_inner()
+        .settings
+        .unwrap_or_default();
+    let policy = current.tr069.get_or_insert_default();
+    policy.cwmp_username = CWMP_USER.into();
+    policy.cwmp_password = CWMP_PASSWORD.into();
+    policy.cwmp_auto_register_label = "demo=cwmp".into();
+    policy.cwmp_periodic_inform_interval_s = 300;
+    settings
+        .update_settings(rdm_proto::inventory::UpdateSettingsRequest {
+            settings: Some(current),
+        })
+        .await?;
+    let url = format!("http://{addr}/cwmp/demo");
+    let mut running = Vec::new();
+    for i in 1..=3 {
+        let mut config = CpeConfig::new(&url, &format!("DEMOCWMP{i}"), CWMP_USER, CWMP_PASSWORD);
+        config.tr098 = i == 3;
+        let cpe = Cpe::start(config).await?;
+        cpe.inform("")
+            .await
+            .map_err(|e| anyhow::anyhow!("demo CPE {i}: {e}"))?;
+        // Registered under its ACS id: the demo names it.
+        let found = devices
+            .list_devices(ListDevicesRequest {
+                name_prefix: cpe.acs_id(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .devices;
+        if let Some(device) = found.first() {
+            devices
+                .update_device(rdm_proto::inventory::UpdateDeviceRequest {
+                    device_id: device.id.clone(),
+                    name: format!("demo-cwmp-{i}"),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        running.push(tokio::spawn(async move {
+            loop {
+                let interval = cpe
+                    .param(&format!(
+                        "{}ManagementServer.PeriodicInformInterval",
+                        if i == 3 {
+                            "InternetGatewayDevice."
+                        } else {
+                            "Device."
+                        }
+                    ))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300u64);
+                tokio::time::sleep(std::time::Duration::from_secs(interval.max(10))).await;
+                if let Err(e) = cpe.inform("2 PERIODIC").await {
+                    tracing::info!(error = %e, "a demo CPE's periodic session failed");
+                }
+            }
+        }));
+    }
+    tracing::info!(acs = %url, "demo CPEs on rdm's own ACS");
+    Ok(Running(running))
 }

@@ -555,7 +555,8 @@ pub async fn up(opts: UpOptions, shutdown: Shutdown) -> anyhow::Result<Mesh> {
         listeners.insert("metrics", addr);
     }
     let demo_sims = if opts.demo == Demo::Devices {
-        Some(demo::start(inventory_backend.clone()).await?)
+        let cwmp = listeners.get("tr069-cwmp").copied();
+        Some(demo::start(inventory_backend.clone(), cwmp).await?)
     } else {
         None
     };
@@ -817,6 +818,10 @@ pub async fn migrate(database: &DatabaseArgs, data_dir: &Path) -> anyhow::Result
         .await
         .context("migrating the jobs service's tables")?;
     println!("jobs: migrations applied");
+    Db::migrate(&url, &rdm_tr069::store::MIGRATIONS)
+        .await
+        .context("migrating the TR-069 service's tables")?;
+    println!("tr069: migrations applied");
     Ok(())
 }
 

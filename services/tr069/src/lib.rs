@@ -10,7 +10,7 @@ mod builtin;
 pub mod cwmp;
 mod files;
 pub mod soap;
-mod store;
+pub mod store;
 mod tree;
 pub mod xsd;
 
