@@ -478,7 +478,7 @@ async fn cwmp_cpes(
         .unwrap_or_default();
     let policy = current.tr069.get_or_insert_default();
     policy.cwmp_username = CWMP_USER.into();
-    policy.cwmp_password = CWMP_PASSWORD.into();
+    policy.cwmp_password = Some(CWMP_PASSWORD.into());
     policy.cwmp_auto_register_label = "demo=cwmp".into();
     policy.cwmp_periodic_inform_interval_s = 300;
     settings

@@ -32,8 +32,8 @@ fn cwmp_place(tenant_id: &str) -> String {
 /// `cwmp_password_set`, never itself.
 pub(crate) fn shown(mut settings: pb::TenantSettings) -> pb::TenantSettings {
     if let Some(t) = settings.tr069.as_mut() {
-        t.cwmp_password_set = Some(!t.cwmp_password.is_empty());
-        t.cwmp_password.clear();
+        t.cwmp_password_set = Some(!t.cwmp_password().is_empty());
+        t.cwmp_password = None;
     }
     settings
 }
@@ -47,16 +47,12 @@ impl Inventory {
         mut new: pb::TenantSettings,
         stored: &pb::TenantSettings,
     ) -> Result<pb::TenantSettings> {
-        let kept = stored
-            .tr069
-            .as_ref()
-            .map(|t| t.cwmp_password.clone())
-            .unwrap_or_default();
+        let kept = stored.tr069.as_ref().and_then(|t| t.cwmp_password.clone());
         if let Some(t) = new.tr069.as_mut() {
-            t.cwmp_password = match (t.cwmp_password.as_str(), t.cwmp_password_set) {
-                ("", Some(false)) => String::new(),
+            t.cwmp_password = match (t.cwmp_password(), t.cwmp_password_set) {
+                ("", Some(false)) => None,
                 ("", _) => kept,
-                (given, _) => self.config.keyring.seal(given, &cwmp_place(tenant_id))?,
+                (given, _) => Some(self.config.keyring.seal(given, &cwmp_place(tenant_id))?),
             };
             t.cwmp_password_set = None;
         }
@@ -70,11 +66,8 @@ impl Inventory {
         settings: pb::TenantSettings,
     ) -> Result<rdm_proto::tr069::Tr069Policy> {
         let mut policy = settings.tr069.unwrap_or_default();
-        if !policy.cwmp_password.is_empty() {
-            policy.cwmp_password = self
-                .config
-                .keyring
-                .open(&policy.cwmp_password, &cwmp_place(tenant_id))?;
+        if let Some(sealed) = policy.cwmp_password.as_deref().filter(|s| !s.is_empty()) {
+            policy.cwmp_password = Some(self.config.keyring.open(sealed, &cwmp_place(tenant_id))?);
         }
         Ok(policy)
     }

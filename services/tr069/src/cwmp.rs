@@ -225,8 +225,12 @@ impl Acs {
             .filter(|e| !e.cpe_username().is_empty())
             .map(|e| (e.cpe_username().to_owned(), e.cpe_password().to_owned()));
         let bootstrap = own.is_none();
-        let (user, password) =
-            own.unwrap_or_else(|| (policy.cwmp_username.clone(), policy.cwmp_password.clone()));
+        let (user, password) = own.unwrap_or_else(|| {
+            (
+                policy.cwmp_username.clone(),
+                policy.cwmp_password().to_owned(),
+            )
+        });
         match self.verify(headers, &user, &password) {
             _ if user.is_empty() => {
                 return Ok(refused(
