@@ -137,7 +137,7 @@ impl<T: Send + Sync + 'static> PerTenant<T> {
         kind: store::Texts,
         build: impl FnOnce(Vec<(String, String)>) -> Result<T> + Send + 'static,
     ) -> Result<Option<Arc<T>>> {
-        let mut tx = db.begin(scope(p)).await?;
+        let mut tx = db.begin(Scope::of(p)).await?;
         let version = store::version(&mut tx, kind, &p.tenant_id).await?;
         if version.0 == 0 {
             return Ok(None);
@@ -215,13 +215,6 @@ impl Deref for Mibs {
     }
 }
 
-fn scope(p: &Principal) -> Scope<'_> {
-    Scope::Tenant {
-        tenant_id: &p.tenant_id,
-        user_id: &p.user_id,
-    }
-}
-
 impl Catalog {
     /// The modules `p`'s tenant sees, resolved again when its own changed.
     async fn mibs(&self, p: &Principal) -> Result<Mibs> {
@@ -271,7 +264,7 @@ impl Catalog {
     /// Reads an upload's files, resolves them and stores what resolved.
     async fn process(&self, p: Principal, mut upload: pb::MibUpload, data: Vec<u8>) -> Result<()> {
         let filename = upload.filename.clone();
-        let mut tx = self.db.begin(scope(&p)).await?;
+        let mut tx = self.db.begin(Scope::of(&p)).await?;
         let existing = store::texts(&mut tx, store::Texts::Mibs, &p.tenant_id).await?;
         drop(tx);
         let resolved = tokio::task::spawn_blocking(move || {
@@ -279,7 +272,7 @@ impl Catalog {
         })
         .await
         .map_err(|e| Error::internal("reading an upload", e))?;
-        let mut tx = self.db.begin_write(scope(&p)).await?;
+        let mut tx = self.db.begin_write(Scope::of(&p)).await?;
         match resolved {
             Ok(resolved) => {
                 for (name, text) in &resolved.store {
@@ -307,7 +300,7 @@ impl Catalog {
 impl Catalog {
     /// One of `p`'s tenant's uploads.
     async fn upload(&self, p: &Principal, id: &str) -> Result<pb::MibUpload> {
-        let mut tx = self.db.begin(scope(p)).await?;
+        let mut tx = self.db.begin(Scope::of(p)).await?;
         store::upload(&mut tx, &p.tenant_id, id)
             .await?
             .ok_or_else(|| Error::not_found(format!("no MIB upload {id}")))
@@ -477,13 +470,13 @@ impl MibService for Catalog {
                 filename: r.filename.trim().to_owned(),
                 ..Default::default()
             };
-            let mut tx = self.db.begin_write(scope(&p)).await?;
+            let mut tx = self.db.begin_write(Scope::of(&p)).await?;
             store::put_upload(&mut tx, &p.tenant_id, &upload).await?;
             store::put_upload_data(&mut tx, &p.tenant_id, &upload.id, Some(&data)).await?;
             tx.commit().await?;
             match self.parse_as_job(&req, &upload.id).await {
                 Some(job_id) => {
-                    let mut tx = self.db.begin_write(scope(&p)).await?;
+                    let mut tx = self.db.begin_write(Scope::of(&p)).await?;
                     store::put_upload_job(&mut tx, &p.tenant_id, &upload.id, &job_id).await?;
                     tx.commit().await?;
                     upload.job_id = job_id;
@@ -514,7 +507,7 @@ impl MibService for Catalog {
             let p = Principal::of(&req)?;
             let id = req.get_ref().id.trim();
             let upload = self.upload(p, id).await?;
-            let mut tx = self.db.begin(scope(p)).await?;
+            let mut tx = self.db.begin(Scope::of(p)).await?;
             let data = store::upload_data(&mut tx, &p.tenant_id, id).await?;
             drop(tx);
             let upload = match data {
@@ -556,7 +549,7 @@ impl MibService for Catalog {
             let r = req.get_ref();
             let name = r.name.trim();
             let mibs = self.mibs(p).await?;
-            let mut tx = self.db.begin_write(scope(p)).await?;
+            let mut tx = self.db.begin_write(Scope::of(p)).await?;
             let own = store::has(&mut tx, store::Texts::Mibs, &p.tenant_id, name).await?;
             if !own {
                 let why = if mibs::STANDARD.iter().any(|(s, _)| *s == name) {
@@ -626,7 +619,7 @@ impl DataModelService for Catalog {
             })
             .await
             .map_err(|e| Error::internal("reading a data model", e))??;
-            let mut tx = self.db.begin_write(scope(p)).await?;
+            let mut tx = self.db.begin_write(Scope::of(p)).await?;
             for m in &models {
                 store::put_data_model(&mut tx, &p.tenant_id, &m.name, &xml).await?;
             }
@@ -647,7 +640,7 @@ impl DataModelService for Catalog {
             checked(&req, "DeleteDataModelRequest")?;
             let p = Principal::of(&req)?;
             let name = req.get_ref().model.trim();
-            let mut tx = self.db.begin_write(scope(p)).await?;
+            let mut tx = self.db.begin_write(Scope::of(p)).await?;
             if !store::delete(&mut tx, store::Texts::DataModels, &p.tenant_id, name).await? {
                 let why = if name == self.model.name {
                     format!(

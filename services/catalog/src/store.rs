@@ -7,28 +7,15 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use prost::Message;
 use rdm_kit::{
     Error, Result,
-    db::{Migrations, TenantTx, now_millis},
+    db::{TenantTx, now_millis},
 };
 use rdm_proto::catalog as pb;
-use sqlx::migrate::Migrator;
-use std::sync::LazyLock;
 
-fn own_table(mut m: Migrator) -> Migrator {
-    m.dangerous_set_table_name("_catalog_migrations");
-    m
+rdm_kit::service_migrations! {
+    /// The catalog's migrations (after the inventory's: its tables refer to
+    /// tenants).
+    pub static MIGRATIONS = "_catalog_migrations";
 }
-
-static SQLITE: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/sqlite")));
-static POSTGRES: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/postgres")));
-
-/// The catalog's migrations (after the inventory's: its tables refer to
-/// tenants).
-pub static MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-});
 
 /// The tenant's texts, each under its name: MIB modules or data models.
 #[derive(Clone, Copy, Debug)]

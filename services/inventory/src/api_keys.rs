@@ -4,7 +4,7 @@
 //! gateway and the services exchange a key for a short-lived access token
 //! (`ExchangeApiKey`) whose session is `key:<id>`, so revoking a key reaches
 //! every verifier the way a logout does.
-use crate::{Inventory, err, reply, targets::normalize_cidrs, tenant_scope};
+use crate::{Inventory, err, reply, targets::normalize_cidrs};
 use ipnet::IpNet;
 use rdm_kit::{
     Error, Principal, Result, Role,
@@ -120,7 +120,7 @@ impl Inventory {
             rand::rngs::OsRng.fill_bytes(&mut bytes);
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         };
-        let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+        let mut tx = self.db().begin_write(Scope::of(p)).await?;
         let row: KeyRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "insert into api_keys (id, tenant_id, name, role, secret_hash, created_by, create_time, \
              expire_time, allowed_cidrs) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {KEY_COLUMNS}"
@@ -145,7 +145,7 @@ impl Inventory {
     }
 
     async fn list_keys(&self, p: &Principal) -> Result<pb::ListApiKeysResponse> {
-        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let mut tx = self.db().begin(Scope::of(p)).await?;
         let rows: Vec<KeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "select {KEY_COLUMNS} from api_keys where tenant_id = $1 order by create_time desc, id limit 1000"
         )))
@@ -158,7 +158,7 @@ impl Inventory {
     }
 
     async fn revoke_key(&self, p: &Principal, id: &str) -> Result<()> {
-        let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+        let mut tx = self.db().begin_write(Scope::of(p)).await?;
         let done = sqlx::query(
             "update api_keys set revoke_time = $3 where tenant_id = $1 and id = $2 and revoke_time = 0",
         )

@@ -2,7 +2,7 @@
 //! middleware (in this process, or sent by a protocol service through
 //! `RecordAuditEvent`), listed and exported per tenant, pruned past the
 //! retention period.
-use crate::{Inventory, err, reply, tenant_scope};
+use crate::{Inventory, err, reply};
 use futures::Stream;
 use rdm_kit::{
     Error, Principal, Result,
@@ -200,7 +200,7 @@ async fn events(
             Bind::Int(n) => query.bind(n),
         };
     }
-    let mut tx = db.begin(tenant_scope(p)).await?;
+    let mut tx = db.begin(Scope::of(p)).await?;
     Ok(query.fetch_all(tx.conn()).await?)
 }
 

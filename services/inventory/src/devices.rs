@@ -6,13 +6,12 @@ use crate::{
     device_store::{self as ds, DeviceFilter, DeviceRow, EndpointRow, LabelTerm},
     endpoints, err, reply,
     targets::allowed_nets,
-    tenant_scope,
 };
 use futures::Stream;
 use ipnet::IpNet;
 use rdm_kit::{
     Error, Principal, Result,
-    db::{TenantTx, mask_paths, now_millis, page, timestamp},
+    db::{Scope, TenantTx, mask_paths, now_millis, page, timestamp},
     endpoint,
 };
 use rdm_proto::{
@@ -341,7 +340,7 @@ impl DeviceService for Inventory {
         };
         let run = async {
             let labels = fields.labels.clone();
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             let allowed = allowed_nets(&mut tx, &p.tenant_id).await?;
             let row = self
                 .insert_device(&mut tx, &p.tenant_id, fields, &allowed)
@@ -368,7 +367,7 @@ impl DeviceService for Inventory {
     ) -> Result<Response<pb::GetDeviceResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
         let run = async {
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin(Scope::of(p)).await?;
             Ok(pb::GetDeviceResponse {
                 device: Some(self.device_in(&mut tx, p, &req.get_ref().device_id).await?),
             })
@@ -397,7 +396,7 @@ impl DeviceService for Inventory {
                 labels: parse_selector(&r.label_selector)?,
                 protocol,
             };
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin(Scope::of(p)).await?;
             let rows = ds::list_devices(&mut tx, &p.tenant_id, &filter, &after, size + 1).await?;
             let (rows, next_page_token) = page::finish(rows, size, |d| &d.id);
             let devices = with_details(&mut tx, &p.tenant_id, rows).await?;
@@ -416,7 +415,7 @@ impl DeviceService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let run = async {
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             let mut row = ds::device(&mut tx, &p.tenant_id, &r.device_id)
                 .await?
                 .ok_or_else(|| device_not_found(&r.device_id))?;
@@ -492,7 +491,7 @@ impl DeviceService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let id = &req.get_ref().device_id;
         let run = async {
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             if !ds::delete_device(&mut tx, &p.tenant_id, id).await? {
                 return Err(device_not_found(id));
             }
@@ -519,7 +518,7 @@ impl DeviceService for Inventory {
             })?;
             let protocol = protocol.as_str();
             let settings = endpoint::checked(&settings)?;
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             let device = ds::device(&mut tx, &p.tenant_id, &r.device_id)
                 .await?
                 .ok_or_else(|| device_not_found(&r.device_id))?;
@@ -552,7 +551,7 @@ impl DeviceService for Inventory {
         let run = async {
             let protocol = r.protocol.as_str();
             endpoint::schema(protocol)?;
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin(Scope::of(p)).await?;
             let row = ds::endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol)
                 .await?
                 .ok_or_else(|| no_endpoint(&r.device_id, protocol))?;
@@ -572,7 +571,7 @@ impl DeviceService for Inventory {
         let run = async {
             let protocol = r.protocol.as_str();
             endpoint::schema(protocol)?;
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             if !ds::delete_endpoint(&mut tx, &p.tenant_id, &r.device_id, protocol).await? {
                 return Err(no_endpoint(&r.device_id, protocol));
             }
@@ -636,7 +635,7 @@ impl DeviceService for Inventory {
             }
             let mut after = String::new();
             loop {
-                let mut tx = db.begin(tenant_scope(&p)).await.map_err(err)?;
+                let mut tx = db.begin(Scope::of(&p)).await.map_err(err)?;
                 let rows = ds::list_devices(&mut tx, &p.tenant_id, &DeviceFilter::default(), &after, 500).await.map_err(err)?;
                 let (Some(first), Some(last)) = (rows.first(), rows.last()) else { break };
                 let (first, last) = (first.id.clone(), last.id.clone());
@@ -952,7 +951,7 @@ impl Inventory {
         } else {
             parse_jsonl(&file.data)
         };
-        let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+        let mut tx = self.db().begin_write(Scope::of(p)).await?;
         let mut taken: HashSet<String> = ds::device_names(&mut tx, &p.tenant_id)
             .await?
             .into_iter()

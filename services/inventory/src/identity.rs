@@ -5,7 +5,6 @@
 use crate::{
     BAD_LOGIN, Inventory, store,
     store::{NewUser, TenantRow, UserRow},
-    tenant_scope,
     throttle::Attempt,
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -112,7 +111,7 @@ fn mapped_role(
 
 impl Inventory {
     async fn tenant_of(&self, p: &Principal) -> Result<TenantRow> {
-        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let mut tx = self.db().begin(Scope::of(p)).await?;
         store::token_tenant(&mut tx, &p.tenant_id).await
     }
 
@@ -155,7 +154,7 @@ impl Inventory {
         mut idp: pb::IdentityProvider,
     ) -> Result<pb::IdentityProvider> {
         check(&idp)?;
-        let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+        let mut tx = self.db().begin_write(Scope::of(p)).await?;
         let mut tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
         let mut stored = decode(&tenant.identity_provider)?
             .mellophone

@@ -318,13 +318,6 @@ fn err(e: Error) -> Status {
     e.in_domain(DOMAIN).into()
 }
 
-fn tenant_scope(p: &Principal) -> Scope<'_> {
-    Scope::Tenant {
-        tenant_id: &p.tenant_id,
-        user_id: &p.user_id,
-    }
-}
-
 const BAD_LOGIN: &str = "invalid tenant, username or password";
 
 /// The caller's address: as the gateway saw it (`x-rdm-client-ip`, which it
@@ -407,7 +400,7 @@ impl Inventory {
     }
 
     async fn me(&self, p: &Principal) -> Result<pb::GetMeResponse> {
-        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let mut tx = self.db().begin(Scope::of(p)).await?;
         if let Some(key) = p.user_id.strip_prefix("key:") {
             // An API key: its name and role.
             let tenant = store::tenant_by_id(&mut tx, &p.tenant_id)
@@ -759,7 +752,7 @@ impl UserService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let r = req.get_ref();
         let run = async {
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin(Scope::of(p)).await?;
             let tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             drop(tx);
             let user = self
@@ -784,7 +777,7 @@ impl UserService for Inventory {
         let p = Principal::of(&req).map_err(err)?;
         let id = &req.get_ref().user_id;
         let run = async {
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin(Scope::of(p)).await?;
             let row = store::user_by_id(&mut tx, &p.tenant_id, id)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("user {id} not found")))?;
@@ -809,7 +802,7 @@ impl UserService for Inventory {
                     .parse::<Role>()
                     .map_err(|e| Error::invalid("role", e.message))?;
             }
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin(Scope::of(p)).await?;
             let rows = store::list_users(
                 &mut tx,
                 &p.tenant_id,
@@ -844,7 +837,7 @@ impl UserService for Inventory {
                     ("disabled", r.disabled),
                 ],
             );
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             let mut row = store::user_by_id(&mut tx, &p.tenant_id, &r.user_id)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("user {} not found", r.user_id)))?;
@@ -910,7 +903,7 @@ impl UserService for Inventory {
                     "you cannot delete your own user",
                 ));
             }
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             if !store::delete_user(&mut tx, &p.tenant_id, id).await? {
                 return Err(Error::not_found(format!("user {id} not found")));
             }
@@ -934,7 +927,7 @@ impl UserService for Inventory {
         let stream = async_stream::try_stream! {
             let mut after = String::new();
             loop {
-                let mut tx = db.begin(tenant_scope(&p)).await.map_err(err)?;
+                let mut tx = db.begin(Scope::of(&p)).await.map_err(err)?;
                 let rows = store::list_users(&mut tx, &p.tenant_id, &prefix, "", &after, 500).await.map_err(err)?;
                 drop(tx);
                 let Some(last) = rows.last() else { break };

@@ -1,8 +1,9 @@
 //! A tenant's own settings, which its admins change and every resolved
 //! target carries to the protocol services (the TR-069 ACS device query).
-use crate::{Inventory, reply, store, tenant_scope};
+use crate::{Inventory, reply, store};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use prost::Message;
+use rdm_kit::db::Scope;
 use rdm_kit::{Error, Principal, Result};
 use rdm_proto::inventory::{self as pb, settings_service_server::SettingsService};
 use tonic::{Request, Response, Status};
@@ -106,7 +107,7 @@ impl SettingsService for Inventory {
     ) -> Result<Response<pb::GetSettingsResponse>, Status> {
         let run = async {
             let p = Principal::of(&req)?;
-            let mut tx = self.db().begin(tenant_scope(p)).await?;
+            let mut tx = self.db().begin(Scope::of(p)).await?;
             let tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             Ok(pb::GetSettingsResponse {
                 settings: Some(shown(decode(&tenant.settings)?)),
@@ -123,7 +124,7 @@ impl SettingsService for Inventory {
             let p = Principal::of(&req)?;
             let settings = req.get_ref().settings.clone().unwrap_or_default();
             check(&settings)?;
-            let mut tx = self.db().begin_write(tenant_scope(p)).await?;
+            let mut tx = self.db().begin_write(Scope::of(p)).await?;
             let mut tenant = store::token_tenant(&mut tx, &p.tenant_id).await?;
             let settings = self.sealed(&p.tenant_id, settings, &decode(&tenant.settings)?)?;
             tenant.settings = encode(&settings);

@@ -6,7 +6,7 @@ use crate::{
     Inventory,
     device_store::{self as ds},
     devices::{device_not_found, no_endpoint, secret_place},
-    endpoints, settings, store, tenant_scope,
+    endpoints, settings, store,
 };
 use ipnet::IpNet;
 use rdm_kit::{
@@ -92,7 +92,7 @@ impl Inventory {
             Some(Target::DeviceId(id)) => self.resolve_device(p, protocol, id).await,
             Some(Target::Inline(inline)) => self.resolve_inline(p, protocol, inline).await,
             Some(Target::UspEndpointId(agent)) if protocol == "usp" => {
-                let mut tx = self.db().begin(tenant_scope(p)).await?;
+                let mut tx = self.db().begin(Scope::of(p)).await?;
                 let id = ds::usp_agent_device(&mut tx, &p.tenant_id, agent)
                     .await?
                     .ok_or_else(|| {
@@ -118,7 +118,7 @@ impl Inventory {
         protocol: &str,
         id: &str,
     ) -> Result<pb::ResolveTargetResponse> {
-        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let mut tx = self.db().begin(Scope::of(p)).await?;
         let found = ds::device_to_resolve(&mut tx, &p.tenant_id, id, protocol)
             .await?
             .ok_or_else(|| device_not_found(id))?;
@@ -162,7 +162,7 @@ impl Inventory {
                 format!("at most {MAX} a call"),
             ));
         }
-        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let mut tx = self.db().begin(Scope::of(p)).await?;
         let (devices, endpoints) =
             ds::devices_and_endpoints(&mut tx, &p.tenant_id, &req.device_ids, protocol).await?;
         let (allowed, settings) = tenant_policy(&mut tx, &p.tenant_id).await?;
@@ -384,7 +384,7 @@ impl Inventory {
         let mut config = settings.config;
         let held: Vec<&str> = settings.secrets.keys().map(String::as_str).collect();
         endpoints::complete(protocol, &mut config, &held, "")?;
-        let mut tx = self.db().begin(tenant_scope(p)).await?;
+        let mut tx = self.db().begin(Scope::of(p)).await?;
         let (allowed, tenant_settings) = tenant_policy(&mut tx, &p.tenant_id).await?;
         drop(tx);
         for (field, host, port) in endpoint::addresses(protocol, &config)? {

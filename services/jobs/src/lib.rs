@@ -119,13 +119,6 @@ pub struct Jobs {
 #[derive(Clone)]
 struct Service(Arc<Jobs>);
 
-fn scope(p: &Principal) -> Scope<'_> {
-    Scope::Tenant {
-        tenant_id: &p.tenant_id,
-        user_id: &p.user_id,
-    }
-}
-
 fn checked<'r, T: Message>(req: &'r Request<T>, name: &str) -> Result<&'r Principal> {
     rdm_kit::rules::checked(req, &format!("rdm.jobs.v1.{name}"))
 }
@@ -260,7 +253,7 @@ impl Jobs {
     }
 
     async fn job(&self, p: &Principal, id: &str) -> Result<store::Job> {
-        let mut tx = self.db.begin(scope(p)).await?;
+        let mut tx = self.db.begin(Scope::of(p)).await?;
         store::get(&mut tx, Some(&p.tenant_id), id)
             .await?
             .ok_or_else(|| not_found(id))
@@ -271,7 +264,7 @@ impl Jobs {
         let key = Some(r.idempotency_key.clone()).filter(|k| !k.is_empty());
         let job = self.prepare(&p.tenant_id, &p.user_id, r, key.clone(), "", now)?;
         Method::find(&r.method, &self.access)?.allowed(p)?;
-        let mut tx = self.db.begin_write(scope(p)).await?;
+        let mut tx = self.db.begin_write(Scope::of(p)).await?;
         if !store::insert(&mut tx, &job, now).await? {
             let first = store::by_key(&mut tx, &p.tenant_id, key.as_deref().unwrap_or_default())
                 .await?
@@ -287,7 +280,7 @@ impl Jobs {
 
     async fn cancel(&self, p: &Principal, id: &str) -> Result<pb::Job> {
         let now = now_millis();
-        let mut tx = self.db.begin_write(scope(p)).await?;
+        let mut tx = self.db.begin_write(Scope::of(p)).await?;
         let job = store::get(&mut tx, Some(&p.tenant_id), id)
             .await?
             .ok_or_else(|| not_found(id))?;
@@ -409,7 +402,7 @@ impl JobService for Service {
                 created_after: r.created_after.as_ref().map_or(0, millis),
                 schedule_id: &r.schedule_id,
             };
-            let mut tx = self.0.db.begin(scope(p)).await?;
+            let mut tx = self.0.db.begin(Scope::of(p)).await?;
             let rows = store::list(
                 &mut tx,
                 &p.tenant_id,
@@ -437,7 +430,7 @@ impl JobService for Service {
             let size = page::size(r.page_size)?;
             self.0.job(p, &r.job_id).await?;
             let after = page::decode(&r.page_token)?.parse().unwrap_or(0);
-            let mut tx = self.0.db.begin(scope(p)).await?;
+            let mut tx = self.0.db.begin(Scope::of(p)).await?;
             let rows = store::results(
                 &mut tx,
                 &p.tenant_id,
@@ -474,7 +467,7 @@ impl JobService for Service {
         let stream = async_stream::try_stream! {
             let mut after = 0;
             loop {
-                let mut tx = jobs.db.begin(scope(&p)).await.map_err(err)?;
+                let mut tx = jobs.db.begin(Scope::of(&p)).await.map_err(err)?;
                 let page = store::results(&mut tx, &p.tenant_id, &r.job_id, &r.device_id, after, 1000)
                     .await
                     .map_err(err)?;
@@ -530,7 +523,7 @@ impl JobService for Service {
                 }
             };
             loop {
-                let mut tx = jobs.db.begin(scope(&p)).await.map_err(err)?;
+                let mut tx = jobs.db.begin(Scope::of(&p)).await.map_err(err)?;
                 let events = store::events(&mut tx, &p.tenant_id, &job.id, after, EVENT_PAGE)
                     .await
                     .map_err(err)?;
@@ -574,7 +567,7 @@ impl JobService for Service {
 
 impl Service {
     async fn schedule(&self, p: &Principal, id: &str) -> Result<schedules::Schedule> {
-        let mut tx = self.0.db.begin(scope(p)).await?;
+        let mut tx = self.0.db.begin(Scope::of(p)).await?;
         schedules::get(&mut tx, &p.tenant_id, id)
             .await?
             .ok_or_else(|| Error::not_found(format!("no schedule {id}")))
@@ -583,7 +576,7 @@ impl Service {
     async fn pause(&self, p: &Principal, id: &str, paused: bool) -> Result<pb::Schedule> {
         let s = self.schedule(p, id).await?;
         let next = schedules::Cron::parse(&s.cron, &s.time_zone)?.next_after(now_millis())?;
-        let mut tx = self.0.db.begin_write(scope(p)).await?;
+        let mut tx = self.0.db.begin_write(Scope::of(p)).await?;
         schedules::set_paused(&mut tx, &p.tenant_id, id, paused, next).await?;
         tx.commit().await?;
         Ok(self.schedule(p, id).await?.to_pb())
@@ -623,7 +616,7 @@ impl ScheduleService for Service {
                 last_job_id: String::new(),
                 create_time: now,
             };
-            let mut tx = self.0.db.begin_write(scope(p)).await?;
+            let mut tx = self.0.db.begin_write(Scope::of(p)).await?;
             schedules::insert(&mut tx, &schedule).await?;
             tx.commit().await?;
             Ok(pb::CreateScheduleResponse {
@@ -655,7 +648,7 @@ impl ScheduleService for Service {
             let p = checked(&req, "ListSchedulesRequest")?;
             let r = req.get_ref();
             let size = page::size(r.page_size)?;
-            let mut tx = self.0.db.begin(scope(p)).await?;
+            let mut tx = self.0.db.begin(Scope::of(p)).await?;
             let rows = schedules::list(
                 &mut tx,
                 &p.tenant_id,
@@ -707,7 +700,7 @@ impl ScheduleService for Service {
         let run = async {
             let p = checked(&req, "DeleteScheduleRequest")?;
             let id = &req.get_ref().schedule_id;
-            let mut tx = self.0.db.begin_write(scope(p)).await?;
+            let mut tx = self.0.db.begin_write(Scope::of(p)).await?;
             if !schedules::delete(&mut tx, &p.tenant_id, id).await? {
                 return Err(Error::not_found(format!("no schedule {id}")));
             }

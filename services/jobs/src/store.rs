@@ -6,27 +6,15 @@
 use prost::Message;
 use rdm_kit::{
     Result,
-    db::{Backend, Migrations, TenantTx, timestamp},
+    db::{Backend, TenantTx, timestamp},
 };
 use rdm_proto::jobs as pb;
-use sqlx::{Row, any::AnyRow, migrate::Migrator};
-use std::sync::LazyLock;
+use sqlx::{Row, any::AnyRow};
 
-fn own_table(mut m: Migrator) -> Migrator {
-    m.dangerous_set_table_name("_jobs_migrations");
-    m
+rdm_kit::service_migrations! {
+    /// The jobs service's migrations (after the inventory's: jobs belong to tenants).
+    pub static MIGRATIONS = "_jobs_migrations";
 }
-
-static SQLITE: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/sqlite")));
-static POSTGRES: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/postgres")));
-
-/// The jobs service's migrations (after the inventory's: jobs belong to tenants).
-pub static MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-});
 
 pub const QUEUED: &str = "queued";
 pub const RUNNING: &str = "running";

@@ -31,6 +31,31 @@ pub struct Migrations {
     pub postgres: &'static Migrator,
 }
 
+/// A service's migrations (`migrations/sqlite` and `migrations/postgres`
+/// of the crate that names them), recorded in a table of their own:
+/// `service_migrations!(pub static MIGRATIONS = "_usp_migrations");`
+#[macro_export]
+macro_rules! service_migrations {
+    ($(#[$doc:meta])* $vis:vis static $name:ident = $table:literal;) => {
+        $(#[$doc])*
+        $vis static $name: std::sync::LazyLock<$crate::db::Migrations> =
+            std::sync::LazyLock::new(|| {
+                fn own(mut m: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+                    m.dangerous_set_table_name($table);
+                    m
+                }
+                static SQLITE: std::sync::LazyLock<sqlx::migrate::Migrator> =
+                    std::sync::LazyLock::new(|| own(sqlx::migrate!("./migrations/sqlite")));
+                static POSTGRES: std::sync::LazyLock<sqlx::migrate::Migrator> =
+                    std::sync::LazyLock::new(|| own(sqlx::migrate!("./migrations/postgres")));
+                $crate::db::Migrations {
+                    sqlite: &SQLITE,
+                    postgres: &POSTGRES,
+                }
+            });
+    };
+}
+
 /// What a transaction may see.
 #[derive(Clone, Debug)]
 pub enum Scope<'a> {
@@ -43,6 +68,16 @@ pub enum Scope<'a> {
     Platform,
     /// The one tenant with this slug, read-only, to sign a user in.
     Login { slug: &'a str },
+}
+
+impl<'a> Scope<'a> {
+    /// The rows of the caller's tenant, as its user.
+    pub fn of(p: &'a crate::Principal) -> Self {
+        Scope::Tenant {
+            tenant_id: &p.tenant_id,
+            user_id: &p.user_id,
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -3,13 +3,10 @@
 //! of an external ACS's documents, so every RPC works the same on both.
 use crate::{
     acs::{Outcome, Page},
-    cwmp::{Acs, new_task},
+    cwmp::{Acs, new_task, tenant},
     store::{self, TaskRow},
 };
-use rdm_kit::{
-    Error, ErrorCode, Result,
-    db::{Scope, TenantTx},
-};
+use rdm_kit::{Error, ErrorCode, Result, db::TenantTx};
 use serde_json::{Map, Value, json};
 use std::{sync::Arc, time::Duration};
 
@@ -32,23 +29,11 @@ pub fn iso(ms: i64) -> String {
 
 impl Builtin {
     async fn tx(&self) -> Result<TenantTx> {
-        self.acs
-            .db
-            .begin(Scope::Tenant {
-                tenant_id: &self.tenant_id,
-                user_id: "",
-            })
-            .await
+        self.acs.db.begin(tenant(&self.tenant_id)).await
     }
 
     async fn write(&self) -> Result<TenantTx> {
-        self.acs
-            .db
-            .begin_write(Scope::Tenant {
-                tenant_id: &self.tenant_id,
-                user_id: "",
-            })
-            .await
+        self.acs.db.begin_write(tenant(&self.tenant_id)).await
     }
 
     /// Queues `task` for the CPE; with `wait`, sends a connection request

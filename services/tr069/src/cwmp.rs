@@ -7,6 +7,7 @@
 //! request. Downloads are served at `GET /files/{token}`, each token good
 //! once.
 use crate::{
+    same,
     soap::{self, Answer, Envelope, Message, Param, Rpc},
     store::{self, CpeRow, SessionRow, TaskRow},
 };
@@ -73,7 +74,8 @@ pub fn router(acs: Arc<Acs>) -> Router {
         .with_state(acs)
 }
 
-fn tenant(tenant_id: &str) -> Scope<'_> {
+/// A tenant's rows, for the ACS (no user is calling).
+pub(crate) fn tenant(tenant_id: &str) -> Scope<'_> {
     Scope::Tenant {
         tenant_id,
         user_id: "",
@@ -231,14 +233,14 @@ impl Acs {
                 policy.cwmp_password().to_owned(),
             )
         });
+        if user.is_empty() {
+            return Ok(refused(
+                StatusCode::UNAUTHORIZED,
+                "no_credentials",
+                "this CPE has no credentials for rdm's ACS",
+            ));
+        }
         match self.verify(headers, &user, &password) {
-            _ if user.is_empty() => {
-                return Ok(refused(
-                    StatusCode::UNAUTHORIZED,
-                    "no_credentials",
-                    "this CPE has no credentials for rdm's ACS",
-                ));
-            }
             Verdict::Good => {}
             Verdict::Missing => return Ok(self.challenge(false)),
             Verdict::Wrong => {
@@ -923,11 +925,6 @@ fn triples(v: &Value) -> Vec<Param> {
             xsd_type: t[2].as_str().unwrap_or("xsd:string").to_owned(),
         })
         .collect()
-}
-
-/// Compares secrets in constant time.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `GET /files/{token}`: the file a download token names, once.

@@ -14,13 +14,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub struct Files(pub Arc<Acs>);
 
-fn scope(p: &Principal) -> Scope<'_> {
-    Scope::Tenant {
-        tenant_id: &p.tenant_id,
-        user_id: &p.user_id,
-    }
-}
-
 fn file_pb(f: store::FileRow) -> pb::File {
     pb::File {
         name: f.name,
@@ -112,7 +105,7 @@ impl Files {
             path: stored,
             create_time: now_millis(),
         };
-        let mut tx = self.0.db.begin_write(scope(p)).await?;
+        let mut tx = self.0.db.begin_write(Scope::of(p)).await?;
         let replaced = store::put_file(&mut tx, &row).await?;
         tx.commit().await?;
         if let Some(old) = replaced {
@@ -142,7 +135,7 @@ impl Tr069FileService for Files {
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
         let p = Principal::of(&req).map_err(err)?;
         let run = async {
-            let mut tx = self.0.db.begin(scope(p)).await?;
+            let mut tx = self.0.db.begin(Scope::of(p)).await?;
             store::files(&mut tx, &p.tenant_id).await
         };
         let files = run.await.map_err(err)?;
@@ -158,7 +151,7 @@ impl Tr069FileService for Files {
         let p = Principal::of(&req).map_err(err)?;
         let name = &req.get_ref().name;
         let run = async {
-            let mut tx = self.0.db.begin_write(scope(p)).await?;
+            let mut tx = self.0.db.begin_write(Scope::of(p)).await?;
             let path = store::delete_file(&mut tx, &p.tenant_id, name)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("no file {name:?}")))?;

@@ -411,14 +411,8 @@ impl Tr069 {
             return Err(not_found());
         };
         let expected = self.task_mac(p, device, command);
-        // Compared in constant time: a MAC is a secret until it matches.
-        let differs = mac.len() != expected.len()
-            || mac
-                .bytes()
-                .zip(expected.bytes())
-                .fold(0, |acc, (a, b)| acc | (a ^ b))
-                != 0;
-        if device.is_empty() || command.is_empty() || differs {
+        // A MAC is a secret until it matches.
+        if device.is_empty() || command.is_empty() || !same(mac.as_bytes(), expected.as_bytes()) {
             return Err(not_found());
         }
         Ok((device.to_owned(), command.to_owned()))
@@ -1184,6 +1178,11 @@ impl Tr069Service for Tr069 {
         .map_err(err)?;
         Ok(Response::new(pb::DeleteFaultResponse {}))
     }
+}
+
+/// Compares secrets in constant time.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A Download's transfer as a task document records it.

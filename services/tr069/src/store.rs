@@ -3,29 +3,13 @@
 //! files and download tokens. Every query names the tenant; PostgreSQL's
 //! row-level security filters again.
 use crate::soap::Param;
-use rdm_kit::{
-    Result,
-    db::{Migrations, TenantTx},
-};
-use sqlx::migrate::Migrator;
-use std::sync::LazyLock;
+use rdm_kit::{Result, db::TenantTx};
 
-fn own_table(mut m: Migrator) -> Migrator {
-    m.dangerous_set_table_name("_tr069_migrations");
-    m
+rdm_kit::service_migrations! {
+    /// The TR-069 service's migrations (after the inventory's: its tables
+    /// refer to tenants and devices).
+    pub static MIGRATIONS = "_tr069_migrations";
 }
-
-static SQLITE: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/sqlite")));
-static POSTGRES: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/postgres")));
-
-/// The TR-069 service's migrations (after the inventory's: its tables
-/// refer to tenants and devices).
-pub static MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-});
 
 /// A CPE rdm's ACS knows.
 #[derive(Clone, Debug, Default, sqlx::FromRow)]

@@ -24,7 +24,7 @@ use rdm_kit::{
     Error, ErrorCode, Principal, Result,
     address::AddressPolicy,
     client::Forward,
-    db::{TenantTx, now_millis, page, timestamp},
+    db::{Scope, TenantTx, now_millis, page, timestamp},
     invoke::Backend,
     mesh::{Context, Database, Spec, Started},
     server::CallDeadline,
@@ -673,7 +673,7 @@ impl Controller {
     /// A transaction of `p`'s tenant, for writing when `write`.
     async fn tx(&self, p: &Principal, write: bool) -> Result<TenantTx> {
         let db = &self.notifications.db;
-        let scope = notifications::scope(p);
+        let scope = Scope::of(p);
         if write {
             db.begin_write(scope).await
         } else {

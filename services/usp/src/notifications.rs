@@ -41,13 +41,6 @@ fn tenant_of(id: &str) -> Option<&str> {
     id.strip_prefix("rdm-")?.rsplit_once('-').map(|(t, _)| t)
 }
 
-pub(crate) fn scope(p: &Principal) -> Scope<'_> {
-    Scope::Tenant {
-        tenant_id: &p.tenant_id,
-        user_id: &p.user_id,
-    }
-}
-
 impl Notifications {
     /// Forgets, every minute, the notifications older than the retention.
     pub async fn prune(self: Arc<Self>) {
@@ -149,7 +142,7 @@ impl Notifications {
         async_stream::try_stream! {
             let mut after = 0;
             loop {
-                let mut tx = this.db.begin(scope(&p)).await?;
+                let mut tx = this.db.begin(Scope::of(&p)).await?;
                 let batch = store::notifications(&mut tx, &p.tenant_id, &device_id, after, since).await?;
                 drop(tx);
                 let full = batch.len() == store::BATCH;

@@ -87,7 +87,7 @@ impl Onboarding {
     }
 
     pub async fn get(&self, p: &Principal) -> Result<pb::AutoRegistration> {
-        let mut tx = self.db.begin(crate::notifications::scope(p)).await?;
+        let mut tx = self.db.begin(Scope::of(p)).await?;
         let row = store::auto_registration(&mut tx, &p.tenant_id).await?;
         let row = row.ok_or_else(|| Error::not_found("the tenant has no auto-registration"))?;
         Ok(self.shown(&row, None))
@@ -101,7 +101,7 @@ impl Onboarding {
         label: &str,
         new_secret: bool,
     ) -> Result<pb::AutoRegistration> {
-        let mut tx = self.db.begin_write(crate::notifications::scope(p)).await?;
+        let mut tx = self.db.begin_write(Scope::of(p)).await?;
         let (secret, secret_hash) = match store::auto_registration(&mut tx, &p.tenant_id).await? {
             Some(had) if !new_secret => (None, had.secret_hash),
             _ => {
@@ -123,7 +123,7 @@ impl Onboarding {
     }
 
     pub async fn delete(&self, p: &Principal) -> Result<()> {
-        let mut tx = self.db.begin_write(crate::notifications::scope(p)).await?;
+        let mut tx = self.db.begin_write(Scope::of(p)).await?;
         if !store::delete_auto_registration(&mut tx, &p.tenant_id).await? {
             return Err(Error::not_found("the tenant has no auto-registration"));
         }

@@ -6,28 +6,15 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use prost::Message;
 use rdm_kit::{
     Error, Result,
-    db::{Migrations, TenantTx, timestamp},
+    db::{TenantTx, timestamp},
 };
 use rdm_proto::{usp_msg as msg, usp_v1 as pb};
-use sqlx::migrate::Migrator;
-use std::sync::LazyLock;
 
-fn own_table(mut m: Migrator) -> Migrator {
-    m.dangerous_set_table_name("_usp_migrations");
-    m
+rdm_kit::service_migrations! {
+    /// The USP service's migrations (after the inventory's: its tables refer to
+    /// tenants and devices).
+    pub static MIGRATIONS = "_usp_migrations";
 }
-
-static SQLITE: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/sqlite")));
-static POSTGRES: LazyLock<Migrator> =
-    LazyLock::new(|| own_table(sqlx::migrate!("./migrations/postgres")));
-
-/// The USP service's migrations (after the inventory's: its tables refer to
-/// tenants and devices).
-pub static MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-});
 
 type SubscriptionRow = (String, String, String, String, String, i64, String, i64);
 
