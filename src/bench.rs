@@ -107,6 +107,19 @@ pub enum Which {
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
     },
+    /// rdm's own ACS: simulated CPEs (tests/sims) register with it, then
+    /// each runs one periodic Inform session in which it is given the
+    /// GetParameterValues of 10 parameters queued for it. Sessions/s, the
+    /// session time (p50, p99), and the RSS of `rdm up` (its own process)
+    /// during the run.
+    Cwmp {
+        /// Simulated CPEs, one session each.
+        #[arg(long, default_value_t = 1000)]
+        cpes: usize,
+        /// Sessions at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
     /// GetDslInfo on a simulated HG630 router, one caller: through the
     /// gateway on the service's shared session, and the seed client's way
     /// (fetch the CSRF page, sign in, read, sign out, for every read) with
@@ -207,6 +220,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             .await
         }
         Which::Tr069 { calls, concurrency } => tr069(calls, concurrency.max(1)).await,
+        Which::Cwmp { cpes, concurrency } => cwmp(cpes.max(1), concurrency.max(1)).await,
         Which::Hg630 {
             calls,
             seed_calls,
@@ -1470,6 +1484,206 @@ async fn device_with(
         .await?
         .error_for_status()?;
     Ok(id)
+}
+
+/// `rdm up --demo` as a process of its own, its CWMP listener on `cwmp`;
+/// its gateway's URL once it answers.
+async fn up_process(
+    exe: &std::path::Path,
+    data_dir: &std::path::Path,
+    cwmp: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["up", "--demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--inventory-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--snmp-trap-listen",
+            "127.0.0.1:0",
+            "--usp-websocket-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--tr069-cwmp-listen", &cwmp.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .arg("--tr069-files-dir")
+        .arg(data_dir.join("tr069-files"))
+        .env("RDM_ADMIN_PASSWORD", "bench-admin-password")
+        .env("RDM_LOG", "warn")
+        .env("RDM_SHUTDOWN_DELAY_MS", "0")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while !http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "rdm up did not become ready in 60 s"
+        );
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("rdm up exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((child, base))
+}
+
+async fn cwmp(cpes: usize, concurrency: usize) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use rdm_sims::cwmp_cpe::{Cpe, CpeConfig};
+    use serde_json::{Value, json};
+    let dir = tempfile::tempdir()?;
+    let cwmp_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let (mut child, base) = up_process(&std::env::current_exe()?, dir.path(), cwmp_addr).await?;
+    let pid = child.id().unwrap_or_default().to_string();
+    let http = reqwest::Client::new();
+    let token = {
+        let login: Value = http
+            .post(format!("{base}/v1/auth/login"))
+            .json(&json!({"tenant": "demo", "username": "demo", "password": "demo"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        login["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (user, password) = ("bench-cpe", "bench-cpe-password");
+    http.put(format!("{base}/v1/settings"))
+        .bearer_auth(&token)
+        .json(
+            &json!({"tr069": {"cwmp_username": user, "cwmp_password": password,
+            "cwmp_auto_register_label": "bench=cwmp"}}),
+        )
+        .send()
+        .await?
+        .error_for_status()?;
+    let names: Vec<String> = (1..=10)
+        .map(|i| format!("Device.X_SIM_Stats.Counter{i}"))
+        .collect();
+    println!(
+        "rdm bench cwmp: {cpes} simulated CPEs, one Inform session each with a GetParameterValues of {} parameters queued for it, {concurrency} sessions at once; rdm up --demo (SQLite) in its own process, the CPEs in this one, on {} cores",
+        names.len(),
+        cores()
+    );
+    // The fleet registers itself (Digest, auto-registration, bootstrap).
+    let url = format!("http://{cwmp_addr}/cwmp/demo");
+    let mut fleet = Vec::with_capacity(cpes);
+    for i in 0..cpes {
+        let config = CpeConfig::new(&url, &format!("BENCH{i:06}"), user, password);
+        fleet.push(Cpe::start(config).await?);
+    }
+    let sessions = |event: &'static str| {
+        let fleet = fleet.clone();
+        async move {
+            let started = Instant::now();
+            let results = futures::stream::iter(fleet)
+                .map(|cpe| async move {
+                    let t = Instant::now();
+                    cpe.inform(event).await.map(|()| t.elapsed())
+                })
+                .buffer_unordered(concurrency)
+                .collect::<Vec<_>>()
+                .await;
+            let failed = results.iter().filter(|r| r.is_err()).count();
+            let mut latencies: Vec<Duration> = results.into_iter().flatten().collect();
+            latencies.sort();
+            Load {
+                ok: latencies.len(),
+                failed,
+                elapsed: started.elapsed(),
+                latencies,
+            }
+        }
+    };
+    let bootstrap = sessions("").await;
+    println!("{}", bootstrap.line("bootstrap sessions"));
+    // One GetParameterValues of 10 parameters queued for every CPE.
+    let mut ids = Vec::with_capacity(cpes);
+    let mut page = String::new();
+    loop {
+        let got: Value = http
+            .get(format!(
+                "{base}/v1/devices?label_selector=bench%3Dcwmp&page_size=1000&page_token={page}"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for d in got["devices"].as_array().into_iter().flatten() {
+            ids.push(d["id"].as_str().unwrap_or_default().to_owned());
+        }
+        match got["next_page_token"].as_str() {
+            Some(next) if !next.is_empty() => page = next.to_owned(),
+            _ => break,
+        }
+    }
+    anyhow::ensure!(ids.len() == cpes, "{} of {cpes} CPEs registered", ids.len());
+    futures::stream::iter(ids)
+        .map(|id| {
+            let (http, token, base) = (http.clone(), token.clone(), base.clone());
+            let body = json!({"target": {"device_id": id}, "names": names, "mode": "queue"});
+            async move {
+                http.post(format!("{base}/v1/tr069/get-parameter-values"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .error_for_status()
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    // The measured run, the service's RSS sampled meanwhile.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_kib(&pid)));
+    let sampler = {
+        let (peak, pid) = (peak.clone(), pid.clone());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(&pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let periodic = sessions("2 PERIODIC").await;
+    sampler.abort();
+    let ran = fleet
+        .iter()
+        .filter(|c| c.rpcs().iter().any(|r| r == "GetParameterValues"))
+        .count();
+    println!("{}", periodic.line("sessions with one GPV"));
+    println!(
+        "  {ran} of {cpes} CPEs were given their GetParameterValues; rdm up's RSS: peak {:.0} MiB during the run",
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    );
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    Ok(())
 }
 
 async fn tr069(calls: usize, concurrency: usize) -> anyhow::Result<()> {

@@ -431,3 +431,55 @@ on_both_stores!(
     a_cpe_bootstraps_and_takes_every_rpc,
     cpes_are_authenticated_and_kept_apart
 );
+
+/// Two replicas of the TR-069 service on one PostgreSQL database behind a
+/// "load balancer": the CPE's POSTs alternate between the mesh's ACS and a
+/// `rdm serve tr069` process, within one session, and the call through
+/// the gateway still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_one_session_alternately() {
+    let mesh = TestMesh::start(rdm_tests::Store::Postgres).await;
+    let pg = mesh.pg.as_ref().unwrap();
+    let other = rdm_tests::spawn_serve(
+        "tr069",
+        &[
+            ("RDM_DATABASE_URL", pg.app_url.clone()),
+            ("RDM_INVENTORY_URL", format!("http://{}", mesh.inventory)),
+            (
+                "RDM_SERVICE_KEY_FILE",
+                mesh.data_dir
+                    .join("service-ed25519.pem")
+                    .display()
+                    .to_string(),
+            ),
+            ("RDM_TR069_CWMP_LISTEN", "127.0.0.1:0".into()),
+        ],
+    )
+    .await;
+    let replica = other
+        .listener("tr069-cwmp")
+        .expect("the second replica's ACS");
+    let token = mesh.token("demo", "demo", "demo").await;
+    set_policy(&mesh, &token, true).await;
+    let sim = cpe(&mesh, "demo", "SN-0400", |c| {
+        c.replicas = vec![format!("http://{replica}/cwmp/demo")];
+    })
+    .await;
+    sim.inform("")
+        .await
+        .expect("a bootstrap session across both replicas");
+    let id = registered(&mesh, &token).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = post(
+        &mesh,
+        "/v1/tr069/get-parameter-values",
+        &token,
+        json!({"target": {"device_id": id}, "names": ["Device.X_SIM_Stats.Counter3"]}),
+    )
+    .await;
+    assert_eq!(got["status"], "DONE", "{got}");
+    assert_eq!(got["parameters"][0]["value"], "3", "{got}");
+    assert_eq!(sim.rpcs(), ["SetParameterValues", "GetParameterValues"]);
+}

@@ -408,6 +408,8 @@ impl Acs {
             last_events: events.join(","),
         };
         store::put_cpe(&mut tx, &row).await?;
+        // One session per CPE: a new Inform ends any other.
+        store::end_sessions_of(&mut tx, tenant_id, device_id).await?;
         store::put_values(&mut tx, tenant_id, device_id, &inform.params, now).await?;
         let pending = store::pending_tasks(&mut tx, tenant_id, device_id).await?;
         if row.bootstrapped == 0 && !pending.iter().any(|t| t.user_id.is_empty()) {

@@ -328,6 +328,25 @@ pub async fn put_session(tx: &mut TenantTx, s: &SessionRow) -> Result<()> {
     Ok(())
 }
 
+/// Ends the CPE's other sessions (an Inform starts a session anew: the
+/// CPE gave up on the old one); their tasks in flight are queued again.
+pub async fn end_sessions_of(tx: &mut TenantTx, tenant_id: &str, device_id: &str) -> Result<()> {
+    sqlx::query(
+        "update cwmp_tasks set status = 'QUEUED', session_id = '' \
+         where tenant_id = $1 and device_id = $2 and status = 'RUNNING'",
+    )
+    .bind(tenant_id)
+    .bind(device_id)
+    .execute(tx.conn())
+    .await?;
+    sqlx::query("delete from cwmp_sessions where tenant_id = $1 and device_id = $2")
+        .bind(tenant_id)
+        .bind(device_id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// A session by its cookie (platform scope: the cookie names the tenant).
 pub async fn session(tx: &mut TenantTx, id: &str) -> Result<Option<SessionRow>> {
     Ok(sqlx::query_as(

@@ -41,6 +41,9 @@ pub struct CpeConfig {
     pub tr098: bool,
     /// The CWMP version it speaks (0-4).
     pub cwmp_minor: u8,
+    /// More URLs of the same ACS (its other replicas): the POSTs go round
+    /// them and `acs_url`, as a load balancer would send them.
+    pub replicas: Vec<String>,
 }
 
 impl CpeConfig {
@@ -55,6 +58,7 @@ impl CpeConfig {
             preemptive_basic: false,
             tr098: false,
             cwmp_minor: 2,
+            replicas: Vec::new(),
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Cpe {
     pub cr_addr: SocketAddr,
     /// One session at a time.
     busy: Arc<tokio::sync::Mutex<()>>,
+    /// POSTs sent, for going round the replicas.
+    posts: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn entry(value: &str, xsd: &'static str, writable: bool) -> Entry {
@@ -237,6 +243,7 @@ impl Cpe {
             http: reqwest::Client::new(),
             cr_addr,
             busy: Arc::default(),
+            posts: Arc::default(),
         };
         let app = Router::new()
             .route("/cr", get(connection_request))
@@ -415,9 +422,16 @@ impl Cpe {
         cookie: &Option<String>,
         auth: Option<&str>,
     ) -> Result<(StatusCode, HeaderMap, String, Option<String>), String> {
+        let n = self
+            .posts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = match n % (self.config.replicas.len() + 1) {
+            0 => &self.config.acs_url,
+            i => &self.config.replicas[i - 1],
+        };
         let mut req = self
             .http
-            .post(&self.config.acs_url)
+            .post(url)
             .header(header::CONTENT_TYPE, "text/xml; charset=utf-8")
             .body(body.to_owned());
         if let Some(c) = cookie {
