@@ -84,6 +84,10 @@ impl<'a> Scope<'a> {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite takes one writer at a time: this process's writers wait
+    /// their turn here, in order, rather than in SQLite's busy handler,
+    /// which sleeps up to 100 ms between tries.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The URL it was opened with (may hold a password: never shown).
     url: std::sync::Arc<str>,
 }
@@ -145,6 +149,7 @@ impl Db {
         Ok(Self {
             pool,
             backend,
+            writer: Default::default(),
             url: url.into(),
         })
     }
@@ -208,8 +213,20 @@ impl Db {
     }
 
     async fn begin_as(&self, scope: Scope<'_>, write: bool, synced: bool) -> Result<TenantTx> {
+        let mut writer = None;
         let mut tx = match (self.backend, write) {
-            (Backend::Sqlite, true) => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            (Backend::Sqlite, true) => {
+                let turn = tokio::time::timeout(WRITER_WAIT, self.writer.clone().lock_owned())
+                    .await
+                    .map_err(|_| {
+                        Error::new(
+                            crate::ErrorCode::Unavailable,
+                            "the database is busy with other writes: try again",
+                        )
+                    })?;
+                writer = Some(turn);
+                self.pool.begin_with("BEGIN IMMEDIATE").await?
+            }
             _ => self.pool.begin().await?,
         };
         if self.backend == Backend::Postgres {
@@ -237,6 +254,7 @@ impl Db {
         Ok(TenantTx {
             tx,
             backend: self.backend,
+            _writer: writer,
         })
     }
 
@@ -244,6 +262,10 @@ impl Db {
         self.pool.close().await;
     }
 }
+
+/// How long a SQLite write waits for its turn (SQLite's own busy timeout
+/// is 5 s on top, for writers of other processes).
+const WRITER_WAIT: Duration = Duration::from_secs(10);
 
 /// SQLite urls get `mode=rwc` so a fresh data dir works.
 fn sqlite_create_url(url: &str) -> String {
@@ -259,6 +281,8 @@ fn sqlite_create_url(url: &str) -> String {
 pub struct TenantTx {
     tx: Transaction<'static, Any>,
     backend: Backend,
+    /// A SQLite write's turn, held until the transaction ends.
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl TenantTx {

@@ -26,7 +26,7 @@ use rdm_kit::{
     address::HttpClients,
     auth::SigningKey,
     client::Forward,
-    db::{Db, Scope, now_millis},
+    db::{Db, Scope, TenantTx, now_millis},
     targets,
 };
 use rdm_proto::{
@@ -35,7 +35,12 @@ use rdm_proto::{
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 /// The largest envelope a CPE may POST.
 const MAX_BODY: usize = 8 << 20;
@@ -47,6 +52,11 @@ const REALM: &str = "rdm";
 const COOKIE: &str = "rdm_cwmp_session";
 /// The user name rdm sets for connection requests.
 pub const CR_USERNAME: &str = "rdm";
+/// How long the inventory's answer for a CPE is used again: a changed
+/// password or a deleted device takes this long to count.
+const FOUND_TTL: Duration = Duration::from_secs(5);
+/// The most answers kept.
+const FOUND_MAX: usize = 100_000;
 /// How long a download URL is good.
 const DOWNLOAD_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_INFORM_INTERVAL_S: u32 = 3600;
@@ -63,6 +73,8 @@ pub struct Acs {
     pub file_limit: u64,
     /// Woken when a task is done or faulted.
     pub settled: tokio::sync::Notify,
+    /// The inventory's recent answers for known CPEs (tenant slug, CPE id).
+    pub found: std::sync::Mutex<HashMap<(String, String), (Instant, inv::FindCpeResponse)>>,
 }
 
 /// The CPE listener's routes.
@@ -166,16 +178,36 @@ impl Acs {
         Ok(s.filter(|s| s.expire_time > now_millis()))
     }
 
-    /// The inventory's answer for a CPE of a tenant's ACS URL.
+    /// The inventory's answer for a CPE of a tenant's ACS URL (a device's
+    /// kept for a few seconds: a CPE's session asks once, its next
+    /// session soon after).
     async fn find_cpe(&self, req: inv::FindCpeRequest) -> Result<inv::FindCpeResponse> {
+        let key = (req.tenant_slug.clone(), req.acs_device_id.clone());
+        let cache = || self.found.lock().unwrap_or_else(|e| e.into_inner());
+        if !req.register
+            && let Some((at, found)) = cache().get(&key)
+            && at.elapsed() < FOUND_TTL
+        {
+            return Ok(found.clone());
+        }
         let forward = Forward::service("tr069", &self.key, "", "cwmp")?;
         let mut client =
             DeviceServiceClient::with_interceptor(self.inventory.backend.clone(), forward);
-        Ok(client
+        let found = client
             .find_cpe(req)
             .await
             .map_err(|s| Error::from_status(&s))?
-            .into_inner())
+            .into_inner();
+        if !found.device_id.is_empty() {
+            let mut cache = cache();
+            if cache.len() >= FOUND_MAX {
+                cache.retain(|_, (at, _)| at.elapsed() < FOUND_TTL);
+            }
+            if cache.len() < FOUND_MAX {
+                cache.insert(key, (Instant::now(), found.clone()));
+            }
+        }
+        Ok(found)
     }
 
     /// A request outside a session: it must be an Inform from a CPE whose
@@ -476,33 +508,50 @@ impl Acs {
                     &soap::acs_fault(8000, &format!("rdm's ACS does not take {method}")),
                 ));
             }
-            Some(Message::Answer(a)) => self.record(&s, Ok(a)).await?,
-            Some(Message::Fault(f)) => self.record(&s, Err(f)).await?,
+            Some(Message::Answer(a)) => return self.answered(s, Ok(a)).await,
+            Some(Message::Fault(f)) => return self.answered(s, Err(f)).await,
         }
-        self.next(s).await
+        let mut tx = self.db.begin_write(tenant(&s.tenant_id)).await?;
+        let reply = self.next(&mut tx, s).await?;
+        tx.commit().await?;
+        Ok(reply)
+    }
+
+    /// The CPE's answer recorded and the next RPC chosen, in one
+    /// transaction.
+    async fn answered(
+        &self,
+        s: SessionRow,
+        answer: std::result::Result<Answer, soap::Fault>,
+    ) -> Result<Response> {
+        let mut tx = self.db.begin_write(tenant(&s.tenant_id)).await?;
+        let settled = self.record(&mut tx, &s, answer).await?;
+        let reply = self.next(&mut tx, s).await?;
+        tx.commit().await?;
+        if let Some(status) = settled {
+            metrics::counter!("rdm_tr069_cwmp_tasks_total", "status" => status).increment(1);
+            self.settled.notify_waiters();
+        }
+        Ok(reply)
     }
 
     /// The next queued task's RPC, or 204 and the session's end.
-    async fn next(&self, mut s: SessionRow) -> Result<Response> {
+    async fn next(&self, tx: &mut TenantTx, mut s: SessionRow) -> Result<Response> {
         let now = now_millis();
-        let mut tx = self.db.begin_write(tenant(&s.tenant_id)).await?;
         loop {
-            let Some(mut task) = store::next_task(&mut tx, &s.tenant_id, &s.device_id).await?
-            else {
-                store::delete_session(&mut tx, &s.id).await?;
-                tx.commit().await?;
+            let Some(mut task) = store::next_task(tx, &s.tenant_id, &s.device_id).await? else {
+                store::delete_session(tx, &s.id).await?;
                 return Ok(StatusCode::NO_CONTENT.into_response());
             };
             task.update_time = now;
-            match self.rpc_for(&mut tx, &task, now).await? {
+            match self.rpc_for(tx, &task, now).await? {
                 Ok(rpc) => {
                     task.status = "RUNNING".into();
                     task.session_id = s.id.clone();
-                    store::update_task(&mut tx, &task).await?;
+                    store::update_task(tx, &task).await?;
                     s.task_id = task.id.clone();
                     s.expire_time = now + SESSION_TTL.as_millis() as i64;
-                    store::put_session(&mut tx, &s).await?;
-                    tx.commit().await?;
+                    store::put_session(tx, &s).await?;
                     return Ok(soap_reply(
                         StatusCode::OK,
                         &s.ns,
@@ -513,7 +562,7 @@ impl Acs {
                 Err(why) => {
                     task.status = "FAULTED".into();
                     task.fault = fault_doc(&task.id, 8002, &why, &[], now).to_string();
-                    store::update_task(&mut tx, &task).await?;
+                    store::update_task(tx, &task).await?;
                     self.settled.notify_waiters();
                 }
             }
@@ -523,7 +572,7 @@ impl Acs {
     /// The RPC a task sends now, or why it cannot be sent.
     async fn rpc_for(
         &self,
-        tx: &mut rdm_kit::db::TenantTx,
+        tx: &mut TenantTx,
         task: &TaskRow,
         now: i64,
     ) -> Result<std::result::Result<Rpc, String>> {
@@ -628,19 +677,20 @@ impl Acs {
         }))
     }
 
-    /// Records the CPE's answer (or fault) to the session's task.
+    /// Records the CPE's answer (or fault) to the session's task: the
+    /// task's status when it is done or faulted.
     async fn record(
         &self,
+        tx: &mut TenantTx,
         s: &SessionRow,
         answer: std::result::Result<Answer, soap::Fault>,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let now = now_millis();
-        let mut tx = self.db.begin_write(tenant(&s.tenant_id)).await?;
-        let Some(mut task) = store::task(&mut tx, &s.tenant_id, &s.task_id).await? else {
-            return Ok(());
+        let Some(mut task) = store::task(tx, &s.tenant_id, &s.task_id).await? else {
+            return Ok(None);
         };
         if task.status != "RUNNING" || task.session_id != s.id {
-            return Ok(());
+            return Ok(None);
         }
         let t: Value = serde_json::from_str(&task.task)
             .map_err(|e| Error::internal("reading a stored task", e))?;
@@ -660,31 +710,31 @@ impl Acs {
                 task.fault = fault_doc(&task.id, f.code, &f.string, &f.params, now).to_string();
             }
             ("getParameterValues", Ok(Answer::Values(values))) => {
-                store::put_values(&mut tx, tenant_id, device_id, &values, now).await?;
+                store::put_values(tx, tenant_id, device_id, &values, now).await?;
             }
             ("refreshObject", Ok(Answer::Names(names))) if task.step == 0 => {
-                store::forget_under(&mut tx, tenant_id, device_id, &prefix).await?;
-                store::put_names(&mut tx, tenant_id, device_id, &names, now).await?;
+                store::forget_under(tx, tenant_id, device_id, &prefix).await?;
+                store::put_names(tx, tenant_id, device_id, &names, now).await?;
                 task.status = "QUEUED".into();
                 task.step = 1;
             }
             ("refreshObject", Ok(Answer::Values(values))) => {
-                store::put_values(&mut tx, tenant_id, device_id, &values, now).await?;
+                store::put_values(tx, tenant_id, device_id, &values, now).await?;
             }
             ("setParameterValues", Ok(Answer::Done { .. })) => {
                 let set = triples(&t["parameterValues"]);
-                store::put_values(&mut tx, tenant_id, device_id, &set, now).await?;
+                store::put_values(tx, tenant_id, device_id, &set, now).await?;
             }
             // Its password is not cached: it is derived when needed.
             ("bootstrap", Ok(Answer::Done { .. })) => {
-                store::set_bootstrapped(&mut tx, tenant_id, device_id).await?;
+                store::set_bootstrapped(tx, tenant_id, device_id).await?;
             }
             ("addObject", Ok(Answer::AddObject { instance })) => {
                 let added = (format!("{prefix}{instance}."), true);
-                store::put_names(&mut tx, tenant_id, device_id, &[added], now).await?;
+                store::put_names(tx, tenant_id, device_id, &[added], now).await?;
             }
             ("deleteObject", Ok(Answer::Done { .. })) => {
-                store::forget_under(&mut tx, tenant_id, device_id, &prefix).await?;
+                store::forget_under(tx, tenant_id, device_id, &prefix).await?;
             }
             ("reboot" | "factoryReset", Ok(Answer::Done { .. })) => {}
             ("download", Ok(Answer::Done { status })) => {
@@ -698,14 +748,8 @@ impl Acs {
                 task.fault = fault_doc(&task.id, 8002, &why, &[], now).to_string();
             }
         }
-        store::update_task(&mut tx, &task).await?;
-        tx.commit().await?;
-        if task.status != "QUEUED" {
-            metrics::counter!("rdm_tr069_cwmp_tasks_total", "status" => task.status.clone())
-                .increment(1);
-            self.settled.notify_waiters();
-        }
-        Ok(())
+        store::update_task(tx, &task).await?;
+        Ok((task.status != "QUEUED").then_some(task.status))
     }
 
     /// A Download's end as the CPE reports it (its CommandKey is the task).

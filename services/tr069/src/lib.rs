@@ -96,6 +96,7 @@ async fn start(args: Args, context: Context) -> anyhow::Result<Started> {
                 files_dir: args.tr069_files_dir.clone(),
                 file_limit: args.tr069_file_limit_mb << 20,
                 settled: Default::default(),
+                found: Default::default(),
             });
             tokio::spawn(acs.clone().expire());
             let app = cwmp::router(acs.clone());

@@ -97,7 +97,8 @@ pub struct ParamRow {
     pub update_time: i64,
 }
 
-/// Caches values the CPE reported, keeping what is known of writability.
+/// Caches values the CPE reported, keeping what is known of writability
+/// (a hundred rows a statement).
 pub async fn put_values(
     tx: &mut TenantTx,
     tenant_id: &str,
@@ -105,20 +106,37 @@ pub async fn put_values(
     params: &[Param],
     now: i64,
 ) -> Result<()> {
+    // One row per name: a statement may not upsert a row twice, and a CPE
+    // may list a name twice (overlapping partial paths).
+    let mut unique: std::collections::BTreeMap<&str, &Param> = Default::default();
     for p in params {
-        sqlx::query(
-            "insert into cwmp_parameters (tenant_id, device_id, name, value, xsd_type, writable, update_time) \
-             values ($1, $2, $3, $4, $5, -1, $6) on conflict (tenant_id, device_id, name) do update \
+        unique.insert(&p.name, p);
+    }
+    let params: Vec<&Param> = unique.into_values().collect();
+    for chunk in params.chunks(100) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let n = 4 + i * 3;
+                format!("($1, $2, $3, ${n}, ${}, ${}, -1)", n + 1, n + 2)
+            })
+            .collect();
+        let sql = format!(
+            "insert into cwmp_parameters (tenant_id, device_id, update_time, name, value, xsd_type, writable) \
+             values {} on conflict (tenant_id, device_id, name) do update \
              set value = excluded.value, xsd_type = excluded.xsd_type, update_time = excluded.update_time",
-        )
-        .bind(tenant_id)
-        .bind(device_id)
-        .bind(&p.name)
-        .bind(&p.value)
-        .bind(&p.xsd_type)
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(device_id)
+            .bind(now);
+        for p in chunk {
+            query = query
+                .bind(p.name.as_str())
+                .bind(p.value.as_str())
+                .bind(p.xsd_type.as_str());
+        }
+        query.execute(tx.conn()).await?;
     }
     Ok(())
 }
