@@ -103,6 +103,11 @@ async fn a_cpe_bootstraps_and_takes_every_rpc(mesh: TestMesh) {
         Some("rdm")
     );
     assert_eq!(sim.rpcs(), ["SetParameterValues"]);
+    assert_eq!(
+        sim.held(),
+        0,
+        "nothing of a user's waited for the bootstrap"
+    );
 
     // The Inform's values answer without a session.
     let (status, cached) = mesh
@@ -132,6 +137,8 @@ async fn a_cpe_bootstraps_and_takes_every_rpc(mesh: TestMesh) {
     )
     .await;
     assert_eq!(got["status"], "DONE", "{got}");
+    // That session ran the user's task before any request of the CPE's.
+    assert_eq!(sim.held(), 1, "the InformResponse said HoldRequests");
     let params = got["parameters"].as_array().unwrap();
     assert_eq!(params.len(), 11, "{got}");
     assert!(

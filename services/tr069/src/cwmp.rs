@@ -100,10 +100,14 @@ fn refused(status: StatusCode, reason: &'static str, why: impl Into<String>) -> 
 }
 
 fn soap_reply(status: StatusCode, ns: &str, id: Option<&str>, body: &str) -> Response {
+    xml_reply(status, soap::envelope(ns, id, false, body))
+}
+
+fn xml_reply(status: StatusCode, xml: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-        soap::envelope(ns, id, body),
+        xml,
     )
         .into_response()
 }
@@ -293,10 +297,11 @@ impl Acs {
             device_id = self.find_cpe(lookup(true)).await?.device_id;
             metrics::counter!("rdm_tr069_cwmp_registrations_total").increment(1);
         }
-        let session = self
+        let (session, hold) = self
             .inform(&found.tenant_id, &device_id, &acs_id, &ns, &inform, &policy)
             .await?;
-        let mut reply = soap_reply(StatusCode::OK, &ns, id.as_deref(), soap::INFORM_RESPONSE);
+        let response = soap::envelope(&ns, id.as_deref(), hold, soap::INFORM_RESPONSE);
+        let mut reply = xml_reply(StatusCode::OK, response);
         if let Ok(v) = HeaderValue::from_str(&format!(
             "{COOKIE}={}; Path=/cwmp/{slug}; HttpOnly",
             session.id
@@ -388,7 +393,9 @@ impl Acs {
             && same(mac.as_bytes(), self.nonce_mac(time).as_bytes())
     }
 
-    /// Stores what an authenticated Inform says and opens the session.
+    /// Stores what an authenticated Inform says and opens the session;
+    /// whether the CPE is to hold its own requests (it came for a
+    /// connection request and a user's tasks wait: they run first).
     async fn inform(
         &self,
         tenant_id: &str,
@@ -397,7 +404,7 @@ impl Acs {
         ns: &str,
         inform: &soap::Inform,
         policy: &Tr069Policy,
-    ) -> Result<SessionRow> {
+    ) -> Result<(SessionRow, bool)> {
         let now = now_millis();
         let mut tx = self.db.begin_write(tenant(tenant_id)).await?;
         let before = store::cpe(&mut tx, tenant_id, device_id).await?;
@@ -444,6 +451,10 @@ impl Acs {
         store::end_sessions_of(&mut tx, tenant_id, device_id).await?;
         store::put_values(&mut tx, tenant_id, device_id, &inform.params, now).await?;
         let pending = store::pending_tasks(&mut tx, tenant_id, device_id).await?;
+        let hold = events.contains(&"6 CONNECTION REQUEST")
+            && pending
+                .iter()
+                .any(|t| !t.user_id.is_empty() && t.status == "QUEUED");
         if row.bootstrapped == 0 && !pending.iter().any(|t| t.user_id.is_empty()) {
             let interval = match policy.cwmp_periodic_inform_interval_s {
                 0 => DEFAULT_INFORM_INTERVAL_S,
@@ -468,7 +479,7 @@ impl Acs {
         store::put_session(&mut tx, &session).await?;
         tx.commit().await?;
         tracing::debug!(%tenant_id, %device_id, events = %row.last_events, "cwmp inform");
-        Ok(session)
+        Ok((session, hold))
     }
 
     /// A request inside a session.

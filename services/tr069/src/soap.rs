@@ -317,15 +317,23 @@ pub enum Rpc {
 }
 
 /// An envelope rdm's ACS sends, in the CPE's CWMP namespace `ns`, with the
-/// `cwmp:ID` header when there is one.
-pub fn envelope(ns: &str, id: Option<&str>, body: &str) -> String {
-    let header = match id {
-        Some(id) => format!(
-            "<soap-env:Header><cwmp:ID soap-env:mustUnderstand=\"1\">{}</cwmp:ID></soap-env:Header>",
+/// `cwmp:ID` header when there is one, and `HoldRequests` true when `hold`
+/// (the CPE sends no requests of its own until told otherwise: the ACS has
+/// work for it first).
+pub fn envelope(ns: &str, id: Option<&str>, hold: bool, body: &str) -> String {
+    let mut header = String::new();
+    if let Some(id) = id {
+        header += &format!(
+            "<cwmp:ID soap-env:mustUnderstand=\"1\">{}</cwmp:ID>",
             escape(id)
-        ),
-        None => String::new(),
-    };
+        );
+    }
+    if hold {
+        header += "<cwmp:HoldRequests soap-env:mustUnderstand=\"1\">1</cwmp:HoldRequests>";
+    }
+    if !header.is_empty() {
+        header = format!("<soap-env:Header>{header}</soap-env:Header>");
+    }
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<soap-env:Envelope xmlns:soap-env=\"{SOAP_ENV}\" \
          xmlns:soap-enc=\"http://schemas.xmlsoap.org/soap/encoding/\" \
@@ -507,7 +515,12 @@ mod tests {
             }],
             key: "k".into(),
         };
-        let xml = envelope("urn:dslforum-org:cwmp-1-4", Some("7"), &request(&rpc));
+        let xml = envelope(
+            "urn:dslforum-org:cwmp-1-4",
+            Some("7"),
+            false,
+            &request(&rpc),
+        );
         assert!(xml.contains("a&lt;b"));
         let doc = Document::parse(&xml).unwrap();
         let call = doc
@@ -517,6 +530,22 @@ mod tests {
         assert_eq!(
             call.tag_name().namespace(),
             Some("urn:dslforum-org:cwmp-1-4")
+        );
+        assert!(!xml.contains("HoldRequests"));
+        let held = envelope(
+            "urn:dslforum-org:cwmp-1-0",
+            Some("1"),
+            true,
+            INFORM_RESPONSE,
+        );
+        let doc = Document::parse(&held).unwrap();
+        let hold = doc
+            .descendants()
+            .find(|n| n.has_tag_name("HoldRequests"))
+            .unwrap();
+        assert_eq!(
+            (hold.tag_name().namespace(), hold.text()),
+            (Some("urn:dslforum-org:cwmp-1-0"), Some("1"))
         );
     }
 }

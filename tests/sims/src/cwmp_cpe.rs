@@ -83,6 +83,8 @@ struct Inner {
     /// Every RPC name received, in order.
     rpcs: Vec<String>,
     sessions: u32,
+    /// Sessions whose InformResponse said HoldRequests.
+    held: u32,
     downloaded: Vec<(String, usize)>,
     nonce: String,
 }
@@ -237,6 +239,7 @@ impl Cpe {
                 ],
                 rpcs: Vec::new(),
                 sessions: 0,
+                held: 0,
                 downloaded: Vec::new(),
                 nonce: String::new(),
             })),
@@ -386,22 +389,28 @@ impl Cpe {
             return Err(format!("not an InformResponse: {}", reply.2));
         }
         cookie = reply.3.clone();
-        {
+        let bootstrap = {
             let mut inner = self.lock();
             inner.sessions += 1;
+            let bootstrap = inner.events.iter().any(|(e, _)| e == "0 BOOTSTRAP");
             inner.events.clear();
-        }
-        let transfers = std::mem::take(&mut self.lock().transfers);
-        for (key, fault, start, end) in transfers {
-            let body = self.envelope(&format!(
-                "<cwmp:TransferComplete><CommandKey>{key}</CommandKey><FaultStruct><FaultCode>{fault}</FaultCode>\
-                 <FaultString>{}</FaultString></FaultStruct><StartTime>{start}</StartTime><CompleteTime>{end}</CompleteTime></cwmp:TransferComplete>",
-                if fault == 0 { "" } else { "Download failure" }
-            ));
-            let r = self.post(&body, &cookie, auth.as_deref()).await?;
-            if !r.2.contains("TransferCompleteResponse") {
-                return Err(format!("TransferComplete was answered {}: {}", r.0, r.2));
+            bootstrap
+        };
+        if held(&reply.2) {
+            // HoldRequests: no requests of its own in this session; its
+            // TransferCompletes wait for the next one.
+            self.lock().held += 1;
+        } else {
+            if bootstrap {
+                let body = self.envelope("<cwmp:GetRPCMethods/>");
+                let r = self.post(&body, &cookie, auth.as_deref()).await?;
+                if !r.2.contains("GetRPCMethodsResponse")
+                    || !r.2.contains("<string>Inform</string>")
+                {
+                    return Err(format!("GetRPCMethods was answered {}: {}", r.0, r.2));
+                }
             }
+            self.transfer_completes(&cookie, auth.as_deref()).await?;
         }
         let mut body = String::new();
         // Bounded: a session of a simulated CPE takes at most 100 RPCs.
@@ -414,6 +423,32 @@ impl Cpe {
             }
         }
         Err("the ACS sent more than 100 RPCs in one session".into())
+    }
+
+    /// Reports the transfers done since the last session it could.
+    async fn transfer_completes(
+        &self,
+        cookie: &Option<String>,
+        auth: Option<&str>,
+    ) -> Result<(), String> {
+        let transfers = std::mem::take(&mut self.lock().transfers);
+        for (key, fault, start, end) in transfers {
+            let body = self.envelope(&format!(
+                "<cwmp:TransferComplete><CommandKey>{key}</CommandKey><FaultStruct><FaultCode>{fault}</FaultCode>\
+                 <FaultString>{}</FaultString></FaultStruct><StartTime>{start}</StartTime><CompleteTime>{end}</CompleteTime></cwmp:TransferComplete>",
+                if fault == 0 { "" } else { "Download failure" }
+            ));
+            let r = self.post(&body, cookie, auth).await?;
+            if !r.2.contains("TransferCompleteResponse") {
+                return Err(format!("TransferComplete was answered {}: {}", r.0, r.2));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sessions in which the ACS said HoldRequests.
+    pub fn held(&self) -> u32 {
+        self.lock().held
     }
 
     async fn post(
@@ -761,6 +796,16 @@ impl Cpe {
 }
 
 type Answer = Result<String, (u32, String, Vec<(String, u32, String)>)>;
+
+/// Whether an ACS message's header says HoldRequests true.
+fn held(xml: &str) -> bool {
+    Document::parse(xml).is_ok_and(|doc| {
+        doc.descendants()
+            .find(|n| n.is_element() && n.tag_name().name() == "HoldRequests")
+            .and_then(|n| n.text())
+            .is_some_and(|t| matches!(t.trim(), "1" | "true"))
+    })
+}
 
 /// Whether `value` is a lexical value of the xsd type.
 fn valid(xsd: &str, value: &str) -> bool {
